@@ -1,0 +1,212 @@
+"""The ``fastft`` command line: one subcommand per step of the flow, each a thin layer over a library function.
+
+User mistakes (:class:`FastFTError`) print one line ``fastft: error: …`` and exit 2; nothing imports this module.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import FastFTError
+
+
+def _params(pairs: list[str]) -> dict:
+    out = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise FastFTError(f"--param expects key=value, got {p!r}")
+        k, v = p.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+# ---------------------------------------------------------------- taxonomy / subsets / synth
+def cmd_taxonomy(a):
+    from .taxonomy import load
+
+    h = load()
+    w = h.check(a.wnid)
+    classes = h.under(w, a.rule)
+    if a.json:
+        print(json.dumps({"wnid": w, "name": h.name(w), "rule": a.rule, "count": len(classes),
+                          "classes": [{"wnid": c, "label": h.label[c], "name": h.name(c)} for c in classes]}))
+        return
+    print(f"{w}  {h.name(w)}  ({a.rule} rule): {len(classes)} ILSVRC2012 classes")
+    for c in classes:
+        print(f"  {h.label[c]:4d}  {c}  {h.name(c)}")
+
+
+def cmd_subsets_list(a):
+    from .subsets import CONSTRUCTIONS
+
+    for name, c in CONSTRUCTIONS.items():
+        print(f"{name:12s} {c.summary}\n{'':12s} parameters: {json.dumps(c.defaults)}")
+
+
+def cmd_subsets_make(a):
+    from .subsets import make
+
+    spec = make(a.construction, a.seed, **_params(a.param))
+    path = spec.save(a.out)
+    sets = ", ".join(f"{k}={len(v.classes)}" + (f"x{v.cap}" if v.cap else "") for k, v in spec.sets.items())
+    print(f"wrote {path}: {a.construction} seed {a.seed}; sets {sets}; hash {spec.hash[:16]}")
+
+
+def cmd_subsets_distance(a):
+    from .subsets import distances, load_spec
+
+    rows = distances(load_spec(a.spec))
+    if a.json:
+        print(json.dumps(rows))
+        return
+    print("WordNet distance = mean over target classes of (1 - Wu-Palmer similarity to the nearest source class); 0 = inside the source")
+    for r in rows:
+        print(f"  {r['source']:>10s} -> {r['target']:<12s} nearest {r['wup_nearest']:.4f}   all-pairs mean {r['wup_mean']:.4f}")
+
+
+def cmd_subsets_resolve(a):
+    from .store import resolve
+    from .subsets import load_spec
+
+    v = resolve(load_spec(a.spec), a.set, a.store, a.out)
+    splits = ", ".join(f"{k}: {s['samples']} samples in {len(s['shards'])} shards" for k, s in v.meta["splits"].items())
+    print(f"view {a.out}: set {a.set!r}, {v.num_classes} classes, cap {v.meta['cap']}; {splits}")
+    if v.meta["short_classes"]:
+        print(f"note: {len(v.meta['short_classes'])} classes have fewer images than the cap (kept all): {v.meta['short_classes']}")
+
+
+def cmd_synth(a):
+    from .synth import synth
+
+    classes = a.classes
+    if classes and len(classes) == 1 and Path(classes[0]).is_file():
+        classes = Path(classes[0]).read_text().split()
+    r = synth(a.out, classes, a.train_per_class, a.val_per_class, a.size, a.quality, a.val_layout, a.broken, a.seed)
+    print(f"wrote synthetic ImageNet {r['root']}: {r['classes']} classes, {r['train']} train + {r['val']} val files, "
+          f"val layout {r['val_layout']}" + (f", {len(r['broken'])} broken files" if r["broken"] else ""))
+
+
+# ---------------------------------------------------------------- store
+def cmd_shard(a):
+    from .store import ShardConfig, write_store
+
+    classes = a.classes or []
+    if len(classes) == 1 and Path(classes[0]).is_file():
+        classes = Path(classes[0]).read_text().split()
+    cfg = ShardConfig(resize=a.resize, quality=a.quality, shard_mb=a.shard_mb, seed=a.seed, val_layout=a.val_layout,
+                      classes=tuple(classes), allow_missing=a.allow_missing, skip_unknown=a.skip_unknown)
+    m = write_store(a.root, a.out, cfg, workers=a.workers, progress=not a.quiet)
+    t = m["totals"]
+    print(f"store {a.out}: {t['written']} written + {t['rejected']} rejected = {t['inputs']} inputs "
+          f"({', '.join(f'{k} {v}' for k, v in t['by_split'].items())}; {t['classes']} classes; {len(m['shards'])} shards, "
+          f"{t['bytes'] / 1e6:.1f} MB)")
+    print(f"  input kinds: {m['input_kinds']}")
+    if t["rejected"]:
+        print(f"  rejected: {m['rejected_reasons']} — listed with reasons in {Path(a.out) / 'rejected.csv'}")
+    if "_secs" in m and m["_secs"] > 0:
+        print(f"  {t['inputs'] / m['_secs']:.0f} images/s")
+
+
+def cmd_verify(a):
+    from .store import open_store, verify
+
+    problems = verify(a.store, full=not a.quick)
+    if problems:
+        for p in problems:
+            print(f"FAIL {p}")
+        raise SystemExit(1)
+    m = open_store(a.store).manifest
+    print(f"OK {a.store}: {len(m['shards'])} shards, {m['totals']['written']} samples, hashes match the manifest")
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastft", description="Transfer-learning studies on ImageNet subsets chosen through WordNet, "
+                                "at the speed of the GPU: shard → subsets → train → sweep → report.")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("taxonomy", help="show a WordNet synset and the ILSVRC2012 classes under it")
+    s.add_argument("wnid", help="synset id (e.g. n02084071) or name (e.g. dog)")
+    s.add_argument("--rule", default="primary", choices=["primary", "any"], help="primary: along each class's primary (longest) path (paper's sizes); any: any hypernym path")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(fn=cmd_taxonomy)
+
+    s = sub.add_parser("subsets", help="make, inspect and resolve class subsets (the study's constructions)")
+    ss = s.add_subparsers(dest="subcmd", metavar="ACTION", required=True)
+    x = ss.add_parser("list", help="name the constructions and their parameters")
+    x.set_defaults(fn=cmd_subsets_list)
+    x = ss.add_parser("make", help="write a subset spec (seeded, hashed)")
+    x.add_argument("construction")
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--out", required=True, help="spec file to write (JSON)")
+    x.add_argument("--param", action="append", metavar="KEY=VALUE", help="override a construction parameter (repeatable)")
+    x.set_defaults(fn=cmd_subsets_make)
+    x = ss.add_parser("distance", help="WordNet distance between each source set and the target set of a spec")
+    x.add_argument("spec")
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(fn=cmd_subsets_distance)
+    x = ss.add_parser("resolve", help="turn one set of a spec into a view of a store (filtered indexes, no data copied)")
+    x.add_argument("spec")
+    x.add_argument("--set", required=True, help="which set of the spec (e.g. target, near, far)")
+    x.add_argument("--store", required=True)
+    x.add_argument("--out", required=True)
+    x.set_defaults(fn=cmd_subsets_resolve)
+
+    s = sub.add_parser("synth", help="write a synthetic ImageNet tree in the real ILSVRC2012 layout")
+    s.add_argument("--out", required=True)
+    s.add_argument("--classes", nargs="*", help="wnids or a file of wnids (default: 24 classes from dog, instrumentality, living things)")
+    s.add_argument("--train-per-class", type=int, default=40)
+    s.add_argument("--val-per-class", type=int, default=10)
+    s.add_argument("--size", type=int, default=96, help="typical image side in pixels (sizes and aspect ratios vary around it)")
+    s.add_argument("--quality", type=int, default=90)
+    s.add_argument("--val-layout", default="folders", choices=["folders", "devkit", "kaggle"])
+    s.add_argument("--broken", action="store_true", help="add CMYK, PNG-as-JPEG, grayscale, RGBA, truncated, 0-byte and non-image files")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_synth)
+
+    s = sub.add_parser("shard", help="ILSVRC2012 tree -> WebDataset shard store indexed by synset (resumable)")
+    s.add_argument("root", help="ImageNet root holding train/ and val/ (or ILSVRC/Data/CLS-LOC/)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--resize", default="256x256", help="WxH (default 256x256, as in the paper), short:N, or none")
+    s.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images")
+    s.add_argument("--shard-mb", type=float, default=256.0, help="target shard size in MB")
+    s.add_argument("--classes", nargs="*", help="only these wnids, or a file of wnids")
+    s.add_argument("--val-layout", default="auto", choices=["auto", "folders", "devkit", "kaggle"])
+    s.add_argument("--seed", type=int, default=0, help="seed of the global shuffle across shards")
+    s.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    s.add_argument("--allow-missing", action="store_true", help="shard the classes present; missing ones are recorded, not an error")
+    s.add_argument("--skip-unknown", action="store_true", help="skip folders that are not ILSVRC2012 wnids instead of failing")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=cmd_shard)
+
+    s = sub.add_parser("verify", help="re-hash a store's shards and index files against its manifest")
+    s.add_argument("store")
+    s.add_argument("--quick", action="store_true", help="check presence and sizes only")
+    s.set_defaults(fn=cmd_verify)
+
+    from . import cli_run  # training, sweeps, reports, benchmarks, demo
+
+    cli_run.add_commands(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except FastFTError as e:
+        print(f"fastft: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fastft: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,636 @@
+"""The shard store: ILSVRC2012 → WebDataset tar shards indexed by WordNet synset, its verification, and subset views.
+
+``write_store`` (``fastft shard``) reads an ILSVRC2012 tree once and writes, under the output directory::
+
+    settings.json                 the settings the store was started with (a resume must match them)
+    train-000000.tar …            samples ``<key>.jpg`` (RGB JPEG, pre-resized) + ``<key>.cls`` (int32 LE label, 1000-class order)
+    train-000000.idx …            DALI index (``v1.2 <n>``, then ``jpg <offset> <size> <name> cls <offset> <size> <name>`` per sample)
+    train-000000.json …           per-shard record, written when the shard is complete (what a resume trusts)
+    val-000000.tar/.idx/.json     the same for the validation split
+    samples.csv.gz                the sample index: key, wnid, label, split, shard, byte offsets/sizes, source path, input kind
+    rejected.csv                  the ledger: every input that was not written, with its reason
+    manifest.json                 written last: settings, per-shard samples/bytes/sha256/class histogram, totals, hashes
+
+Nothing is lost or silent: every input file is either written (converted to RGB JPEG if it was CMYK, grayscale, PNG,
+RGBA, …, and counted per kind) or listed in ``rejected.csv`` with a reason; ``inputs = written + rejected`` is checked.
+Output is deterministic (seeded global shuffle per split, fixed tar metadata, ordered workers) and resumable (shards
+are written under temporary names and renamed when complete; a re-run skips completed shards).
+
+A *view* (``resolve``) is a subset of the store without copying data: per-shard filtered DALI index files listing only
+the selected samples, plus the subset's label map (0…C−1) and the selected keys.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import os
+import random
+import re
+import tarfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FastFTError
+from .taxonomy import load
+
+STORE_VERSION = 1
+SAMPLE_COLUMNS = ["key", "wnid", "label", "split", "shard", "jpg_offset", "jpg_size", "cls_offset", "source", "kind"]
+_SAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+# ---------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class ShardConfig:
+    """Settings of ``fastft shard`` (recorded in ``settings.json`` and the manifest)."""
+    resize: str = "256x256"        # "WxH" (exact, the paper's 256x256), "short:N" (shorter side N), or "none"
+    quality: int = 90              # JPEG quality of re-encoded images
+    shard_mb: float = 256.0        # close a shard once it reaches this size
+    seed: int = 0                  # global shuffle across shards
+    val_layout: str = "auto"       # auto | folders | devkit | kaggle
+    classes: tuple[str, ...] = ()  # only these wnids (empty = all 1000)
+    allow_missing: bool = False    # classes absent from the tree are skipped instead of an error
+    skip_unknown: bool = False     # folders that are not ILSVRC2012 wnids are skipped instead of an error
+
+    def __post_init__(self):
+        _parse_resize(self.resize)
+        if not 1 <= self.quality <= 100:
+            raise FastFTError(f"--quality must be 1..100, got {self.quality}")
+        if self.shard_mb <= 0:
+            raise FastFTError(f"--shard-mb must be positive, got {self.shard_mb}")
+        if self.val_layout not in ("auto", "folders", "devkit", "kaggle"):
+            raise FastFTError(f"--val-layout must be auto, folders, devkit or kaggle, got {self.val_layout!r}")
+
+
+def _parse_resize(spec: str):
+    m = re.fullmatch(r"(\d+)x(\d+)", spec)
+    if m:
+        return ("exact", int(m[1]), int(m[2]))
+    m = re.fullmatch(r"short:(\d+)", spec)
+    if m:
+        return ("short", int(m[1]), int(m[1]))
+    if spec == "none":
+        return ("none", 0, 0)
+    raise FastFTError(f"--resize must be WxH (e.g. 256x256), short:N or none; got {spec!r}")
+
+
+# ---------------------------------------------------------------- input scan
+@dataclass(frozen=True)
+class Input:
+    split: str
+    wnid: str
+    source: str  # path relative to the ImageNet root
+    key: str = ""
+
+
+def _find_root(root: Path) -> Path:
+    for cand in (root, root / "ILSVRC" / "Data" / "CLS-LOC"):
+        if (cand / "train").is_dir():
+            return cand
+    raise FastFTError(f"{root} has no train/ folder (expected ILSVRC2012 layout: train/<wnid>/*.JPEG, val/…)")
+
+
+def _detect_val_layout(root: Path, data_root: Path, layout: str) -> tuple[str, Path | None]:
+    vdir = data_root / "val"
+    gt = [p for p in (root / "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt",
+                      data_root / "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt") if p.exists()]
+    kag = [p for p in (root / "LOC_val_solution.csv", data_root / "LOC_val_solution.csv") if p.exists()]
+    has_folders = vdir.is_dir() and any(p.is_dir() for p in vdir.iterdir())
+    found = {"folders": has_folders or None, "devkit": gt[0] if gt else None, "kaggle": kag[0] if kag else None}
+    if not vdir.is_dir():
+        if layout != "auto":
+            raise FastFTError(f"--val-layout {layout} given but {vdir} does not exist")
+        return "none", None
+    if layout == "auto":
+        avail = [k for k, v in found.items() if v]
+        if not avail:
+            raise FastFTError(f"cannot tell how {vdir} is labelled: no wnid folders, no devkit ground truth "
+                              "(ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt), no LOC_val_solution.csv")
+        layout = avail[0]
+    if not found[layout]:
+        raise FastFTError(f"--val-layout {layout}: its label file / folders are not under {root}")
+    return layout, (found[layout] if layout != "folders" else None)
+
+
+def _devkit_ids(gt: Path) -> dict[int, str]:
+    """ILSVRC2012_ID -> wnid from the devkit's meta.mat (IDs are NOT sorted wnid order)."""
+    meta = gt.parent / "meta.mat"
+    if not meta.exists():
+        raise FastFTError(f"devkit layout needs {meta} to map ILSVRC2012_IDs to wnids")
+    from scipy.io import loadmat
+
+    syn = loadmat(str(meta), squeeze_me=True)["synsets"]
+    out = {}
+    for s in np.atleast_1d(syn):
+        if int(s["num_children"]) == 0:
+            out[int(s["ILSVRC2012_ID"])] = str(s["WNID"])
+    return out
+
+
+def scan(root: str | Path, cfg: ShardConfig) -> tuple[list[Input], dict]:
+    """Every input file of the tree with its split and wnid; raises on unknown / missing / empty classes."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FastFTError(f"ImageNet root {root} is not a directory")
+    h = load()
+    data_root = _find_root(root)
+    wanted = list(cfg.classes) or list(h.wnids)
+    bad = [w for w in wanted if w not in h.label]
+    if bad:
+        raise FastFTError(f"--classes names non-ILSVRC2012 wnids: {bad[:5]}")
+    wanted_set = set(wanted)
+    folders = sorted(p.name for p in (data_root / "train").iterdir() if p.is_dir())
+    unknown = [f for f in folders if f not in h.label]
+    if unknown and not cfg.skip_unknown:
+        raise FastFTError(f"train/ has folders that are not ILSVRC2012 wnids: {unknown[:5]}; remove them or pass --skip-unknown")
+    missing = [w for w in wanted if w not in set(folders)]
+    if missing and not cfg.allow_missing:
+        raise FastFTError(f"{len(missing)} classes have no train/ folder (first: {missing[:5]}); pass --allow-missing to shard the rest, "
+                          "or --classes to choose classes")
+    present = [w for w in wanted if w not in set(missing)]
+    inputs: list[Input] = []
+    for w in present:
+        files = sorted(p for p in (data_root / "train" / w).iterdir() if p.is_file())
+        if not files:
+            raise FastFTError(f"class folder train/{w} is empty")
+        inputs += [Input("train", w, str(p.relative_to(root))) for p in files]
+    layout, label_file = _detect_val_layout(root, data_root, cfg.val_layout)
+    vdir = data_root / "val"
+    if layout == "folders":
+        for d in sorted(p for p in vdir.iterdir() if p.is_dir()):
+            if d.name not in h.label:
+                if cfg.skip_unknown:
+                    continue
+                raise FastFTError(f"val/ has a folder that is not an ILSVRC2012 wnid: {d.name}")
+            if d.name in wanted_set:
+                inputs += [Input("val", d.name, str(p.relative_to(root))) for p in sorted(d.iterdir()) if p.is_file()]
+    elif layout in ("devkit", "kaggle"):
+        if layout == "devkit":
+            ids = _devkit_ids(label_file)
+            lines = label_file.read_text().split()
+            labels = {f"ILSVRC2012_val_{i:08d}": ids[int(x)] for i, x in enumerate(lines, 1)}
+        else:
+            labels = {}
+            with open(label_file, newline="") as f:
+                for row in csv.DictReader(f):
+                    labels[row["ImageId"]] = row["PredictionString"].split()[0]
+        for p in sorted(x for x in vdir.iterdir() if x.is_file()):
+            stem = p.name.split(".")[0]
+            if stem not in labels:
+                raise FastFTError(f"val/{p.name} has no label in {label_file.name}")
+            if labels[stem] in wanted_set:
+                inputs.append(Input("val", labels[stem], str(p.relative_to(root))))
+    return _assign_keys(inputs), {"val_layout": layout, "missing": missing, "skipped_folders": unknown}
+
+
+def _assign_keys(inputs: list[Input]) -> list[Input]:
+    """Keys safe for WebDataset (no dots: it splits the key at the first one) and unique across the whole store."""
+    out, seen = [], Counter()
+    for x in inputs:
+        name = Path(x.source).name
+        stem = _SAFE.sub("-", name.rsplit(".", 1)[0] if "." in name else name).strip("-") or "img"
+        if not stem.startswith(x.wnid) and x.split == "train":
+            stem = f"{x.wnid}_{stem}"
+        key = stem
+        seen[stem] += 1
+        if seen[stem] > 1:  # `a.b.JPEG` vs `a-b.JPEG`, `x.JPEG` vs `x.jpg`
+            key = f"{stem}-{seen[stem]}"
+        out.append(Input(x.split, x.wnid, x.source, key))
+    return out
+
+
+# ---------------------------------------------------------------- per-image work (runs in worker processes)
+def _process(args) -> tuple[bytes | None, str]:
+    """Decode, normalise to RGB, resize and re-encode one input. Returns (jpeg, kind) or (None, reason)."""
+    path, resize, quality = args
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        return None, f"unreadable: {e.strerror or e}"
+    if not raw:
+        return None, "0-byte file"
+    fmt = "image"
+    try:
+        im = Image.open(io.BytesIO(raw))
+        fmt, mode = im.format, im.mode
+        mode_kind, w, h = _parse_resize(resize)
+        if fmt == "JPEG" and mode_kind != "none":
+            im.draft("RGB" if mode == "RGB" else None, _target_size(im.size, mode_kind, w, h))  # DCT-domain downscale: fast, exact enough
+        im.load()
+    except UnidentifiedImageError:
+        return None, f"not an image ({_sniff(raw)})"
+    except (OSError, SyntaxError, ValueError) as e:
+        return None, f"undecodable {fmt} ({e})"
+    kind = {"RGB": "rgb", "L": "grayscale", "CMYK": "cmyk", "RGBA": "rgba", "LA": "grayscale-alpha", "P": "palette"}.get(mode, mode.lower())
+    if fmt != "JPEG":
+        kind = f"{fmt.lower()}-{kind}"
+    if mode_kind == "none" and fmt == "JPEG" and mode == "RGB":
+        return raw, kind  # keep the original bytes
+    if mode != "RGB":
+        im = im.convert("RGB")
+    if mode_kind != "none":
+        size = _target_size(im.size, mode_kind, w, h)
+        if size != im.size:
+            im = im.resize(size, Image.BILINEAR)
+    b = io.BytesIO()
+    im.save(b, "JPEG", quality=quality)
+    return b.getvalue(), kind
+
+
+def _target_size(size, kind, w, h):
+    if kind == "exact":
+        return (w, h)
+    if kind == "short":
+        s = w / min(size)
+        return (max(1, round(size[0] * s)), max(1, round(size[1] * s)))
+    return size
+
+
+def _sniff(raw: bytes) -> str:
+    if raw[:2] == b"\x1f\x8b":
+        return "gzip data"
+    if raw.lstrip()[:1] == b"<":
+        return "HTML/XML text"
+    if all(32 <= c < 127 or c in (9, 10, 13) for c in raw[:256]):
+        return "text"
+    return "unrecognised bytes"
+
+
+# ---------------------------------------------------------------- writing
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.size, ti.mtime, ti.mode, ti.uid, ti.gid, ti.uname, ti.gname = size, 0, 0o644, 0, 0, "", ""
+    return ti
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def dali_index(tar_path: Path) -> str:
+    """The DALI ``v1.2`` index text of a tar (same format and content as DALI's ``wds2idx``)."""
+    groups: list[list[tuple]] = []
+    last = None
+    with tarfile.open(tar_path) as tf:
+        for m in tf:
+            if not m.isreg():
+                continue
+            base, ext = m.name.split(".", 1)
+            if base != last:
+                groups.append([])
+                last = base
+            groups[-1].append((ext, m.offset_data, m.size, m.name))
+    lines = [f"v1.2 {len(groups)}"] + [" ".join(" ".join(map(str, c)) for c in g) for g in groups]
+    return "\n".join(lines) + "\n"
+
+
+class _ShardWriter:
+    def __init__(self, out: Path, split: str, index: int):
+        self.name = f"{split}-{index:06d}"
+        self.out, self.split = out, split
+        self.tmp = out / f"{self.name}.tar.tmp"
+        self.tf = tarfile.open(self.tmp, "w", format=tarfile.USTAR_FORMAT)
+        self.rows: list[dict] = []
+        self.rejected: list[dict] = []
+        self.consumed = 0
+
+    @property
+    def bytes(self) -> int:
+        return self.tf.fileobj.tell()
+
+    def add(self, x: Input, label: int, jpg: bytes, kind: str) -> None:
+        cls = np.int32(label).tobytes()
+        self.tf.addfile(_tarinfo(f"{x.key}.jpg", len(jpg)), io.BytesIO(jpg))
+        self.tf.addfile(_tarinfo(f"{x.key}.cls", len(cls)), io.BytesIO(cls))
+        self.rows.append({"key": x.key, "wnid": x.wnid, "label": label, "split": x.split, "shard": self.name,
+                          "jpg_size": len(jpg), "source": x.source, "kind": kind})
+
+    def close(self) -> dict:
+        self.tf.close()
+        with open(self.tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        idx = dali_index(self.tmp)
+        offsets = {}
+        for line in idx.splitlines()[1:]:
+            t = line.split()
+            offsets[t[3].split(".")[0]] = (int(t[1]), int(t[5]))
+        for r in self.rows:
+            r["jpg_offset"], r["cls_offset"] = offsets[r["key"]]
+        tar = self.out / f"{self.name}.tar"
+        os.replace(self.tmp, tar)
+        _fsync_write(self.out / f"{self.name}.idx", idx.encode())
+        rec = {"name": self.name, "split": self.split, "samples": len(self.rows), "bytes": tar.stat().st_size,
+               "sha256": _sha256(tar), "idx_sha256": hashlib.sha256(idx.encode()).hexdigest(),
+               "classes": dict(sorted(Counter(r["wnid"] for r in self.rows).items())),
+               "consumed": self.consumed, "rows": self.rows, "rejected": self.rejected}
+        # the record is the commit marker: a shard without it is redone on resume
+        _fsync_write(self.out / f"{self.name}.json", json.dumps(rec).encode())
+        return rec
+
+
+def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: int | None = None, progress: bool = True,
+                stop_after_shards: int | None = None) -> dict:
+    """``fastft shard``: build (or resume, or confirm) a store. Returns the manifest.
+
+    ``stop_after_shards`` stops after writing that many new shards (used to test resume after an interruption).
+    """
+    root, out = Path(root), Path(out)
+    h = load()
+    inputs, scan_info = scan(root, cfg)
+    if not inputs:
+        raise FastFTError(f"no input images found under {root}")
+    settings = {"store_version": STORE_VERSION, **asdict(cfg), "classes": list(cfg.classes), "val_layout_found": scan_info["val_layout"],
+                "class_list_sha256": hashlib.sha256("\n".join(h.wnids).encode()).hexdigest(), "inputs": len(inputs)}
+    out.mkdir(parents=True, exist_ok=True)
+    sp = out / "settings.json"
+    if sp.exists():
+        old = json.loads(sp.read_text())
+        if old != settings:
+            diff = sorted(k for k in settings if old.get(k) != settings.get(k))
+            raise FastFTError(f"{out} holds a store made with different settings ({', '.join(diff)}); use a new --out or the same settings")
+        if (out / "manifest.json").exists():
+            return json.loads((out / "manifest.json").read_text())
+    else:
+        if any(out.iterdir()):
+            raise FastFTError(f"{out} is not empty and holds no fastft store; choose an empty or new directory")
+        _fsync_write(sp, json.dumps(settings, indent=1).encode())
+    for tmp in out.glob("*.tmp"):
+        tmp.unlink()
+
+    records: list[dict] = []
+    limit = cfg.shard_mb * 1e6
+    written_new = 0
+    ctx = get_context("fork") if hasattr(os, "fork") else get_context()
+    workers = workers or os.cpu_count() or 1
+    t0 = time.time()
+    pbar = _progress(len(inputs), progress)
+    with ctx.Pool(workers) as pool:
+        for split in ("train", "val"):
+            items = [x for x in inputs if x.split == split]
+            random.Random(f"fastft-shard/{cfg.seed}/{split}").shuffle(items)
+            pos, index = 0, 0
+            while (rp := out / f"{split}-{index:06d}.json").exists():  # resume: trust completed shards
+                rec = json.loads(rp.read_text())
+                records.append(rec)
+                pos += rec["consumed"]
+                index += 1
+                pbar.update(rec["consumed"])
+            if pos >= len(items):
+                continue
+            writer = _ShardWriter(out, split, index)
+            jobs = ((str(root / x.source), cfg.resize, cfg.quality) for x in items[pos:])
+            for x, (jpg, info) in zip(items[pos:], pool.imap(_process, jobs, chunksize=8)):
+                writer.consumed += 1
+                if jpg is None:
+                    writer.rejected.append({"source": x.source, "split": x.split, "wnid": x.wnid, "reason": info})
+                else:
+                    writer.add(x, h.label[x.wnid], jpg, info)
+                pbar.update(1)
+                if writer.bytes >= limit:
+                    records.append(writer.close())
+                    written_new += 1
+                    if stop_after_shards is not None and written_new >= stop_after_shards:
+                        pool.terminate()
+                        pbar.close()
+                        raise KeyboardInterrupt(f"stopped after {written_new} shards (test hook)")
+                    index += 1
+                    writer = _ShardWriter(out, split, index)
+            if writer.consumed:
+                records.append(writer.close())
+            else:
+                writer.tf.close()
+                writer.tmp.unlink()
+    pbar.close()
+    return _finish(out, records, settings, scan_info, time.time() - t0)
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc="shard", disable=not enabled, smoothing=0.1)
+
+
+def _finish(out: Path, records: list[dict], settings: dict, scan_info: dict, secs: float) -> dict:
+    rows = [r for rec in records for r in rec["rows"]]
+    rejected = [r for rec in records for r in rec["rejected"]]
+    written = len(rows)
+    if written + len(rejected) != settings["inputs"]:
+        raise FastFTError(f"ledger does not balance: {settings['inputs']} inputs != {written} written + {len(rejected)} rejected")
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, SAMPLE_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    gz = io.BytesIO()
+    with gzip.GzipFile(fileobj=gz, mode="wb", mtime=0, filename="") as f:
+        f.write(buf.getvalue().encode())
+    _fsync_write(out / "samples.csv.gz", gz.getvalue())
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, ["source", "split", "wnid", "reason"], lineterminator="\n")
+    w.writeheader()
+    w.writerows(sorted(rejected, key=lambda r: r["source"]))
+    _fsync_write(out / "rejected.csv", buf.getvalue().encode())
+    kinds = Counter(r["kind"] for r in rows)
+    manifest = {
+        "format": "fastft-store", "store_version": STORE_VERSION, "settings": settings, "val_layout": scan_info["val_layout"],
+        "missing_classes": scan_info["missing"], "skipped_folders": scan_info["skipped_folders"],
+        "totals": {"inputs": settings["inputs"], "written": written, "rejected": len(rejected),
+                   "by_split": dict(Counter(r["split"] for r in rows)), "classes": len({r["wnid"] for r in rows}),
+                   "bytes": sum(r["bytes"] for r in records)},
+        "input_kinds": dict(sorted(kinds.items())),
+        "rejected_reasons": dict(Counter(r["reason"].split(" (")[0] for r in rejected)),
+        "shards": [{k: rec[k] for k in ("name", "split", "samples", "bytes", "sha256", "idx_sha256", "classes")} for rec in records],
+        "files": {"samples.csv.gz": _sha256(out / "samples.csv.gz"), "rejected.csv": _sha256(out / "rejected.csv")},
+    }
+    _fsync_write(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
+    manifest["_secs"] = secs
+    return manifest
+
+
+# ---------------------------------------------------------------- reading, verification
+@dataclass
+class Store:
+    """An opened, complete store (``manifest.json`` present)."""
+    path: Path
+    manifest: dict
+    sha256: str  # of manifest.json: views record it
+
+    @property
+    def shards(self) -> list[dict]:
+        return self.manifest["shards"]
+
+    def samples(self):
+        import pandas as pd
+
+        return pd.read_csv(self.path / "samples.csv.gz", dtype={"label": "int32", "jpg_offset": "int64", "jpg_size": "int64", "cls_offset": "int64"})
+
+
+def open_store(path: str | Path) -> Store:
+    path = Path(path)
+    mp = path / "manifest.json"
+    if not mp.exists():
+        hint = " (an unfinished `fastft shard`: re-run it to complete)" if (path / "settings.json").exists() else ""
+        raise FastFTError(f"{path} is not a fastft store: no manifest.json{hint}")
+    raw = mp.read_bytes()
+    m = json.loads(raw)
+    if m.get("format") != "fastft-store":
+        raise FastFTError(f"{mp} is not a fastft store manifest")
+    return Store(path, m, hashlib.sha256(raw).hexdigest())
+
+
+def verify(path: str | Path, full: bool = True) -> list[str]:
+    """Problems with a store (empty list = fine). ``full`` re-hashes every shard; otherwise only sizes are checked."""
+    try:
+        st = open_store(path)
+    except FastFTError as e:
+        return [str(e)]
+    problems = []
+    for s in st.shards:
+        tar, idx = st.path / f"{s['name']}.tar", st.path / f"{s['name']}.idx"
+        if not tar.exists():
+            problems.append(f"{tar.name}: missing")
+        elif tar.stat().st_size != s["bytes"]:
+            problems.append(f"{tar.name}: size {tar.stat().st_size} != {s['bytes']} in the manifest (truncated or replaced)")
+        elif full and _sha256(tar) != s["sha256"]:
+            problems.append(f"{tar.name}: sha256 mismatch (corrupted)")
+        if not idx.exists():
+            problems.append(f"{idx.name}: missing")
+        elif hashlib.sha256(idx.read_bytes()).hexdigest() != s["idx_sha256"]:
+            problems.append(f"{idx.name}: does not match the manifest (truncated or edited)")
+    for name, digest in st.manifest["files"].items():
+        p = st.path / name
+        if not p.exists():
+            problems.append(f"{name}: missing")
+        elif _sha256(p) != digest:
+            problems.append(f"{name}: sha256 mismatch")
+    return problems
+
+
+# ---------------------------------------------------------------- views
+@dataclass
+class View:
+    """A resolved subset of a store: what the pipelines read."""
+    path: Path
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def store(self) -> Path:
+        return Path(self.meta["store"])
+
+    @property
+    def classes(self) -> list[str]:
+        return self.meta["classes"]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.meta["classes"])
+
+    def label_lut(self) -> np.ndarray:
+        """1000-entry table: store label -> view label (-1 = not in the view)."""
+        h = load()
+        lut = np.full(len(h.wnids), -1, np.int32)
+        for i, w in enumerate(self.classes):
+            lut[h.label[w]] = i
+        return lut
+
+    def split(self, split: str) -> dict:
+        if split not in self.meta["splits"]:
+            raise FastFTError(f"view {self.path} has no {split!r} split; it has {list(self.meta['splits'])}")
+        return self.meta["splits"][split]
+
+    def files(self, split: str) -> tuple[list[str], list[str]]:
+        """(tar paths, filtered index paths) of a split, only shards with selected samples."""
+        s = self.split(split)
+        return ([str(self.store / f"{n}.tar") for n in s["shards"]], [str(self.path / split / f"{n}.idx") for n in s["shards"]])
+
+    def keys(self, split: str):
+        import pandas as pd
+
+        return pd.read_csv(self.path / f"{split}.csv.gz")
+
+
+def open_view(path: str | Path, check_store: bool = True) -> View:
+    path = Path(path)
+    vp = path / "view.json"
+    if not vp.exists():
+        raise FastFTError(f"{path} is not a fastft view (no view.json); make one with `fastft subsets resolve`")
+    v = View(path, json.loads(vp.read_text()))
+    if check_store:
+        st = open_store(v.store)
+        if st.sha256 != v.meta["manifest_sha256"]:
+            raise FastFTError(f"view {path} was made from another version of the store {v.store} (manifest changed); resolve it again")
+        problems = verify(v.store, full=False)
+        if problems:
+            raise FastFTError(f"store {v.store} is damaged: {'; '.join(problems[:5])}; run `fastft verify {v.store}`")
+        for split in v.meta["splits"]:
+            for idx in v.files(split)[1]:
+                if not Path(idx).exists():
+                    raise FastFTError(f"view index file {idx} is missing; resolve the view again")
+    return v
+
+
+def resolve(spec, set_name: str, store_path: str | Path, out: str | Path) -> View:
+    """Turn one class set of a subset spec into a view of a store: filtered index files, label map, keys. No copy."""
+    import pandas as pd
+
+    st = open_store(store_path)
+    cs = spec.set(set_name)
+    df = st.samples()
+    have = set(df["wnid"].unique())
+    missing = [w for w in cs.classes if w not in have]
+    if missing:
+        raise FastFTError(f"set {set_name!r} needs {len(missing)} classes the store {st.path} does not hold (first: {missing[:5]}); "
+                          "shard them or choose a spec made for this store")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lut = {w: i for i, w in enumerate(cs.classes)}
+    sub = df[df["wnid"].isin(lut)].copy()
+    sub["view_label"] = sub["wnid"].map(lut).astype("int32")
+    short = {}
+    if cs.cap is not None:
+        parts = []
+        for w, g in sub[sub["split"] == "train"].groupby("wnid", sort=True):
+            keys = sorted(g["key"])
+            if len(keys) < cs.cap:
+                short[w] = len(keys)
+            chosen = set(random.Random(f"fastft-cap/{spec.seed}/{set_name}/{w}").sample(keys, min(cs.cap, len(keys))))
+            parts.append(g[g["key"].isin(chosen)])
+        sub = pd.concat(parts + [sub[sub["split"] != "train"]])
+    splits = {}
+    for split, g in sub.groupby("split", sort=True):
+        (out / split).mkdir(exist_ok=True)
+        shards = []
+        for shard, gs in g.groupby("shard", sort=True):
+            gs = gs.sort_values("jpg_offset")  # DALI reads in index order; keep tar order
+            lines = [f"v1.2 {len(gs)}"] + [f"jpg {r.jpg_offset} {r.jpg_size} {r.key}.jpg cls {r.cls_offset} 4 {r.key}.cls" for r in gs.itertuples()]
+            (out / split / f"{shard}.idx").write_text("\n".join(lines) + "\n")
+            shards.append(shard)
+        keys = g[["key", "wnid", "label", "view_label", "shard"]].sort_values("key")
+        keys.to_csv(out / f"{split}.csv.gz", index=False, compression={"method": "gzip", "mtime": 0})
+        splits[split] = {"samples": len(g), "shards": shards, "per_class_min": int(g.groupby("wnid").size().min())}
+    meta = {"format": "fastft-view", "store": str(st.path.resolve()), "manifest_sha256": st.sha256, "spec_hash": spec.hash,
+            "construction": spec.construction, "seed": spec.seed, "set": set_name, "cap": cs.cap, "classes": list(cs.classes),
+            "short_classes": short, "splits": splits}
+    (out / "view.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return View(out, meta)
