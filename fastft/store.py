@@ -626,7 +626,7 @@ def resolve(spec, set_name: str, store_path: str | Path, out: str | Path) -> Vie
             lines = [f"v1.2 {len(gs)}"] + [f"jpg {r.jpg_offset} {r.jpg_size} {r.key}.jpg cls {r.cls_offset} 4 {r.key}.cls" for r in gs.itertuples()]
             (out / split / f"{shard}.idx").write_text("\n".join(lines) + "\n")
             shards.append(shard)
-        keys = g[["key", "wnid", "label", "view_label", "shard"]].sort_values("key")
+        keys = g[["key", "wnid", "label", "view_label", "shard", "jpg_offset", "jpg_size"]].sort_values("key")
         keys.to_csv(out / f"{split}.csv.gz", index=False, compression={"method": "gzip", "mtime": 0})
         splits[split] = {"samples": len(g), "shards": shards, "per_class_min": int(g.groupby("wnid").size().min())}
     meta = {"format": "fastft-view", "store": str(st.path.resolve()), "manifest_sha256": st.sha256, "spec_hash": spec.hash,

@@ -1,0 +1,325 @@
+"""Input pipelines: a view's samples → ``(images, labels, weights)`` batches as PyTorch tensors, on DALI or PyTorch.
+
+Order and augmentation draws are decided here, in Python, by :class:`EpochPlan`; the backends only decode and
+transform. That one decision gives the properties the trainer relies on, identically on both backends:
+
+* **Exact epochs across ranks.** Each epoch is a seeded permutation of the view (train) or its sorted order (eval).
+  With B = per-rank batch × world size, an epoch has S = ceil(N / B) steps; the last step is *padded* with the first
+  S·B − N samples of the **next epoch's order** (train) or with repeats marked ``weight = 0`` (eval). Every sample is
+  used once per epoch, at most B − 1 extra samples per epoch, every rank runs S steps with full batches (no empty or
+  padding-only batch, no collective hang), and evaluation counts each sample exactly once (weights).
+* **Resumable mid-epoch.** A loader's position is ``(epoch, step)``; restoring it replays the same remaining batches,
+  augmentation included (crop positions and mirror flags are drawn by the plan from ``(seed, epoch)``, not by the
+  backend's RNG). This is what DALI's pipeline checkpointing would give, without depending on the reader's state.
+* **Independent of the number of ranks.** Draws are made for the global batch and sliced per rank, so 1 × 256 and
+  2 × 128 see the same (sample, crop, flip) per step.
+
+The augmentation graph (:func:`_dali_graph`, and :func:`_torch_augment` for the fallback) is the paper's: random
+crop (227 of 256) + random mirror for training, centre crop for evaluation and feature extraction, then per-channel
+mean/std normalisation (ImageNet RGB statistics; the paper's Caffe model subtracted a mean image, which a per-channel
+mean approximates). JPEG bytes are read straight from the store's tars (memory-mapped) at the offsets of the view.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import FastFTError
+from .store import View, open_store, open_view
+
+MEAN = (123.675, 116.28, 103.53)
+STD = (58.395, 57.12, 57.375)
+
+
+# ---------------------------------------------------------------- order
+@dataclass
+class EpochPlan:
+    """Which samples (and which crop/flip draws) each rank sees at each step of each epoch."""
+    n: int                 # samples in the split
+    batch_size: int        # per rank
+    world_size: int = 1
+    rank: int = 0
+    seed: int = 0
+    shuffle: bool = True
+
+    def __post_init__(self):
+        if self.n <= 0:
+            raise FastFTError("the view split is empty: nothing to load")
+        if not 0 <= self.rank < self.world_size:
+            raise FastFTError(f"rank {self.rank} outside world size {self.world_size}")
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(self.n / self.global_batch)
+
+    @property
+    def padding(self) -> int:
+        return self.steps * self.global_batch - self.n
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.n)
+        return np.random.default_rng([self.seed, epoch, 0x5EED]).permutation(self.n)
+
+    def epoch(self, epoch: int) -> dict[str, np.ndarray]:
+        """Arrays of shape [steps, batch_size] for this rank: ``index``, ``weight``, ``crop_x``, ``crop_y``, ``mirror``."""
+        total = self.steps * self.global_batch
+        if self.shuffle:  # pad with the next epochs' orders (never the same sample twice inside the padding)
+            parts, have, e = [self._order(epoch)], self.n, epoch
+            while have < total:
+                e += 1
+                parts.append(self._order(e))
+                have += self.n
+            index = np.concatenate(parts)[:total]
+            weight = np.ones(total, np.float32)
+        else:  # eval: repeat from the start, weighted 0 so each sample counts exactly once
+            index = np.resize(np.arange(self.n), total)
+            weight = (np.arange(total) < self.n).astype(np.float32)
+        rng = np.random.default_rng([self.seed, epoch, 0xC409])
+        cx, cy = rng.random(total, dtype=np.float32), rng.random(total, dtype=np.float32)
+        mirror = rng.integers(0, 2, total, dtype=np.int32)
+        if not self.shuffle:
+            cx[:], cy[:], mirror[:] = 0.5, 0.5, 0
+        shape = (self.steps, self.world_size, self.batch_size)
+        sl = lambda a: a.reshape(shape)[:, self.rank]  # noqa: E731
+        return {"index": sl(index), "weight": sl(weight), "crop_x": sl(cx), "crop_y": sl(cy), "mirror": sl(mirror)}
+
+
+# ---------------------------------------------------------------- sample bytes
+class SampleSource:
+    """JPEG bytes and labels of a view split, read from the store's tars through memory maps."""
+
+    def __init__(self, view: View, split: str):
+        df = view.keys(split).sort_values("key").reset_index(drop=True)
+        self.keys = df["key"].to_numpy()
+        self.labels = df["view_label"].to_numpy(np.int64)
+        self.offsets = df["jpg_offset"].to_numpy(np.int64)
+        self.sizes = df["jpg_size"].to_numpy(np.int64)
+        shards = df["shard"].to_numpy()
+        self.shard_names = sorted(set(shards))
+        self.shard_of = np.searchsorted(self.shard_names, shards)
+        self.store = view.store
+        self._maps: list | None = None
+
+    def __len__(self):
+        return len(self.keys)
+
+    def _mm(self):
+        if self._maps is None:  # opened lazily: survives pickling into DataLoader workers
+            self._maps = [np.memmap(self.store / f"{n}.tar", np.uint8, mode="r") for n in self.shard_names]
+        return self._maps
+
+    def __getstate__(self):
+        return {**self.__dict__, "_maps": None}
+
+    def jpeg(self, i: int) -> np.ndarray:
+        o = self.offsets[i]
+        return self._mm()[self.shard_of[i]][o:o + self.sizes[i]]
+
+
+# ---------------------------------------------------------------- the loader
+@dataclass
+class LoaderConfig:
+    batch_size: int = 256          # per rank
+    crop: int = 227
+    backend: str = "dali"          # dali | pytorch
+    device: str = "cpu"            # cpu | cuda
+    num_threads: int = 0           # DALI threads / DataLoader workers (0 = cores / world size)
+    hw_decoder_load: float = 0.65  # share of JPEG decoding on the hardware decoder (A100/H100/H200)
+    prefetch: int = 2
+    fp16: bool = False             # emit float16 images (GPU training in bf16/fp16 autocast)
+
+
+class Loader:
+    """Epoch-wise batches of one view split for one rank. ``for x, y, w in loader.epoch(e)``; ``len(loader)`` = steps."""
+
+    def __init__(self, view: View | str | Path, split: str, cfg: LoaderConfig, *, train: bool | None = None,
+                 rank: int = 0, world_size: int = 1, seed: int = 0):
+        self.view = view if isinstance(view, View) else open_view(view)
+        self.split, self.cfg = split, cfg
+        self.train = (split == "train") if train is None else train
+        self.src = SampleSource(self.view, split)
+        self.plan = EpochPlan(len(self.src), cfg.batch_size, world_size, rank, seed, shuffle=self.train)
+        settings = open_store(self.view.store).manifest["settings"]
+        self.fixed_size = settings["resize"] != "none" and not settings["resize"].startswith("short:")
+        if cfg.backend not in ("dali", "pytorch"):
+            raise FastFTError(f"loader backend must be 'dali' or 'pytorch', got {cfg.backend!r}")
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise FastFTError("device 'cuda' requested but no CUDA GPU is visible")
+        threads = cfg.num_threads or max(1, (os.cpu_count() or 1) // world_size)
+        self._impl = (_DaliBackend if cfg.backend == "dali" else _TorchBackend)(self, threads)
+        self.position = (0, 0)  # (epoch, next step)
+
+    def __len__(self):
+        return self.plan.steps
+
+    @property
+    def num_classes(self) -> int:
+        return self.view.num_classes
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.position[0], "step": self.position[1], "seed": self.plan.seed, "n": self.plan.n}
+
+    def load_state_dict(self, s: dict) -> None:
+        if s["n"] != self.plan.n or s["seed"] != self.plan.seed:
+            raise FastFTError("loader state is from a different view or seed; cannot resume")
+        self.position = (s["epoch"], s["step"])
+
+    def epoch(self, epoch: int, start_step: int | None = None):
+        """Yield ``(images NCHW float, labels int64, weights float)`` for the steps of ``epoch`` from ``start_step``
+        (default: the restored position if it is in this epoch, else 0)."""
+        if start_step is None:
+            start_step = self.position[1] if self.position[0] == epoch else 0
+        plan = self.plan.epoch(epoch)
+        for step, batch in enumerate(self._impl.run(plan, start_step), start_step):
+            self.position = (epoch, step + 1)
+            yield batch
+        self.position = (epoch + 1, 0)
+
+
+def _dali_graph(jpegs, cx, cy, mirror, *, device: str, crop: int, fixed_size: bool, hw_decoder_load: float, fp16: bool):
+    """The one augmentation graph: decode → (resize shorter side if the store is not fixed-size) → crop/mirror/normalise.
+    Training feeds random crop positions and mirror flags; evaluation feeds 0.5, 0.5, 0."""
+    from nvidia.dali import fn, types
+
+    if device == "cuda":
+        img = fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=hw_decoder_load)
+    else:
+        img = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
+    if not fixed_size:
+        img = fn.resize(img, resize_shorter=round(crop * 256 / 227))
+    return fn.crop_mirror_normalize(img, crop=(crop, crop), crop_pos_x=cx, crop_pos_y=cy, mirror=mirror,
+                                    mean=list(MEAN), std=list(STD), dtype=types.FLOAT16 if fp16 else types.FLOAT,
+                                    output_layout="CHW", out_of_bounds_policy="pad")
+
+
+class _DaliBackend:
+    def __init__(self, loader: Loader, threads: int):
+        from nvidia.dali import fn, pipeline_def, types
+
+        self.L = loader
+        cfg = loader.cfg
+        self._feed = None  # (plan, start_step) of the running epoch
+        dev_id = torch.cuda.current_device() if cfg.device == "cuda" else None
+
+        @pipeline_def(batch_size=cfg.batch_size, num_threads=threads, device_id=dev_id, seed=loader.plan.seed,
+                      prefetch_queue_depth=cfg.prefetch, exec_dynamic=True)
+        def pipe():
+            jpegs, labels, weights, cx, cy, mirror = fn.external_source(
+                source=self._source, num_outputs=6, batch=True, dtype=[types.UINT8, types.INT64, types.FLOAT, types.FLOAT, types.FLOAT, types.INT32])
+            img = _dali_graph(jpegs, cx, cy, mirror, device=cfg.device, crop=cfg.crop, fixed_size=loader.fixed_size,
+                              hw_decoder_load=cfg.hw_decoder_load, fp16=cfg.fp16)
+            return img, labels, weights
+
+        self.pipe = pipe()
+        self.pipe.build()
+
+    def _source(self, iteration: int):
+        plan, start = self._feed
+        step = start + iteration
+        if step >= len(plan["index"]):
+            raise StopIteration
+        src, idx = self.L.src, plan["index"][step]
+        return ([src.jpeg(i) for i in idx], src.labels[idx], plan["weight"][step], plan["crop_x"][step],
+                plan["crop_y"][step], plan["mirror"][step].astype(np.int32))
+
+    def run(self, plan: dict, start: int):
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        self._feed = (plan, start)
+        self.pipe.reset()
+        dev = torch.device("cuda", torch.cuda.current_device()) if self.L.cfg.device == "cuda" else torch.device("cpu")
+        dtype = torch.float16 if self.L.cfg.fp16 else torch.float32
+        for _ in range(start, len(plan["index"])):
+            img, lab, w = self.pipe.run()
+            img = img.as_tensor()
+            x = torch.empty(img.shape(), dtype=dtype, device=dev)
+            feed_ndarray(img, x, cuda_stream=torch.cuda.current_stream(dev) if dev.type == "cuda" else None)
+            y = torch.from_numpy(np.array(lab.as_tensor())).reshape(-1)
+            wt = torch.from_numpy(np.array(w.as_tensor())).reshape(-1)
+            if dev.type == "cuda":
+                y, wt = y.to(dev, non_blocking=True), wt.to(dev, non_blocking=True)
+            yield x, y, wt
+        try:  # drain: the source raises StopIteration once the prefetched batches are out
+            self.pipe.run()
+        except StopIteration:
+            pass
+
+
+# ---------------------------------------------------------------- PyTorch fallback (and the benchmark baseline)
+def _torch_augment(img: torch.Tensor, cx: float, cy: float, mirror: int, crop: int) -> torch.Tensor:
+    """Crop/mirror of one HWC uint8 image, same semantics as DALI's crop_mirror_normalize (normalisation is batched)."""
+    h, w = img.shape[:2]
+    if h < crop or w < crop:  # pad like DALI's out_of_bounds_policy="pad"
+        pad = torch.zeros(max(h, crop), max(w, crop), 3, dtype=img.dtype)
+        pad[:h, :w] = img
+        img, h, w = pad, max(h, crop), max(w, crop)
+    y0, x0 = round(cy * (h - crop)), round(cx * (w - crop))
+    out = img[y0:y0 + crop, x0:x0 + crop]
+    return out.flip(1) if mirror else out
+
+
+class _DecodeDataset(torch.utils.data.Dataset):
+    def __init__(self, src: SampleSource, crop: int, fixed_size: bool):
+        self.src, self.crop, self.fixed = src, crop, fixed_size
+
+    def __len__(self):
+        return len(self.src)
+
+    def __getitem__(self, job):
+        from torchvision.io import decode_jpeg
+        from torchvision.transforms.functional import resize
+
+        i, cx, cy, m = job
+        img = decode_jpeg(torch.from_numpy(np.array(self.src.jpeg(i))), mode=__import__("torchvision").io.ImageReadMode.RGB)
+        if not self.fixed:
+            img = resize(img, round(self.crop * 256 / 227), antialias=True)
+        return _torch_augment(img.permute(1, 2, 0), cx, cy, m, self.crop), self.src.labels[i]
+
+
+class _TorchBackend:
+    """A DataLoader with worker processes decoding with torchvision (libjpeg-turbo) — what users run without DALI.
+    Workers persist across epochs. Forking a process in which DALI's thread pools already run can deadlock, so in
+    such a process the fallback decodes in the main process (the benchmark runs it in its own process instead)."""
+
+    def __init__(self, loader: Loader, threads: int):
+        import sys
+
+        self.L, self.jobs = loader, []
+        ds = _DecodeDataset(loader.src, loader.cfg.crop, loader.fixed_size)
+        workers = threads if threads > 1 and "nvidia.dali" not in sys.modules else 0
+        self.dl = torch.utils.data.DataLoader(ds, batch_sampler=self, num_workers=workers, collate_fn=_collate,
+                                              pin_memory=loader.cfg.device == "cuda", persistent_workers=bool(workers),
+                                              multiprocessing_context="fork" if workers else None, prefetch_factor=4 if workers else None)
+        self.mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+        self.std = torch.tensor(STD).view(1, 3, 1, 1)
+
+    def __iter__(self):  # the DataLoader's batch sampler: the jobs of the running epoch
+        return iter(self.jobs)
+
+    def __len__(self):
+        return len(self.jobs)
+
+    def run(self, plan: dict, start: int):
+        steps = range(start, len(plan["index"]))
+        self.jobs = [[(int(i), float(x), float(y), int(m)) for i, x, y, m in zip(plan["index"][s], plan["crop_x"][s], plan["crop_y"][s], plan["mirror"][s])]
+                     for s in steps]
+        dev = torch.device("cuda") if self.L.cfg.device == "cuda" else torch.device("cpu")
+        dtype = torch.float16 if self.L.cfg.fp16 else torch.float32
+        mean, std = self.mean.to(dev), self.std.to(dev)
+        for s, (x, y) in zip(steps, self.dl):
+            x = ((x.to(dev, non_blocking=True).permute(0, 3, 1, 2).float() - mean) / std).to(dtype)
+            yield x.contiguous(), y.to(dev), torch.from_numpy(plan["weight"][s]).to(dev)
+
+
+def _collate(batch):
+    return torch.stack([b[0] for b in batch]), torch.tensor([b[1] for b in batch], dtype=torch.int64)
