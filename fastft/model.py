@@ -1,0 +1,96 @@
+"""The paper's AlexNet (Caffe ``bvlc_alexnet`` layout, Table 1 of the paper) with named layer outputs.
+
+Layers ``conv1 … fc8`` are attributes; ``forward(x, taps=[...])`` also returns the named outputs the analyses use
+(conv1/conv2 after ReLU → pool → LRN, conv3/conv4 after ReLU, conv5 after ReLU → pool, fc6/fc7 after ReLU, fc8 logits).
+``width`` scales every conv and fc width (1.0 = the paper) and ``input_size`` the input, so CPU tests and the demo run
+a small configuration of the same code. Initialisation follows the paper (§3): weights N(0, 0.01), fc6/fc7
+N(0, 0.005); biases 1 in conv2, conv4, conv5 and every fc layer, 0 elsewhere.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import FastFTError
+
+LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+FREEZABLE = LAYERS[:7]  # freeze=n keeps conv1 … the n-th of these fixed
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    num_classes: int
+    width: float = 1.0       # channel multiplier (1.0: 96/256/384/384/256 convs, 4096 fc)
+    input_size: int = 227
+    groups: bool = False     # Caffe's 2-group conv2/conv4/conv5
+    dropout: float = 0.5
+
+
+def _spatial(n: int) -> int:
+    conv = lambda s, k, st, p=0: (s + 2 * p - k) // st + 1  # noqa: E731
+    s = conv(n, 11, 4)
+    s = conv(s, 3, 2)          # pool1
+    s = conv(s, 3, 2)          # pool2 (conv2 keeps size)
+    s = conv(s, 3, 2)          # pool5
+    return s
+
+
+class AlexNet(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        c = [max(8, round(x * cfg.width)) for x in (96, 256, 384, 384, 256)]
+        fc = max(16, round(4096 * cfg.width))
+        g = 2 if cfg.groups else 1
+        s = _spatial(cfg.input_size)
+        if s < 1:
+            raise FastFTError(f"input size {cfg.input_size} is too small for AlexNet (needs >= 67 pixels)")
+        lrn = lambda: nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)  # noqa: E731
+        self.conv1 = nn.Sequential(nn.Conv2d(3, c[0], 11, 4), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2), lrn())
+        self.conv2 = nn.Sequential(nn.Conv2d(c[0], c[1], 5, padding=2, groups=g), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2), lrn())
+        self.conv3 = nn.Sequential(nn.Conv2d(c[1], c[2], 3, padding=1), nn.ReLU(inplace=True))
+        self.conv4 = nn.Sequential(nn.Conv2d(c[2], c[3], 3, padding=1, groups=g), nn.ReLU(inplace=True))
+        self.conv5 = nn.Sequential(nn.Conv2d(c[3], c[4], 3, padding=1, groups=g), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2))
+        self.fc6 = nn.Sequential(nn.Flatten(), nn.Linear(c[4] * s * s, fc), nn.ReLU(inplace=True))
+        self.fc7 = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(fc, fc), nn.ReLU(inplace=True))
+        self.fc8 = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(fc, cfg.num_classes))
+        self.reset_parameters()
+
+    def reset_parameters(self, only: tuple[str, ...] = LAYERS) -> None:
+        for name in only:
+            for m in getattr(self, name).modules():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    nn.init.normal_(m.weight, 0.0, 0.005 if name in ("fc6", "fc7") else 0.01)
+                    nn.init.constant_(m.bias, 0.0 if name in ("conv1", "conv3") else 1.0)
+
+    def forward(self, x: torch.Tensor, taps: tuple[str, ...] | None = None):
+        if taps is None:
+            for name in LAYERS:
+                x = getattr(self, name)(x)
+            return x
+        out = {}
+        for name in LAYERS:
+            x = getattr(self, name)(x)
+            if name in taps:
+                out[name] = x
+            if len(out) == len(taps):
+                break
+        return out
+
+    def replace_head(self, num_classes: int) -> None:
+        """Fine-tuning: a new, randomly initialised fc8 with ``num_classes`` outputs (paper init)."""
+        lin = self.fc8[1]
+        self.fc8[1] = nn.Linear(lin.in_features, num_classes).to(lin.weight.device, lin.weight.dtype)
+        self.reset_parameters(("fc8",))
+        self.cfg = ModelConfig(num_classes, self.cfg.width, self.cfg.input_size, self.cfg.groups, self.cfg.dropout)
+
+    def freeze(self, n: int) -> list[str]:
+        """Keep the first ``n`` layers (conv1 … fc7) fixed; returns their names."""
+        if not 0 <= n <= len(FREEZABLE):
+            raise FastFTError(f"freeze must be 0..{len(FREEZABLE)} (conv1 … fc7), got {n}")
+        for name in FREEZABLE[:n]:
+            for p in getattr(self, name).parameters():
+                p.requires_grad_(False)
+        return list(FREEZABLE[:n])
