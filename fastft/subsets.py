@@ -182,6 +182,27 @@ def c_instru_grid(h, seed, target=100, far=500, overlap=100, classes=GRID_CLASSE
     return sets
 
 
+def c_near_far(h, seed, branch=DOG, target=4, source=8, classes=None):
+    """A small near/far study on any class universe (e.g. the classes a partial store holds): target = random classes
+    of ``branch``; near = the branch's other classes, topped up with random classes from the same side of the
+    living/artifact partition; far = random classes from the other side. Used by the demo."""
+    universe = set(classes) if classes else set(h.wnids)
+    bad = sorted(universe - set(h.wnids))
+    if bad:
+        raise FastFTError(f"classes lists non-ILSVRC2012 wnids: {bad[:5]}")
+    rng = random.Random(f"fastft/near-far/{seed}")
+    members = [c for c in h.under(branch) if c in universe]
+    tgt = _draw(rng, members, target, f"branch {branch} ({h.name(h.check(branch))}) within the given classes")
+    living, artifact = h.living_artifact()
+    side, other = (living, artifact) if tgt[0] in set(living) else (artifact, living)
+    rest_branch = [c for c in members if c not in set(tgt)]
+    rest_side = [c for c in side if c in universe and c not in set(members)]
+    near = rng.sample(rest_branch, min(source, len(rest_branch)))
+    near += _draw(rng, rest_side, source - len(near), "the target's side of the partition (to fill near)")
+    far = _draw(rng, [c for c in other if c in universe], source, "the other side of the partition (far)")
+    return {"target": ClassSet(_sorted(h, tgt)), "near": ClassSet(_sorted(h, near)), "far": ClassSet(_sorted(h, far))}
+
+
 @dataclass(frozen=True)
 class Construction:
     fn: Callable
@@ -197,7 +218,22 @@ CONSTRUCTIONS: dict[str, Construction] = {
     "instru-240": Construction(c_instru, {"target": 100, "far": 500, "overlap": 100, "cap": 240}, "INSTRU at 240 training images per class, near / far sources (§4.5)"),
     "instru-grid": Construction(c_instru_grid, {"target": 100, "far": 500, "overlap": 100, "classes": list(GRID_CLASSES), "images": list(GRID_IMAGES)},
                                 "INSTRU subsets: K in {100,80,40,20,10} classes x images/class 1200..30, near / far (§4.4, §4.6)"),
+    "near-far": Construction(c_near_far, {"branch": DOG, "target": 4, "source": 8, "classes": None},
+                             "small near/far study on any class universe (e.g. a partial store's classes); the demo's"),
 }
+
+
+def _check_param(construction: str, k: str, v, default) -> None:
+    if k == "classes":
+        ok, want = v is None or (isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)), "a list of wnids"
+    elif isinstance(default, str):
+        ok, want = isinstance(v, str), "a wnid"
+    elif isinstance(default, list):
+        ok, want = isinstance(v, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in v), "a list of integers"
+    else:
+        ok, want = (v is None or isinstance(v, int)) and not isinstance(v, bool), "an integer"
+    if not ok:
+        raise FastFTError(f"parameter {k}={v!r} of {construction!r} must be {want}")
 
 
 def make(construction: str, seed: int, **params) -> SubsetSpec:
@@ -210,10 +246,7 @@ def make(construction: str, seed: int, **params) -> SubsetSpec:
         raise FastFTError(f"construction {construction!r} has no parameter(s) {sorted(unknown)}; it takes {sorted(c.defaults)}")
     full = {**c.defaults, **params}
     for k, v in full.items():
-        d = c.defaults[k]
-        ok = (v is None or isinstance(v, int)) if d is None or isinstance(d, int) else isinstance(v, (list, tuple)) and all(isinstance(x, int) for x in v)
-        if not ok or isinstance(v, bool):
-            raise FastFTError(f"parameter {k}={v!r} of {construction!r} must be {'an integer' if not isinstance(d, list) else 'a list of integers'}")
+        _check_param(construction, k, v, c.defaults[k])
     h = load()
     sets = c.fn(h, seed, **full)
     return SubsetSpec(construction, int(seed), {k: list(v) if isinstance(v, tuple) else v for k, v in full.items()}, sets,

@@ -1,0 +1,395 @@
+"""``fastft train``: one pretrain / fine-tune / scratch run of the paper's protocol on Accelerate.
+
+The trainer owns the loop, the protocol (SGD, step LR by epoch, head replacement, freeze-n), evaluation, metrics,
+checkpoints, resume and preemption. It never imports DALI: batches come from an injected ``loader_factory``
+(``fastft.pipelines.Loader`` in production, anything with the same interface in tests), created per rank outside
+``accelerator.prepare`` — each rank reads its own slice of every global batch, so the global batch (and with it the
+schedule) does not depend on the number of processes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import runs
+from .config import to_dict
+from .errors import FastFTError
+from .model import AlexNet, ModelConfig
+
+MODES = ("scratch", "finetune")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Data: ``view`` (a resolved view) or ``spec`` + ``set`` + ``store`` (resolved on the fly)."""
+    view: str | None = None
+    spec: str | None = None
+    set: str = "target"
+    store: str | None = None
+    mode: str = "scratch"              # scratch | finetune
+    source: str | None = None          # finetune: a run directory (its model.pt) or a model.pt file
+    freeze: int = 0                    # keep conv1 … the n-th layer (n = 0…7, up to fc7) fixed
+    allow_overlap: bool = False        # allow a source that shares some (not all) classes with the target
+    epochs: int = 100
+    lr: float | None = None            # default: 0.01 scratch, 0.001 finetune (§3)
+    lr_step: int = 20                  # divide the LR by 1/lr_gamma every lr_step epochs
+    lr_gamma: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256              # global (all ranks together)
+    seed: int = 0
+    width: float = 1.0                 # AlexNet width multiplier (1.0 = the paper)
+    crop: int = 227                    # input size (random crop of the stored image)
+    groups: bool = False               # Caffe's grouped conv2/4/5
+    init: str = "paper"                # paper (§3) | kaiming (small CPU configurations; see fastft.model)
+    # infrastructure: not part of the run's identity
+    out: str = "runs"
+    name: str | None = None
+    backend: str = "dali"              # dali | pytorch
+    device: str = "auto"               # auto | cpu | cuda
+    precision: str = "auto"            # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    compile: bool = False
+    channels_last: bool = True
+    num_threads: int = 0
+    eval_every: int = 1
+    checkpoint_every: int = 1
+    keep_checkpoints: int = 2
+    trackers: tuple[str, ...] = ()     # e.g. [tensorboard] or [wandb], through Accelerate
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise FastFTError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.view is None and (self.spec is None or self.store is None):
+            raise FastFTError("give either view: <view dir> or spec: + set: + store:")
+        if self.mode == "finetune" and not self.source:
+            raise FastFTError("mode finetune needs source: <run dir or model.pt>")
+        if self.mode == "scratch" and (self.source or self.freeze):
+            raise FastFTError("mode scratch takes no source and no freeze; use mode finetune")
+        for k in ("epochs", "batch_size", "lr_step", "eval_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, k) < 1:
+                raise FastFTError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if self.backend not in ("dali", "pytorch"):
+            raise FastFTError(f"backend must be dali or pytorch, got {self.backend!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise FastFTError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise FastFTError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.lr is not None and self.lr <= 0:
+            raise FastFTError(f"lr must be positive, got {self.lr}")
+
+    @property
+    def base_lr(self) -> float:
+        return self.lr if self.lr is not None else (0.01 if self.mode == "scratch" else 0.001)
+
+
+IDENTITY_KEYS = ("mode", "freeze", "epochs", "lr_step", "lr_gamma", "momentum", "weight_decay", "batch_size", "seed",
+                 "width", "crop", "groups", "init")
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    return cfg.base_lr * cfg.lr_gamma ** (epoch // cfg.lr_step)
+
+
+class _Preempt:
+    """SIGTERM / SIGUSR1 → finish the current step, checkpoint, exit non-zero (a scheduler requeues)."""
+
+    def __init__(self):
+        self.flag = False
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                self._old[s] = signal.signal(s, self._set)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _set(self, *_):
+        self.flag = True
+
+    def __exit__(self, *a):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+class Preempted(SystemExit):
+    """Raised after the preemption checkpoint: exit code 143 (128 + SIGTERM)."""
+
+    def __init__(self):
+        super().__init__(143)
+
+
+def _source_model(path: str) -> tuple[dict, dict, Path]:
+    p = Path(path)
+    f = p / "model.pt" if p.is_dir() else p
+    if not f.exists():
+        if p.is_dir() and not runs.is_finished(p):
+            raise FastFTError(f"source run {p} has not finished (no model.pt); train it first")
+        raise FastFTError(f"finetune source {path} does not exist")
+    blob = torch.load(f, map_location="cpu", weights_only=False)
+    if "model" not in blob or "model_config" not in blob:
+        raise FastFTError(f"{f} is not a fastft model file")
+    return blob["model"], blob, f
+
+
+def train(cfg: TrainConfig, loader_factory: Callable, views: Callable | None = None) -> dict:
+    """Run (or resume, or confirm finished) one training run; returns ``final.json``'s content.
+
+    ``loader_factory(view_path, split, batch_size, rank, world_size, seed, train)`` builds per-rank loaders;
+    ``views(cfg)`` resolves ``spec``/``set``/``store`` into a view directory (main process only).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    cfg.validate()
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
+    acc = Accelerator(cpu=device == "cpu", mixed_precision="bf16" if precision == "bf16" else "no",
+                      log_with=list(cfg.trackers) or None)
+    world, rank = acc.num_processes, acc.process_index
+    if cfg.batch_size % world:
+        raise FastFTError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes")
+    if cfg.num_threads and device == "cpu":
+        torch.set_num_threads(cfg.num_threads)
+
+    # ---- data identity (views are resolved once, by the main process)
+    view_path = cfg.view
+    if view_path is None:
+        if acc.is_main_process:
+            view_path = str(views(cfg))
+        acc.wait_for_everyone()
+        view_path = view_path or str(views(cfg, existing_only=True))
+    from .store import open_view  # data module: no DALI import
+
+    view = open_view(view_path)
+    for split in ("train", "val"):
+        view.split(split)
+    num_classes = view.num_classes
+
+    # ---- source (fine-tuning) checks, before any work
+    src_state = src_blob = None
+    identity = {k: getattr(cfg, k) for k in IDENTITY_KEYS}
+    identity.update(lr=cfg.base_lr, precision=precision, data={k: view.meta[k] for k in ("spec_hash", "set", "cap", "manifest_sha256")},
+                    classes=view.classes)
+    if cfg.mode == "finetune":
+        src_state, src_blob, src_file = _source_model(cfg.source)
+        mc = src_blob["model_config"]
+        if (mc["width"], mc["groups"]) != (cfg.width, cfg.groups):
+            raise FastFTError(f"source {src_file} has width {mc['width']}, groups {mc['groups']}; this run asks width {cfg.width}, groups {cfg.groups}")
+        overlap = set(src_blob.get("classes", [])) & set(view.classes)
+        if 0 < len(overlap) < len(view.classes) and not cfg.allow_overlap:
+            raise FastFTError(f"source {src_file} was trained on {len(overlap)} of the {len(view.classes)} target classes "
+                              f"(e.g. {sorted(overlap)[:3]}); sources must be disjoint from the target or contain all of it "
+                              "(set allow_overlap: true if this is intended)")
+        identity["source"] = src_blob.get("run_id") or str(src_file)
+    rid = runs.run_id(identity)
+    run_dir = Path(cfg.out) / f"{cfg.name or cfg.mode}-{rid}"
+    resolved = {"run_id": rid, "identity": identity, "config": {**to_dict(cfg), "view": view_path}, "world_size": world,
+                "device": device, "precision": precision, "num_classes": num_classes}
+    if runs.is_finished(run_dir):
+        acc.print(f"run {run_dir} is already finished; nothing to do")
+        return json.loads((run_dir / "final.json").read_text())
+    if acc.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cp = run_dir / "config.json"
+        if cp.exists() and json.loads(cp.read_text())["identity"] != identity:
+            raise FastFTError(f"{run_dir} holds a different run (config changed); use another out: or name:")
+        cp.write_text(json.dumps(resolved, indent=1) + "\n")
+        (run_dir / "env.json").write_text(json.dumps(runs.environment(), indent=1) + "\n")
+    acc.wait_for_everyone()
+
+    # ---- model and optimiser (identical on every rank), then per-rank RNG for dropout
+    mcfg = ModelConfig(num_classes, cfg.width, cfg.crop, cfg.groups, init=cfg.init)
+    if cfg.mode == "finetune":
+        model = AlexNet(ModelConfig(src_blob["model_config"]["num_classes"], cfg.width, cfg.crop, cfg.groups, init=cfg.init))
+        try:
+            model.load_state_dict(src_state)
+        except RuntimeError as e:
+            raise FastFTError(f"source weights do not fit this model (crop {cfg.crop}, width {cfg.width}): {str(e)[:200]}") from None
+        torch.manual_seed(cfg.seed)  # the new head is identical on every rank
+        model.replace_head(num_classes)
+        frozen = model.freeze(cfg.freeze)
+    else:
+        torch.manual_seed(cfg.seed)
+        model = AlexNet(mcfg)
+        frozen = []
+    set_seed(cfg.seed * 1000 + 1 + rank, device_specific=False)
+    if device == "cuda" and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    start_epoch, loader_state, partial = 0, None, None
+    ckpt = runs.latest_checkpoint(run_dir)
+    if ckpt is not None:
+        st = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        start_epoch, loader_state = st["epoch"], st["loader"]
+        rng_file = ckpt / f"rng-{rank}.pt"
+        if rng_file.exists():
+            local = torch.load(rng_file, weights_only=False)
+            _set_rng(local["rng"])
+            partial = local["partial"]
+        acc.print(f"resuming {run_dir.name} from {ckpt.name} (epoch {loader_state['epoch']}, step {loader_state['step']})")
+    model, opt = acc.prepare(model, opt)
+    fwd = torch.compile(model) if cfg.compile else model
+
+    per_rank = cfg.batch_size // world
+    train_loader = loader_factory(view_path, "train", per_rank, rank, world, cfg.seed, True)
+    val_loader = loader_factory(view_path, "val", per_rank, rank, world, cfg.seed, False)
+    if loader_state:
+        train_loader.load_state_dict(loader_state)
+    if cfg.trackers:
+        acc.init_trackers(f"fastft-{run_dir.name}", config={k: v for k, v in to_dict(cfg).items() if isinstance(v, (int, float, str, bool))})
+
+    progress_now = None  # this rank's partial-epoch sums, so a mid-epoch resume reports the same epoch metrics
+
+    def save(name: str):
+        tmp = runs.checkpoint_tmp(run_dir, name) if acc.is_main_process else Path(run_dir) / runs.CKPT_DIR / f"{name}.tmp"
+        acc.wait_for_everyone()
+        runs.save_file({"rng": _get_rng(), "partial": progress_now}, tmp / f"rng-{rank}.pt")
+        if acc.is_main_process:
+            runs.save_file({"model": acc.unwrap_model(model).state_dict(), "opt": opt.state_dict(),
+                            "epoch": train_loader.position[0], "loader": train_loader.state_dict()}, tmp / "state.pt")
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            runs.commit_checkpoint(run_dir, name, cfg.keep_checkpoints)
+        acc.wait_for_everyone()
+
+    steps = len(train_loader)
+    log = (run_dir / "metrics.jsonl")
+    pbar = None
+    if acc.is_main_process and cfg.progress:
+        from tqdm import tqdm
+
+        done = start_epoch * steps + (loader_state["step"] if loader_state else 0)
+        pbar = tqdm(total=cfg.epochs * steps, initial=done, unit="step", desc=run_dir.name[:40], dynamic_ncols=True)
+    t_run = time.time()
+    with _Preempt() as pre:
+        for epoch in range(start_epoch, cfg.epochs):
+            lr = lr_at(cfg, epoch)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            model.train()
+            loss_sum = torch.zeros((), device=acc.device)
+            n_steps, t0, secs_before = 0, time.time(), 0.0
+            if partial is not None:  # resumed mid-epoch
+                loss_sum += partial["loss_sum"]
+                n_steps, secs_before, partial = partial["n_steps"], partial["secs"], None
+            for step_i, (x, y, _) in enumerate(train_loader.epoch(epoch)):
+                if device == "cuda" and cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with acc.autocast():
+                    loss = F.cross_entropy(fwd(x), y)
+                opt.zero_grad(set_to_none=True)
+                acc.backward(loss)
+                opt.step()
+                loss_sum += loss.detach()
+                n_steps += 1
+                if pbar is not None:
+                    pbar.update(1)
+                    if n_steps % 20 == 1:
+                        pbar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", lr=lr)
+                if _stop(acc, pre, n_steps):
+                    progress_now = {"loss_sum": float(loss_sum), "n_steps": n_steps, "secs": secs_before + time.time() - t0}
+                    save(f"e{epoch:04d}-s{train_loader.position[1]:06d}")
+                    acc.print(f"preempted: checkpointed at epoch {epoch} step {train_loader.position[1]}; re-run to resume")
+                    raise Preempted()
+            train_secs = secs_before + time.time() - t0
+            progress_now = None
+            rec = {"epoch": epoch + 1, "lr": lr, "train_loss": float(acc.reduce(loss_sum / max(n_steps, 1), "mean")),
+                   "img_per_s": n_steps * cfg.batch_size / max(train_secs, 1e-9), "train_secs": round(train_secs, 3)}
+            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                rec.update(evaluate(acc, model, val_loader, device, cfg.channels_last))
+            if acc.is_main_process:
+                with open(log, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                if cfg.trackers:
+                    acc.log(rec, step=epoch + 1)
+                if pbar is not None:
+                    pbar.set_postfix(epoch=epoch + 1, loss=f"{rec['train_loss']:.3f}", top1=rec.get("top1"))
+            if (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < cfg.epochs:
+                save(f"e{epoch + 1:04d}-s000000")
+    if pbar is not None:
+        pbar.close()
+
+    metrics = runs.read_metrics(run_dir) if acc.is_main_process else []
+    final = {"run_id": rid, "name": run_dir.name, "mode": cfg.mode, "epochs": cfg.epochs, "seed": cfg.seed,
+             "num_classes": num_classes, "frozen": frozen, "world_size": world, "device": device,
+             "wall_secs": round(time.time() - t_run, 2)}
+    if metrics:
+        last = metrics[-1]
+        final.update(top1=last.get("top1"), top5=last.get("top5"), train_loss=last["train_loss"],
+                     best_top1=max(m.get("top1", 0) for m in metrics), img_per_s=float(np.mean([m["img_per_s"] for m in metrics])))
+    if acc.is_main_process:
+        runs.save_file({"model": acc.unwrap_model(model).state_dict(), "model_config": vars(acc.unwrap_model(model).cfg),
+                        "classes": view.classes, "run_id": rid}, run_dir / "model.pt")
+        (run_dir / "final.json").write_text(json.dumps(final, indent=1) + "\n")  # written last: the run is finished
+    acc.wait_for_everyone()
+    if cfg.trackers:
+        acc.end_training()
+    return final
+
+
+def _stop(acc, pre: _Preempt, n: int) -> bool:
+    if acc.num_processes == 1:
+        return pre.flag
+    if n % 10:
+        return False
+    flag = torch.tensor([1.0 if pre.flag else 0.0], device=acc.device)
+    return bool(acc.reduce(flag, "sum").item() > 0)
+
+
+@torch.no_grad()
+def evaluate(acc, model, loader, device: str, channels_last: bool) -> dict:
+    """Top-1/top-5 over the split, each sample counted exactly once across ranks (padding has weight 0)."""
+    model.eval()
+    tot = torch.zeros(4, device=acc.device, dtype=torch.float64)  # correct1, correct5, count, loss
+    for x, y, w in loader.epoch(0):
+        if device == "cuda" and channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with acc.autocast():
+            logits = model(x)
+        w = w.to(acc.device, torch.float64)
+        top5 = logits.float().topk(min(5, logits.shape[1]), 1).indices
+        hit = top5.eq(y.view(-1, 1))
+        tot[0] += (hit[:, 0].double() * w).sum()
+        tot[1] += (hit.any(1).double() * w).sum()
+        tot[2] += w.sum()
+        tot[3] += (F.cross_entropy(logits.float(), y, reduction="none").double() * w).sum()
+    tot = acc.reduce(tot, "sum")
+    model.train()
+    n = tot[2].item()
+    return {"top1": 100 * tot[0].item() / n, "top5": 100 * tot[1].item() / n, "test_loss": tot[3].item() / n, "test_n": int(n)}
+
+
+def _get_rng() -> dict:
+    s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def _set_rng(s: dict) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def with_overrides(cfg: TrainConfig, **kw) -> TrainConfig:
+    return replace(cfg, **kw)
