@@ -64,20 +64,20 @@ def cmd_train(a):
     if a.procs and a.procs > 1 and "RANK" not in os.environ and "ACCELERATE_PROCESS_INDEX" not in os.environ:
         return _launch(a)
     final = train(cfg, loader_factory(cfg.backend, cfg.device, cfg.crop, cfg.num_threads), view_for)
+    if int(os.environ.get("RANK", "0")):
+        return
     top1 = final.get("top1")
     print(f"run {final['name']}: top-1 {top1:.2f}%  top-5 {final.get('top5', float('nan')):.2f}%  ({final['epochs']} epochs)" if top1 is not None
           else f"run {final['name']} finished")
 
 
 def _launch(a):
-    """``fastft train --procs N``: the same command under ``accelerate launch`` (data parallel on N GPUs, or N CPU processes)."""
-    cpu = not _cuda()
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(a.procs), "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(a.port)]
-    cmd += ["--cpu"] if cpu else ["--multi_gpu"]
-    cmd += ["-m", "fastft", "train"] + ([a.config] if a.config else []) + list(a.overrides)
+    """``fastft train --procs N``: the same command under torchrun (N GPUs, or N gloo CPU processes without a GPU);
+    Accelerate reads the ranks from torchrun's environment. Multi-node: ``accelerate launch`` / ``torchrun`` directly."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(a.procs), "--master_port", str(a.port),
+           "-m", "fastft", "train"] + ([a.config] if a.config else []) + list(a.overrides)
     env = dict(os.environ)
-    if cpu:
+    if not _cuda():
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // a.procs)))
     r = subprocess.run(cmd, env=env)
     if r.returncode:

@@ -182,14 +182,14 @@ def c_instru_grid(h, seed, target=100, far=500, overlap=100, classes=GRID_CLASSE
     return sets
 
 
-def c_near_far(h, seed, branch=DOG, target=4, source=8, classes=None):
-    """A small near/far study on any class universe (e.g. the classes a partial store holds): target = random classes
+def c_near_far(h, seed, branch=DOG, target=4, source=8, within=None):
+    """A small near/far study within any class universe ``within`` (e.g. the classes a partial store holds): target = random classes
     of ``branch``; near = the branch's other classes, topped up with random classes from the same side of the
     living/artifact partition; far = random classes from the other side. Used by the demo."""
-    universe = set(classes) if classes else set(h.wnids)
+    universe = set(within) if within else set(h.wnids)
     bad = sorted(universe - set(h.wnids))
     if bad:
-        raise FastFTError(f"classes lists non-ILSVRC2012 wnids: {bad[:5]}")
+        raise FastFTError(f"within lists non-ILSVRC2012 wnids: {bad[:5]}")
     rng = random.Random(f"fastft/near-far/{seed}")
     members = [c for c in h.under(branch) if c in universe]
     tgt = _draw(rng, members, target, f"branch {branch} ({h.name(h.check(branch))}) within the given classes")
@@ -218,13 +218,13 @@ CONSTRUCTIONS: dict[str, Construction] = {
     "instru-240": Construction(c_instru, {"target": 100, "far": 500, "overlap": 100, "cap": 240}, "INSTRU at 240 training images per class, near / far sources (§4.5)"),
     "instru-grid": Construction(c_instru_grid, {"target": 100, "far": 500, "overlap": 100, "classes": list(GRID_CLASSES), "images": list(GRID_IMAGES)},
                                 "INSTRU subsets: K in {100,80,40,20,10} classes x images/class 1200..30, near / far (§4.4, §4.6)"),
-    "near-far": Construction(c_near_far, {"branch": DOG, "target": 4, "source": 8, "classes": None},
+    "near-far": Construction(c_near_far, {"branch": DOG, "target": 4, "source": 8, "within": None},
                              "small near/far study on any class universe (e.g. a partial store's classes); the demo's"),
 }
 
 
 def _check_param(construction: str, k: str, v, default) -> None:
-    if k == "classes":
+    if k == "within":
         ok, want = v is None or (isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)), "a list of wnids"
     elif isinstance(default, str):
         ok, want = isinstance(v, str), "a wnid"

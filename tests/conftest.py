@@ -1,0 +1,52 @@
+"""Shared fixtures: one synthetic ImageNet (with every kind of broken file), its store, and views — built once per session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def synth_tree(tmp_path_factory) -> Path:
+    from fastft.synth import synth
+
+    root = tmp_path_factory.mktemp("imagenet") / "ILSVRC2012"
+    synth(root, train_per_class=40, val_per_class=6, size=72, val_layout="devkit", broken=True, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def store(synth_tree, tmp_path_factory) -> Path:
+    from fastft.store import ShardConfig, write_store
+
+    out = tmp_path_factory.mktemp("store") / "imagenet"
+    write_store(synth_tree, out, ShardConfig(resize="80x80", shard_mb=0.25, allow_missing=True), workers=2, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def store_classes(store) -> list[str]:
+    from fastft.store import open_store
+    from fastft.taxonomy import load
+
+    h = load()
+    return sorted({w for s in open_store(store).shards for w in s["classes"]}, key=h.label.__getitem__)
+
+
+@pytest.fixture(scope="session")
+def demo_spec(store_classes, tmp_path_factory):
+    from fastft.subsets import make
+
+    spec = make("near-far", 0, within=store_classes)
+    spec.save(tmp_path_factory.mktemp("spec") / "spec.json")
+    return spec
+
+
+@pytest.fixture(scope="session")
+def view_near(demo_spec, store, tmp_path_factory):
+    from fastft.store import resolve
+
+    return resolve(demo_spec, "near", store, tmp_path_factory.mktemp("views") / "near")

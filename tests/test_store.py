@@ -1,0 +1,176 @@
+"""`fastft shard` / `verify` / views on a synthetic ImageNet with broken files, read by the real clients."""
+import csv
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fastft.errors import FastFTError
+from fastft.store import ShardConfig, dali_index, open_store, resolve, verify, write_store
+from fastft.subsets import ClassSet, SubsetSpec
+from fastft.synth import BROKEN, synth
+from fastft.taxonomy import load
+
+CFG = ShardConfig(resize="80x80", shard_mb=0.25, allow_missing=True)
+
+
+def _digest(d: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir()) if p.is_file()}
+
+
+def test_ledger_balances_and_kinds_are_counted(synth_tree, store):
+    m = open_store(store).manifest
+    t = m["totals"]
+    n_inputs = sum(1 for p in synth_tree.rglob("*") if p.is_file() and (p.parent.parent.name in ("train", "val") or p.parent.name == "val"))
+    assert t["inputs"] == n_inputs == t["written"] + t["rejected"]
+    assert m["input_kinds"]["cmyk"] == 1 and m["input_kinds"]["grayscale"] == 1
+    assert m["input_kinds"]["png-rgb"] == 1 and m["input_kinds"]["png-rgba"] == 1
+    rejected = list(csv.DictReader(open(store / "rejected.csv")))
+    kinds = {Path(r["source"]).stem.rsplit("_", 1)[1]: r["reason"] for r in rejected}
+    assert set(kinds) == {"truncated", "empty", "html", "gzip", "random"}
+    assert "0-byte" in kinds["empty"] and "truncated" in kinds["truncated"] and "gzip" in kinds["gzip"]
+    assert set(BROKEN) - set(kinds) == {"cmyk", "png", "gray", "rgba"}  # the rest were converted, not lost
+    assert t["by_split"]["val"] == 24 * 6
+
+
+def test_samples_are_rgb_jpeg_with_right_labels(store, synth_tree):
+    from PIL import Image
+    import tarfile
+
+    h = load()
+    df = open_store(store).samples()
+    assert df["key"].is_unique and not df["key"].str.contains(r"\.").any()
+    assert (df["label"] == df["wnid"].map(h.label)).all()
+    keys = set(df["key"])
+    c = sorted(p.name for p in (synth_tree / "train").iterdir())[0]
+    assert {f"{c}_9001-v2", f"{c}_9002", f"{c}_cmyk"} <= keys
+    row = df[df["key"] == f"{c}_cmyk"].iloc[0]
+    with tarfile.open(store / f"{row.shard}.tar") as tf:
+        im = Image.open(tf.extractfile(f"{row.key}.jpg"))
+        assert im.format == "JPEG" and im.mode == "RGB" and im.size == (80, 80)
+        assert np.frombuffer(tf.extractfile(f"{row.key}.cls").read(), np.int32)[0] == h.label[c]
+
+
+def test_dali_index_matches_dalis_own_indexer(store, tmp_path):
+    tar = next(store.glob("train-*.tar"))
+    exe = Path(sys.executable).with_name("wds2idx")
+    subprocess.run([str(exe), str(tar), str(tmp_path / "ref.idx")], check=True, capture_output=True)
+    assert (tmp_path / "ref.idx").read_text() == (store / tar.name.replace(".tar", ".idx")).read_text() == dali_index(tar)
+
+
+def test_verify_names_corrupt_shard_and_index(store, tmp_path):
+    assert verify(store) == []
+    bad = tmp_path / "bad"
+    shutil.copytree(store, bad)
+    tar = sorted(bad.glob("train-*.tar"))[1]
+    data = bytearray(tar.read_bytes())
+    data[1000] ^= 0xFF
+    tar.write_bytes(bytes(data))
+    idx = sorted(bad.glob("val-*.idx"))[0]
+    idx.write_text(idx.read_text()[:-20])
+    problems = verify(bad)
+    assert any(tar.name in p and "sha256" in p for p in problems)
+    assert any(idx.name in p for p in problems)
+    from fastft.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["verify", str(bad)])
+    assert e.value.code == 1
+
+
+def test_reshard_is_byte_identical_and_resumes(synth_tree, store, tmp_path):
+    again = tmp_path / "again"
+    write_store(synth_tree, again, CFG, workers=2, progress=False)
+    assert _digest(again) == _digest(store)
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        write_store(synth_tree, part, CFG, workers=2, progress=False, stop_after_shards=3)
+    assert not (part / "manifest.json").exists() and len(list(part.glob("*.json"))) == 4  # settings + 3 shard records
+    (part / "train-000003.tar.tmp").write_bytes(b"half a shard")  # what a kill mid-write leaves
+    write_store(synth_tree, part, CFG, workers=2, progress=False)
+    assert _digest(part) == _digest(store)
+
+
+def test_val_labels_agree_across_layouts(tmp_path):
+    h = load()
+    classes = list(h.wnids[:3])
+    labels = {}
+    for layout in ("folders", "devkit", "kaggle"):
+        root = tmp_path / layout
+        synth(root, classes=classes, train_per_class=2, val_per_class=4, size=40, val_layout=layout, seed=5)
+        write_store(root, tmp_path / f"s-{layout}", ShardConfig(resize="40x40", allow_missing=True), workers=1, progress=False)
+        df = open_store(tmp_path / f"s-{layout}").samples()
+        labels[layout] = dict(zip(df[df.split == "val"].key, df[df.split == "val"].wnid))
+    assert len(labels["folders"]) == 12
+    assert labels["folders"] == labels["devkit"] == labels["kaggle"]
+
+
+def test_bad_trees_fail_before_work(tmp_path, synth_tree):
+    h = load()
+    root = tmp_path / "t"
+    synth(root, classes=list(h.wnids[:2]), train_per_class=2, val_per_class=1, size=40)
+    with pytest.raises(FastFTError, match="998 classes have no train"):
+        write_store(root, tmp_path / "o1", ShardConfig(), progress=False)
+    (root / "train" / "n99999999").mkdir()
+    with pytest.raises(FastFTError, match="n99999999"):
+        write_store(root, tmp_path / "o2", ShardConfig(allow_missing=True), progress=False)
+    (root / "train" / "n99999999").rmdir()
+    (root / "train" / h.wnids[5]).mkdir()
+    with pytest.raises(FastFTError, match="empty"):
+        write_store(root, tmp_path / "o3", ShardConfig(allow_missing=True), progress=False)
+    with pytest.raises(FastFTError, match="resize"):
+        ShardConfig(resize="big")
+
+
+def test_view_with_cap_reads_exactly_through_dali_and_webdataset(store, store_classes, tmp_path):
+    import webdataset as wds
+    from nvidia.dali import fn, pipeline_def, types
+
+    spec = SubsetSpec("custom", 3, {}, {"t": ClassSet(tuple(store_classes[:10]), 30)}, {})
+    v = resolve(spec, "t", store, tmp_path / "view")
+    want = set(v.keys("train")["key"])
+    assert len(want) == 300 and v.keys("train").groupby("wnid").size().eq(30).all()
+    assert resolve(spec, "t", store, tmp_path / "view2").keys("train")["key"].tolist() == v.keys("train")["key"].tolist()
+    tars, idxs = v.files("train")
+
+    @pipeline_def(batch_size=50, num_threads=1, device_id=None)
+    def pipe():
+        jpg, cls = fn.readers.webdataset(paths=tars, index_paths=idxs, ext=["jpg", "cls"], dtypes=[types.UINT8, types.INT32],
+                                         missing_component_behavior="error", name="r")
+        return fn.get_property(jpg, key="source_info"), cls
+
+    p = pipe()
+    p.build()
+    assert p.epoch_size("r") == 300
+    got, labels = [], []
+    for _ in range(6):
+        info, cls = p.run()
+        got += [_key(info[i]) for i in range(len(info))]
+        labels += [int(np.array(cls[i])[0]) for i in range(len(cls))]
+    assert set(got) == want and len(got) == 300
+    h = load()
+    assert set(labels) == {h.label[w] for w in store_classes[:10]}
+    ds = wds.WebDataset(tars, shardshuffle=False).select(lambda s: s["__key__"] in want)
+    assert {s["__key__"] for s in ds} == want
+
+
+def _key(t) -> str:
+    # DALI's source_info for a webdataset sample: "<tar path>:<index>:<key>.jpg" style; the key is the last field
+    s = bytes(np.array(t)).decode()
+    return s.rsplit(":", 1)[-1].split("/")[-1].split(".")[0]
+
+
+def test_view_refuses_damaged_store(store, view_near, tmp_path):
+    from fastft.store import open_view
+
+    assert open_view(view_near.path).num_classes == 8
+    with pytest.raises(FastFTError, match="no set"):
+        resolve(SubsetSpec("x", 0, {}, {"a": ClassSet(("n01440764",))}, {}), "b", store, tmp_path / "v")
+    with pytest.raises(FastFTError, match="does not hold"):
+        resolve(SubsetSpec("x", 0, {}, {"a": ClassSet(("n15075141",))}, {}), "a", store, tmp_path / "v")
