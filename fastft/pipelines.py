@@ -174,6 +174,10 @@ class Loader:
             raise FastFTError("loader state is from a different view or seed; cannot resume")
         self.position = (s["epoch"], s["step"])
 
+    def epoch_indices(self, epoch: int) -> np.ndarray:
+        """This rank's sample indices (rows of :attr:`src`) per step of ``epoch``: shape [steps, batch_size]."""
+        return self.plan.epoch(epoch)["index"]
+
     def epoch(self, epoch: int, start_step: int | None = None):
         """Yield ``(images NCHW float, labels int64, weights float)`` for the steps of ``epoch`` from ``start_step``
         (default: the restored position if it is in this epoch, else 0)."""

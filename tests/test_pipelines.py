@@ -1,0 +1,121 @@
+"""Input pipelines on DALI's CPU backend and the PyTorch fallback: augmentation, labels, exact epochs, resume."""
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from fastft.errors import FastFTError
+from fastft.pipelines import EpochPlan, Loader, LoaderConfig, _torch_augment
+
+CFG = LoaderConfig(batch_size=8, crop=71, num_threads=1)
+
+
+@pytest.mark.parametrize("n,world,batch", [(37, 2, 4), (50, 3, 4), (5, 2, 4), (64, 2, 8)])
+def test_epoch_plan_covers_each_sample_once(n, world, batch):
+    plans = [EpochPlan(n, batch, world, r, seed=1) for r in range(world)]
+    for epoch in (0, 1):
+        per_rank = [p.epoch(epoch)["index"] for p in plans]
+        assert len({a.shape for a in per_rank}) == 1 and per_rank[0].shape == (plans[0].steps, batch)
+        stream = np.stack(per_rank, 1).reshape(-1)  # global order: step-major, then rank
+        assert sorted(stream[:n]) == list(range(n)), "every sample once, first"
+        pad = stream[n:]
+        assert len(pad) == plans[0].padding < world * batch
+        nxt = np.concatenate([plans[0]._order(epoch + k) for k in (1, 2, 3)])
+        assert list(pad) == list(nxt[: len(pad)]), "padding comes from the next epochs' order"
+    a, b = plans[0].epoch(0)["index"], plans[0].epoch(1)["index"]
+    assert not np.array_equal(a, b)
+    assert not np.array_equal(a, EpochPlan(n, batch, world, 0, seed=2).epoch(0)["index"])
+
+
+def test_eval_plan_weights_count_each_sample_once():
+    plans = [EpochPlan(37, 4, 3, r, shuffle=False) for r in range(3)]
+    eps = [p.epoch(0) for p in plans]
+    counts = np.zeros(37)
+    for e in eps:
+        np.add.at(counts, e["index"].reshape(-1), e["weight"].reshape(-1))
+        assert (e["crop_x"] == 0.5).all() and (e["mirror"] == 0).all()
+    assert (counts == 1).all()
+
+
+def test_dali_batches_crop_labels_and_mirror(view_near):
+    L = Loader(view_near.path, "train", CFG, seed=0)
+    idx = L.epoch_indices(0)
+    plan = L.plan.epoch(0)
+    assert 0.4 < plan["mirror"].mean() < 0.6
+    for step, (x, y, w) in enumerate(L.epoch(0)):
+        assert x.shape == (8, 3, 71, 71) and x.dtype == torch.float32
+        assert torch.equal(y, torch.from_numpy(L.src.labels[idx[step]]))
+        assert (w == 1).all()
+    assert step + 1 == len(L) == -(-len(L.src) // 8)
+    keys = L.view.keys("train")
+    assert set(L.src.labels) == set(range(8)) and sorted(set(keys["view_label"])) == list(range(8))
+
+
+def test_fallback_yields_same_samples_and_pixels(view_near):
+    a = list(Loader(view_near.path, "train", CFG, seed=3).epoch(2))
+    b = list(Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, backend="pytorch", num_threads=1), seed=3).epoch(2))
+    assert len(a) == len(b)
+    for (xa, ya, _), (xb, yb, _) in zip(a, b):
+        assert torch.equal(ya, yb)
+        assert torch.allclose(xa, xb, atol=1e-4)
+
+
+def test_torch_augment_mirror_is_a_flip():
+    img = torch.arange(10 * 12 * 3, dtype=torch.uint8).reshape(10, 12, 3)
+    assert torch.equal(_torch_augment(img, 0.5, 0.0, 1, 8), _torch_augment(img, 0.5, 0.0, 0, 8).flip(1))
+    assert _torch_augment(img, 1.0, 1.0, 0, 8)[0, 0, 0] == img[2, 4, 0]
+
+
+def test_resume_mid_epoch_replays_remaining_batches(view_near):
+    full = list(Loader(view_near.path, "train", CFG, seed=7).epoch(1))
+    L = Loader(view_near.path, "train", CFG, seed=7)
+    n = len(L.src)
+    L.load_state_dict({"epoch": 1, "step": 25, "seed": 7, "n": n})
+    rest = list(L.epoch(1))
+    assert len(rest) == len(full) - 25
+    for (xa, ya, _), (xb, yb, _) in zip(full[25:], rest):
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)
+    assert L.position == (2, 0)
+    with pytest.raises(FastFTError, match="different view or seed"):
+        L.load_state_dict({"epoch": 1, "step": 2, "seed": 8, "n": n})
+
+
+def test_ranks_in_separate_processes_cover_the_view(view_near, tmp_path):
+    """3 real processes, per-rank batch 8: equal steps, every sample once, padding < one global batch."""
+    script = textwrap.dedent(f"""
+        import json, sys, torch
+        from fastft.pipelines import Loader, LoaderConfig
+        r, w = int(sys.argv[1]), int(sys.argv[2])
+        L = Loader({str(view_near.path)!r}, "train", LoaderConfig(batch_size=8, crop=71, num_threads=1), rank=r, world_size=w, seed=0)
+        idx = L.epoch_indices(0)
+        ys = [y.tolist() for x, y, _ in L.epoch(0)]
+        assert ys == [L.src.labels[i].tolist() for i in idx]
+        json.dump({{"steps": len(ys), "index": idx.tolist(), "n": len(L.src)}}, open(sys.argv[3], "w"))
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(r), "3", str(tmp_path / f"r{r}.json")]) for r in range(3)]
+    assert all(p.wait(timeout=300) == 0 for p in procs)
+    outs = [json.loads((tmp_path / f"r{r}.json").read_text()) for r in range(3)]
+    n = outs[0]["n"]
+    steps = -(-n // 24)
+    assert {o["steps"] for o in outs} == {steps} and n % 24
+    seen = np.concatenate([np.array(o["index"]).reshape(-1) for o in outs])
+    assert set(seen) == set(range(n)) and len(seen) == steps * 24
+    assert np.bincount(seen).max() == 2 and (np.bincount(seen) == 2).sum() == steps * 24 - n
+
+
+def test_loader_refuses_broken_view(view_near, tmp_path):
+    import shutil
+
+    from fastft.store import open_view
+
+    v = tmp_path / "v"
+    shutil.copytree(view_near.path, v)
+    next((v / "train").glob("*.idx")).unlink()
+    with pytest.raises(FastFTError, match="missing"):
+        Loader(v, "train", CFG)
+    with pytest.raises(FastFTError, match="not a fastft view"):
+        open_view(tmp_path)
