@@ -280,18 +280,20 @@ class _DecodeDataset(torch.utils.data.Dataset):
         return len(self.src)
 
     def __getitem__(self, job):
-        from torchvision.io import decode_jpeg
-        from torchvision.transforms.functional import resize
+        import io
+
+        from PIL import Image
 
         i, cx, cy, m = job
-        img = decode_jpeg(torch.from_numpy(np.array(self.src.jpeg(i))), mode=__import__("torchvision").io.ImageReadMode.RGB)
+        im = Image.open(io.BytesIO(self.src.jpeg(i).tobytes())).convert("RGB")
         if not self.fixed:
-            img = resize(img, round(self.crop * 256 / 227), antialias=True)
-        return _torch_augment(img.permute(1, 2, 0), cx, cy, m, self.crop), self.src.labels[i]
+            s = round(self.crop * 256 / 227) / min(im.size)
+            im = im.resize((round(im.size[0] * s), round(im.size[1] * s)), Image.BILINEAR)
+        return _torch_augment(torch.from_numpy(np.asarray(im).copy()), cx, cy, m, self.crop), self.src.labels[i]
 
 
 class _TorchBackend:
-    """A DataLoader with worker processes decoding with torchvision (libjpeg-turbo) — what users run without DALI.
+    """A DataLoader with worker processes decoding with PIL (libjpeg-turbo) — what users run without DALI.
     Workers persist across epochs. Forking a process in which DALI's thread pools already run can deadlock, so in
     such a process the fallback decodes in the main process (the benchmark runs it in its own process instead)."""
 

@@ -9,7 +9,7 @@ schedule) does not depend on the number of processes.
 from __future__ import annotations
 
 import json
-import math
+import os
 import random
 import signal
 import time
@@ -278,6 +278,8 @@ def train(cfg: TrainConfig, loader_factory: Callable, views: Callable | None = N
         done = start_epoch * steps + (loader_state["step"] if loader_state else 0)
         pbar = tqdm(total=cfg.epochs * steps, initial=done, unit="step", desc=run_dir.name[:40], dynamic_ncols=True)
     t_run = time.time()
+    # test hook: deliver a real SIGTERM to this process at this global step (exercises the preemption path)
+    sigterm_at = int(os.environ.get("FASTFT_TEST_SIGTERM_AT_STEP", "-1"))
     with _Preempt() as pre:
         for epoch in range(start_epoch, cfg.epochs):
             lr = lr_at(cfg, epoch)
@@ -299,6 +301,8 @@ def train(cfg: TrainConfig, loader_factory: Callable, views: Callable | None = N
                 opt.step()
                 loss_sum += loss.detach()
                 n_steps += 1
+                if epoch * steps + train_loader.position[1] == sigterm_at:
+                    os.kill(os.getpid(), signal.SIGTERM)
                 if pbar is not None:
                     pbar.update(1)
                     if n_steps % 20 == 1:
@@ -312,6 +316,8 @@ def train(cfg: TrainConfig, loader_factory: Callable, views: Callable | None = N
             progress_now = None
             rec = {"epoch": epoch + 1, "lr": lr, "train_loss": float(acc.reduce(loss_sum / max(n_steps, 1), "mean")),
                    "img_per_s": n_steps * cfg.batch_size / max(train_secs, 1e-9), "train_secs": round(train_secs, 3)}
+            if world > 1:  # DDP keeps replicas equal; check it, since a desync silently ruins a run
+                rec["ranks_in_sync"] = _in_sync(acc, model)
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                 rec.update(evaluate(acc, model, val_loader, device, cfg.channels_last))
             if acc.is_main_process:
@@ -342,6 +348,13 @@ def train(cfg: TrainConfig, loader_factory: Callable, views: Callable | None = N
     if cfg.trackers:
         acc.end_training()
     return final
+
+
+def _in_sync(acc, model) -> bool:
+    with torch.no_grad():
+        v = torch.stack([p.detach().double().sum() for p in acc.unwrap_model(model).parameters()]).to(acc.device)
+    allv = acc.gather(v.view(1, -1))
+    return bool((allv == allv[0]).all().item())
 
 
 def _stop(acc, pre: _Preempt, n: int) -> bool:

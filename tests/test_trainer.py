@@ -1,0 +1,139 @@
+"""The trainer through the real CLI: paper init, fine-tuning, freeze-n, schedule, 2-process gloo runs, kill and resume."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastft.model import AlexNet, ModelConfig
+from fastft.trainer import TrainConfig, lr_at
+
+SMALL = ["width=0.25", "crop=71", "batch_size=32", "init=kaiming", "progress=false", "num_threads=1"]
+
+
+def fastft(*args, env=None, check=True):
+    e = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    r = subprocess.run([sys.executable, "-m", "fastft", *map(str, args)], capture_output=True, text=True, env=e, timeout=600)
+    if check and r.returncode:
+        raise AssertionError(f"fastft {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
+    return r
+
+
+def run_dir(out: Path, name: str) -> Path:
+    (d,) = [p for p in out.iterdir() if p.name.startswith(name + "-")]
+    return d
+
+
+def metrics(d: Path) -> list[dict]:
+    return [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def source_run(demo_spec, store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    spec = out / "spec.json"
+    demo_spec.save(spec)
+    fastft("train", f"spec={spec}", "set=near", f"store={store}", f"out={out}", "name=near", "epochs=4", "lr=0.005", *SMALL)
+    return out, spec, run_dir(out, "near")
+
+
+def test_paper_initialisation():
+    torch.manual_seed(0)
+    m = AlexNet(ModelConfig(1000))
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
+        layer = [x for x in getattr(m, name).modules() if isinstance(x, (torch.nn.Conv2d, torch.nn.Linear))][0]
+        want = 0.005 if name in ("fc6", "fc7") else 0.01
+        assert abs(layer.weight.std().item() - want) / want < 0.02, name
+        assert abs(layer.weight.mean().item()) < 1e-3
+        assert torch.all(layer.bias == (0.0 if name in ("conv1", "conv3") else 1.0)), name
+    assert m(torch.zeros(2, 3, 227, 227)).shape == (2, 1000)
+    assert m.fc6[1].in_features == 256 * 6 * 6
+    taps = m(torch.zeros(1, 3, 227, 227), taps=("conv1", "conv5", "fc7"))
+    assert taps["conv1"].shape == (1, 96, 27, 27) and taps["conv5"].shape == (1, 256, 6, 6) and taps["fc7"].shape == (1, 4096)
+
+
+def test_lr_schedule_is_in_epochs():
+    c = TrainConfig(view="v", epochs=100)
+    assert [lr_at(c, e) for e in (0, 19, 20, 40, 99)] == pytest.approx([0.01, 0.01, 0.001, 0.0001, 1e-6])
+    assert TrainConfig(view="v", mode="finetune", source="s").base_lr == 0.001
+
+
+def test_scratch_run_learns_and_describes_itself(source_run):
+    out, _, d = source_run
+    for f in ("config.json", "env.json", "metrics.jsonl", "final.json", "model.pt"):
+        assert (d / f).exists(), f
+    m = metrics(d)
+    assert [r["epoch"] for r in m] == [1, 2, 3, 4] and all("top1" in r and "img_per_s" in r for r in m)
+    final = json.loads((d / "final.json").read_text())
+    assert final["top1"] > 50, "8 classes: chance is 12.5%"
+    assert json.loads((d / "config.json").read_text())["identity"]["seed"] == 0
+    r = fastft("train", f"spec={out / 'spec.json'}", "set=near", f"store={source_run[0].parent}", f"out={out}", check=False)
+    assert r.returncode == 2  # store path wrong: named
+
+
+def test_finetune_replaces_head_and_freezes(source_run, store):
+    out, spec, src = source_run
+    fastft("train", f"spec={spec}", "set=target", f"store={store}", f"out={out}", "name=ft", "mode=finetune", f"source={src}",
+           "freeze=3", "epochs=2", *SMALL)
+    ft = run_dir(out, "ft")
+    a = torch.load(src / "model.pt", weights_only=False)["model"]
+    b = torch.load(ft / "model.pt", weights_only=False)["model"]
+    for k in a:
+        if k.startswith(("conv1", "conv2", "conv3")):
+            assert torch.equal(a[k], b[k]), f"{k} is frozen"
+        elif k.startswith(("conv4", "conv5", "fc6", "fc7")):
+            assert not torch.equal(a[k], b[k]), f"{k} should train"
+    assert a["fc8.1.weight"].shape[0] == 8 and b["fc8.1.weight"].shape[0] == 4
+    assert json.loads((ft / "final.json").read_text())["frozen"] == ["conv1", "conv2", "conv3"]
+
+
+def test_two_process_run_stays_in_sync_and_matches(source_run, store):
+    out, spec, src = source_run
+    fastft("train", f"spec={spec}", "set=near", f"store={store}", f"out={out / 'dp'}", "name=dp", "epochs=4", "lr=0.005",
+           *SMALL, "--procs", "2", "--port", "29561")
+    d = run_dir(out / "dp", "dp")
+    m = metrics(d)
+    assert json.loads((d / "config.json").read_text())["world_size"] == 2
+    assert all(r["ranks_in_sync"] for r in m)
+    single = metrics(src)
+    assert m[-1]["test_n"] == single[-1]["test_n"], "evaluation counts every val sample exactly once"
+    assert m[-1]["top1"] > 50 and abs(m[-1]["top1"] - single[-1]["top1"]) < 25
+
+
+def test_sigterm_checkpoints_and_resume_matches_uninterrupted(source_run, store):
+    out, spec, _ = source_run
+    args = ["train", f"spec={spec}", "set=far", f"store={store}", "name=far", "epochs=3", "lr=0.005", *SMALL]
+    fastft(*args, f"out={out / 'a'}")
+    r = fastft(*args, f"out={out / 'b'}", env={"FASTFT_TEST_SIGTERM_AT_STEP": "14"}, check=False)
+    assert r.returncode == 143, r.stderr[-2000:]
+    b = run_dir(out / "b", "far")
+    assert not (b / "final.json").exists()
+    ckpts = sorted(p.name for p in (b / "checkpoints").iterdir())
+    assert ckpts[-1] == "e0001-s000004" and not any(c.endswith(".tmp") for c in ckpts)  # 10 steps/epoch: step 14 = epoch 1, 4 done
+    fastft(*args, f"out={out / 'b'}")
+    strip = lambda ms: [{k: v for k, v in x.items() if k not in ("img_per_s", "train_secs")} for x in ms]  # noqa: E731
+    assert strip(metrics(run_dir(out / "a", "far"))) == strip(metrics(b))
+    assert "already finished" in fastft(*args, f"out={out / 'b'}").stdout
+
+
+def test_config_mistakes_are_named_before_work(source_run, store, tmp_path):
+    out, spec, src = source_run
+    base = [f"spec={spec}", "set=target", f"store={store}", f"out={tmp_path}"]
+    cases = [(["epcohs=3"], "unknown key 'epcohs'"), (["epochs=three"], "epochs: expected an integer"),
+             (["mode=finetune", f"source={tmp_path / 'nope'}"], "does not exist"),
+             (["mode=finetune"], "needs source"), (["set=nonexistent"], "no set 'nonexistent'")]
+    for extra, msg in cases:
+        r = fastft("train", *base, *extra, check=False)
+        assert r.returncode == 2 and msg in r.stderr, (extra, r.stderr[-500:])
+    # a source trained on some (not all) of the target classes is refused unless allowed
+    from fastft.subsets import ClassSet, SubsetSpec
+
+    tgt = json.loads(spec.read_text())["sets"]["target"]["classes"]
+    near = json.loads(spec.read_text())["sets"]["near"]["classes"]
+    mixed = SubsetSpec("custom", 0, {}, {"t": ClassSet(tuple(near[:2] + tgt[:2]))}, {}).save(tmp_path / "mixed.json")
+    r = fastft("train", f"spec={mixed}", "set=t", f"store={store}", f"out={tmp_path}", "mode=finetune", f"source={src}", *SMALL, check=False)
+    assert r.returncode == 2 and "2 of the 4 target classes" in r.stderr
+    assert not list(tmp_path.glob("finetune-*"))
