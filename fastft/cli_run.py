@@ -84,6 +84,70 @@ def _launch(a):
         raise SystemExit(r.returncode)
 
 
+def cmd_sweep(a):
+    from . import sweep as sw
+
+    total = {"runs": 0, "image_iterations": 0.0}
+    for plan_path in a.plans:
+        plan = sw.load_plan(plan_path)
+        seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else None
+        runs = sw.expand(plan, seeds)
+        out = Path(a.out)
+        sw.prepare(plan, runs, a.store, out)
+        c = sw.cost(runs)
+        total["runs"] += c["runs"]
+        total["image_iterations"] += c["image_iterations"]
+        if a.dry_run:
+            print(f"plan {plan['name']} ({plan_path}): {c['runs']} runs, {c['image_iterations'] / 1e6:.1f} M image-iterations")
+            for r in runs:
+                state = "finished" if r.run_dir and (r.run_dir / "final.json").exists() else "to run"
+                dep = f"  after {r.deps[0]}" if r.deps else ""
+                print(f"  {r.key:40s} {r.overrides['mode']:8s} set={r.overrides['set']:12s} {r.images_per_epoch:9.0f} img/epoch  "
+                      f"{r.run_id or '-':12s} {state}{dep}")
+            continue
+        if a.backend == "slurm":
+            scripts = sw.write_slurm(runs, out, plan, a.partition, a.time)
+            print(f"wrote {len(scripts)} job-array scripts: " + " ".join(str(s) for s in scripts))
+            if a.submit:
+                print("submitted jobs " + ", ".join(sw.submit_slurm(scripts)))
+            else:
+                print("submit with: " + " && ".join(f"sbatch {s}" for s in scripts[:1]) + " (later levels with --dependency=afterok:<id>), or pass --submit")
+            continue
+        summary = sw.run_local(runs, out, sw.slots_for(a.gpus, a.per_gpu, a.parallel), retries=a.retries, progress=not a.quiet)
+        print(f"plan {plan['name']}: {len(summary['done'])} done, {len(summary['failed'])} failed, {len(summary['skipped'])} skipped "
+              f"(dependency failed) in {summary['secs']:.0f} s; runs in {out}")
+        for k in summary["failed"]:
+            print(f"  FAILED {k}: see its sweep.log and failed.json")
+        if summary["failed"] or summary["skipped"]:
+            raise SystemExit(1)
+    if a.dry_run:
+        line = f"total: {total['runs']} runs, {total['image_iterations'] / 1e9:.2f} G image-iterations"
+        if a.img_per_s:
+            h = total["image_iterations"] / a.img_per_s / 3600
+            line += f"; at {a.img_per_s:.0f} img/s per GPU: {h:.1f} GPU-hours = {h / a.node_gpus:.1f} h on one {a.node_gpus}-GPU node"
+        print(line)
+
+
+def cmd_report(a):
+    from .report import write_report
+
+    r = write_report(a.runs, a.out)
+    print(f"report of {r['finished']}/{r['runs']} finished runs:")
+    for t in r["tables"]:
+        print(f"  table  {t}")
+    for f in r["figures"]:
+        print(f"  figure {f}")
+    if not r["summary"].empty:
+        print()
+        print(Path(r["tables"][0]).read_text())
+
+
+def cmd_demo(a):
+    from .demo import demo
+
+    demo(a.out, seeds=a.seeds, parallel=a.parallel)
+
+
 def add_commands(sub) -> None:
     s = sub.add_parser("train", help="one training run (scratch / finetune / freeze-n) from a YAML config and key=value overrides",
                        description="Train one run of the paper's protocol. Example: fastft train configs/demo.yaml epochs=5 seed=1. "
@@ -94,3 +158,35 @@ def add_commands(sub) -> None:
     s.add_argument("--procs", type=int, default=0, help="data-parallel processes (GPUs, or CPU processes without a GPU) via accelerate launch")
     s.add_argument("--port", type=int, default=29517, help="rendezvous port for --procs")
     s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("sweep", help="run a study plan (templates x grid x seeds) as a DAG: locally on GPUs/CPU, or as SLURM job arrays",
+                       description="Expand plans into runs (source pretrain -> its fine-tunes), skip finished runs, resume interrupted "
+                                   "ones, retry failed ones. Example: fastft sweep plans/near-far-instru.yaml --store shards/imagenet --gpus 0,1,2,3")
+    s.add_argument("plans", nargs="+", help="plan YAML files (see plans/)")
+    s.add_argument("--store", help="the shard store the runs read")
+    s.add_argument("--out", default="runs", help="runs directory (specs, views, claims and run directories)")
+    s.add_argument("--seeds", help="comma-separated seeds instead of the plan's (e.g. 0 or 0,1)")
+    s.add_argument("--gpus", help="GPU ids to pack runs onto, e.g. 0,1,2,3 (default: CPU)")
+    s.add_argument("--per-gpu", type=int, default=1, help="concurrent runs per GPU (small fine-tunes gain from 2-4)")
+    s.add_argument("--parallel", type=int, default=1, help="concurrent runs without GPUs")
+    s.add_argument("--retries", type=int, default=1, help="retries of a failed run")
+    s.add_argument("--backend", default="local", choices=["local", "slurm"])
+    s.add_argument("--partition", help="SLURM partition")
+    s.add_argument("--time", default="24:00:00", help="SLURM time limit per run")
+    s.add_argument("--submit", action="store_true", help="SLURM: submit the job arrays with sbatch (default: only write them)")
+    s.add_argument("--dry-run", action="store_true", help="print the runs, their dependencies and cost; train nothing")
+    s.add_argument("--img-per-s", type=float, help="with --dry-run: measured training img/s per GPU, to print GPU-hours")
+    s.add_argument("--node-gpus", type=int, default=8, help="with --dry-run: GPUs per node for the wall-time estimate")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_sweep)
+
+    s = sub.add_parser("report", help="tables (mean +- std over seeds, paper numbers alongside) and figures from run directories")
+    s.add_argument("runs", help="directory holding run directories (searched recursively)")
+    s.add_argument("--out", required=True, help="where to write report.md, CSVs and PNG figures")
+    s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("demo", help="the whole flow on a built-in synthetic ImageNet on CPU: synth -> shard -> near/far sweep -> report")
+    s.add_argument("--out", default="fastft-demo", help="working directory (created)")
+    s.add_argument("--seeds", type=int, default=2)
+    s.add_argument("--parallel", type=int, default=2, help="concurrent training runs")
+    s.set_defaults(fn=cmd_demo)

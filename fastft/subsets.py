@@ -182,10 +182,11 @@ def c_instru_grid(h, seed, target=100, far=500, overlap=100, classes=GRID_CLASSE
     return sets
 
 
-def c_near_far(h, seed, branch=DOG, target=4, source=8, within=None):
+def c_near_far(h, seed, branch=DOG, target=4, source=8, within=None, cap=None):
     """A small near/far study within any class universe ``within`` (e.g. the classes a partial store holds): target = random classes
     of ``branch``; near = the branch's other classes, topped up with random classes from the same side of the
-    living/artifact partition; far = random classes from the other side. Used by the demo."""
+    living/artifact partition; far = random classes from the other side; ``cap`` limits the target's training images
+    per class. Used by the demo."""
     universe = set(within) if within else set(h.wnids)
     bad = sorted(universe - set(h.wnids))
     if bad:
@@ -200,7 +201,7 @@ def c_near_far(h, seed, branch=DOG, target=4, source=8, within=None):
     near = rng.sample(rest_branch, min(source, len(rest_branch)))
     near += _draw(rng, rest_side, source - len(near), "the target's side of the partition (to fill near)")
     far = _draw(rng, [c for c in other if c in universe], source, "the other side of the partition (far)")
-    return {"target": ClassSet(_sorted(h, tgt)), "near": ClassSet(_sorted(h, near)), "far": ClassSet(_sorted(h, far))}
+    return {"target": ClassSet(_sorted(h, tgt), cap), "near": ClassSet(_sorted(h, near)), "far": ClassSet(_sorted(h, far))}
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,7 @@ CONSTRUCTIONS: dict[str, Construction] = {
     "instru-240": Construction(c_instru, {"target": 100, "far": 500, "overlap": 100, "cap": 240}, "INSTRU at 240 training images per class, near / far sources (§4.5)"),
     "instru-grid": Construction(c_instru_grid, {"target": 100, "far": 500, "overlap": 100, "classes": list(GRID_CLASSES), "images": list(GRID_IMAGES)},
                                 "INSTRU subsets: K in {100,80,40,20,10} classes x images/class 1200..30, near / far (§4.4, §4.6)"),
-    "near-far": Construction(c_near_far, {"branch": DOG, "target": 4, "source": 8, "within": None},
+    "near-far": Construction(c_near_far, {"branch": DOG, "target": 4, "source": 8, "within": None, "cap": None},
                              "small near/far study on any class universe (e.g. a partial store's classes); the demo's"),
 }
 

@@ -97,6 +97,26 @@ IDENTITY_KEYS = ("mode", "freeze", "epochs", "lr_step", "lr_gamma", "momentum", 
                  "width", "crop", "groups", "init")
 
 
+def run_identity(cfg: TrainConfig, view_meta: dict, precision: str, source_id: str | None) -> dict:
+    """Everything that determines a run's result (see ``fastft.runs``); its hash is the run id."""
+    ident = {k: getattr(cfg, k) for k in IDENTITY_KEYS}
+    ident.update(lr=cfg.base_lr, precision=precision, classes=view_meta["classes"],
+                 data={k: view_meta[k] for k in ("spec_hash", "set", "cap", "manifest_sha256")})
+    if source_id is not None:
+        ident["source"] = source_id
+    return ident
+
+
+def resolve_device(cfg: TrainConfig) -> tuple[str, str]:
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
+    return device, precision
+
+
+def run_dir_for(cfg: TrainConfig, rid: str) -> Path:
+    return Path(cfg.out) / f"{cfg.name or cfg.mode}-{rid}"
+
+
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
     return cfg.base_lr * cfg.lr_gamma ** (epoch // cfg.lr_step)
 
@@ -154,8 +174,7 @@ def train(cfg: TrainConfig, loader_factory: Callable, views: Callable | None = N
     from accelerate.utils import set_seed
 
     cfg.validate()
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
+    device, precision = resolve_device(cfg)
     acc = Accelerator(cpu=device == "cpu", mixed_precision="bf16" if precision == "bf16" else "no",
                       log_with=list(cfg.trackers) or None)
     world, rank = acc.num_processes, acc.process_index
@@ -180,9 +199,7 @@ def train(cfg: TrainConfig, loader_factory: Callable, views: Callable | None = N
 
     # ---- source (fine-tuning) checks, before any work
     src_state = src_blob = None
-    identity = {k: getattr(cfg, k) for k in IDENTITY_KEYS}
-    identity.update(lr=cfg.base_lr, precision=precision, data={k: view.meta[k] for k in ("spec_hash", "set", "cap", "manifest_sha256")},
-                    classes=view.classes)
+    source_id = None
     if cfg.mode == "finetune":
         src_state, src_blob, src_file = _source_model(cfg.source)
         mc = src_blob["model_config"]
@@ -193,9 +210,10 @@ def train(cfg: TrainConfig, loader_factory: Callable, views: Callable | None = N
             raise FastFTError(f"source {src_file} was trained on {len(overlap)} of the {len(view.classes)} target classes "
                               f"(e.g. {sorted(overlap)[:3]}); sources must be disjoint from the target or contain all of it "
                               "(set allow_overlap: true if this is intended)")
-        identity["source"] = src_blob.get("run_id") or str(src_file)
+        source_id = src_blob.get("run_id") or str(src_file)
+    identity = run_identity(cfg, view.meta, precision, source_id)
     rid = runs.run_id(identity)
-    run_dir = Path(cfg.out) / f"{cfg.name or cfg.mode}-{rid}"
+    run_dir = run_dir_for(cfg, rid)
     resolved = {"run_id": rid, "identity": identity, "config": {**to_dict(cfg), "view": view_path}, "world_size": world,
                 "device": device, "precision": precision, "num_classes": num_classes}
     if runs.is_finished(run_dir):

@@ -1,0 +1,175 @@
+"""``fastft report``: run directories → tables (CSV + Markdown, mean ± std over seeds, paper numbers alongside) and figures.
+
+Reads only run directories (``config.json``, ``final.json``, ``metrics.jsonl``, ``sweep.json``), found recursively, so
+runs gathered from many machines report the same. Figures (PNG):
+
+* ``curves-<plan>.png`` — test top-1 and train loss per epoch, mean over seeds, one line per run template / grid point
+  (the paper's Fig. 4 for the LR plan, Fig. 5 for the source-size plan);
+* ``final-<plan>.png`` — final top-1, mean ± std over seeds, paper values as markers (Tables 2 and 3);
+* ``grid-<plan>-<key>.png`` — top-1 against a grid key (freeze → Fig. 13, images per class → Fig. 12, lr → Fig. 4);
+* ``distance.png`` — fine-tuned top-1 against the WordNet source→target distance.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import FastFTError
+
+
+def collect(runs_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per run, one row per run × epoch)."""
+    rows, curves = [], []
+    for cfgp in sorted(Path(runs_dir).rglob("config.json")):
+        d = cfgp.parent
+        try:
+            cfg = json.loads(cfgp.read_text())
+        except json.JSONDecodeError:
+            continue
+        if "run_id" not in cfg:
+            continue
+        sw = json.loads((d / "sweep.json").read_text()) if (d / "sweep.json").exists() else {}
+        fin = json.loads((d / "final.json").read_text()) if (d / "final.json").exists() else {}
+        c = cfg["config"]
+        paper = sw.get("paper") or {}
+        grid = sw.get("grid") or {}
+        row = {"run": d.name, "path": str(d), "run_id": cfg["run_id"], "plan": sw.get("plan", "-"),
+               "template": sw.get("template", c.get("name") or c["mode"]), "grid": ", ".join(f"{k}={v}" for k, v in grid.items()),
+               "seed": c["seed"], "mode": c["mode"], "set": c.get("set"), "classes": cfg.get("num_classes"),
+               "distance": sw.get("distance"), "finished": bool(fin), "failed": (d / "failed.json").exists(),
+               "top1": fin.get("top1"), "top5": fin.get("top5"), "best_top1": fin.get("best_top1"), "epochs": fin.get("epochs"),
+               "wall_secs": fin.get("wall_secs"), "img_per_s": fin.get("img_per_s"),
+               "paper_top1": paper.get("top1"), "paper_std": paper.get("std"), "paper_ref": paper.get("ref")}
+        row.update({f"grid_{k}": v for k, v in grid.items()})
+        for s in ("svm", "probes"):
+            p = d / "analysis" / f"{s}.json"
+            if p.exists():
+                row[f"{s}"] = json.loads(p.read_text()).get("summary")
+        rows.append(row)
+        mp = d / "metrics.jsonl"
+        if mp.exists():
+            for line in mp.read_text().splitlines():
+                if line.strip():
+                    m = json.loads(line)
+                    curves.append({"run": d.name, "plan": row["plan"], "template": row["template"], "grid": row["grid"],
+                                   "seed": row["seed"], **{k: m.get(k) for k in ("epoch", "top1", "train_loss", "lr")}})
+    if not rows:
+        raise FastFTError(f"no run directories (config.json) under {runs_dir}")
+    return pd.DataFrame(rows), pd.DataFrame(curves)
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    done = runs[runs["finished"]]
+    if done.empty:
+        return pd.DataFrame()
+    g = done.groupby(["plan", "template", "grid"], sort=False, dropna=False)
+    out = g.agg(seeds=("seed", "nunique"), top1_mean=("top1", "mean"), top1_std=("top1", "std"), top5_mean=("top5", "mean"),
+                distance=("distance", "mean"), paper_top1=("paper_top1", "first"), paper_std=("paper_std", "first"),
+                paper_ref=("paper_ref", "first")).reset_index()
+    out["top1_std"] = out["top1_std"].fillna(0.0)
+    out["delta_vs_paper"] = out["top1_mean"] - out["paper_top1"]
+    return out
+
+
+def _pm(m, s) -> str:
+    return "–" if m is None or (isinstance(m, float) and math.isnan(m)) else f"{m:.2f} ± {0 if s is None or math.isnan(s) else s:.2f}"
+
+
+def markdown(summary: pd.DataFrame, runs: pd.DataFrame) -> str:
+    lines = ["# fastft report", "", f"{int(runs['finished'].sum())} finished runs, {int(runs['failed'].sum())} failed, "
+             f"{int((~runs['finished'] & ~runs['failed']).sum())} unfinished. Top-1 % on the target's validation set, "
+             "mean ± sample std over seeds; paper = Li, Herranz, Jiang 2019 (AlexNet on ILSVRC2012 subsets).", ""]
+    for plan, s in summary.groupby("plan", sort=False):
+        lines += [f"## {plan}", "", "| run | grid | seeds | top-1 | top-5 | WordNet distance | paper top-1 | Δ vs paper |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for r in s.itertuples():
+            paper = _pm(r.paper_top1, r.paper_std) if pd.notna(r.paper_top1) else "–"
+            delta = f"{r.delta_vs_paper:+.2f}" if pd.notna(r.delta_vs_paper) else "–"
+            dist = f"{r.distance:.3f}" if pd.notna(r.distance) else "–"
+            lines.append(f"| {r.template} | {r.grid or '–'} | {r.seeds} | {_pm(r.top1_mean, r.top1_std)} | {r.top5_mean:.2f} | {dist} | {paper} | {delta} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def figures(summary: pd.DataFrame, runs: pd.DataFrame, curves: pd.DataFrame, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    for plan in summary["plan"].unique():
+        c = curves[curves["plan"] == plan]
+        if not c.empty:
+            fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+            for (t, g), cc in c.groupby(["template", "grid"], sort=False):
+                m = cc.groupby("epoch")[["top1", "train_loss"]].mean()
+                lab = f"{t} {g}".strip()
+                ax[0].plot(m.index, m["top1"], label=lab)
+                ax[1].plot(m.index, m["train_loss"], label=lab)
+            ax[0].set(xlabel="epoch", ylabel="test top-1 (%)", title=f"{plan}: test accuracy")
+            ax[1].set(xlabel="epoch", ylabel="train loss", title=f"{plan}: training loss")
+            ax[0].legend(fontsize=7)
+            fig.tight_layout()
+            made.append(_save(fig, out / f"curves-{plan}.png"))
+        s = summary[summary["plan"] == plan]
+        fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(s) + 2), 4))
+        labels = [f"{t}\n{g}".strip() for t, g in zip(s["template"], s["grid"])]
+        ax.bar(range(len(s)), s["top1_mean"], yerr=s["top1_std"], capsize=4, color="#4c72b0", label="fastft")
+        if s["paper_top1"].notna().any():
+            ax.scatter(range(len(s)), s["paper_top1"], color="#dd8452", zorder=3, label="paper", marker="D")
+        ax.set_xticks(range(len(s)), labels, fontsize=7)
+        ax.set(ylabel="top-1 (%)", title=f"{plan}: final accuracy (mean ± std over seeds)")
+        ax.legend()
+        fig.tight_layout()
+        made.append(_save(fig, out / f"final-{plan}.png"))
+        r = runs[(runs["plan"] == plan) & runs["finished"]]
+        for key in [k for k in r.columns if k.startswith("grid_")]:
+            rr = r[r[key].notna()]
+            if rr[key].nunique() < 2 or not pd.api.types.is_numeric_dtype(rr[key]):
+                continue
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for t, g in rr.groupby("template", sort=False):
+                m = g.groupby(key)["top1"].agg(["mean", "std"]).fillna(0)
+                ax.errorbar(m.index, m["mean"], yerr=m["std"], marker="o", capsize=3, label=t)
+            ax.set(xlabel=key[5:], ylabel="top-1 (%)", title=f"{plan}: accuracy vs {key[5:]}")
+            if key in ("grid_lr",):
+                ax.set_xscale("log")
+            ax.legend()
+            fig.tight_layout()
+            made.append(_save(fig, out / f"grid-{plan}-{key[5:]}.png"))
+    ft = runs[runs["finished"] & runs["distance"].notna()]
+    if len(ft):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for (p, t), g in ft.groupby(["plan", "template"], sort=False):
+            ax.scatter(g["distance"], g["top1"], label=f"{p}: {t}")
+        ax.set(xlabel="WordNet distance source→target (1 − Wu-Palmer to nearest source class)", ylabel="fine-tuned top-1 (%)",
+               title="accuracy vs source–target distance")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        made.append(_save(fig, out / "distance.png"))
+    return made
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(runs_dir: str | Path, out: str | Path) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs, curves = collect(runs_dir)
+    summary = summarize(runs)
+    runs.drop(columns=["path"]).to_csv(out / "runs.csv", index=False)
+    summary.to_csv(out / "summary.csv", index=False)
+    (out / "report.md").write_text(markdown(summary, runs) if not summary.empty else "# fastft report\n\nno finished runs yet\n")
+    figs = figures(summary, runs, curves, out) if not summary.empty else []
+    return {"runs": len(runs), "finished": int(runs["finished"].sum()), "tables": [str(out / "report.md"), str(out / "summary.csv"), str(out / "runs.csv")],
+            "figures": [str(f) for f in figs], "summary": summary}

@@ -1,0 +1,382 @@
+"""``fastft sweep``: a plan × seeds → a DAG of training runs (pretrain → fine-tunes), run locally or on SLURM.
+
+A plan (YAML) names a subset construction, the seeds, shared training settings and run templates::
+
+    name: near-far-instru
+    construction: instru                # fastft subsets list
+    params: {}                          # construction parameters ("store" as a value = the store's class list)
+    seeds: [0, 1, 2, 3, 4]
+    defaults: {epochs: 100}             # TrainConfig keys shared by every run
+    runs:
+      - {name: near, set: near}                                  # pretrain (scratch)
+      - {name: ft-near, set: target, mode: finetune, source: near, paper: {top1: 67.12, ref: "Table 3"}}
+      - {name: freeze, set: target, mode: finetune, source: near, grid: {freeze: [1, 2, 3]}}
+
+Each (template × grid point × seed) is one run; ``source: <template>`` makes it depend on that template's run of
+the same seed. A run's id is the trainer's (hash of data, model, protocol, seed, source id), computed before anything
+trains, so re-running a sweep skips finished runs, resumes interrupted ones (the trainer resumes from its newest
+complete checkpoint) and retries failed ones up to ``--retries`` times. Two sweeps on the same plan never train the
+same run twice: a run is claimed by creating ``<out>/claims/<id>`` exclusively (a claim whose process is gone is taken
+over). Every run directory gets a ``sweep.json`` (plan, template, grid values, seed, paper reference, WordNet
+distance) — all the report needs, so runs gathered from many machines report the same way.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import FastFTError
+
+PLAN_KEYS = {"name", "construction", "params", "seeds", "defaults", "runs", "description"}
+RUN_KEYS = {"name", "set", "mode", "source", "grid", "paper", "overrides"}
+ILSVRC_TRAIN_PER_CLASS = 1281167 / 1000  # nominal, for cost estimates without a store
+
+
+@dataclass
+class RunSpec:
+    key: str                      # "<template>[-k=v…]-s<seed>": unique inside the plan
+    template: str
+    seed: int
+    overrides: dict               # TrainConfig values (without source)
+    deps: list[str] = field(default_factory=list)
+    grid: dict = field(default_factory=dict)
+    labels: dict = field(default_factory=dict)
+    run_id: str | None = None
+    run_dir: Path | None = None
+    images_per_epoch: float = 0.0
+
+    def args(self, source_dir: Path | None = None) -> list[str]:
+        kv = dict(self.overrides)
+        if source_dir is not None:
+            kv["source"] = str(source_dir)
+        return [f"{k}={json.dumps(list(v)) if isinstance(v, (list, tuple)) else v}" for k, v in kv.items()]
+
+
+def load_plan(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise FastFTError(f"plan {p} does not exist")
+    plan = yaml.safe_load(p.read_text()) or {}
+    unknown = set(plan) - PLAN_KEYS
+    if unknown:
+        raise FastFTError(f"plan {p}: unknown key(s) {sorted(unknown)}; valid: {sorted(PLAN_KEYS)}")
+    for k in ("name", "construction", "runs"):
+        if k not in plan:
+            raise FastFTError(f"plan {p}: missing {k!r}")
+    names = [r.get("name") for r in plan["runs"]]
+    if len(set(names)) != len(names) or None in names:
+        raise FastFTError(f"plan {p}: every run needs a unique name (got {names})")
+    for r in plan["runs"]:
+        bad = set(r) - RUN_KEYS
+        if bad:
+            raise FastFTError(f"plan {p}: run {r['name']!r} has unknown key(s) {sorted(bad)}; valid: {sorted(RUN_KEYS)}")
+        if r.get("source") and r["source"] not in names:
+            raise FastFTError(f"plan {p}: run {r['name']!r} has source {r['source']!r}, which is not a run of the plan")
+    plan.setdefault("seeds", [0, 1, 2, 3, 4])
+    plan.setdefault("params", {})
+    plan.setdefault("defaults", {})
+    plan["_path"] = str(p)
+    return plan
+
+
+def expand(plan: dict, seeds: list[int] | None = None) -> list[RunSpec]:
+    """Plan → run specs in dependency order (a source before its fine-tunes)."""
+    out: list[RunSpec] = []
+    order = _topo(plan["runs"])
+    for seed in seeds if seeds is not None else plan["seeds"]:
+        by_template: dict[str, list[RunSpec]] = {}
+        for t in order:
+            grid = t.get("grid") or {}
+            keys = sorted(grid)
+            for values in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
+                g = dict(zip(keys, values))
+                suffix = "".join(f"-{k}{v}" for k, v in g.items())
+                ov = {**plan["defaults"], **(t.get("overrides") or {}), "set": t["set"], "mode": t.get("mode", "scratch"), "seed": seed, **g}
+                rs = RunSpec(key=f"{t['name']}{suffix}-s{seed}", template=t["name"], seed=seed, overrides=ov, grid=g,
+                             labels={"plan": plan["name"], "template": t["name"], "grid": g, "seed": seed, "set": t["set"],
+                                     "mode": ov["mode"], "source_template": t.get("source"), "paper": t.get("paper")})
+                if t.get("source"):
+                    srcs = by_template[t["source"]]
+                    if len(srcs) != 1:
+                        raise FastFTError(f"run {t['name']!r}: source {t['source']!r} has a grid; a source must be a single run")
+                    rs.deps = [srcs[0].key]
+                by_template.setdefault(t["name"], []).append(rs)
+                out.append(rs)
+    return out
+
+
+def _topo(templates: list[dict]) -> list[dict]:
+    done, order, pending = set(), [], list(templates)
+    while pending:
+        progress = False
+        for t in list(pending):
+            if not t.get("source") or t["source"] in done:
+                order.append(t)
+                done.add(t["name"])
+                pending.remove(t)
+                progress = True
+        if not progress:
+            raise FastFTError(f"plan has a dependency cycle among {[t['name'] for t in pending]}")
+    return order
+
+
+# ---------------------------------------------------------------- binding a plan to a store
+def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path) -> dict:
+    """Make the specs (one per seed), resolve views, compute run ids and directories. Returns {seed: spec path}."""
+    from .cli_run import view_for
+    from .config import build
+    from .store import open_store, open_view
+    from .subsets import distances, load_spec, make
+    from .trainer import TrainConfig, resolve_device, run_dir_for, run_identity
+    from . import runs as runs_mod
+
+    out.mkdir(parents=True, exist_ok=True)
+    specs = {}
+    params = dict(plan["params"])
+    if any(v == "store" for v in params.values()):
+        if not store:
+            raise FastFTError(f"plan {plan['name']} takes classes from the store: give --store")
+        held = sorted({w for s in open_store(store).shards for w in s["classes"]})
+        params = {k: (held if v == "store" else v) for k, v in params.items()}
+    for seed in sorted({r.seed for r in runs}):
+        p = out / "specs" / f"{plan['name']}-seed{seed}.json"
+        spec = make(plan["construction"], seed, **params)
+        if p.exists() and load_spec(p).hash != spec.hash:
+            raise FastFTError(f"{p} exists with different content (plan changed?); use a new --out")
+        spec.save(p)
+        specs[seed] = p
+    by_key = {r.key: r for r in runs}
+    for r in runs:
+        spec = load_spec(specs[r.seed])
+        if r.overrides["set"] not in spec.sets:
+            raise FastFTError(f"run {r.key}: construction {plan['construction']} has no set {r.overrides['set']!r} (it has {list(spec.sets)})")
+        r.overrides.update(spec=str(specs[r.seed]), out=str(out), name=r.key)
+        if store:
+            r.overrides["store"] = str(store)
+        if r.labels["mode"] == "finetune" and r.labels.get("source_template"):
+            r.labels["distance"] = _distance(spec, by_key[r.deps[0]].overrides["set"], r.overrides["set"])
+        if not store:
+            cs = spec.sets[r.overrides["set"]]
+            r.images_per_epoch = len(cs.classes) * min(cs.cap or 1e9, ILSVRC_TRAIN_PER_CLASS)
+            continue
+        src_dir = by_key[r.deps[0]].run_dir if r.deps else None
+        cfg = build(TrainConfig, {**r.overrides, **({"source": str(src_dir)} if src_dir else {})}, f"run {r.key}")
+        cfg.validate()
+        view = open_view(view_for(cfg))
+        r.images_per_epoch = view.split("train")["samples"]
+        _, precision = resolve_device(cfg)
+        src = by_key[r.deps[0]].run_id if r.deps else None
+        r.run_id = runs_mod.run_id(run_identity(cfg, view.meta, precision, src))
+        r.run_dir = run_dir_for(cfg, r.run_id)
+    return specs
+
+
+def _distance(spec, source_set: str, target_set: str) -> float:
+    from .taxonomy import load
+
+    return round(load().distance(list(spec.sets[target_set].classes), list(spec.sets[source_set].classes))["wup_nearest"], 4)
+
+
+def cost(runs: list[RunSpec], epochs_default: int = 100) -> dict:
+    iters = sum(r.images_per_epoch * int(r.overrides.get("epochs", epochs_default)) for r in runs)
+    return {"runs": len(runs), "image_iterations": iters}
+
+
+# ---------------------------------------------------------------- local execution
+def _claim(out: Path, r: RunSpec) -> bool:
+    d = out / "claims"
+    d.mkdir(exist_ok=True)
+    f = d / r.run_id
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.write(fd, me.encode())
+            os.close(fd)
+            return True
+        except FileExistsError:
+            host, _, pid = f.read_text().partition(" ")
+            if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                f.unlink(missing_ok=True)  # stale: its sweep is gone
+                continue
+            return False
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _release(out: Path, r: RunSpec) -> None:
+    (out / "claims" / r.run_id).unlink(missing_ok=True)
+
+
+def run_local(runs: list[RunSpec], out: Path, slots: list[dict], retries: int = 1, progress: bool = True,
+              poll: float = 0.5) -> dict:
+    """Run the DAG with one process per slot (a slot = env vars, e.g. CUDA_VISIBLE_DEVICES). Returns the summary."""
+    from tqdm import tqdm
+
+    state = {r.key: "pending" for r in runs}
+    attempts = {r.key: 0 for r in runs}
+    by_key = {r.key: r for r in runs}
+    running: dict[str, tuple[subprocess.Popen, dict, object]] = {}
+    free = list(slots)
+    for r in runs:
+        if (r.run_dir / "final.json").exists():
+            state[r.key] = "done"
+    bar = tqdm(total=len(runs), initial=sum(s == "done" for s in state.values()), unit="run", desc="sweep", disable=not progress,
+               dynamic_ncols=True)
+    t0 = time.time()
+
+    last = {}
+
+    def status():
+        c = {k: sum(1 for s in state.values() if s == k) for k in ("done", "running", "failed", "skipped", "elsewhere")}
+        c = {k: v for k, v in c.items() if v}
+        if c != last:  # redraw on change only (logs stay readable when stdout is a file)
+            bar.set_postfix(c)
+            last.clear()
+            last.update(c)
+
+    while True:
+        # finished processes
+        for key, (proc, slot, logf) in list(running.items()):
+            rc = proc.poll()
+            if rc is None:
+                continue
+            logf.close()
+            r = by_key[key]
+            del running[key]
+            free.append(slot)
+            _release(out, r)
+            if rc == 0 and (r.run_dir / "final.json").exists():
+                state[key] = "done"
+                bar.update(1)
+            elif attempts[key] <= retries:
+                state[key] = "pending"
+                bar.write(f"run {key} failed (exit {rc}); retrying ({attempts[key]}/{retries}) — log {r.run_dir / 'sweep.log'}")
+            else:
+                state[key] = "failed"
+                tail = (r.run_dir / "sweep.log").read_text()[-3000:] if (r.run_dir / "sweep.log").exists() else ""
+                (r.run_dir / "failed.json").write_text(json.dumps({"exit_code": rc, "attempts": attempts[key], "log_tail": tail}, indent=1))
+                bar.write(f"run {key} FAILED (exit {rc}) after {attempts[key]} attempts — log {r.run_dir / 'sweep.log'}")
+        # runs trained by another sweep process
+        for key, s in state.items():
+            if s == "elsewhere":
+                r = by_key[key]
+                if (r.run_dir / "final.json").exists():
+                    state[key] = "done"
+                    bar.update(1)
+                elif not (out / "claims" / r.run_id).exists():
+                    state[key] = "pending"
+        # dependents of failed runs
+        for r in runs:
+            if state[r.key] == "pending" and any(state[d] in ("failed", "skipped") for d in r.deps):
+                state[r.key] = "skipped"
+        # launch what is ready
+        for r in runs:
+            if not free:
+                break
+            if state[r.key] != "pending" or any(state[d] != "done" for d in r.deps):
+                continue
+            if (r.run_dir / "final.json").exists():
+                state[r.key] = "done"
+                bar.update(1)
+                continue
+            if not _claim(out, r):
+                state[r.key] = "elsewhere"
+                continue
+            slot = free.pop(0)
+            r.run_dir.mkdir(parents=True, exist_ok=True)
+            (r.run_dir / "sweep.json").write_text(json.dumps({**r.labels, "key": r.key, "run_id": r.run_id}, indent=1) + "\n")
+            (r.run_dir / "failed.json").unlink(missing_ok=True)
+            attempts[r.key] += 1
+            src = by_key[r.deps[0]].run_dir if r.deps else None
+            cmd = [sys.executable, "-m", "fastft", "train", *r.args(src), "progress=false"]
+            logf = open(r.run_dir / "sweep.log", "a")
+            logf.write(f"$ {shlex.join(cmd)}\n")
+            logf.flush()
+            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, **slot})
+            running[r.key] = (proc, slot, logf)
+            state[r.key] = "running"
+        status()
+        if not running and not any(s in ("pending", "elsewhere") for s in state.values()):
+            break
+        time.sleep(poll)
+    bar.close()
+    summary = {k: [key for key, s in state.items() if s == k] for k in ("done", "failed", "skipped")}
+    summary["secs"] = round(time.time() - t0, 1)
+    return summary
+
+
+def slots_for(gpus: str | None, per_gpu: int, parallel: int) -> list[dict]:
+    """``--gpus 0,1 --per-gpu 2`` → 4 slots (two runs share each GPU); no GPUs → ``parallel`` CPU slots."""
+    if gpus:
+        ids = [g.strip() for g in gpus.split(",") if g.strip()]
+        return [{"CUDA_VISIBLE_DEVICES": g} for g in ids for _ in range(per_gpu)]
+    threads = max(1, (os.cpu_count() or 1) // max(1, parallel))
+    return [{"OMP_NUM_THREADS": str(threads)} for _ in range(max(1, parallel))]
+
+
+# ---------------------------------------------------------------- SLURM
+def write_slurm(runs: list[RunSpec], out: Path, plan: dict, partition: str | None = None, time_limit: str = "24:00:00",
+                extra: list[str] = ()) -> list[Path]:
+    """One job array per dependency level; level k+1 starts after level k succeeded (``afterok``). Returns the scripts."""
+    level = {}
+    for r in runs:
+        level[r.key] = 1 + max((level[d] for d in r.deps), default=-1)
+    by_key = {r.key: r for r in runs}
+    d = out / "slurm"
+    d.mkdir(parents=True, exist_ok=True)
+    scripts = []
+    for lv in sorted(set(level.values())):
+        members = [r for r in runs if level[r.key] == lv]
+        lines = []
+        for r in members:
+            src = by_key[r.deps[0]].run_dir if r.deps else None
+            lines.append(shlex.join(["train", *r.args(src), "progress=false"]))
+        lst = d / f"{plan['name']}-level{lv}.txt"
+        lst.write_text("\n".join(lines) + "\n")
+        sh = d / f"{plan['name']}-level{lv}.sbatch"
+        head = ["#!/bin/bash", f"#SBATCH --job-name=fastft-{plan['name']}-L{lv}", f"#SBATCH --array=0-{len(members) - 1}",
+                "#SBATCH --gres=gpu:1", "#SBATCH --cpus-per-task=16", f"#SBATCH --time={time_limit}", "#SBATCH --requeue",
+                "#SBATCH --signal=B:TERM@120", f"#SBATCH --output={d}/%x-%A_%a.out"]
+        if partition:
+            head.append(f"#SBATCH --partition={partition}")
+        head += [f"#SBATCH {x}" for x in extra]
+        body = ["set -euo pipefail", f'args=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str(lst))})',
+                "# SIGTERM before the time limit or on preemption: the trainer checkpoints and exits 143; --requeue restarts it and it resumes",
+                f'eval "{shlex.quote(sys.executable)} -m fastft $args" &', "wait $!"]
+        sh.write_text("\n".join(head + [""] + body) + "\n")
+        scripts.append(sh)
+    return scripts
+
+
+def submit_slurm(scripts: list[Path]) -> list[str]:
+    ids: list[str] = []
+    for s in scripts:
+        cmd = ["sbatch", "--parsable"] + ([f"--dependency=afterok:{ids[-1]}"] if ids else []) + [str(s)]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        except FileNotFoundError:
+            raise FastFTError("sbatch not found: run on a SLURM login node, or use --no-submit and submit the scripts yourself") from None
+        except subprocess.CalledProcessError as e:
+            raise FastFTError(f"sbatch failed for {s}: {e.stderr.strip()}") from None
+        ids.append(r.stdout.strip().split(";")[0])
+    return ids
