@@ -88,17 +88,19 @@ def cmd_sweep(a):
     from . import sweep as sw
 
     total = {"runs": 0, "image_iterations": 0.0}
+    seen: set = set()
     for plan_path in a.plans:
         plan = sw.load_plan(plan_path)
         seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else None
         runs = sw.expand(plan, seeds)
         out = Path(a.out)
         sw.prepare(plan, runs, a.store, out)
-        c = sw.cost(runs)
+        c = sw.cost(runs, seen=seen)
         total["runs"] += c["runs"]
         total["image_iterations"] += c["image_iterations"]
         if a.dry_run:
-            print(f"plan {plan['name']} ({plan_path}): {c['runs']} runs, {c['image_iterations'] / 1e6:.1f} M image-iterations")
+            shared = f" (+{c['shared']} shared with plans above)" if c["shared"] else ""
+            print(f"plan {plan['name']} ({plan_path}): {c['runs']} runs{shared}, {c['image_iterations'] / 1e6:.1f} M image-iterations")
             for r in runs:
                 state = "finished" if r.run_dir and (r.run_dir / "final.json").exists() else "to run"
                 dep = f"  after {r.deps[0]}" if r.deps else ""

@@ -628,7 +628,8 @@ def resolve(spec, set_name: str, store_path: str | Path, out: str | Path) -> Vie
             shards.append(shard)
         keys = g[["key", "wnid", "label", "view_label", "shard", "jpg_offset", "jpg_size"]].sort_values("key")
         keys.to_csv(out / f"{split}.csv.gz", index=False, compression={"method": "gzip", "mtime": 0})
-        splits[split] = {"samples": len(g), "shards": shards, "per_class_min": int(g.groupby("wnid").size().min())}
+        splits[split] = {"samples": len(g), "shards": shards, "per_class_min": int(g.groupby("wnid").size().min()),
+                         "keys_sha256": hashlib.sha256("\n".join(keys["key"]).encode()).hexdigest()}
     meta = {"format": "fastft-view", "store": str(st.path.resolve()), "manifest_sha256": st.sha256, "spec_hash": spec.hash,
             "construction": spec.construction, "seed": spec.seed, "set": set_name, "cap": cs.cap, "classes": list(cs.classes),
             "short_classes": short, "splits": splits}

@@ -52,6 +52,7 @@ class RunSpec:
     grid: dict = field(default_factory=dict)
     labels: dict = field(default_factory=dict)
     run_id: str | None = None
+    pseudo_id: str | None = None  # dry runs without a store
     run_dir: Path | None = None
     images_per_epoch: float = 0.0
 
@@ -165,9 +166,13 @@ def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path) -> di
             r.overrides["store"] = str(store)
         if r.labels["mode"] == "finetune" and r.labels.get("source_template"):
             r.labels["distance"] = _distance(spec, by_key[r.deps[0]].overrides["set"], r.overrides["set"])
-        if not store:
+        if not store:  # estimate from nominal ILSVRC2012 counts; a pseudo id lets the cost count shared runs once
             cs = spec.sets[r.overrides["set"]]
             r.images_per_epoch = len(cs.classes) * min(cs.cap or 1e9, ILSVRC_TRAIN_PER_CLASS)
+            ident = {k: v for k, v in r.overrides.items() if k not in ("spec", "out", "name", "store", "set")}
+            ident.update(classes=list(cs.classes), cap=cs.cap, capset=r.overrides["set"] if cs.cap else None,
+                         source=by_key[r.deps[0]].pseudo_id if r.deps else None)
+            r.pseudo_id = runs_mod.run_id(ident)
             continue
         src_dir = by_key[r.deps[0]].run_dir if r.deps else None
         cfg = build(TrainConfig, {**r.overrides, **({"source": str(src_dir)} if src_dir else {})}, f"run {r.key}")
@@ -187,9 +192,17 @@ def _distance(spec, source_set: str, target_set: str) -> float:
     return round(load().distance(list(spec.sets[target_set].classes), list(spec.sets[source_set].classes))["wup_nearest"], 4)
 
 
-def cost(runs: list[RunSpec], epochs_default: int = 100) -> dict:
-    iters = sum(r.images_per_epoch * int(r.overrides.get("epochs", epochs_default)) for r in runs)
-    return {"runs": len(runs), "image_iterations": iters}
+def cost(runs: list[RunSpec], epochs_default: int = 100, seen: set | None = None) -> dict:
+    """Runs and image-iterations, counting a run shared with another plan (same id) once (pass one ``seen`` set)."""
+    seen = set() if seen is None else seen
+    uniq = []
+    for r in runs:
+        rid = r.run_id or r.pseudo_id or r.key
+        if rid not in seen:
+            seen.add(rid)
+            uniq.append(r)
+    iters = sum(r.images_per_epoch * int(r.overrides.get("epochs", epochs_default)) for r in uniq)
+    return {"runs": len(uniq), "image_iterations": iters, "shared": len(runs) - len(uniq)}
 
 
 # ---------------------------------------------------------------- local execution

@@ -98,10 +98,13 @@ IDENTITY_KEYS = ("mode", "freeze", "epochs", "lr_step", "lr_gamma", "momentum", 
 
 
 def run_identity(cfg: TrainConfig, view_meta: dict, precision: str, source_id: str | None) -> dict:
-    """Everything that determines a run's result (see ``fastft.runs``); its hash is the run id."""
+    """Everything that determines a run's result (see ``fastft.runs``); its hash is the run id. Data enter as the
+    store's manifest hash, the label order and the hashes of the selected sample keys — not the spec they came from,
+    so the same class set drawn by two constructions (e.g. near_INSTRU of ``instru`` and ``instru-grid``) is one run."""
     ident = {k: getattr(cfg, k) for k in IDENTITY_KEYS}
     ident.update(lr=cfg.base_lr, precision=precision, classes=view_meta["classes"],
-                 data={k: view_meta[k] for k in ("spec_hash", "set", "cap", "manifest_sha256")})
+                 data={"manifest_sha256": view_meta["manifest_sha256"],
+                       **{f"{s}_keys": v["keys_sha256"] for s, v in sorted(view_meta["splits"].items())}})
     if source_id is not None:
         ident["source"] = source_id
     return ident
