@@ -382,7 +382,10 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
     records: list[dict] = []
     limit = cfg.shard_mb * 1e6
     written_new = 0
-    ctx = get_context("fork") if hasattr(os, "fork") else get_context()
+    # fork is cheapest, but forking a process that already runs DALI's thread pools can deadlock: spawn then
+    import sys
+
+    ctx = get_context("fork" if hasattr(os, "fork") and "nvidia.dali" not in sys.modules else "spawn")
     workers = workers or os.cpu_count() or 1
     t0 = time.time()
     pbar = _progress(len(inputs), progress)
