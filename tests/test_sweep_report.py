@@ -1,0 +1,163 @@
+"""Sweeps (expansion, ids, skip/resume/retry, concurrency, SLURM scripts), reports and the demo."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fastft import sweep as sw
+from fastft.errors import FastFTError
+from fastft.report import write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"width": 0.25, "crop": 71, "batch_size": 32, "init": "kaiming", "epochs": 2, "num_threads": 1, "lr": 0.005}
+
+
+def tiny_plan(tmp_path: Path, name="tiny", extra_runs=()) -> Path:
+    plan = {"name": name, "construction": "near-far", "params": {"within": "store", "target": 4, "source": 8, "cap": 10},
+            "seeds": [0], "defaults": SMALL,
+            "runs": [{"name": "near", "set": "near"},
+                     {"name": "ft", "set": "target", "mode": "finetune", "source": "near", "grid": {"freeze": [0, 5]}},
+                     *extra_runs]}
+    p = tmp_path / f"{name}.yaml"
+    import yaml
+
+    p.write_text(yaml.safe_dump(plan))
+    return p
+
+
+def test_study_plans_expand_with_dependencies():
+    counts = {}
+    for p in sorted((ROOT / "plans").glob("*.yaml")):
+        plan = sw.load_plan(p)
+        runs = sw.expand(plan)
+        keys = [r.key for r in runs]
+        assert len(keys) == len(set(keys))
+        by = {r.key: r for r in runs}
+        for r in runs:
+            for d in r.deps:
+                assert by[d].seed == r.seed and keys.index(d) < keys.index(r.key)
+        counts[plan["name"]] = len(runs)
+    assert counts == {"classes-images": 610, "freeze": 90, "lr": 30, "near-far-dog": 25, "near-far-instru": 25, "source-size": 70}
+    fr = sw.expand(sw.load_plan(ROOT / "plans/freeze.yaml"), [3])
+    assert {r.key: r.deps for r in fr}["ft-near-freeze4-s3"] == ["near-s3"]
+
+
+def test_dry_run_counts_shared_runs_once(tmp_path):
+    a, b = sw.load_plan(ROOT / "plans/near-far-instru.yaml"), sw.load_plan(ROOT / "plans/freeze.yaml")
+    ra, rb = sw.expand(a, [0]), sw.expand(b, [0])
+    sw.prepare(a, ra, None, tmp_path)
+    sw.prepare(b, rb, None, tmp_path)
+    assert {r.key: r.pseudo_id for r in ra}["near-s0"] == {r.key: r.pseudo_id for r in rb}["near-s0"]
+    seen = set()
+    assert sw.cost(ra, seen=seen)["shared"] == 0 and sw.cost(rb, seen=seen)["shared"] == 2
+
+
+def test_plan_mistakes_are_named(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: x\nconstruction: dog\nruns: [{name: a, set: near, sourec: b}]\n")
+    with pytest.raises(FastFTError, match="sourec"):
+        sw.load_plan(p)
+    p.write_text("name: x\nconstruction: dog\nruns: [{name: a, set: near, source: zz}]\n")
+    with pytest.raises(FastFTError, match="zz"):
+        sw.load_plan(p)
+    p.write_text("name: x\nconstruction: dog\nruns: [{name: a, set: nearr}]\n")
+    with pytest.raises(FastFTError, match="no set 'nearr'"):
+        sw.prepare(sw.load_plan(p), sw.expand(sw.load_plan(p)), None, tmp_path)
+
+
+def test_sweep_runs_skips_and_retries(store, tmp_path):
+    plan = sw.load_plan(tiny_plan(tmp_path))
+    runs = sw.expand(plan)
+    sw.prepare(plan, runs, str(store), tmp_path / "out")
+    ids = [r.run_id for r in runs]
+    again = sw.expand(plan)
+    sw.prepare(plan, again, str(store), tmp_path / "out")
+    assert [r.run_id for r in again] == ids, "run ids are stable"
+    # every first attempt is "preempted" at step 3 (real SIGTERM); the retry resumes from its checkpoint and finishes
+    slots = [{"OMP_NUM_THREADS": "1", "FASTFT_TEST_SIGTERM_AT_STEP": "3"}]
+    s = sw.run_local(runs, tmp_path / "out", slots, retries=1, progress=False)
+    assert sorted(s["done"]) == sorted(r.key for r in runs) and not s["failed"]
+    for r in runs:
+        log = (r.run_dir / "sweep.log").read_text()
+        assert log.count("$ ") == 2 and "resuming" in log
+        assert json.loads((r.run_dir / "sweep.json").read_text())["template"] == r.template
+    s = sw.run_local(again, tmp_path / "out", slots, retries=1, progress=False)
+    assert sorted(s["done"]) == sorted(r.key for r in runs)
+    assert all((r.run_dir / "sweep.log").read_text().count("$ ") == 2 for r in runs), "finished runs are not started again"
+    rep = write_report(tmp_path / "out", tmp_path / "report")
+    assert rep["finished"] == 3 and any("grid-tiny-freeze" in f for f in rep["figures"])
+
+
+def test_failed_run_is_recorded_and_dependents_skipped(store, tmp_path):
+    plan = sw.load_plan(tiny_plan(tmp_path, "fails"))
+    runs = sw.expand(plan)
+    sw.prepare(plan, runs, str(store), tmp_path / "out")
+    s = sw.run_local(runs, tmp_path / "out", [{"FASTFT_TEST_SIGTERM_AT_STEP": "2"}], retries=0, progress=False)
+    assert s["failed"] == ["near-s0"] and sorted(s["skipped"]) == ["ft-freeze0-s0", "ft-freeze5-s0"]
+    f = json.loads((runs[0].run_dir / "failed.json").read_text())
+    assert f["exit_code"] == 143 and "preempted" in f["log_tail"]
+
+
+def test_two_concurrent_sweeps_train_each_run_once(store, tmp_path):
+    plan = tiny_plan(tmp_path, "conc")
+    cmd = [sys.executable, "-m", "fastft", "sweep", str(plan), "--store", str(store), "--out", str(tmp_path / "out"), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    logs = list((tmp_path / "out").glob("*/sweep.log"))
+    assert len(logs) == 3 and all(l.read_text().count("$ ") == 1 for l in logs)
+    assert not list((tmp_path / "out" / "claims").iterdir())
+
+
+def test_slurm_scripts(store, tmp_path):
+    plan = sw.load_plan(tiny_plan(tmp_path, "sl"))
+    runs = sw.expand(plan)
+    sw.prepare(plan, runs, str(store), tmp_path / "out")
+    scripts = sw.write_slurm(runs, tmp_path / "out", plan, partition="gpu")
+    assert [s.name for s in scripts] == ["sl-level0.sbatch", "sl-level1.sbatch"]
+    l0, l1 = (s.read_text() for s in scripts)
+    assert "#SBATCH --array=0-0" in l0 and "#SBATCH --array=0-1" in l1 and "--requeue" in l1 and "--partition=gpu" in l1
+    lines = (tmp_path / "out/slurm/sl-level1.txt").read_text().splitlines()
+    assert len(lines) == 2 and all(f"source={runs[0].run_dir}" in x and "mode=finetune" in x for x in lines)
+    assert "freeze=5" in lines[1]
+
+
+def _fake_run(root: Path, name: str, template: str, seed: int, top1: float, paper=None, grid=None):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"run_id": name, "config": {"seed": seed, "mode": "finetune", "set": "target", "name": name},
+                                               "num_classes": 100}))
+    (d / "sweep.json").write_text(json.dumps({"plan": "p", "template": template, "seed": seed, "paper": paper, "grid": grid or {},
+                                              "distance": 0.1}))
+    (d / "final.json").write_text(json.dumps({"top1": top1, "top5": top1 + 10, "epochs": 2}))
+    (d / "metrics.jsonl").write_text("\n".join(json.dumps({"epoch": e, "top1": top1 * e / 2, "train_loss": 2 - e / 2, "lr": 0.01}) for e in (1, 2)))
+
+
+def test_report_tables_from_run_directories(tmp_path):
+    for s, v in enumerate((60.0, 62.0, 64.0)):
+        _fake_run(tmp_path / "runs", f"a{s}", "ft-1000", s, v, paper={"top1": 80.94, "std": 0.75, "ref": "Table 2, 1000"})
+        _fake_run(tmp_path / "runs", f"b{s}", "scratch", s, v - 10)
+    (tmp_path / "runs" / "broken").mkdir()
+    (tmp_path / "runs" / "broken" / "config.json").write_text("{not json")
+    r = write_report(tmp_path / "runs", tmp_path / "rep")
+    s = pd.read_csv(tmp_path / "rep" / "summary.csv").set_index("template")
+    assert s.loc["ft-1000", "top1_mean"] == pytest.approx(62.0) and s.loc["ft-1000", "top1_std"] == pytest.approx(2.0)
+    assert s.loc["ft-1000", "delta_vs_paper"] == pytest.approx(62.0 - 80.94) and s.loc["scratch", "seeds"] == 3
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| ft-1000 | – | 3 | 62.00 ± 2.00 |" in md and "80.94 ± 0.75" in md
+    assert {Path(f).name for f in r["figures"]} >= {"curves-p.png", "final-p.png", "distance.png"}
+
+
+def test_demo_end_to_end(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "fastft", "demo", "--out", str(tmp_path / "demo"), "--seeds", "1"],
+                       capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "5/5 fastft report" in r.stdout and "target accuracy:" in r.stdout
+    assert (tmp_path / "demo/report/report.md").exists() and (tmp_path / "demo/report/final-demo-near-far.png").exists()
+    runs = pd.read_csv(tmp_path / "demo/report/runs.csv")
+    assert runs["finished"].all() and len(runs) == 5
