@@ -108,7 +108,37 @@ class SampleSource:
         self.shard_names = sorted(set(shards))
         self.shard_of = np.searchsorted(self.shard_names, shards)
         self.store = view.store
+        self.aug: dict | None = None
         self._maps: list | None = None
+
+    AUG = ("scale", "angle", "bright", "contrast", "sat", "u", "v")
+
+    def augment_to(self, target: int, seed: int) -> None:
+        """§4.6: grow every class with fewer than ``target`` images to ``target`` with transformed copies (Paulin et al.
+        2014 style: a crop of 70–100 % of the side resized back, rotation ±15°, brightness/contrast/saturation ×0.8–1.2).
+        Copies cycle through the class's images; their transforms are drawn once from ``seed`` (a fixed augmented
+        dataset, as the paper built), then the usual random crop + mirror apply every epoch."""
+        rng = np.random.default_rng([seed, 0xA06])
+        rows, copy = [np.arange(len(self.keys))], []
+        for c in np.unique(self.labels):
+            idx = np.flatnonzero(self.labels == c)
+            extra = max(0, target - len(idx))
+            rows.append(np.resize(idx, extra))
+            copy.append(extra)
+        rows = np.concatenate(rows)
+        n0, n = len(self.keys), len(rows)
+        params = {"scale": np.ones(n, np.float32), "angle": np.zeros(n, np.float32), "bright": np.ones(n, np.float32),
+                  "contrast": np.ones(n, np.float32), "sat": np.ones(n, np.float32), "u": np.full(n, 0.5, np.float32),
+                  "v": np.full(n, 0.5, np.float32)}
+        k = n - n0
+        params["scale"][n0:] = rng.uniform(0.7, 1.0, k)
+        params["angle"][n0:] = rng.uniform(-15, 15, k)
+        for name in ("bright", "contrast", "sat"):
+            params[name][n0:] = rng.uniform(0.8, 1.2, k)
+        params["u"][n0:], params["v"][n0:] = rng.random(k), rng.random(k)
+        for name in ("keys", "labels", "offsets", "sizes", "shard_of"):
+            setattr(self, name, getattr(self, name)[rows])
+        self.aug = params
 
     def __len__(self):
         return len(self.keys)
@@ -137,6 +167,7 @@ class LoaderConfig:
     hw_decoder_load: float = 0.65  # share of JPEG decoding on the hardware decoder (A100/H100/H200)
     prefetch: int = 2
     fp16: bool = False             # emit float16 images (GPU training in bf16/fp16 autocast)
+    augment_to: int = 0            # §4.6: grow each class of the training split to this many images (0 = off)
 
 
 class Loader:
@@ -148,9 +179,14 @@ class Loader:
         self.split, self.cfg = split, cfg
         self.train = (split == "train") if train is None else train
         self.src = SampleSource(self.view, split)
-        self.plan = EpochPlan(len(self.src), cfg.batch_size, world_size, rank, seed, shuffle=self.train)
         settings = open_store(self.view.store).manifest["settings"]
         self.fixed_size = settings["resize"] != "none" and not settings["resize"].startswith("short:")
+        self.image_size = tuple(int(x) for x in settings["resize"].split("x")) if self.fixed_size else None
+        if cfg.augment_to and self.train:
+            if not self.fixed_size:
+                raise FastFTError("augment_to needs a store with a fixed image size (fastft shard --resize WxH)")
+            self.src.augment_to(cfg.augment_to, seed)
+        self.plan = EpochPlan(len(self.src), cfg.batch_size, world_size, rank, seed, shuffle=self.train)
         if cfg.backend not in ("dali", "pytorch"):
             raise FastFTError(f"loader backend must be 'dali' or 'pytorch', got {cfg.backend!r}")
         if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -190,15 +226,24 @@ class Loader:
         self.position = (epoch + 1, 0)
 
 
-def _dali_graph(jpegs, cx, cy, mirror, *, device: str, crop: int, fixed_size: bool, hw_decoder_load: float, fp16: bool):
-    """The one augmentation graph: decode → (resize shorter side if the store is not fixed-size) → crop/mirror/normalise.
-    Training feeds random crop positions and mirror flags; evaluation feeds 0.5, 0.5, 0."""
+def _dali_graph(jpegs, cx, cy, mirror, *, device: str, crop: int, fixed_size: bool, hw_decoder_load: float, fp16: bool,
+                aug=None, image_size=None):
+    """The one augmentation graph: decode → (§4.6 transforms of augmented copies) → (resize shorter side if the store
+    is not fixed-size) → crop/mirror/normalise. Training feeds random crop positions and mirror flags; evaluation
+    feeds 0.5, 0.5, 0."""
     from nvidia.dali import fn, types
 
     if device == "cuda":
         img = fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=hw_decoder_load)
     else:
         img = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
+    if aug is not None:
+        scale, angle, bright, contrast, sat, u, v = aug
+        w, h = image_size
+        img = fn.rotate(img, angle=angle, keep_size=True, fill_value=0)
+        img = fn.crop(img, crop_w=scale * w, crop_h=scale * h, crop_pos_x=u, crop_pos_y=v)
+        img = fn.resize(img, resize_x=w, resize_y=h)
+        img = fn.color_twist(img, brightness=bright, contrast=contrast, saturation=sat)
     if not fixed_size:
         img = fn.resize(img, resize_shorter=round(crop * 256 / 227))
     return fn.crop_mirror_normalize(img, crop=(crop, crop), crop_pos_x=cx, crop_pos_y=cy, mirror=mirror,
@@ -215,13 +260,17 @@ class _DaliBackend:
         self._feed = None  # (plan, start_step) of the running epoch
         dev_id = torch.cuda.current_device() if cfg.device == "cuda" else None
 
+        self.augment = loader.src.aug is not None
+        n_aug = len(SampleSource.AUG) if self.augment else 0
+
         @pipeline_def(batch_size=cfg.batch_size, num_threads=threads, device_id=dev_id, seed=loader.plan.seed,
                       prefetch_queue_depth=cfg.prefetch, exec_dynamic=True)
         def pipe():
-            jpegs, labels, weights, cx, cy, mirror = fn.external_source(
-                source=self._source, num_outputs=6, batch=True, dtype=[types.UINT8, types.INT64, types.FLOAT, types.FLOAT, types.FLOAT, types.INT32])
+            jpegs, labels, weights, cx, cy, mirror, *aug = fn.external_source(
+                source=self._source, num_outputs=6 + n_aug, batch=True,
+                dtype=[types.UINT8, types.INT64, types.FLOAT, types.FLOAT, types.FLOAT, types.INT32] + [types.FLOAT] * n_aug)
             img = _dali_graph(jpegs, cx, cy, mirror, device=cfg.device, crop=cfg.crop, fixed_size=loader.fixed_size,
-                              hw_decoder_load=cfg.hw_decoder_load, fp16=cfg.fp16)
+                              hw_decoder_load=cfg.hw_decoder_load, fp16=cfg.fp16, aug=aug or None, image_size=loader.image_size)
             return img, labels, weights
 
         self.pipe = pipe()
@@ -233,8 +282,11 @@ class _DaliBackend:
         if step >= len(plan["index"]):
             raise StopIteration
         src, idx = self.L.src, plan["index"][step]
-        return ([src.jpeg(i) for i in idx], src.labels[idx], plan["weight"][step], plan["crop_x"][step],
-                plan["crop_y"][step], plan["mirror"][step].astype(np.int32))
+        out = ([src.jpeg(i) for i in idx], src.labels[idx], plan["weight"][step], plan["crop_x"][step],
+               plan["crop_y"][step], plan["mirror"][step].astype(np.int32))
+        if self.augment:
+            out += tuple(src.aug[k][idx] for k in SampleSource.AUG)
+        return out
 
     def run(self, plan: dict, start: int):
         from nvidia.dali.plugin.pytorch import feed_ndarray
@@ -286,6 +338,8 @@ class _DecodeDataset(torch.utils.data.Dataset):
 
         i, cx, cy, m = job
         im = Image.open(io.BytesIO(self.src.jpeg(i).tobytes())).convert("RGB")
+        if self.src.aug is not None and self.src.aug["scale"][i] != 1.0:
+            im = _pil_augment(im, {k: float(self.src.aug[k][i]) for k in SampleSource.AUG})
         if not self.fixed:
             s = round(self.crop * 256 / 227) / min(im.size)
             im = im.resize((round(im.size[0] * s), round(im.size[1] * s)), Image.BILINEAR)
@@ -325,6 +379,20 @@ class _TorchBackend:
         for s, (x, y) in zip(steps, self.dl):
             x = ((x.to(dev, non_blocking=True).permute(0, 3, 1, 2).float() - mean) / std).to(dtype)
             yield x.contiguous(), y.to(dev), torch.from_numpy(plan["weight"][s]).to(dev)
+
+
+def _pil_augment(im, a: dict):
+    """The §4.6 transforms of an augmented copy, as in the DALI graph (rotation, scaled crop resized back, colour)."""
+    from PIL import Image, ImageEnhance
+
+    w, h = im.size
+    im = im.rotate(a["angle"], resample=Image.BILINEAR, fillcolor=(0, 0, 0))
+    cw, ch = a["scale"] * w, a["scale"] * h
+    x0, y0 = a["u"] * (w - cw), a["v"] * (h - ch)
+    im = im.resize((w, h), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
+    im = ImageEnhance.Brightness(im).enhance(a["bright"])
+    im = ImageEnhance.Contrast(im).enhance(a["contrast"])
+    return ImageEnhance.Color(im).enhance(a["sat"])
 
 
 def _collate(batch):

@@ -52,6 +52,7 @@ class TrainConfig:
     crop: int = 227                    # input size (random crop of the stored image)
     groups: bool = False               # Caffe's grouped conv2/4/5
     init: str = "paper"                # paper (§3) | kaiming (small CPU configurations; see fastft.model)
+    augment_to: int = 0                # §4.6: grow each training class to this many images with transformed copies
     # infrastructure: not part of the run's identity
     out: str = "runs"
     name: str | None = None
@@ -94,7 +95,7 @@ class TrainConfig:
 
 
 IDENTITY_KEYS = ("mode", "freeze", "epochs", "lr_step", "lr_gamma", "momentum", "weight_decay", "batch_size", "seed",
-                 "width", "crop", "groups", "init")
+                 "width", "crop", "groups", "init", "augment_to")
 
 
 def run_identity(cfg: TrainConfig, view_meta: dict, precision: str, source_id: str | None) -> dict:

@@ -119,3 +119,23 @@ def test_loader_refuses_broken_view(view_near, tmp_path):
         Loader(v, "train", CFG)
     with pytest.raises(FastFTError, match="not a fastft view"):
         open_view(tmp_path)
+
+
+def test_augmentation_grows_classes_with_transformed_copies(view_near):
+    cfg = LoaderConfig(batch_size=8, crop=71, num_threads=1, augment_to=60)
+    L = Loader(view_near.path, "train", cfg, seed=0)
+    n0 = len(Loader(view_near.path, "train", CFG).src)
+    assert len(L.src) == 8 * 60 and (np.bincount(L.src.labels) == 60).all()
+    assert (L.src.aug["scale"][:n0] == 1).all() and (L.src.aug["scale"][n0:] < 1).all()
+    ys = torch.cat([y for _, y, _ in L.epoch(0)])
+    assert (np.bincount(ys.numpy(), minlength=8)[:8] >= 60).all()
+    # a copy decodes to different pixels than its original under the same crop
+    from fastft.pipelines import _DaliBackend
+
+    copy = n0
+    orig = int(np.flatnonzero(L.src.keys[:n0] == L.src.keys[copy])[0])
+    plan = {"index": np.array([[orig] * 4 + [copy] * 4]), "weight": np.ones((1, 8), np.float32),
+            "crop_x": np.full((1, 8), 0.5, np.float32), "crop_y": np.full((1, 8), 0.5, np.float32), "mirror": np.zeros((1, 8), np.int32)}
+    (x, y, _), = list(L._impl.run(plan, 0))
+    assert torch.equal(x[0], x[1]) and not torch.allclose(x[0], x[4], atol=0.1) and y[0] == y[4]
+    assert Loader(view_near.path, "val", cfg, train=False).plan.n == len(Loader(view_near.path, "val", CFG, train=False).src)
