@@ -144,6 +144,16 @@ def cmd_report(a):
         print(Path(r["tables"][0]).read_text())
 
 
+def cmd_bench(a):
+    from . import bench
+
+    if a.what == "loader":
+        res = bench.bench_loader(a.view, a.batch, a.device, a.seconds, a.threads, a.crop)
+    else:
+        res = bench.bench_train(a.view, a.batch, a.device, a.seconds, a.compile, a.width, a.crop, a.threads)
+    bench.write(res, a.out)
+
+
 def cmd_demo(a):
     from .demo import demo
 
@@ -186,6 +196,19 @@ def add_commands(sub) -> None:
     s.add_argument("runs", help="directory holding run directories (searched recursively)")
     s.add_argument("--out", required=True, help="where to write report.md, CSVs and PNG figures")
     s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("bench", help="throughput of the loader or of training, with the PyTorch DataLoader baseline in the same run (JSON)")
+    s.add_argument("what", choices=["loader", "train"])
+    s.add_argument("view", help="a view directory (fastft subsets resolve)")
+    s.add_argument("--batch", type=int, default=256)
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--seconds", type=float, default=10.0, help="measuring time per variant")
+    s.add_argument("--threads", type=int, default=0, help="DALI threads / DataLoader workers (0 = all cores)")
+    s.add_argument("--crop", type=int, default=227)
+    s.add_argument("--width", type=float, default=1.0, help="train: AlexNet width multiplier")
+    s.add_argument("--compile", action="store_true", help="train: torch.compile the model")
+    s.add_argument("--out", help="also write the JSON here (e.g. benchmarks/results/<gpu>-<date>.json)")
+    s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("demo", help="the whole flow on a built-in synthetic ImageNet on CPU: synth -> shard -> near/far sweep -> report")
     s.add_argument("--out", default="fastft-demo", help="working directory (created)")

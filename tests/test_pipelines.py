@@ -139,3 +139,23 @@ def test_augmentation_grows_classes_with_transformed_copies(view_near):
     (x, y, _), = list(L._impl.run(plan, 0))
     assert torch.equal(x[0], x[1]) and not torch.allclose(x[0], x[4], atol=0.1) and y[0] == y[4]
     assert Loader(view_near.path, "val", cfg, train=False).plan.n == len(Loader(view_near.path, "val", CFG, train=False).src)
+
+
+def test_bench_loader_and_train_report_baselines(view_near, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "b.json"
+    r = subprocess.run([sys.executable, "-m", "fastft", "bench", "loader", str(view_near.path), "--batch", "16", "--crop", "71",
+                        "--seconds", "1", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["pytorch_img_s"] > 0 and res["dali_img_s"] > 0 and res["cores"] and "dali" in res
+    d = res["class_diversity"]
+    assert abs(d["mean_distinct"] - d["iid_expectation"]) < 1.0, "a shuffled epoch should look i.i.d. per batch"
+    r = subprocess.run([sys.executable, "-m", "fastft", "bench", "train", str(view_near.path), "--batch", "16", "--crop", "71",
+                        "--width", "0.25", "--seconds", "1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert min(res["synthetic_ceiling_img_s"], res["fastft_e2e_img_s"], res["dataloader_e2e_img_s"]) > 0
+    assert res["fastft_vs_ceiling"] == round(res["fastft_e2e_img_s"] / res["synthetic_ceiling_img_s"], 3)
