@@ -16,9 +16,8 @@ date=$(date +%F)
 [ -d $W/syn ] || python -m fastft synth --out $W/syn --classes $(python -c "from fastft.taxonomy import load; print(' '.join(load().under('n03575240')[:100]))") \
     --train-per-class 100 --val-per-class 4 --size 400 --val-layout folders
 [ -f $W/store/manifest.json ] || python -m fastft shard $W/syn --out $W/store --allow-missing --quiet
-python -m fastft subsets make near-far --param branch=n03575240 --param target=100 --param source=0 \
-    --param within="$(python -c "import json; from fastft.store import open_store; print(json.dumps(sorted({w for s in open_store('$W/store').shards for w in s['classes']})))")" \
-    --out $W/spec.json >/dev/null 2>&1 || python -m fastft subsets make random --out $W/spec.json
+python -m fastft subsets make all --out $W/spec.json \
+    --param within="$(python -c "import json; from fastft.store import open_store; print(json.dumps(sorted({w for s in open_store('$W/store').shards for w in s['classes']})))")"
 python -m fastft subsets resolve $W/spec.json --set target --store $W/store --out $W/view
 python -m fastft bench loader $W/view --seconds 8 --out "$OUT/loader-$gpu-$date.json"
 python -m fastft bench train $W/view --seconds 8 --out "$OUT/train-eager-$gpu-$date.json"

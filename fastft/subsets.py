@@ -204,6 +204,14 @@ def c_near_far(h, seed, branch=DOG, target=4, source=8, within=None, cap=None):
     return {"target": ClassSet(_sorted(h, tgt), cap), "near": ClassSet(_sorted(h, near)), "far": ClassSet(_sorted(h, far))}
 
 
+def c_all(h, seed, within=None):
+    """Every class (or every class of ``within``, e.g. a partial store's) as one ``target`` set."""
+    bad = sorted(set(within or ()) - set(h.wnids))
+    if bad:
+        raise FastFTError(f"within lists non-ILSVRC2012 wnids: {bad[:5]}")
+    return {"target": ClassSet(_sorted(h, within) if within else h.wnids)}
+
+
 @dataclass(frozen=True)
 class Construction:
     fn: Callable
@@ -219,6 +227,7 @@ CONSTRUCTIONS: dict[str, Construction] = {
     "instru-240": Construction(c_instru, {"target": 100, "far": 500, "overlap": 100, "cap": 240}, "INSTRU at 240 training images per class, near / far sources (§4.5)"),
     "instru-grid": Construction(c_instru_grid, {"target": 100, "far": 500, "overlap": 100, "classes": list(GRID_CLASSES), "images": list(GRID_IMAGES)},
                                 "INSTRU subsets: K in {100,80,40,20,10} classes x images/class 1200..30, near / far (§4.4, §4.6)"),
+    "all": Construction(c_all, {"within": None}, "every class (or every class of a given list) as one target set"),
     "near-far": Construction(c_near_far, {"branch": DOG, "target": 4, "source": 8, "within": None, "cap": None},
                              "small near/far study on any class universe (e.g. a partial store's classes); the demo's"),
 }
