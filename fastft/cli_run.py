@@ -154,6 +154,35 @@ def cmd_bench(a):
     bench.write(res, a.out)
 
 
+def cmd_analyze(a):
+    from . import analysis as an
+
+    if a.what == "svm":
+        for run in a.runs:
+            r = an.svm(run, a.view, a.device)
+            print(f"{Path(run).name}: linear SVM on fc7: {r['summary']['svm_top1']:.2f}% ({r['test_n']} test images)")
+    elif a.what == "filters":
+        r = an.filters(a.runs, a.view, a.device, out=a.out)
+        print(json.dumps({k: r[k] for k in ("mean_sensitivity", "percent_of_classes_a_beats_b")}, indent=1))
+        if r.get("figure"):
+            print(f"precision-recall curves: {r['figure']}")
+    elif a.what == "probes":
+        r = an.probes(a.runs, a.view, device=a.device, pool=a.pool)
+        layers = r["layers"]
+        print("run".ljust(32) + "".join(l.rjust(8) for l in layers))
+        for name, accs in r["accuracy"].items():
+            print(name[:31].ljust(32) + "".join(f"{accs[l]:8.2f}" for l in layers))
+    elif a.what == "classviz":
+        r = an.class_images(a.runs[0], [int(c) for c in a.classes.split(",")], device=a.device,
+                            out=a.out or str(Path(a.runs[0]) / "analysis" / "classviz.png"))
+        print(f"class-model images: {r['image']} (class scores {['%.2f' % x for x in r['score_before']]} -> {['%.2f' % x for x in r['score_after']]})")
+    elif a.what == "distance":
+        if not a.source_view:
+            raise FastFTError("analyze distance needs --source-view (and --view for the target)")
+        r = an.feature_distance(a.runs[0], a.source_view, a.view, a.device)
+        print(json.dumps(r["summary"]))
+
+
 def cmd_demo(a):
     from .demo import demo
 
@@ -209,6 +238,19 @@ def add_commands(sub) -> None:
     s.add_argument("--compile", action="store_true", help="train: torch.compile the model")
     s.add_argument("--out", help="also write the JSON here (e.g. benchmarks/results/<gpu>-<date>.json)")
     s.set_defaults(fn=cmd_bench)
+
+    s = sub.add_parser("analyze", help="the paper's analyses on runs: svm (fc7), filters (conv5 AP), probes (conv1..fc8), classviz, distance",
+                       description="Features come from the eval pipeline and are cached per run/view/layer under <run>/analysis/. "
+                                   "Results land in <run>/analysis/*.json and in fastft report.")
+    s.add_argument("what", choices=["svm", "filters", "probes", "classviz", "distance"])
+    s.add_argument("runs", nargs="+", help="run directories")
+    s.add_argument("--view", required=True, help="the (target) view: its train split trains SVM/probes, its val split tests")
+    s.add_argument("--source-view", help="distance: the source view")
+    s.add_argument("--classes", default="0,1,2,3", help="classviz: comma-separated class indices of the run's model")
+    s.add_argument("--pool", type=int, help="probes: max-pool conv maps to NxN before the linear layer (bounds memory)")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--out", help="filters: directory for filters.json and PR curves; classviz: PNG path")
+    s.set_defaults(fn=cmd_analyze)
 
     s = sub.add_parser("demo", help="the whole flow on a built-in synthetic ImageNet on CPU: synth -> shard -> near/far sweep -> report")
     s.add_argument("--out", default="fastft-demo", help="working directory (created)")

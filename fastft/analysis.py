@@ -1,0 +1,300 @@
+"""The paper's §4.3 analyses on trained runs: fc7 + linear SVM, per-filter AP on conv5, layer probes, class-model
+images, and a feature-based source–target distance.
+
+Features come from the evaluation pipeline (centre crop, no mirror; padding samples of the last batch dropped by
+weight) through the model's named taps, batch by batch on the GPU when there is one. They are cached on disk per
+(model, view samples, split, layer, pooling) as float16 ``.npy`` files under ``<run>/analysis/features/`` and read back
+memory-mapped, so RAM holds one batch at a time while extracting. Full conv1 maps of a 100-class train split
+(96×27×27 per image, ~25 GB in float16) exceed a sensible budget: ``pool=N`` max-pools conv maps to N×N first, and a
+request over ``max_gb`` fails naming that option instead of filling the disk. Results are JSON files in
+``<run>/analysis/`` that ``fastft report`` picks up.
+
+Recipes (fixed, so numbers are comparable across runs):
+* SVM: L2-normalised fc7, ``sklearn.svm.LinearSVC(C=1.0)``, trained on the view's train split, tested on val.
+* Filters: conv5 response per image = spatial max per filter (256 scores); AP per (class, filter) with
+  ``sklearn.metrics.average_precision_score`` on the val split; sensitivity of a model for a class = mean AP of its
+  top-5 filters; model A beats B on a class when its sensitivity is higher.
+* Probes: features standardised with train statistics, a linear softmax layer trained with Adam (lr 1e-2, weight
+  decay 1e-4, batch 256, 30 epochs and at least 500 steps), accuracy on val.
+* Class images: gradient ascent on the class score (pre-softmax) from a zero image, step 1.0 on the normalised input,
+  L2 penalty 1e-3 (Simonyan et al. 2014), 200 steps.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import FastFTError
+from .model import LAYERS, AlexNet, ModelConfig
+
+
+def load_model(run: str | Path, device: str = "cpu") -> tuple[AlexNet, dict]:
+    run = Path(run)
+    f = run / "model.pt" if run.is_dir() else run
+    if not f.exists():
+        raise FastFTError(f"{run} has no model.pt (is the run finished?)")
+    blob = torch.load(f, map_location="cpu", weights_only=False)
+    mc = blob["model_config"]
+    m = AlexNet(ModelConfig(**mc))
+    m.load_state_dict(blob["model"])
+    return m.to(device).eval(), blob
+
+
+def _device(device: str) -> str:
+    return device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def features(run: str | Path, view, split: str, layers: tuple[str, ...], *, device: str = "auto", batch: int = 128,
+             pool: int | None = None, max_gb: float = 20.0, backend: str = "dali") -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Features of ``layers`` for every sample of a view split (rows in the view's key order) and their labels."""
+    from .pipelines import Loader, LoaderConfig
+    from .store import View, open_view
+
+    view = view if isinstance(view, View) else open_view(view)
+    dev = _device(device)
+    model, blob = load_model(run, dev)
+    crop = model.cfg.input_size
+    bad = [l for l in layers if l not in LAYERS]
+    if bad:
+        raise FastFTError(f"unknown layer(s) {bad}; layers are {', '.join(LAYERS)}")
+    loader = Loader(view, split, LoaderConfig(batch_size=batch, crop=crop, backend=backend, device=dev), train=False)
+    n = len(loader.src)
+    tag = hashlib.sha256(json.dumps([blob.get("run_id"), view.meta["splits"][split]["keys_sha256"], view.meta["manifest_sha256"],
+                                     split, pool]).encode()).hexdigest()[:16]
+    cache = (Path(run) if Path(run).is_dir() else Path(run).parent) / "analysis" / "features"
+    cache.mkdir(parents=True, exist_ok=True)
+    paths = {l: cache / f"{tag}-{l}.npy" for l in layers}
+    todo = [l for l in layers if not paths[l].exists()]
+    if todo:
+        with torch.no_grad():
+            probe = model(torch.zeros(1, 3, crop, crop, device=dev), taps=tuple(todo))
+        shapes = {l: _pooled(probe[l], pool).shape[1:] for l in todo}
+        need = sum(n * int(np.prod(s)) * 2 for s in shapes.values()) / 1e9
+        if need > max_gb:
+            raise FastFTError(f"features of {todo} for {n} images need {need:.1f} GB (> max_gb {max_gb}); pass pool=N to max-pool conv maps to NxN")
+        outs = {l: np.lib.format.open_memmap(str(paths[l]) + ".tmp.npy", mode="w+", dtype=np.float16, shape=(n, int(np.prod(shapes[l]))))
+                for l in todo}
+        rows = 0
+        with torch.no_grad():
+            for step, (x, y, w) in enumerate(loader.epoch(0)):
+                keep = w > 0
+                feats = model(x[keep], taps=tuple(todo))
+                k = int(keep.sum())
+                for l in todo:
+                    outs[l][rows:rows + k] = _pooled(feats[l], pool).flatten(1).float().cpu().numpy()
+                rows += k
+        if rows != n:
+            raise FastFTError(f"extracted {rows} of {n} samples")
+        for l in todo:
+            outs[l].flush()
+            del outs[l]
+            Path(str(paths[l]) + ".tmp.npy").replace(paths[l])
+    labels = loader.src.labels.copy()
+    return {l: np.load(paths[l], mmap_mode="r") for l in layers}, labels
+
+
+def _pooled(t: torch.Tensor, pool: int | None) -> torch.Tensor:
+    if pool and t.dim() == 4 and t.shape[-1] > pool:
+        return torch.nn.functional.adaptive_max_pool2d(t, pool)
+    return t
+
+
+# ---------------------------------------------------------------- SVM on fc7
+def svm(run, view, device: str = "auto", layer: str = "fc7") -> dict:
+    from sklearn.svm import LinearSVC
+
+    tr, ytr = features(run, view, "train", (layer,), device=device)
+    te, yte = features(run, view, "val", (layer,), device=device)
+    acc = svm_accuracy(np.asarray(tr[layer], np.float32), ytr, np.asarray(te[layer], np.float32), yte)
+    res = {"analysis": "svm", "layer": layer, "view": str(view), "train_n": len(ytr), "test_n": len(yte),
+           "summary": {"svm_top1": round(100 * acc, 2)}}
+    _save(run, "svm", res)
+    return res
+
+
+def svm_accuracy(xtr, ytr, xte, yte, C: float = 1.0) -> float:
+    from sklearn.svm import LinearSVC
+
+    norm = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # noqa: E731
+    clf = LinearSVC(C=C, max_iter=5000).fit(norm(xtr), ytr)
+    return float((clf.predict(norm(xte)) == yte).mean())
+
+
+# ---------------------------------------------------------------- per-filter AP on conv5
+def filter_ap(scores: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
+    """AP[class, filter] of each filter's score as a detector of each class."""
+    from sklearn.metrics import average_precision_score
+
+    ap = np.zeros((classes, scores.shape[1]))
+    for c in range(classes):
+        pos = labels == c
+        if not pos.any():
+            ap[c] = np.nan
+            continue
+        for f in range(scores.shape[1]):
+            ap[c, f] = average_precision_score(pos, scores[:, f])
+    return ap
+
+
+def sensitivity(ap: np.ndarray, top: int = 5) -> np.ndarray:
+    """Per class: mean AP of the ``top`` best filters."""
+    return np.sort(ap, axis=1)[:, -top:].mean(axis=1)
+
+
+def filters(runs: list, view, device: str = "auto", out: str | Path | None = None, pr_classes: int = 3) -> dict:
+    from .store import open_view
+
+    view = open_view(view) if not hasattr(view, "meta") else view
+    sens, names, aps = {}, [], {}
+    for run in runs:
+        f, y = features(run, view, "val", ("conv5",), device=device)
+        c5 = np.asarray(f["conv5"], np.float32)
+        model, _ = load_model(run)
+        ch = model.conv5[0].out_channels
+        scores = c5.reshape(len(y), ch, -1).max(axis=2)
+        ap = filter_ap(scores, y, view.num_classes)
+        name = Path(run).name
+        names.append(name)
+        sens[name], aps[name] = sensitivity(ap), (ap, scores, y)
+        _save(run, "filters", {"analysis": "filters", "view": str(view.path), "summary": {"mean_sensitivity": round(float(np.nanmean(sens[name])), 4)},
+                               "sensitivity": sens[name].round(4).tolist(), "top5_filters": np.argsort(-ap, axis=1)[:, :5].tolist()})
+    beats = {a: {b: round(100 * float(np.mean(sens[a] > sens[b])), 2) for b in names if b != a} for a in names}
+    res = {"analysis": "filters", "view": str(view.path), "models": names, "percent_of_classes_a_beats_b": beats,
+           "mean_sensitivity": {k: round(float(np.nanmean(v)), 4) for k, v in sens.items()}}
+    if out:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "filters.json").write_text(json.dumps(res, indent=1))
+        _pr_figure(aps, view, out / "filters-pr.png", pr_classes)
+        res["figure"] = str(out / "filters-pr.png")
+    return res
+
+
+def _pr_figure(aps: dict, view, path: Path, k: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve
+
+    models = list(aps)
+    fig, axes = plt.subplots(len(models), k, figsize=(3.2 * k, 2.8 * len(models)), squeeze=False)
+    for i, m in enumerate(models):
+        ap, scores, y = aps[m]
+        for c in range(min(k, ap.shape[0])):
+            ax = axes[i][c]
+            for f in np.argsort(-ap[c])[:5]:
+                p, r, _ = precision_recall_curve(y == c, scores[:, f])
+                ax.plot(r, p, label=f"filter {f} AP {ap[c, f]:.2f}")
+            ax.set(title=f"{m[:18]} · {view.classes[c]}", xlabel="recall", ylabel="precision")
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- layer probes
+def probe_accuracy(xtr, ytr, xte, yte, classes: int, device: str = "cpu", epochs: int = 30, seed: int = 0) -> float:
+    g = torch.Generator().manual_seed(seed)
+    xtr = torch.as_tensor(np.asarray(xtr, np.float32))
+    xte = torch.as_tensor(np.asarray(xte, np.float32))
+    mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
+    xtr, xte = ((xtr - mu) / sd).to(device), ((xte - mu) / sd).to(device)
+    ytr_t, yte_t = torch.as_tensor(ytr).to(device), torch.as_tensor(yte).to(device)
+    torch.manual_seed(seed)
+    lin = torch.nn.Linear(xtr.shape[1], classes).to(device)
+    opt = torch.optim.Adam(lin.parameters(), lr=1e-2, weight_decay=1e-4)
+    per_epoch = -(-len(xtr) // 256)
+    for _ in range(max(epochs, -(-500 // per_epoch))):
+        perm = torch.randperm(len(xtr), generator=g).to(device)
+        for i in range(0, len(xtr), 256):
+            b = perm[i:i + 256]
+            loss = torch.nn.functional.cross_entropy(lin(xtr[b]), ytr_t[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        return float((lin(xte).argmax(1) == yte_t).float().mean())
+
+
+def probes(runs: list, view, layers: tuple[str, ...] = LAYERS, device: str = "auto", pool: int | None = None) -> dict:
+    from .store import open_view
+
+    view = open_view(view) if not hasattr(view, "meta") else view
+    dev = _device(device)
+    table = {}
+    for run in runs:
+        tr, ytr = features(run, view, "train", layers, device=device, pool=pool)
+        te, yte = features(run, view, "val", layers, device=device, pool=pool)
+        accs = {l: round(100 * probe_accuracy(tr[l], ytr, te[l], yte, view.num_classes, dev), 2) for l in layers}
+        table[Path(run).name] = accs
+        _save(run, "probes", {"analysis": "probes", "view": str(view.path), "pool": pool, "summary": accs})
+    return {"analysis": "probes", "view": str(view.path), "layers": list(layers), "accuracy": table}
+
+
+# ---------------------------------------------------------------- class-model images
+def class_images(run, classes: list[int], steps: int = 200, lr: float = 1.0, l2: float = 1e-3, device: str = "auto",
+                 out: str | Path | None = None) -> dict:
+    dev = _device(device)
+    model, blob = load_model(run, dev)
+    s = model.cfg.input_size
+    x = torch.zeros(len(classes), 3, s, s, device=dev, requires_grad=True)
+    idx = torch.as_tensor(classes, device=dev)
+    with torch.no_grad():
+        start = model(x).gather(1, idx.view(-1, 1)).squeeze(1)
+    for _ in range(steps):
+        score = model(x).gather(1, idx.view(-1, 1)).sum()
+        (g,) = torch.autograd.grad(score - l2 * (x ** 2).sum(), x)
+        with torch.no_grad():
+            x += lr * g
+    with torch.no_grad():
+        end = model(x).gather(1, idx.view(-1, 1)).squeeze(1)
+    res = {"analysis": "classviz", "classes": [blob["classes"][c] for c in classes], "score_before": start.tolist(), "score_after": end.tolist()}
+    if out:
+        from PIL import Image
+
+        from .pipelines import MEAN, STD
+
+        imgs = x.detach().cpu() * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
+        lo, hi = imgs.amin(dim=(1, 2, 3), keepdim=True), imgs.amax(dim=(1, 2, 3), keepdim=True)
+        imgs = ((imgs - lo) / (hi - lo + 1e-6) * 255).byte().permute(0, 2, 3, 1).numpy()
+        grid = Image.new("RGB", (s * len(classes), s))
+        for i, im in enumerate(imgs):
+            grid.paste(Image.fromarray(im), (i * s, 0))
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        grid.save(out)
+        res["image"] = str(out)
+    _save(run, "classviz", res)
+    return res
+
+
+# ---------------------------------------------------------------- feature-based distance
+def feature_distance(run, source_view, target_view, device: str = "auto", layer: str = "fc7") -> dict:
+    """Mean over target classes of the cosine distance from the target class's mean feature to the nearest source
+    class mean (val split features of one model), next to the WordNet distance of the same class sets."""
+    from .store import open_view
+    from .taxonomy import load
+
+    sv, tv = open_view(source_view), open_view(target_view)
+    fs, ys = features(run, sv, "val", (layer,), device=device)
+    ft, yt = features(run, tv, "val", (layer,), device=device)
+    mean = lambda f, y, k: np.stack([np.asarray(f[layer][y == c], np.float32).mean(0) for c in range(k)])  # noqa: E731
+    ms, mt = mean(fs, ys, sv.num_classes), mean(ft, yt, tv.num_classes)
+    unit = lambda m: m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)  # noqa: E731
+    cos = unit(mt) @ unit(ms).T
+    feat = float(np.mean(1 - cos.max(axis=1)))
+    wn = load().distance(tv.classes, sv.classes)["wup_nearest"]
+    res = {"analysis": "distance", "layer": layer, "source_view": str(source_view), "target_view": str(target_view),
+           "summary": {"feature_cosine_nearest": round(feat, 4), "wordnet_wup_nearest": round(wn, 4)}}
+    _save(run, "distance", res)
+    return res
+
+
+def _save(run, name: str, res: dict) -> None:
+    d = (Path(run) if Path(run).is_dir() else Path(run).parent) / "analysis"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{name}.json").write_text(json.dumps(res, indent=1) + "\n")

@@ -1,0 +1,88 @@
+"""Analyses: hand-checked AP / SVM / probe building blocks, and every analysis on a real trained run (CPU)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fastft import analysis as an
+from fastft.errors import FastFTError
+from fastft.model import AlexNet, ModelConfig
+
+
+def test_filter_ap_hand_values():
+    labels = np.array([0, 1, 0, 1])
+    scores = np.array([[0.1, 0.9], [0.8, 0.8], [0.2, 0.7], [0.9, 0.1]])
+    ap = an.filter_ap(scores, labels, 2)
+    # class 1 by filter 0: ranking 3(+),1(+) → AP 1.0; class 0 by filter 1: 0(+),1(-),2(+) → (1 + 2/3)/2
+    assert ap[1, 0] == pytest.approx(1.0) and ap[0, 1] == pytest.approx((1 + 2 / 3) / 2)
+    assert an.sensitivity(np.array([[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]]), top=5)[0] == pytest.approx(0.4)
+
+
+def test_svm_and_probe_on_separable_data():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 30)
+    x = rng.normal(0, 0.1, (90, 5)) + np.eye(3, 5)[y] * 3
+    assert an.svm_accuracy(x[::2], y[::2], x[1::2], y[1::2]) == 1.0
+    assert an.probe_accuracy(x[::2], y[::2], x[1::2], y[1::2], 3) == 1.0
+    assert an.probe_accuracy(rng.normal(size=(45, 5)), y[::2], rng.normal(size=(45, 5)), y[1::2], 3) < 0.7
+
+
+@pytest.fixture(scope="module")
+def trained(demo_spec, store, view_near, tmp_path_factory):
+    out = tmp_path_factory.mktemp("arun")
+    spec = out / "spec.json"
+    demo_spec.save(spec)
+    r = subprocess.run([sys.executable, "-m", "fastft", "train", f"spec={spec}", "set=near", f"store={store}", f"out={out}", "name=t",
+                        "epochs=4", "lr=0.005", "width=0.25", "crop=71", "batch_size=32", "init=kaiming", "progress=false", "num_threads=1"],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = next(out.glob("t-*"))
+    # the same architecture, untrained: what training adds is what the analyses must see
+    blob = torch.load(run / "model.pt", weights_only=False)
+    torch.manual_seed(0)
+    m = AlexNet(ModelConfig(**blob["model_config"]))
+    (out / "untrained").mkdir()
+    torch.save({**blob, "model": m.state_dict(), "run_id": "untrained"}, out / "untrained" / "model.pt")
+    return run, out / "untrained", view_near
+
+
+def test_svm_filters_probes_on_trained_run(trained, tmp_path):
+    run, untrained, view = trained
+    s_t, s_u = an.svm(run, view.path), an.svm(untrained, view.path)
+    assert s_t["summary"]["svm_top1"] > 80 and json.loads((run / "analysis/svm.json").read_text())["summary"] == s_t["summary"]
+    cached = sorted((run / "analysis/features").glob("*.npy"))
+    mtimes = [p.stat().st_mtime for p in cached]
+    an.svm(run, view.path)
+    assert [p.stat().st_mtime for p in cached] == mtimes, "features are cached"
+    p = an.probes([run, untrained], view.path, layers=("conv1", "fc7"))["accuracy"]
+    assert p[run.name]["fc7"] > p["untrained"]["fc7"] and p[run.name]["fc7"] > 60
+    f = an.filters([run, untrained], view.path, out=tmp_path)
+    assert f["mean_sensitivity"][run.name] > f["mean_sensitivity"]["untrained"]
+    assert f["percent_of_classes_a_beats_b"][run.name]["untrained"] >= 75
+    assert (tmp_path / "filters-pr.png").exists()
+
+
+def test_class_images_raise_the_class_score(trained, tmp_path):
+    run, _, _ = trained
+    r = an.class_images(run, [0, 3], steps=30, out=tmp_path / "cv.png")
+    assert all(a > b + 1 for a, b in zip(r["score_after"], r["score_before"]))
+    assert (tmp_path / "cv.png").exists()
+
+
+def test_feature_distance_and_memory_budget(trained, store, demo_spec, tmp_path):
+    from fastft.store import resolve
+
+    run, _, view = trained
+    far = resolve(demo_spec, "far", store, tmp_path / "far")
+    tgt = resolve(demo_spec, "target", store, tmp_path / "target")
+    d_near = an.feature_distance(run, view.path, tgt.path)["summary"]
+    d_far = an.feature_distance(run, far.path, tgt.path)["summary"]
+    assert d_near["wordnet_wup_nearest"] < d_far["wordnet_wup_nearest"]
+    assert d_near["feature_cosine_nearest"] < d_far["feature_cosine_nearest"]
+    with pytest.raises(FastFTError, match="pool=N"):
+        an.features(run, view.path, "train", ("conv3",), max_gb=1e-6)
