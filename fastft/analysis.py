@@ -112,7 +112,7 @@ def svm(run, view, device: str = "auto", layer: str = "fc7") -> dict:
     acc = svm_accuracy(np.asarray(tr[layer], np.float32), ytr, np.asarray(te[layer], np.float32), yte)
     res = {"analysis": "svm", "layer": layer, "view": str(view), "train_n": len(ytr), "test_n": len(yte),
            "summary": {"svm_top1": round(100 * acc, 2)}}
-    _save(run, "svm", res)
+    _save(run, "svm", res, view)
     return res
 
 
@@ -161,7 +161,7 @@ def filters(runs: list, view, device: str = "auto", out: str | Path | None = Non
         names.append(name)
         sens[name], aps[name] = sensitivity(ap), (ap, scores, y)
         _save(run, "filters", {"analysis": "filters", "view": str(view.path), "summary": {"mean_sensitivity": round(float(np.nanmean(sens[name])), 4)},
-                               "sensitivity": sens[name].round(4).tolist(), "top5_filters": np.argsort(-ap, axis=1)[:, :5].tolist()})
+                               "sensitivity": sens[name].round(4).tolist(), "top5_filters": np.argsort(-ap, axis=1)[:, :5].tolist()}, view)
     beats = {a: {b: round(100 * float(np.mean(sens[a] > sens[b])), 2) for b in names if b != a} for a in names}
     res = {"analysis": "filters", "view": str(view.path), "models": names, "percent_of_classes_a_beats_b": beats,
            "mean_sensitivity": {k: round(float(np.nanmean(v)), 4) for k, v in sens.items()}}
@@ -232,7 +232,7 @@ def probes(runs: list, view, layers: tuple[str, ...] = LAYERS, device: str = "au
         te, yte = features(run, view, "val", layers, device=device, pool=pool)
         accs = {l: round(100 * probe_accuracy(tr[l], ytr, te[l], yte, view.num_classes, dev), 2) for l in layers}
         table[Path(run).name] = accs
-        _save(run, "probes", {"analysis": "probes", "view": str(view.path), "pool": pool, "summary": accs})
+        _save(run, "probes", {"analysis": "probes", "view": str(view.path), "pool": pool, "summary": accs}, view)
     return {"analysis": "probes", "view": str(view.path), "layers": list(layers), "accuracy": table}
 
 
@@ -290,11 +290,24 @@ def feature_distance(run, source_view, target_view, device: str = "auto", layer:
     wn = load().distance(tv.classes, sv.classes)["wup_nearest"]
     res = {"analysis": "distance", "layer": layer, "source_view": str(source_view), "target_view": str(target_view),
            "summary": {"feature_cosine_nearest": round(feat, 4), "wordnet_wup_nearest": round(wn, 4)}}
-    _save(run, "distance", res)
+    _save(run, "distance", res, tv)
     return res
 
 
-def _save(run, name: str, res: dict) -> None:
+def view_tag(view) -> str:
+    """Names a view by its samples (not its path), so results computed on equal views on different machines match."""
+    from .store import View, open_view
+
+    v = view if isinstance(view, View) else open_view(view, check_store=False)
+    return hashlib.sha256(json.dumps([v.meta["manifest_sha256"], v.meta["splits"]["val"]["keys_sha256"], v.classes]).encode()).hexdigest()[:10]
+
+
+def _save(run, name: str, res: dict, view=None) -> None:
+    """``<run>/analysis/<name>-<view tag>.json``; the tag lets the report pair a source model's "before" result with
+    its fine-tuned model's "after" on the same target view (Table 3)."""
     d = (Path(run) if Path(run).is_dir() else Path(run).parent) / "analysis"
     d.mkdir(parents=True, exist_ok=True)
+    if view is not None:
+        res = {**res, "view_tag": view_tag(view)}
+        name = f"{name}-{res['view_tag']}"
     (d / f"{name}.json").write_text(json.dumps(res, indent=1) + "\n")

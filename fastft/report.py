@@ -44,10 +44,7 @@ def collect(runs_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                "wall_secs": fin.get("wall_secs"), "img_per_s": fin.get("img_per_s"),
                "paper_top1": paper.get("top1"), "paper_std": paper.get("std"), "paper_ref": paper.get("ref")}
         row.update({f"grid_{k}": v for k, v in grid.items()})
-        for s in ("svm", "probes"):
-            p = d / "analysis" / f"{s}.json"
-            if p.exists():
-                row[f"{s}"] = json.loads(p.read_text()).get("summary")
+        row.update(_analyses(d, c.get("view"), c.get("source")))
         rows.append(row)
         mp = d / "metrics.jsonl"
         if mp.exists():
@@ -61,14 +58,39 @@ def collect(runs_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(rows), pd.DataFrame(curves)
 
 
+def _analyses(run_dir: Path, view: str | None, source: str | None) -> dict:
+    """Analysis results of a run on its own view (``fastft analyze``): SVM on fc7 (and the source model's SVM on the
+    same view = "before fine-tuning", Table 3), probe accuracy per layer, mean filter sensitivity, feature distance."""
+    out = {}
+    if not view or not Path(view).exists():
+        return out
+    from .analysis import view_tag
+
+    try:
+        tag = view_tag(view)
+    except (FastFTError, KeyError, OSError):
+        return out
+    prefixes = {"svm": "", "probes": "probe_", "filters": "", "distance": ""}
+    for name, pre in prefixes.items():
+        p = run_dir / "analysis" / f"{name}-{tag}.json"
+        if p.exists():
+            out.update({f"{pre}{k}": v for k, v in json.loads(p.read_text())["summary"].items()})
+    if source:
+        p = Path(source) / "analysis" / f"svm-{tag}.json"
+        if p.exists():
+            out["svm_before_top1"] = json.loads(p.read_text())["summary"]["svm_top1"]
+    return out
+
+
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     done = runs[runs["finished"]]
     if done.empty:
         return pd.DataFrame()
     g = done.groupby(["plan", "template", "grid"], sort=False, dropna=False)
+    extra = {c: (c, "mean") for c in done.columns if c in ("svm_top1", "svm_before_top1", "mean_sensitivity") or c.startswith("probe_")}
     out = g.agg(seeds=("seed", "nunique"), top1_mean=("top1", "mean"), top1_std=("top1", "std"), top5_mean=("top5", "mean"),
                 distance=("distance", "mean"), paper_top1=("paper_top1", "first"), paper_std=("paper_std", "first"),
-                paper_ref=("paper_ref", "first")).reset_index()
+                paper_ref=("paper_ref", "first"), **extra).reset_index()
     out["top1_std"] = out["top1_std"].fillna(0.0)
     out["delta_vs_paper"] = out["top1_mean"] - out["paper_top1"]
     return out
@@ -91,6 +113,20 @@ def markdown(summary: pd.DataFrame, runs: pd.DataFrame) -> str:
             dist = f"{r.distance:.3f}" if pd.notna(r.distance) else "–"
             lines.append(f"| {r.template} | {r.grid or '–'} | {r.seeds} | {_pm(r.top1_mean, r.top1_std)} | {r.top5_mean:.2f} | {dist} | {paper} | {delta} |")
         lines.append("")
+        if "svm_top1" in s and s["svm_top1"].notna().any():
+            lines += ["Linear SVM on fc7 (Table 3: before fine-tuning = the source model's fc7 on the target):", "",
+                      "| run | SVM after | SVM before |", "|---|---:|---:|"]
+            for r in s[s["svm_top1"].notna()].itertuples():
+                before = getattr(r, "svm_before_top1", float("nan"))
+                lines.append(f"| {r.template} {r.grid} | {r.svm_top1:.2f} | {'–' if pd.isna(before) else f'{before:.2f}'} |")
+            lines.append("")
+        probe_cols = [c for c in s.columns if c.startswith("probe_") and s[c].notna().any()]
+        if probe_cols:
+            lines += ["Linear probes per layer (top-1 %, Fig. 10):", "", "| run | " + " | ".join(c[6:] for c in probe_cols) + " |",
+                      "|---|" + "---:|" * len(probe_cols)]
+            for r in s[s[probe_cols[0]].notna()].itertuples():
+                lines.append(f"| {r.template} {r.grid} | " + " | ".join(f"{getattr(r, c):.2f}" for c in probe_cols) + " |")
+            lines.append("")
     return "\n".join(lines) + "\n"
 
 

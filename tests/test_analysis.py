@@ -54,7 +54,7 @@ def trained(demo_spec, store, view_near, tmp_path_factory):
 def test_svm_filters_probes_on_trained_run(trained, tmp_path):
     run, untrained, view = trained
     s_t, s_u = an.svm(run, view.path), an.svm(untrained, view.path)
-    assert s_t["summary"]["svm_top1"] > 80 and json.loads((run / "analysis/svm.json").read_text())["summary"] == s_t["summary"]
+    assert s_t["summary"]["svm_top1"] > 80 and json.loads((run / f"analysis/svm-{an.view_tag(view.path)}.json").read_text())["summary"] == s_t["summary"]
     cached = sorted((run / "analysis/features").glob("*.npy"))
     mtimes = [p.stat().st_mtime for p in cached]
     an.svm(run, view.path)
@@ -86,3 +86,15 @@ def test_feature_distance_and_memory_budget(trained, store, demo_spec, tmp_path)
     assert d_near["feature_cosine_nearest"] < d_far["feature_cosine_nearest"]
     with pytest.raises(FastFTError, match="pool=N"):
         an.features(run, view.path, "train", ("conv3",), max_gb=1e-6)
+
+
+def test_report_shows_analyses(trained, tmp_path):
+    import pandas as pd
+
+    from fastft.report import write_report
+
+    run, _, view = trained
+    an.svm(run, json.loads((run / "config.json").read_text())["config"]["view"])
+    write_report(run.parent, tmp_path)
+    assert "Linear SVM on fc7" in (tmp_path / "report.md").read_text()
+    assert pd.read_csv(tmp_path / "runs.csv")["svm_top1"].notna().any()
