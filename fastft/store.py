@@ -573,6 +573,36 @@ class View:
         return pd.read_csv(self.path / f"{split}.csv.gz")
 
 
+def verify_shards(store: str | Path, names: list[str]) -> list[str]:
+    """Full (sha256) verification of some shards, remembered per shard in ``<store>/.verified/`` with the file's size
+    and mtime, so each shard is hashed once however many runs read it; a changed file is hashed again."""
+    st = open_store(store)
+    by_name = {s["name"]: s for s in st.shards}
+    stamp_dir = st.path / ".verified"
+    problems = []
+    for n in names:
+        tar = st.path / f"{n}.tar"
+        if not tar.exists():
+            problems.append(f"{tar.name}: missing")
+            continue
+        stat = tar.stat()
+        stamp = f"{by_name[n]['sha256']} {stat.st_size} {stat.st_mtime_ns}"
+        sp = stamp_dir / n
+        if sp.exists() and sp.read_text() == stamp:
+            continue
+        if stat.st_size != by_name[n]["bytes"] or _sha256(tar) != by_name[n]["sha256"]:
+            problems.append(f"{tar.name}: does not match the manifest (corrupted or truncated); run `fastft verify {st.path}`")
+            continue
+        try:
+            stamp_dir.mkdir(exist_ok=True)
+            tmp = sp.with_name(f"{n}.{os.getpid()}.tmp")
+            tmp.write_text(stamp)
+            os.replace(tmp, sp)
+        except OSError:  # a read-only store is still usable; it is just hashed again next time
+            pass
+    return problems
+
+
 def open_view(path: str | Path, check_store: bool = True) -> View:
     path = Path(path)
     vp = path / "view.json"
@@ -590,6 +620,9 @@ def open_view(path: str | Path, check_store: bool = True) -> View:
             for idx in v.files(split)[1]:
                 if not Path(idx).exists():
                     raise FastFTError(f"view index file {idx} is missing; resolve the view again")
+        bad = verify_shards(v.store, sorted({n for s in v.meta["splits"].values() for n in s["shards"]}))
+        if bad:
+            raise FastFTError(f"store {v.store} is damaged: {'; '.join(bad[:5])}")
     return v
 
 

@@ -174,3 +174,23 @@ def test_view_refuses_damaged_store(store, view_near, tmp_path):
         resolve(SubsetSpec("x", 0, {}, {"a": ClassSet(("n01440764",))}, {}), "b", store, tmp_path / "v")
     with pytest.raises(FastFTError, match="does not hold"):
         resolve(SubsetSpec("x", 0, {}, {"a": ClassSet(("n15075141",))}, {}), "a", store, tmp_path / "v")
+
+
+def test_view_refuses_bit_flipped_shard(store, view_near, tmp_path):
+    from fastft.store import open_view
+
+    bad = tmp_path / "store"
+    shutil.copytree(store, bad)
+    shutil.rmtree(bad / ".verified", ignore_errors=True)
+    meta = json.loads((view_near.path / "view.json").read_text())
+    v = tmp_path / "view"
+    shutil.copytree(view_near.path, v)
+    meta["store"] = str(bad)
+    (v / "view.json").write_text(json.dumps(meta))
+    assert open_view(v).num_classes == 8 and len(list((bad / ".verified").iterdir())) > 0
+    shard = bad / f"{meta['splits']['train']['shards'][0]}.tar"
+    data = bytearray(shard.read_bytes())
+    data[600] ^= 0x01  # same size: only a hash sees it
+    shard.write_bytes(bytes(data))
+    with pytest.raises(FastFTError, match=shard.name):
+        open_view(v)
