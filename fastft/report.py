@@ -31,31 +31,36 @@ def collect(runs_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             continue
         if "run_id" not in cfg:
             continue
-        sw = json.loads((d / "sweep.json").read_text()) if (d / "sweep.json").exists() else {}
+        swf = json.loads((d / "sweep.json").read_text()) if (d / "sweep.json").exists() else {}
         fin = json.loads((d / "final.json").read_text()) if (d / "final.json").exists() else {}
         c = cfg["config"]
-        paper = sw.get("paper") or {}
-        grid = sw.get("grid") or {}
-        row = {"run": d.name, "path": str(d), "run_id": cfg["run_id"], "plan": sw.get("plan", "-"),
-               "template": sw.get("template", c.get("name") or c["mode"]), "grid": ", ".join(f"{k}={v}" for k, v in grid.items()),
-               "seed": c["seed"], "mode": c["mode"], "set": c.get("set"), "classes": cfg.get("num_classes"),
-               "distance": sw.get("distance"), "finished": bool(fin), "failed": (d / "failed.json").exists(),
-               "top1": fin.get("top1"), "top5": fin.get("top5"), "best_top1": fin.get("best_top1"), "epochs": fin.get("epochs"),
-               "wall_secs": fin.get("wall_secs"), "img_per_s": fin.get("img_per_s"),
-               "paper_top1": paper.get("top1"), "paper_std": paper.get("std"), "paper_ref": paper.get("ref")}
-        row.update({f"grid_{k}": v for k, v in grid.items()})
-        row.update(_analyses(d, c.get("view"), c.get("source")))
-        rows.append(row)
-        mp = d / "metrics.jsonl"
-        if mp.exists():
-            for line in mp.read_text().splitlines():
-                if line.strip():
-                    m = json.loads(line)
-                    curves.append({"run": d.name, "plan": row["plan"], "template": row["template"], "grid": row["grid"],
-                                   "seed": row["seed"], **{k: m.get(k) for k in ("epoch", "top1", "train_loss", "lr")}})
+        for sw in swf.get("memberships") or [swf]:  # one row per plan the run serves
+            _collect_one(d, cfg, c, sw, fin, rows, curves)
     if not rows:
         raise FastFTError(f"no run directories (config.json) under {runs_dir}")
     return pd.DataFrame(rows), pd.DataFrame(curves)
+
+
+def _collect_one(d: Path, cfg: dict, c: dict, sw: dict, fin: dict, rows: list, curves: list) -> None:
+    paper = sw.get("paper") or {}
+    grid = sw.get("grid") or {}
+    row = {"run": d.name, "path": str(d), "run_id": cfg["run_id"], "plan": sw.get("plan", "-"),
+           "template": sw.get("template", c.get("name") or c["mode"]), "grid": ", ".join(f"{k}={v}" for k, v in grid.items()),
+           "seed": c["seed"], "mode": c["mode"], "set": c.get("set"), "classes": cfg.get("num_classes"),
+           "distance": sw.get("distance"), "finished": bool(fin), "failed": (d / "failed.json").exists(),
+           "top1": fin.get("top1"), "top5": fin.get("top5"), "best_top1": fin.get("best_top1"), "epochs": fin.get("epochs"),
+           "wall_secs": fin.get("wall_secs"), "img_per_s": fin.get("img_per_s"),
+           "paper_top1": paper.get("top1"), "paper_std": paper.get("std"), "paper_ref": paper.get("ref")}
+    row.update({f"grid_{k}": v for k, v in grid.items()})
+    row.update(_analyses(d, c.get("view"), c.get("source")))
+    rows.append(row)
+    mp = d / "metrics.jsonl"
+    if mp.exists():
+        for line in mp.read_text().splitlines():
+            if line.strip():
+                m = json.loads(line)
+                curves.append({"run": d.name, "plan": row["plan"], "template": row["template"], "grid": row["grid"],
+                               "seed": row["seed"], **{k: m.get(k) for k in ("epoch", "top1", "train_loss", "lr")}})
 
 
 def _analyses(run_dir: Path, view: str | None, source: str | None) -> dict:

@@ -17,8 +17,9 @@ the same seed. A run's id is the trainer's (hash of data, model, protocol, seed,
 trains, so re-running a sweep skips finished runs, resumes interrupted ones (the trainer resumes from its newest
 complete checkpoint) and retries failed ones up to ``--retries`` times. Two sweeps on the same plan never train the
 same run twice: a run is claimed by creating ``<out>/claims/<id>`` exclusively (a claim whose process is gone is taken
-over). Every run directory gets a ``sweep.json`` (plan, template, grid values, seed, paper reference, WordNet
-distance) — all the report needs, so runs gathered from many machines report the same way.
+over). Every run directory gets a ``sweep.json`` listing each (plan, template, grid values, seed, paper reference,
+WordNet distance) it serves — a run shared by two plans (the INSTRU near/far models) is trained once and reported in
+both — all the report needs, so runs gathered from many machines report the same way.
 """
 from __future__ import annotations
 
@@ -169,8 +170,11 @@ def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path) -> di
         if not store:  # estimate from nominal ILSVRC2012 counts; a pseudo id lets the cost count shared runs once
             cs = spec.sets[r.overrides["set"]]
             r.images_per_epoch = len(cs.classes) * min(cs.cap or 1e9, ILSVRC_TRAIN_PER_CLASS)
-            ident = {k: v for k, v in r.overrides.items() if k not in ("spec", "out", "name", "store", "set")}
-            ident.update(classes=list(cs.classes), cap=cs.cap, capset=r.overrides["set"] if cs.cap else None,
+            from .trainer import IDENTITY_KEYS
+
+            cfg = build(TrainConfig, r.overrides, f"run {r.key}")
+            ident = {k: getattr(cfg, k) for k in IDENTITY_KEYS}
+            ident.update(lr=cfg.base_lr, classes=list(cs.classes), cap=cs.cap, capset=r.overrides["set"] if cs.cap else None,
                          source=by_key[r.deps[0]].pseudo_id if r.deps else None)
             r.pseudo_id = runs_mod.run_id(ident)
             continue
@@ -183,6 +187,10 @@ def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path) -> di
         src = by_key[r.deps[0]].run_id if r.deps else None
         r.run_id = runs_mod.run_id(run_identity(cfg, view.meta, precision, src))
         r.run_dir = run_dir_for(cfg, r.run_id)
+        existing = sorted(out.glob(f"*-{r.run_id}"))
+        if existing and r.run_dir not in existing:  # the same run made by another plan: reuse it, never train it twice
+            r.run_dir = existing[0]
+            r.overrides["name"] = existing[0].name[: -len(r.run_id) - 1]
     return specs
 
 
@@ -253,6 +261,7 @@ def run_local(runs: list[RunSpec], out: Path, slots: list[dict], retries: int = 
     for r in runs:
         if (r.run_dir / "final.json").exists():
             state[r.key] = "done"
+            _record_membership(r)
     bar = tqdm(total=len(runs), initial=sum(s == "done" for s in state.values()), unit="run", desc="sweep", disable=not progress,
                dynamic_ncols=True)
     t0 = time.time()
@@ -316,8 +325,7 @@ def run_local(runs: list[RunSpec], out: Path, slots: list[dict], retries: int = 
                 state[r.key] = "elsewhere"
                 continue
             slot = free.pop(0)
-            r.run_dir.mkdir(parents=True, exist_ok=True)
-            (r.run_dir / "sweep.json").write_text(json.dumps({**r.labels, "key": r.key, "run_id": r.run_id}, indent=1) + "\n")
+            _record_membership(r)
             (r.run_dir / "failed.json").unlink(missing_ok=True)
             attempts[r.key] += 1
             src = by_key[r.deps[0]].run_dir if r.deps else None
@@ -336,6 +344,19 @@ def run_local(runs: list[RunSpec], out: Path, slots: list[dict], retries: int = 
     summary = {k: [key for key, s in state.items() if s == k] for k in ("done", "failed", "skipped")}
     summary["secs"] = round(time.time() - t0, 1)
     return summary
+
+
+def _record_membership(r: RunSpec) -> None:
+    """``sweep.json`` lists every (plan, template, grid, seed) a run serves: one run can belong to several plans."""
+    r.run_dir.mkdir(parents=True, exist_ok=True)
+    p = r.run_dir / "sweep.json"
+    entry = {**r.labels, "key": r.key}
+    d = json.loads(p.read_text()) if p.exists() else {"run_id": r.run_id, "memberships": []}
+    others = [m for m in d["memberships"] if (m["plan"], m["key"]) != (entry["plan"], entry["key"])]
+    d["memberships"] = others + [entry]
+    tmp = p.with_name(f"sweep.json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(d, indent=1) + "\n")
+    os.replace(tmp, p)
 
 
 def slots_for(gpus: str | None, per_gpu: int, parallel: int) -> list[dict]:

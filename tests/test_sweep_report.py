@@ -84,12 +84,26 @@ def test_sweep_runs_skips_and_retries(store, tmp_path):
     for r in runs:
         log = (r.run_dir / "sweep.log").read_text()
         assert log.count("$ ") == 2 and "resuming" in log
-        assert json.loads((r.run_dir / "sweep.json").read_text())["template"] == r.template
+        assert json.loads((r.run_dir / "sweep.json").read_text())["memberships"][0]["template"] == r.template
     s = sw.run_local(again, tmp_path / "out", slots, retries=1, progress=False)
     assert sorted(s["done"]) == sorted(r.key for r in runs)
     assert all((r.run_dir / "sweep.log").read_text().count("$ ") == 2 for r in runs), "finished runs are not started again"
     rep = write_report(tmp_path / "out", tmp_path / "report")
     assert rep["finished"] == 3 and any("grid-tiny-freeze" in f for f in rep["figures"])
+
+
+def test_run_shared_by_two_plans_trains_once_and_reports_in_both(store, tmp_path):
+    out = tmp_path / "out"
+    for name in ("plana", "planb"):
+        plan = sw.load_plan(tiny_plan(tmp_path, name))
+        runs = [r for r in sw.expand(plan) if r.template == "near"]
+        sw.prepare(plan, runs, str(store), out)
+        assert sw.run_local(runs, out, [{"OMP_NUM_THREADS": "1"}], progress=False)["done"] == ["near-s0"]
+    (d,) = [p for p in out.iterdir() if p.name.startswith("near-s0-")]
+    assert (d / "sweep.log").read_text().count("$ ") == 1
+    assert {m["plan"] for m in json.loads((d / "sweep.json").read_text())["memberships"]} == {"plana", "planb"}
+    rep = write_report(out, tmp_path / "rep")
+    assert set(rep["summary"]["plan"]) == {"plana", "planb"}
 
 
 def test_failed_run_is_recorded_and_dependents_skipped(store, tmp_path):
