@@ -1,10 +1,12 @@
-"""``fastft demo``: the whole flow on a synthetic ImageNet on CPU — synth → shard → verify → near/far sweep → report.
+"""``fastft demo``: the whole flow on a synthetic ImageNet on CPU — synth → shard → verify → near/far sweep → SVM
+analysis → report.
 
 Every step is the real one (the same functions the CLI commands call); only the data are synthetic and the model is
 a scaled configuration (see ``_data/demo_plan.yaml``).
 """
 from __future__ import annotations
 
+import json
 import time
 from importlib import resources
 from pathlib import Path
@@ -23,27 +25,34 @@ def demo(out: str | Path = "fastft-demo", seeds: int = 2, parallel: int = 2) -> 
     say = lambda msg: print(f"[{time.time() - t0:6.1f}s] {msg}", flush=True)  # noqa: E731
     tree, store, runs, rep = out / "imagenet", out / "store", out / "runs", out / "report"
     if not tree.exists():
-        say(f"1/5 synthetic ImageNet (24 classes in the ILSVRC2012 layout, with broken files) -> {tree}")
+        say(f"1/6 synthetic ImageNet (24 classes in the ILSVRC2012 layout, with broken files) -> {tree}")
         synth(tree, train_per_class=40, val_per_class=10, size=96, val_layout="devkit", broken=True, seed=0)
-    say(f"2/5 fastft shard {tree} --out {store} --resize 80x80")
+    say(f"2/6 fastft shard {tree} --out {store} --resize 80x80")
     m = write_store(tree, store, ShardConfig(resize="80x80", shard_mb=2, allow_missing=True), progress=False)
     t = m["totals"]
     say(f"    {t['written']} written + {t['rejected']} rejected = {t['inputs']} inputs; converted {m['input_kinds']}")
     problems = verify(store)
     if problems:
         raise FastFTError(f"demo store failed verification: {problems}")
-    say("3/5 fastft verify: OK")
+    say("3/6 fastft verify: OK")
     plan_file = resources.files("fastft") / "_data" / "demo_plan.yaml"
     plan = sw.load_plan(Path(str(plan_file)))
     runs_list = sw.expand(plan, list(range(seeds)))
     sw.prepare(plan, runs_list, str(store), runs)
-    say(f"4/5 fastft sweep demo-near-far: {len(runs_list)} runs ({seeds} seeds x near/far pretrain, scratch, 2 fine-tunes), "
+    say(f"4/6 fastft sweep demo-near-far: {len(runs_list)} runs ({seeds} seeds x near/far pretrain, scratch, 2 fine-tunes), "
         f"{parallel} at a time")
     summary = sw.run_local(runs_list, runs, sw.slots_for(None, 1, parallel), retries=1, progress=True)
     if summary["failed"] or summary["skipped"]:
         raise FastFTError(f"demo runs failed: {summary['failed'] + summary['skipped']}; see their sweep.log under {runs}")
+    say("5/6 fastft analyze svm: linear SVM on fc7 of every model, on each seed's target view (Table 3's before/after)")
+    from .analysis import svm
+
+    for r_ in runs_list:
+        target_run = next(x for x in runs_list if x.seed == r_.seed and x.template == "scratch")
+        view = json.loads((target_run.run_dir / "config.json").read_text())["config"]["view"]
+        svm(r_.run_dir, view)
     r = write_report(runs, rep)
-    say(f"5/5 fastft report -> {rep}")
+    say(f"6/6 fastft report -> {rep}")
     print()
     print(Path(r["tables"][0]).read_text())
     s = r["summary"].set_index("template")["top1_mean"]

@@ -171,7 +171,7 @@ def test_demo_end_to_end(tmp_path):
     r = subprocess.run([sys.executable, "-m", "fastft", "demo", "--out", str(tmp_path / "demo"), "--seeds", "1"],
                        capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "5/5 fastft report" in r.stdout and "target accuracy:" in r.stdout
+    assert "6/6 fastft report" in r.stdout and "target accuracy:" in r.stdout and "SVM after" in r.stdout
     assert (tmp_path / "demo/report/report.md").exists() and (tmp_path / "demo/report/final-demo-near-far.png").exists()
     runs = pd.read_csv(tmp_path / "demo/report/runs.csv")
     assert runs["finished"].all() and len(runs) == 5
