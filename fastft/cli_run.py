@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,26 +32,6 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def view_for(cfg, existing_only: bool = False) -> Path:
-    """Resolve ``spec`` + ``set`` + ``store`` into ``<out>/views/<spec hash>-<set>`` (once; reused by every run)."""
-    from .store import open_store, resolve
-    from .subsets import load_spec
-
-    spec = load_spec(cfg.spec)
-    st = open_store(cfg.store)
-    path = Path(cfg.out) / "views" / f"{spec.hash[:12]}-{cfg.set}-{st.sha256[:8]}"
-    if existing_only or (path / "view.json").exists():
-        return path
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    resolve(spec, cfg.set, cfg.store, tmp)
-    try:
-        os.replace(tmp, path)
-    except OSError:  # another process resolved it first
-        shutil.rmtree(tmp, ignore_errors=True)
-    # the view records its own path nowhere; only the store path, so a rename is safe
-    return path
-
-
 def cmd_train(a):
     from . import config
     from .trainer import TrainConfig, train
@@ -63,7 +42,7 @@ def cmd_train(a):
     cfg.validate()
     if a.procs and a.procs > 1 and "RANK" not in os.environ and "ACCELERATE_PROCESS_INDEX" not in os.environ:
         return _launch(a)
-    final = train(cfg, loader_factory(cfg.backend, cfg.device, cfg.crop, cfg.num_threads, cfg.augment_to), view_for)
+    final = train(cfg, loader_factory(cfg.backend, cfg.device, cfg.crop, cfg.num_threads, cfg.augment_to))
     if int(os.environ.get("RANK", "0")):
         return
     top1 = final.get("top1")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -52,6 +53,9 @@ def _collect_one(d: Path, cfg: dict, c: dict, sw: dict, fin: dict, rows: list, c
            "wall_secs": fin.get("wall_secs"), "img_per_s": fin.get("img_per_s"),
            "paper_top1": paper.get("top1"), "paper_std": paper.get("std"), "paper_ref": paper.get("ref")}
     row.update({f"grid_{k}": v for k, v in grid.items()})
+    m = re.fullmatch(r"k(\d+)_n(\d+)", str(grid.get("set", "")))
+    if m:  # instru-grid sets: classes x images per class (Fig. 12, 14)
+        row.update(grid_classes=int(m[1]), grid_images=int(m[2]))
     row.update(_analyses(d, c.get("view"), c.get("source")))
     rows.append(row)
     mp = d / "metrics.jsonl"
@@ -168,20 +172,7 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, curves: pd.DataFrame, out
         fig.tight_layout()
         made.append(_save(fig, out / f"final-{plan}.png"))
         r = runs[(runs["plan"] == plan) & runs["finished"]]
-        for key in [k for k in r.columns if k.startswith("grid_")]:
-            rr = r[r[key].notna()]
-            if rr[key].nunique() < 2 or not pd.api.types.is_numeric_dtype(rr[key]):
-                continue
-            fig, ax = plt.subplots(figsize=(6, 4))
-            for t, g in rr.groupby("template", sort=False):
-                m = g.groupby(key)["top1"].agg(["mean", "std"]).fillna(0)
-                ax.errorbar(m.index, m["mean"], yerr=m["std"], marker="o", capsize=3, label=t)
-            ax.set(xlabel=key[5:], ylabel="top-1 (%)", title=f"{plan}: accuracy vs {key[5:]}")
-            if key in ("grid_lr",):
-                ax.set_xscale("log")
-            ax.legend()
-            fig.tight_layout()
-            made.append(_save(fig, out / f"grid-{plan}-{key[5:]}.png"))
+        made += _grid_figures(r, plan, out, plt)
     ft = runs[runs["finished"] & runs["distance"].notna()]
     if len(ft):
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -192,6 +183,64 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, curves: pd.DataFrame, out
         ax.legend(fontsize=7)
         fig.tight_layout()
         made.append(_save(fig, out / "distance.png"))
+    return made
+
+
+GAIN_PAIRS = (("ft-near", "scratch"), ("ft-far", "scratch"), ("ft-near", "ft-far"))
+
+
+def _grid_figures(r: pd.DataFrame, plan: str, out: Path, plt) -> list[Path]:
+    """Accuracy against each numeric grid key, one line per template (and per value of the other grid keys);
+    gains between templates (Fig. 12 e/f) and from augmentation (Fig. 14) against images per class."""
+    made = []
+    keys = [k for k in r.columns if k.startswith("grid_") and k != "grid_set" and r[k].notna().any()
+            and pd.api.types.is_numeric_dtype(r[k])]
+    for key in [k for k in keys if r[k].nunique() >= 2 and k != "grid_classes"]:
+        rr = r[r[key].notna()]
+        others = [k for k in keys if k != key]
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for lab, g in rr.groupby(["template"] + others, sort=False, dropna=False):
+            lab = lab if isinstance(lab, tuple) else (lab,)
+            name = " ".join([str(lab[0])] + [f"{o[5:]}={v:g}" for o, v in zip(others, lab[1:]) if pd.notna(v)])
+            m = g.groupby(key)["top1"].agg(["mean", "std"]).fillna(0)
+            ax.errorbar(m.index, m["mean"], yerr=m["std"], marker="o", capsize=3, label=name)
+        ax.set(xlabel=key[5:], ylabel="top-1 (%)", title=f"{plan}: accuracy vs {key[5:]}")
+        if key in ("grid_lr", "grid_images"):
+            ax.set_xscale("log")
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        made.append(_save(fig, out / f"grid-{plan}-{key[5:]}.png"))
+    x = "grid_images" if "grid_images" in keys else None
+    if x is None:
+        return made
+    means = r.groupby(["template"] + [k for k in keys if k != x] + [x], dropna=False)["top1"].mean()
+    lines = []
+    templates = set(r["template"])
+    for a, b in GAIN_PAIRS:
+        if a in templates and b in templates:
+            lines.append((f"{a} − {b}", means.xs(a, level="template") - means.xs(b, level="template")))
+    if "grid_augment_to" in keys and r["grid_augment_to"].nunique() == 2:
+        lo, hi = sorted(r["grid_augment_to"].unique())
+        for t in sorted(templates):
+            if t in means.index.get_level_values("template"):
+                mt = means.xs(t, level="template")
+                lines.append((f"{t}: augmented − not", mt.xs(hi, level="grid_augment_to") - mt.xs(lo, level="grid_augment_to")))
+    if not lines:
+        return made
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, gain in lines:
+        gain = gain.dropna()
+        extra = [n for n in gain.index.names if n != x]
+        for lab, g in (gain.groupby(level=extra, dropna=False) if extra else [((), gain)]):
+            lab = lab if isinstance(lab, tuple) else (lab,)
+            suffix = " ".join(f"{n[5:]}={v:g}" for n, v in zip(extra, lab) if pd.notna(v))
+            g = g.droplevel(extra) if extra else g
+            ax.plot(g.index, g.values, marker="o", label=f"{name} {suffix}".strip())
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set(xlabel="training images per class", ylabel="top-1 gain (points)", xscale="log", title=f"{plan}: gains")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    made.append(_save(fig, out / f"gains-{plan}.png"))
     return made
 
 

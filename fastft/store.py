@@ -626,6 +626,28 @@ def open_view(path: str | Path, check_store: bool = True) -> View:
     return v
 
 
+def shared_view(spec_path: str | Path, set_name: str, store_path: str | Path, views_dir: str | Path,
+                existing_only: bool = False) -> Path:
+    """The view of one set of a spec file on a store, resolved once into ``<views_dir>/<spec hash>-<set>-<manifest>``
+    and reused by every run that asks for it (concurrent resolvers race safely: write to a temp dir, rename)."""
+    import shutil
+
+    from .subsets import load_spec
+
+    spec = load_spec(spec_path)
+    st = open_store(store_path)
+    path = Path(views_dir) / f"{spec.hash[:12]}-{set_name}-{st.sha256[:8]}"
+    if existing_only or (path / "view.json").exists():
+        return path
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    resolve(spec, set_name, store_path, tmp)
+    try:
+        os.replace(tmp, path)
+    except OSError:  # another process resolved it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
 def resolve(spec, set_name: str, store_path: str | Path, out: str | Path) -> View:
     """Turn one class set of a subset spec into a view of a store: filtered index files, label map, keys. No copy."""
     import pandas as pd

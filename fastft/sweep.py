@@ -135,11 +135,10 @@ def _topo(templates: list[dict]) -> list[dict]:
 # ---------------------------------------------------------------- binding a plan to a store
 def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path) -> dict:
     """Make the specs (one per seed), resolve views, compute run ids and directories. Returns {seed: spec path}."""
-    from .cli_run import view_for
     from .config import build
     from .store import open_store, open_view
     from .subsets import distances, load_spec, make
-    from .trainer import TrainConfig, resolve_device, run_dir_for, run_identity
+    from .trainer import TrainConfig, resolve_device, run_dir_for, run_identity, view_path_for
     from . import runs as runs_mod
 
     out.mkdir(parents=True, exist_ok=True)
@@ -181,7 +180,7 @@ def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path) -> di
         src_dir = by_key[r.deps[0]].run_dir if r.deps else None
         cfg = build(TrainConfig, {**r.overrides, **({"source": str(src_dir)} if src_dir else {})}, f"run {r.key}")
         cfg.validate()
-        view = open_view(view_for(cfg))
+        view = open_view(view_path_for(cfg))
         r.images_per_epoch = view.split("train")["samples"]
         _, precision = resolve_device(cfg)
         src = by_key[r.deps[0]].run_id if r.deps else None

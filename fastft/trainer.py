@@ -168,11 +168,19 @@ def _source_model(path: str) -> tuple[dict, dict, Path]:
     return blob["model"], blob, f
 
 
-def train(cfg: TrainConfig, loader_factory: Callable, views: Callable | None = None) -> dict:
+def view_path_for(cfg: TrainConfig, existing_only: bool = False) -> str:
+    """The view a config reads: ``view``, or ``spec``/``set``/``store`` resolved once into ``<out>/views/``."""
+    from .store import shared_view
+
+    if cfg.view is not None:
+        return cfg.view
+    return str(shared_view(cfg.spec, cfg.set, cfg.store, Path(cfg.out) / "views", existing_only))
+
+
+def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
     """Run (or resume, or confirm finished) one training run; returns ``final.json``'s content.
 
-    ``loader_factory(view_path, split, batch_size, rank, world_size, seed, train)`` builds per-rank loaders;
-    ``views(cfg)`` resolves ``spec``/``set``/``store`` into a view directory (main process only).
+    ``loader_factory(view_path, split, batch_size, rank, world_size, seed, train)`` builds per-rank loaders.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -188,12 +196,9 @@ def train(cfg: TrainConfig, loader_factory: Callable, views: Callable | None = N
         torch.set_num_threads(cfg.num_threads)
 
     # ---- data identity (views are resolved once, by the main process)
-    view_path = cfg.view
-    if view_path is None:
-        if acc.is_main_process:
-            view_path = str(views(cfg))
-        acc.wait_for_everyone()
-        view_path = view_path or str(views(cfg, existing_only=True))
+    view_path = view_path_for(cfg) if acc.is_main_process else None
+    acc.wait_for_everyone()
+    view_path = view_path or view_path_for(cfg, existing_only=True)
     from .store import open_view  # data module: no DALI import
 
     view = open_view(view_path)

@@ -175,3 +175,19 @@ def test_demo_end_to_end(tmp_path):
     assert (tmp_path / "demo/report/report.md").exists() and (tmp_path / "demo/report/final-demo-near-far.png").exists()
     runs = pd.read_csv(tmp_path / "demo/report/runs.csv")
     assert runs["finished"].all() and len(runs) == 5
+
+
+def test_report_grid_and_gain_figures(tmp_path):
+    import numpy as np
+
+    for seed in (0, 1):
+        for t, base in (("scratch", 30.0), ("ft-near", 50.0), ("ft-far", 40.0)):
+            for n in (30, 240, 1200):
+                for aug in (0, 1200):
+                    top1 = base + 10 * np.log10(n) + (5 if aug and t == "scratch" else 0) + seed
+                    _fake_run(tmp_path / "runs", f"{t}-{n}-{aug}-{seed}", t, seed, top1, grid={"set": f"k100_n{n}", "augment_to": aug})
+    r = write_report(tmp_path / "runs", tmp_path / "rep")
+    names = {Path(f).name for f in r["figures"]}
+    assert {"grid-p-images.png", "grid-p-augment_to.png", "gains-p.png"} <= names
+    runs = pd.read_csv(tmp_path / "rep" / "runs.csv")
+    assert set(runs["grid_images"]) == {30, 240, 1200} and set(runs["grid_classes"]) == {100}
