@@ -21,6 +21,6 @@ python -m fastft subsets make all --out $W/spec.json \
 python -m fastft subsets resolve $W/spec.json --set target --store $W/store --out $W/view
 python -m fastft bench loader $W/view --seconds 8 --out "$OUT/loader-$gpu-$date.json"
 python -m fastft bench train $W/view --seconds 8 --out "$OUT/train-eager-$gpu-$date.json"
-python -m fastft bench train $W/view --seconds 8 --compile --out "$OUT/train-compile-$gpu-$date.json"
+python -m fastft bench train $W/view --seconds 8 --compile --cache --out "$OUT/train-compile-$gpu-$date.json"
 [ -f .dali/baselines.py ] && OUT=$OUT ANCHOR_BUDGET_S=200 ANCHOR_SECTIONS=env,corpus,compute,cpu,dali python .dali/baselines.py > "$OUT/baselines.txt" 2>&1 || true
 cat "$OUT"/*.json

@@ -3,8 +3,8 @@
 * ``loader``: images/s of the PyTorch fallback (PIL DataLoader, the baseline) and of the DALI pipeline on the same
   view, plus batch class diversity (mean distinct classes per batch vs the i.i.d. expectation).
 * ``train``: the synthetic-data step rate (the compute ceiling: the same model, optimiser, precision and step function
-  on random tensors already on the device), fastft end to end (DALI loader → the trainer's step) and the DataLoader
-  baseline end to end.
+  on random tensors already on the device), fastft end to end (DALI loader → the trainer's step), the DataLoader
+  baseline end to end, and with ``cache`` the decoded-image cache end to end (after its one decode pass, timed apart).
 
 The baseline always runs first: its workers fork before DALI's thread pools exist. Results are one JSON object
 naming the hardware; ``--out`` also writes it to a file (``benchmarks/results/`` by convention).
@@ -83,7 +83,7 @@ def bench_loader(view: str, batch: int = 256, device: str = "auto", seconds: flo
 
 
 def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: float = 10.0, compile: bool = False,
-                width: float = 1.0, crop: int = 227, threads: int = 0, precision: str = "auto") -> dict:
+                width: float = 1.0, crop: int = 227, threads: int = 0, precision: str = "auto", cache: bool = False) -> dict:
     from contextlib import nullcontext
 
     from .model import AlexNet, ModelConfig
@@ -111,7 +111,7 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
     res = {"bench": "train", "view": str(view), "batch": batch, "device": dev, "precision": prec, "compile": compile,
            "width": width, "crop": crop}
     results = {}
-    for name in ("dataloader_e2e", "synthetic_ceiling", "fastft_e2e"):
+    for name in ("dataloader_e2e", "synthetic_ceiling", "fastft_e2e") + (("fastft_cached_e2e",) if cache else ()):
         step = make()
         if name == "synthetic_ceiling":
             x = torch.randn(batch, 3, crop, crop, device=dev)
@@ -119,7 +119,12 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
             batches = iter(lambda: (x, y), None)
         else:
             backend = "pytorch" if name == "dataloader_e2e" else "dali"
-            L = Loader(view, "train", LoaderConfig(batch_size=batch, crop=crop, backend=backend, device=dev, num_threads=threads), seed=0)
+            L = Loader(view, "train", LoaderConfig(batch_size=batch, crop=crop, backend=backend, device=dev, num_threads=threads,
+                                                   cache=name == "fastft_cached_e2e"), seed=0)
+            if name == "fastft_cached_e2e":
+                t0 = time.perf_counter()
+                L._impl._fill()  # the one decode pass, timed apart from the steady state
+                res["cache_fill_secs"] = round(time.perf_counter() - t0, 2)
             batches = ((x, y) for x, y, _ in _forever(L))
 
         def stepped():
@@ -131,6 +136,8 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
     res.update({f"{k}_img_s": v for k, v in results.items()})
     res["fastft_vs_ceiling"] = round(results["fastft_e2e"] / results["synthetic_ceiling"], 3)
     res["fastft_vs_dataloader"] = round(results["fastft_e2e"] / results["dataloader_e2e"], 2)
+    if cache:
+        res["cached_vs_decoding"] = round(results["fastft_cached_e2e"] / results["fastft_e2e"], 2)
     return {**res, **hardware()}
 
 

@@ -14,14 +14,14 @@ from pathlib import Path
 from .errors import FastFTError
 
 
-def loader_factory(backend: str, device: str, crop: int, num_threads: int = 0, augment_to: int = 0):
+def loader_factory(backend: str, device: str, crop: int, num_threads: int = 0, augment_to: int = 0, cache: bool = False):
     """A ``loader_factory`` for :func:`fastft.trainer.train` backed by :class:`fastft.pipelines.Loader`."""
     from .pipelines import Loader, LoaderConfig
 
     def make(view, split, batch_size, rank, world, seed, train):
         dev = device if device != "auto" else ("cuda" if _cuda() else "cpu")
         cfg = LoaderConfig(batch_size=batch_size, crop=crop, backend=backend, device=dev, num_threads=num_threads,
-                           fp16=False, augment_to=augment_to)
+                           fp16=False, augment_to=augment_to, cache=cache and train)
         return Loader(view, split, cfg, train=train, rank=rank, world_size=world, seed=seed)
     return make
 
@@ -42,7 +42,7 @@ def cmd_train(a):
     cfg.validate()
     if a.procs and a.procs > 1 and "RANK" not in os.environ and "ACCELERATE_PROCESS_INDEX" not in os.environ:
         return _launch(a)
-    final = train(cfg, loader_factory(cfg.backend, cfg.device, cfg.crop, cfg.num_threads, cfg.augment_to))
+    final = train(cfg, loader_factory(cfg.backend, cfg.device, cfg.crop, cfg.num_threads, cfg.augment_to, cfg.cache))
     if int(os.environ.get("RANK", "0")):
         return
     top1 = final.get("top1")
@@ -129,7 +129,7 @@ def cmd_bench(a):
     if a.what == "loader":
         res = bench.bench_loader(a.view, a.batch, a.device, a.seconds, a.threads, a.crop)
     else:
-        res = bench.bench_train(a.view, a.batch, a.device, a.seconds, a.compile, a.width, a.crop, a.threads)
+        res = bench.bench_train(a.view, a.batch, a.device, a.seconds, a.compile, a.width, a.crop, a.threads, cache=a.cache)
     bench.write(res, a.out)
 
 
@@ -215,6 +215,7 @@ def add_commands(sub) -> None:
     s.add_argument("--crop", type=int, default=227)
     s.add_argument("--width", type=float, default=1.0, help="train: AlexNet width multiplier")
     s.add_argument("--compile", action="store_true", help="train: torch.compile the model")
+    s.add_argument("--cache", action="store_true", help="train: also measure the decoded-image cache (decode once, crop on the device)")
     s.add_argument("--out", help="also write the JSON here (e.g. benchmarks/results/<gpu>-<date>.json)")
     s.set_defaults(fn=cmd_bench)
 

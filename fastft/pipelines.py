@@ -168,6 +168,7 @@ class LoaderConfig:
     prefetch: int = 2
     fp16: bool = False             # emit float16 images (GPU training in bf16/fp16 autocast)
     augment_to: int = 0            # §4.6: grow each class of the training split to this many images (0 = off)
+    cache: bool = False            # decode the split once, keep uint8 images on the device, crop/flip/normalise there
 
 
 class Loader:
@@ -192,7 +193,10 @@ class Loader:
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise FastFTError("device 'cuda' requested but no CUDA GPU is visible")
         threads = cfg.num_threads or max(1, (os.cpu_count() or 1) // world_size)
-        self._impl = (_DaliBackend if cfg.backend == "dali" else _TorchBackend)(self, threads)
+        if cfg.cache:
+            self._impl = _CacheBackend(self, threads)
+        else:
+            self._impl = (_DaliBackend if cfg.backend == "dali" else _TorchBackend)(self, threads)
         self.position = (0, 0)  # (epoch, next step)
 
     def __len__(self):
@@ -379,6 +383,90 @@ class _TorchBackend:
         for s, (x, y) in zip(steps, self.dl):
             x = ((x.to(dev, non_blocking=True).permute(0, 3, 1, 2).float() - mean) / std).to(dtype)
             yield x.contiguous(), y.to(dev), torch.from_numpy(plan["weight"][s]).to(dev)
+
+
+class _CacheBackend:
+    """Decoded-image cache for views that fit in device memory (fine-tuning on 100-class targets: ~25 GB at 256×256).
+
+    The split is decoded once (DALI, or PIL with ``backend="pytorch"``) into one uint8 tensor [N, H, W, 3] on the
+    device; every epoch then crops, mirrors and normalises by indexing that tensor — the same plan, crop positions and
+    flags as the decoding backends, so the batches are the same. Needs a fixed-size store and no ``augment_to``."""
+
+    def __init__(self, loader: Loader, threads: int):
+        cfg = loader.cfg
+        if not loader.fixed_size:
+            raise FastFTError("cache needs a store with a fixed image size (fastft shard --resize WxH)")
+        if loader.src.aug is not None:
+            raise FastFTError("cache and augment_to cannot be combined (copies are transformed at decode time)")
+        w, h = loader.image_size
+        n = len(loader.src)
+        need = n * h * w * 3
+        self.dev = torch.device("cuda", torch.cuda.current_device()) if cfg.device == "cuda" else torch.device("cpu")
+        if self.dev.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.dev)
+            if need > 0.8 * free:
+                raise FastFTError(f"the view's decoded images need {need / 1e9:.1f} GB, more than 80 % of the GPU's free "
+                                  f"{free / 1e9:.1f} GB; train without cache")
+        self.L, self.threads, self.hw = loader, threads, (h, w)
+        self.images: torch.Tensor | None = None
+        self.mean = torch.tensor(MEAN, device=self.dev).view(1, 3, 1, 1)
+        self.std = torch.tensor(STD, device=self.dev).view(1, 3, 1, 1)
+
+    def _fill(self) -> None:
+        import io
+
+        h, w = self.hw
+        src, cfg = self.L.src, self.L.cfg
+        self.images = torch.empty((len(src), h, w, 3), dtype=torch.uint8, device=self.dev)
+        if cfg.backend == "pytorch":
+            from PIL import Image
+
+            for i in range(len(src)):
+                im = np.asarray(Image.open(io.BytesIO(src.jpeg(i).tobytes())).convert("RGB"))
+                self.images[i] = torch.from_numpy(im.copy())
+            return
+        from nvidia.dali import fn, pipeline_def, types
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        bs = cfg.batch_size
+        order = np.resize(np.arange(len(src)), -(-len(src) // bs) * bs)
+
+        @pipeline_def(batch_size=bs, num_threads=self.threads, device_id=self.dev.index if self.dev.type == "cuda" else None,
+                      prefetch_queue_depth=2, exec_dynamic=True)
+        def decode():
+            jpegs = fn.external_source(source=lambda i: [src.jpeg(j) for j in order[i * bs:(i + 1) * bs]], batch=True, dtype=types.UINT8)
+            if self.dev.type == "cuda":
+                return fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=cfg.hw_decoder_load)
+            return fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
+
+        p = decode()
+        p.build()
+        buf = torch.empty((bs, h, w, 3), dtype=torch.uint8, device=self.dev)
+        for b in range(len(order) // bs):
+            (out,) = p.run()
+            feed_ndarray(out.as_tensor(), buf, cuda_stream=torch.cuda.current_stream(self.dev) if self.dev.type == "cuda" else None)
+            lo, hi = b * bs, min((b + 1) * bs, len(src))
+            self.images[lo:hi] = buf[: hi - lo]
+        del p
+
+    def run(self, plan: dict, start: int):
+        if self.images is None:
+            self._fill()
+        h, w = self.hw
+        c = self.L.cfg.crop
+        ar = torch.arange(c, device=self.dev)
+        dtype = torch.float16 if self.L.cfg.fp16 else torch.float32
+        labels = torch.from_numpy(self.L.src.labels.copy()).to(self.dev)
+        for s in range(start, len(plan["index"])):
+            idx = torch.as_tensor(plan["index"][s], device=self.dev)
+            x0 = torch.as_tensor(np.round(plan["crop_x"][s] * max(w - c, 0)), device=self.dev).long()
+            y0 = torch.as_tensor(np.round(plan["crop_y"][s] * max(h - c, 0)), device=self.dev).long()
+            mirror = torch.as_tensor(plan["mirror"][s], device=self.dev).bool()
+            rows = y0[:, None] + ar
+            cols = torch.where(mirror[:, None], x0[:, None] + (c - 1 - ar), x0[:, None] + ar)
+            x = self.images[idx[:, None, None], rows[:, :, None], cols[:, None, :]]  # [B, c, c, 3]
+            x = ((x.permute(0, 3, 1, 2).float() - self.mean) / self.std).to(dtype).contiguous()
+            yield x, labels[idx], torch.as_tensor(plan["weight"][s], device=self.dev)
 
 
 def _pil_augment(im, a: dict):

@@ -62,6 +62,7 @@ class TrainConfig:
     compile: bool = False
     channels_last: bool = True
     num_threads: int = 0
+    cache: bool = False                # keep the view's decoded training images in device memory (fixed-size stores)
     eval_every: int = 1
     checkpoint_every: int = 1
     keep_checkpoints: int = 2

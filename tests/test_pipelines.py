@@ -159,3 +159,17 @@ def test_bench_loader_and_train_report_baselines(view_near, tmp_path):
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert min(res["synthetic_ceiling_img_s"], res["fastft_e2e_img_s"], res["dataloader_e2e_img_s"]) > 0
     assert res["fastft_vs_ceiling"] == round(res["fastft_e2e_img_s"] / res["synthetic_ceiling_img_s"], 3)
+
+
+def test_decoded_cache_serves_the_same_batches(view_near):
+    ref = list(Loader(view_near.path, "train", CFG, seed=5).epoch(1))
+    for backend in ("dali", "pytorch"):
+        L = Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, num_threads=1, cache=True, backend=backend), seed=5)
+        got = list(L.epoch(1))
+        assert len(got) == len(ref)
+        for (xa, ya, wa), (xb, yb, wb) in zip(ref, got):
+            assert torch.equal(ya, yb) and torch.equal(wa, wb)
+            assert torch.allclose(xa, xb, atol=1e-4)
+        assert L._impl.images.shape == (len(L.src), 80, 80, 3)
+    with pytest.raises(FastFTError, match="augment_to"):
+        Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, cache=True, augment_to=60))

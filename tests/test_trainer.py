@@ -77,7 +77,7 @@ def test_scratch_run_learns_and_describes_itself(source_run):
 def test_finetune_replaces_head_and_freezes(source_run, store):
     out, spec, src = source_run
     fastft("train", f"spec={spec}", "set=target", f"store={store}", f"out={out}", "name=ft", "mode=finetune", f"source={src}",
-           "freeze=3", "epochs=2", *SMALL)
+           "freeze=3", "epochs=2", "cache=true", *SMALL)
     ft = run_dir(out, "ft")
     a = torch.load(src / "model.pt", weights_only=False)["model"]
     b = torch.load(ft / "model.pt", weights_only=False)["model"]
