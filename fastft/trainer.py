@@ -304,7 +304,8 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
         from tqdm import tqdm
 
         done = start_epoch * steps + (loader_state["step"] if loader_state else 0)
-        pbar = tqdm(total=cfg.epochs * steps, initial=done, unit="step", desc=run_dir.name[:40], dynamic_ncols=True)
+        pbar = tqdm(total=cfg.epochs * steps * cfg.batch_size, initial=done * cfg.batch_size, unit="img", unit_scale=True,
+                    desc=run_dir.name[:40], dynamic_ncols=True)
     t_run = time.time()
     # test hook: deliver a real SIGTERM to this process at this global step (exercises the preemption path)
     sigterm_at = int(os.environ.get("FASTFT_TEST_SIGTERM_AT_STEP", "-1"))
@@ -326,7 +327,7 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
                 if epoch * steps + train_loader.position[1] == sigterm_at:
                     os.kill(os.getpid(), signal.SIGTERM)
                 if pbar is not None:
-                    pbar.update(1)
+                    pbar.update(cfg.batch_size)
                     if n_steps % 20 == 1:
                         pbar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", lr=lr)
                 if _stop(acc, pre, n_steps):

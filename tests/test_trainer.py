@@ -137,3 +137,34 @@ def test_config_mistakes_are_named_before_work(source_run, store, tmp_path):
     r = fastft("train", f"spec={mixed}", "set=t", f"store={store}", f"out={tmp_path}", "mode=finetune", f"source={src}", *SMALL, check=False)
     assert r.returncode == 2 and "2 of the 4 target classes" in r.stderr
     assert not list(tmp_path.glob("finetune-*"))
+
+
+def test_evaluation_across_ranks_equals_single_process(source_run, tmp_path):
+    """trainer.evaluate on 1 and on 3 gloo processes (val split not divisible by 3 x batch) gives the same numbers."""
+    import textwrap
+
+    out, _, src = source_run
+    view = json.loads((src / "config.json").read_text())["config"]["view"]
+    script = tmp_path / "ev.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, os, sys
+        from accelerate import Accelerator
+        from fastft.analysis import load_model
+        from fastft.pipelines import Loader, LoaderConfig
+        from fastft.trainer import evaluate
+        acc = Accelerator(cpu=True)
+        model, _ = load_model({str(src)!r})
+        L = Loader({view!r}, "val", LoaderConfig(batch_size=7, crop=71, num_threads=1), train=False,
+                   rank=acc.process_index, world_size=acc.num_processes)
+        r = evaluate(acc, model, L, "cpu", False)
+        if acc.is_main_process:
+            json.dump(r, open(sys.argv[1], "w"))
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one.json")], check=True, env=env, timeout=300)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "3", "--master_port", "29577", str(script),
+                    str(tmp_path / "three.json")], check=True, env=env, timeout=300, capture_output=True)
+    one, three = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "three.json"))
+    assert one["test_n"] == three["test_n"] == metrics(src)[-1]["test_n"]
+    assert one["top1"] == pytest.approx(three["top1"]) and one["test_loss"] == pytest.approx(three["test_loss"], rel=1e-5)
+    assert one["test_n"] % 21 != 0
