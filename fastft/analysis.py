@@ -105,8 +105,6 @@ def _pooled(t: torch.Tensor, pool: int | None) -> torch.Tensor:
 
 # ---------------------------------------------------------------- SVM on fc7
 def svm(run, view, device: str = "auto", layer: str = "fc7") -> dict:
-    from sklearn.svm import LinearSVC
-
     tr, ytr = features(run, view, "train", (layer,), device=device)
     te, yte = features(run, view, "val", (layer,), device=device)
     acc = svm_accuracy(np.asarray(tr[layer], np.float32), ytr, np.asarray(te[layer], np.float32), yte)

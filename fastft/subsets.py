@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import FastFTError
-from .taxonomy import ARTIFACT, DOG, HIERARCHY_VERSION, INSTRUMENTALITY, LIVING_THING, Hierarchy, load
+from .taxonomy import DOG, HIERARCHY_VERSION, INSTRUMENTALITY, Hierarchy, load
 
 GRID_CLASSES = (100, 80, 40, 20, 10)
 GRID_IMAGES = (1200, 960, 720, 480, 240, 120, 60, 30)  # "from 1200 down to 30" (§4.4); intermediate points are ours

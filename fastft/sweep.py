@@ -137,7 +137,7 @@ def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path) -> di
     """Make the specs (one per seed), resolve views, compute run ids and directories. Returns {seed: spec path}."""
     from .config import build
     from .store import open_store, open_view
-    from .subsets import distances, load_spec, make
+    from .subsets import load_spec, make
     from .trainer import TrainConfig, resolve_device, run_dir_for, run_identity, view_path_for
     from . import runs as runs_mod
 

@@ -130,8 +130,6 @@ def test_augmentation_grows_classes_with_transformed_copies(view_near):
     ys = torch.cat([y for _, y, _ in L.epoch(0)])
     assert (np.bincount(ys.numpy(), minlength=8)[:8] >= 60).all()
     # a copy decodes to different pixels than its original under the same crop
-    from fastft.pipelines import _DaliBackend
-
     copy = n0
     orig = int(np.flatnonzero(L.src.keys[:n0] == L.src.keys[copy])[0])
     plan = {"index": np.array([[orig] * 4 + [copy] * 4]), "weight": np.ones((1, 8), np.float32),
