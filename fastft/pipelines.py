@@ -255,8 +255,16 @@ def _dali_graph(jpegs, cx, cy, mirror, *, device: str, crop: int, fixed_size: bo
                                     output_layout="CHW", out_of_bounds_policy="pad")
 
 
+def _require_dali():
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        raise FastFTError("NVIDIA DALI is not installed: `pip install nvidia-dali-cuda130` (Linux), or use backend: pytorch") from None
+
+
 class _DaliBackend:
     def __init__(self, loader: Loader, threads: int):
+        _require_dali()
         from nvidia.dali import fn, pipeline_def, types
 
         self.L = loader
@@ -425,6 +433,7 @@ class _CacheBackend:
                 im = np.asarray(Image.open(io.BytesIO(src.jpeg(i).tobytes())).convert("RGB"))
                 self.images[i] = torch.from_numpy(im.copy())
             return
+        _require_dali()
         from nvidia.dali import fn, pipeline_def, types
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
