@@ -180,7 +180,7 @@ class Loader:
         self.split, self.cfg = split, cfg
         self.train = (split == "train") if train is None else train
         self.src = SampleSource(self.view, split)
-        settings = open_store(self.view.store).manifest["settings"]
+        settings = self.view.store_settings or open_store(self.view.store).manifest["settings"]
         self.fixed_size = settings["resize"] != "none" and not settings["resize"].startswith("short:")
         self.image_size = tuple(int(x) for x in settings["resize"].split("x")) if self.fixed_size else None
         if cfg.augment_to and self.train:

@@ -180,7 +180,7 @@ def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path) -> di
         src_dir = by_key[r.deps[0]].run_dir if r.deps else None
         cfg = build(TrainConfig, {**r.overrides, **({"source": str(src_dir)} if src_dir else {})}, f"run {r.key}")
         cfg.validate()
-        view = open_view(view_path_for(cfg))
+        view = open_view(view_path_for(cfg), check_store=False)  # the run verifies its shards when it starts
         r.images_per_epoch = view.split("train")["samples"]
         _, precision = resolve_device(cfg)
         src = by_key[r.deps[0]].run_id if r.deps else None
