@@ -24,12 +24,9 @@ import torch
 def hardware() -> dict:
     hw = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-    try:
-        import nvidia.dali
+    from .runs import environment
 
-        hw["dali"] = nvidia.dali.__version__
-    except ImportError:
-        hw["dali"] = None
+    hw["dali"] = environment()["dali"]
     return hw
 
 

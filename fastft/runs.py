@@ -37,11 +37,15 @@ def environment() -> dict:
     env = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
            "cuda": torch.version.cuda, "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
            "cpus": os.cpu_count()}
-    for mod in ("nvidia.dali", "accelerate", "numpy"):
+    # versions from package metadata: importing DALI here would start its threads in a process whose PyTorch
+    # DataLoader (backend: pytorch) then could no longer fork workers safely
+    from importlib.metadata import PackageNotFoundError, version
+
+    for key, dist in (("dali", "nvidia-dali-cuda130"), ("accelerate", "accelerate"), ("numpy", "numpy")):
         try:
-            env[mod.split(".")[-1]] = __import__(mod, fromlist=["__version__"]).__version__
-        except ImportError:
-            env[mod.split(".")[-1]] = None
+            env[key] = version(dist)
+        except PackageNotFoundError:
+            env[key] = None
     try:
         here = Path(__file__).resolve().parent
         env["git_sha"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5).stdout.strip() or None
