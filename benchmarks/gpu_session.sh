@@ -1,26 +1,36 @@
 #!/usr/bin/env bash
-# One GPU-machine session (see the device tool's README): measure fastft and the baselines in the same run.
-# Prerequisites on this side: `bash ../shared/offline/pack_dali.sh .dali` (git-ignored), DALI parts copied to
-# /tmp/dali_parts by the previous calls, and ../shared/bench/baselines.py copied to .dali/baselines.py.
-# Usage (last call): bash benchmarks/gpu_session.sh   → JSON lines in $OUT (default /tmp/fastft_bench)
-set -euo pipefail
+# GPU session, last call: every GPU measurement of fastft with its same-run baselines, in priority order, each step
+# time-boxed so one failure or hang costs only its own figure. Output: $OUT/*.json + $OUT/session.log.
+# Before: benchmarks/gpu_prep.sh (first call, background) and the DALI parts in /tmp/dali_parts (see the README).
+set -u
 OUT=${OUT:-/tmp/fastft_bench}; mkdir -p "$OUT"
-if ! python -c "import nvidia.dali" 2>/dev/null; then
-  bash .dali/c2/install_dali.sh /tmp/dali_parts >/dev/null && export PYTHONPATH=/tmp/dali_pp:$PWD
-fi
-export PYTHONPATH=${PYTHONPATH:-}:$PWD
-W=/tmp/fastft_gpu; mkdir -p $W
-gpu=$(python -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '_'))")
-date=$(date +%F)
-# a 100-class view of 256x256 JPEGs (ImageNet-like sizes before the shard resize)
-[ -d $W/syn ] || python -m fastft synth --out $W/syn --classes $(python -c "from fastft.taxonomy import load; print(' '.join(load().under('n03575240')[:100]))") \
-    --train-per-class 100 --val-per-class 4 --size 400 --val-layout folders
-[ -f $W/store/manifest.json ] || python -m fastft shard $W/syn --out $W/store --allow-missing --quiet
-python -m fastft subsets make all --out $W/spec.json \
-    --param within="$(python -c "import json; from fastft.store import open_store; print(json.dumps(sorted({w for s in open_store('$W/store').shards for w in s['classes']})))")"
-python -m fastft subsets resolve $W/spec.json --set target --store $W/store --out $W/view
-python -m fastft bench loader $W/view --seconds 8 --out "$OUT/loader-$gpu-$date.json"
-python -m fastft bench train $W/view --seconds 8 --out "$OUT/train-eager-$gpu-$date.json"
-python -m fastft bench train $W/view --seconds 8 --compile --cache --out "$OUT/train-compile-$gpu-$date.json"
-[ -f .dali/baselines.py ] && OUT=$OUT ANCHOR_BUDGET_S=200 ANCHOR_SECTIONS=env,corpus,compute,cpu,dali python .dali/baselines.py > "$OUT/baselines.txt" 2>&1 || true
-cat "$OUT"/*.json
+exec > >(tee "$OUT/session.log") 2>&1
+T0=$(date +%s); BUDGET=${BUDGET:-420}
+step() {  # step NAME LIMIT_S CMD...: skipped when the budget is spent
+  local name=$1 limit=$2; shift 2
+  local left=$(( BUDGET - ($(date +%s) - T0) ))
+  if [ $left -lt 25 ]; then echo "== SKIP $name (budget)"; return; fi
+  [ $limit -gt $left ] && limit=$left
+  echo "== $name (t=$(( $(date +%s) - T0 ))s, limit ${limit}s)"
+  timeout -k 5 $limit "$@"; echo "== $name rc=$? t=$(( $(date +%s) - T0 ))s"
+}
+python -c "import nvidia.dali" 2>/dev/null || { bash .dali/c2/install_dali.sh /tmp/dali_parts >/dev/null; export PYTHONPATH=/tmp/dali_pp; }
+export PYTHONPATH=${PYTHONPATH:-}:$PWD PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv
+python -c "import torch, nvidia.dali as d; print('torch', torch.__version__, 'dali', d.__version__, torch.cuda.get_device_name(0))"
+W=/tmp/fastft_gpu
+for i in $(seq 150); do [ -f $W/prep.done ] && break; sleep 1; done
+tail -5 $W/prep.log; cp $W/prep.log "$OUT/prep.log"
+BENCH_ARGS=${BENCH_ARGS:-}; TRAIN_ARGS=${TRAIN_ARGS:-}  # CPU rehearsal: smaller model and batch
+step bench-train 240 python -m fastft bench train $W/view $BENCH_ARGS --seconds 5 --steps eager,graph,compile,compile+graph \
+    --hw-load 0.65,1.0 --cache --out "$OUT/bench-train.json"
+python -c "import json,sys; sys.exit('fastft_e2e_img_s' not in json.load(open('$OUT/bench-train.json')))" 2>/dev/null ||
+  step bench-train-plain 120 python -m fastft bench train $W/view $BENCH_ARGS --seconds 5 --steps eager,graph --cache --out "$OUT/bench-train.json"
+step bench-loader 60 python -m fastft bench loader $W/view ${BENCH_ARGS/--width 0.25/} --seconds 4 --out "$OUT/bench-loader.json"
+step bench-pack 90 python -m fastft bench pack $W/view --runs 1,2 --seconds 5 --steps graph --out "$OUT/bench-pack.json"
+step train-decode 60 python -m fastft train view=$W/view epochs=3 lr_step=2 out=$W/runs name=decode checkpoint_every=100 progress=false $TRAIN_ARGS
+step train-cache 60 python -m fastft train view=$W/view epochs=3 lr_step=2 out=$W/runs name=cache cache=true checkpoint_every=100 progress=false $TRAIN_ARGS
+for r in $W/runs/*/; do [ -f $r/metrics.jsonl ] && sed "s|^|{\"run\": \"$(basename $r)\", \"m\": |; s|$|}|" $r/metrics.jsonl; done > "$OUT/train-runs.jsonl"
+step analyses 120 python benchmarks/analysis_timing.py $(ls -d $W/runs/decode-* | head -1) $W/view $W/source_view --out "$OUT/analysis.json"
+step gpu-tests 60 python -m pytest -q -x tests/test_gpu.py -p no:cacheprovider
+echo "== done t=$(( $(date +%s) - T0 ))s"

@@ -86,7 +86,7 @@ def cmd_synth(a):
     classes = a.classes
     if classes and len(classes) == 1 and Path(classes[0]).is_file():
         classes = Path(classes[0]).read_text().split()
-    r = synth(a.out, classes, a.train_per_class, a.val_per_class, a.size, a.quality, a.val_layout, a.broken, a.seed)
+    r = synth(a.out, classes, a.train_per_class, a.val_per_class, a.size, a.quality, a.val_layout, a.broken, a.seed, a.workers)
     print(f"wrote synthetic ImageNet {r['root']}: {r['classes']} classes, {r['train']} train + {r['val']} val files, "
           f"val layout {r['val_layout']}" + (f", {len(r['broken'])} broken files" if r["broken"] else ""))
 
@@ -167,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--val-layout", default="folders", choices=["folders", "devkit", "kaggle"])
     s.add_argument("--broken", action="store_true", help="add CMYK, PNG-as-JPEG, grayscale, RGBA, truncated, 0-byte and non-image files")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=None, help="processes (default: all cores for >= 2,000 images); same tree for any number")
     s.set_defaults(fn=cmd_synth)
 
     s = sub.add_parser("shard", help="ILSVRC2012 tree -> WebDataset shard store indexed by synset (resumable)")

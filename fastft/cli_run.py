@@ -128,8 +128,13 @@ def cmd_bench(a):
 
     if a.what == "loader":
         res = bench.bench_loader(a.view, a.batch, a.device, a.seconds, a.threads, a.crop)
+    elif a.what == "train":
+        steps = tuple(a.steps.split(",")) if a.steps else None
+        res = bench.bench_train(a.view, a.batch, a.device, a.seconds, steps, a.width, a.crop, a.threads, cache=a.cache,
+                                hw_loads=tuple(float(h) for h in a.hw_load.split(",")))
     else:
-        res = bench.bench_train(a.view, a.batch, a.device, a.seconds, a.compile, a.width, a.crop, a.threads, cache=a.cache)
+        res = bench.bench_pack(a.view, tuple(int(k) for k in a.runs.split(",")), a.batch, a.seconds, a.steps or "graph",
+                               not a.no_cache, float(a.hw_load.split(",")[0]))
     bench.write(res, a.out)
 
 
@@ -206,7 +211,9 @@ def add_commands(sub) -> None:
     s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("bench", help="throughput of the loader or of training, with the PyTorch DataLoader baseline in the same run (JSON)")
-    s.add_argument("what", choices=["loader", "train"])
+    s.add_argument("what", choices=["loader", "train", "pack"],
+                   help="loader: DALI vs DataLoader images/s; train: step-rate ceilings and end-to-end training; "
+                        "pack: aggregate images/s of several concurrent runs on one GPU")
     s.add_argument("view", help="a view directory (fastft subsets resolve)")
     s.add_argument("--batch", type=int, default=256)
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -214,8 +221,12 @@ def add_commands(sub) -> None:
     s.add_argument("--threads", type=int, default=0, help="DALI threads / DataLoader workers (0 = all cores)")
     s.add_argument("--crop", type=int, default=227)
     s.add_argument("--width", type=float, default=1.0, help="train: AlexNet width multiplier")
-    s.add_argument("--compile", action="store_true", help="train: torch.compile the model")
+    s.add_argument("--steps", help="train: step modes whose ceilings to measure, of eager,graph,compile,compile+graph "
+                                   "(default: eager,graph on a GPU, eager on CPU); the fastest runs end to end. pack: the one mode")
+    s.add_argument("--hw-load", default="0.65", help="share(s) of JPEG decoding on the hardware decoder, e.g. 0.65,1.0")
     s.add_argument("--cache", action="store_true", help="train: also measure the decoded-image cache (decode once, crop on the device)")
+    s.add_argument("--runs", default="1,2", help="pack: numbers of concurrent runs to measure")
+    s.add_argument("--no-cache", action="store_true", help="pack: decode every epoch instead of caching decoded images")
     s.add_argument("--out", help="also write the JSON here (e.g. benchmarks/results/<gpu>-<date>.json)")
     s.set_defaults(fn=cmd_bench)
 

@@ -255,6 +255,17 @@ def _dali_graph(jpegs, cx, cy, mirror, *, device: str, crop: int, fixed_size: bo
                                     output_layout="CHW", out_of_bounds_policy="pad")
 
 
+def _device(cfg: LoaderConfig) -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if cfg.device == "cuda" else torch.device("cpu")
+
+
+def _plan_targets(src: SampleSource, plan: dict, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The epoch's labels and weights, [steps, batch], moved to the device in one copy (no per-step host transfer,
+    which from pageable memory would wait for the GPU to drain)."""
+    return (torch.from_numpy(src.labels[plan["index"]]).to(dev, non_blocking=True),
+            torch.from_numpy(np.ascontiguousarray(plan["weight"])).to(dev, non_blocking=True))
+
+
 def _require_dali():
     try:
         import nvidia.dali  # noqa: F401
@@ -278,12 +289,11 @@ class _DaliBackend:
         @pipeline_def(batch_size=cfg.batch_size, num_threads=threads, device_id=dev_id, seed=loader.plan.seed,
                       prefetch_queue_depth=cfg.prefetch, exec_dynamic=True)
         def pipe():
-            jpegs, labels, weights, cx, cy, mirror, *aug = fn.external_source(
-                source=self._source, num_outputs=6 + n_aug, batch=True,
-                dtype=[types.UINT8, types.INT64, types.FLOAT, types.FLOAT, types.FLOAT, types.INT32] + [types.FLOAT] * n_aug)
-            img = _dali_graph(jpegs, cx, cy, mirror, device=cfg.device, crop=cfg.crop, fixed_size=loader.fixed_size,
-                              hw_decoder_load=cfg.hw_decoder_load, fp16=cfg.fp16, aug=aug or None, image_size=loader.image_size)
-            return img, labels, weights
+            jpegs, cx, cy, mirror, *aug = fn.external_source(
+                source=self._source, num_outputs=4 + n_aug, batch=True,
+                dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.INT32] + [types.FLOAT] * n_aug)
+            return _dali_graph(jpegs, cx, cy, mirror, device=cfg.device, crop=cfg.crop, fixed_size=loader.fixed_size,
+                               hw_decoder_load=cfg.hw_decoder_load, fp16=cfg.fp16, aug=aug or None, image_size=loader.image_size)
 
         self.pipe = pipe()
         self.pipe.build()
@@ -294,8 +304,7 @@ class _DaliBackend:
         if step >= len(plan["index"]):
             raise StopIteration
         src, idx = self.L.src, plan["index"][step]
-        out = ([src.jpeg(i) for i in idx], src.labels[idx], plan["weight"][step], plan["crop_x"][step],
-               plan["crop_y"][step], plan["mirror"][step].astype(np.int32))
+        out = ([src.jpeg(i) for i in idx], plan["crop_x"][step], plan["crop_y"][step], plan["mirror"][step].astype(np.int32))
         if self.augment:
             out += tuple(src.aug[k][idx] for k in SampleSource.AUG)
         return out
@@ -305,18 +314,16 @@ class _DaliBackend:
 
         self._feed = (plan, start)
         self.pipe.reset()
-        dev = torch.device("cuda", torch.cuda.current_device()) if self.L.cfg.device == "cuda" else torch.device("cpu")
+        dev = _device(self.L.cfg)
         dtype = torch.float16 if self.L.cfg.fp16 else torch.float32
-        for _ in range(start, len(plan["index"])):
-            img, lab, w = self.pipe.run()
+        labels, weights = _plan_targets(self.L.src, plan, dev)
+        stream = torch.cuda.current_stream(dev) if dev.type == "cuda" else None
+        for s in range(start, len(plan["index"])):
+            (img,) = self.pipe.run()
             img = img.as_tensor()
             x = torch.empty(img.shape(), dtype=dtype, device=dev)
-            feed_ndarray(img, x, cuda_stream=torch.cuda.current_stream(dev) if dev.type == "cuda" else None)
-            y = torch.from_numpy(np.array(lab.as_tensor())).reshape(-1)
-            wt = torch.from_numpy(np.array(w.as_tensor())).reshape(-1)
-            if dev.type == "cuda":
-                y, wt = y.to(dev, non_blocking=True), wt.to(dev, non_blocking=True)
-            yield x, y, wt
+            feed_ndarray(img, x, cuda_stream=stream)
+            yield x, labels[s], weights[s]
         try:  # drain: the source raises StopIteration once the prefetched batches are out
             self.pipe.run()
         except StopIteration:
@@ -385,12 +392,13 @@ class _TorchBackend:
         steps = range(start, len(plan["index"]))
         self.jobs = [[(int(i), float(x), float(y), int(m)) for i, x, y, m in zip(plan["index"][s], plan["crop_x"][s], plan["crop_y"][s], plan["mirror"][s])]
                      for s in steps]
-        dev = torch.device("cuda") if self.L.cfg.device == "cuda" else torch.device("cpu")
+        dev = _device(self.L.cfg)
         dtype = torch.float16 if self.L.cfg.fp16 else torch.float32
         mean, std = self.mean.to(dev), self.std.to(dev)
-        for s, (x, y) in zip(steps, self.dl):
+        _, weights = _plan_targets(self.L.src, plan, dev)
+        for s, (x, y) in zip(steps, self.dl):  # batches come pinned on CUDA machines: the copies do not block
             x = ((x.to(dev, non_blocking=True).permute(0, 3, 1, 2).float() - mean) / std).to(dtype)
-            yield x.contiguous(), y.to(dev), torch.from_numpy(plan["weight"][s]).to(dev)
+            yield x.contiguous(), y.to(dev, non_blocking=True), weights[s]
 
 
 class _CacheBackend:
@@ -465,17 +473,18 @@ class _CacheBackend:
         c = self.L.cfg.crop
         ar = torch.arange(c, device=self.dev)
         dtype = torch.float16 if self.L.cfg.fp16 else torch.float32
-        labels = torch.from_numpy(self.L.src.labels.copy()).to(self.dev)
+        labels, weights = _plan_targets(self.L.src, plan, self.dev)
+        # the whole epoch's draws in one host-to-device copy each; steps then only index device tensors
+        index = torch.from_numpy(plan["index"]).to(self.dev)
+        x0 = torch.from_numpy(np.round(plan["crop_x"] * max(w - c, 0)).astype(np.int64)).to(self.dev)
+        y0 = torch.from_numpy(np.round(plan["crop_y"] * max(h - c, 0)).astype(np.int64)).to(self.dev)
+        mirror = torch.from_numpy(plan["mirror"].astype(bool)).to(self.dev)
         for s in range(start, len(plan["index"])):
-            idx = torch.as_tensor(plan["index"][s], device=self.dev)
-            x0 = torch.as_tensor(np.round(plan["crop_x"][s] * max(w - c, 0)), device=self.dev).long()
-            y0 = torch.as_tensor(np.round(plan["crop_y"][s] * max(h - c, 0)), device=self.dev).long()
-            mirror = torch.as_tensor(plan["mirror"][s], device=self.dev).bool()
-            rows = y0[:, None] + ar
-            cols = torch.where(mirror[:, None], x0[:, None] + (c - 1 - ar), x0[:, None] + ar)
-            x = self.images[idx[:, None, None], rows[:, :, None], cols[:, None, :]]  # [B, c, c, 3]
+            rows = y0[s, :, None] + ar
+            cols = torch.where(mirror[s, :, None], x0[s, :, None] + (c - 1 - ar), x0[s, :, None] + ar)
+            x = self.images[index[s, :, None, None], rows[:, :, None], cols[:, None, :]]  # [B, c, c, 3]
             x = ((x.permute(0, 3, 1, 2).float() - self.mean) / self.std).to(dtype).contiguous()
-            yield x, labels[idx], torch.as_tensor(plan["weight"][s], device=self.dev)
+            yield x, labels[s], weights[s]
 
 
 def _pil_augment(im, a: dict):

@@ -86,6 +86,34 @@ def render(wnid: str, rng: np.random.Generator, size: tuple[int, int]) -> Image.
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
+def _dims(size: int, rng: np.random.Generator) -> tuple[int, int]:
+    """ImageNet-like variety of sizes and aspect ratios, so resizing is exercised."""
+    s = size * rng.uniform(0.8, 1.3)
+    a = (1.0, 4 / 3, 3 / 4, 3 / 2)[rng.integers(4)]
+    return max(16, int(s * a ** 0.5)), max(16, int(s / a ** 0.5))
+
+
+def _write_chunk(jobs: list, size: int, quality: int) -> None:
+    for path, wnid, key in jobs:
+        rng = np.random.default_rng(list(key))
+        Path(path).write_bytes(_jpeg(render(wnid, rng, _dims(size, rng)), quality))
+
+
+def _write_images(jobs: list, size: int, quality: int, workers: int | None) -> None:
+    import os
+
+    if workers is None:
+        workers = (os.cpu_count() or 1) if len(jobs) >= 2000 else 1
+    if workers <= 1:
+        return _write_chunk(jobs, size, quality)
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    chunks = [jobs[i::workers * 4] for i in range(workers * 4)]
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:  # spawn: safe beside DALI threads
+        list(ex.map(_write_chunk, chunks, [size] * len(chunks), [quality] * len(chunks)))
+
+
 def _jpeg(im: Image.Image, quality: int) -> bytes:
     b = io.BytesIO()
     im.save(b, "JPEG", quality=quality)
@@ -105,8 +133,12 @@ def _broken_files(rng: np.random.Generator, wnid: str, good: Image.Image, qualit
 
 
 def synth(out: str | Path, classes: list[str] | None = None, train_per_class: int = 40, val_per_class: int = 10,
-          size: int = 96, quality: int = 90, val_layout: str = "folders", broken: bool = False, seed: int = 0) -> dict:
-    """Write a synthetic ILSVRC2012 tree under ``out``; returns a summary (counts, layout, broken files written)."""
+          size: int = 96, quality: int = 90, val_layout: str = "folders", broken: bool = False, seed: int = 0,
+          workers: int | None = None) -> dict:
+    """Write a synthetic ILSVRC2012 tree under ``out``; returns a summary (counts, layout, broken files written).
+
+    Every image has its own seeded generator, so the tree is the same for any number of ``workers`` (processes;
+    default: all cores for trees of 2,000 images or more, else 1)."""
     h = load()
     classes = list(classes) if classes else demo_classes()
     bad = [c for c in classes if c not in h.label]
@@ -117,30 +149,21 @@ def synth(out: str | Path, classes: list[str] | None = None, train_per_class: in
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FastFTError(f"{out} exists and is not empty; choose a new directory")
-    rng = np.random.default_rng(seed)
     pyrng = random.Random(seed)
-
-    def dims():  # ImageNet-like variety of sizes and aspect ratios, so resizing is exercised
-        s = size * pyrng.uniform(0.8, 1.3)
-        a = pyrng.choice([1.0, 4 / 3, 3 / 4, 3 / 2])
-        return max(16, int(s * a ** 0.5)), max(16, int(s / a ** 0.5))
-
     for c in classes:
-        d = out / "train" / c
-        d.mkdir(parents=True)
-        for i in range(train_per_class):
-            (d / f"{c}_{i}.JPEG").write_bytes(_jpeg(render(c, rng, dims()), quality))
+        (out / "train" / c).mkdir(parents=True)
+    jobs = [(out / "train" / c / f"{c}_{i}.JPEG", c, (seed, h.label[c], i)) for c in classes for i in range(train_per_class)]
     broken_written = []
     if broken:
         c = classes[0]
-        good = render(c, rng, dims())
+        rng = np.random.default_rng([seed, 0xBAD])
+        good = render(c, rng, _dims(size, rng))
         for kind, data in _broken_files(rng, c, good, quality).items():
             p = out / "train" / c / f"{c}_{kind}.JPEG"
             p.write_bytes(data)
             broken_written.append(str(p.relative_to(out)))
         # awkward names: a dot inside the stem and a lower-case .jpg; both must shard as distinct, readable keys
-        for name in (f"{c}_9001.v2.JPEG", f"{c}_9002.jpg"):
-            (out / "train" / c / name).write_bytes(_jpeg(render(c, rng, dims()), quality))
+        jobs += [(out / "train" / c / name, c, (seed, 0xBAD, k)) for k, name in enumerate((f"{c}_9001.v2.JPEG", f"{c}_9002.jpg"))]
 
     # val: images in a seeded interleaved order, named ILSVRC2012_val_00000001 ... as in the real set
     val_labels = [c for c in classes for _ in range(val_per_class)]
@@ -148,10 +171,10 @@ def synth(out: str | Path, classes: list[str] | None = None, train_per_class: in
     vdir = out / "val"
     vdir.mkdir(parents=True)
     for i, c in enumerate(val_labels, 1):
-        name = f"ILSVRC2012_val_{i:08d}.JPEG"
         d = vdir / c if val_layout == "folders" else vdir
         d.mkdir(exist_ok=True)
-        (d / name).write_bytes(_jpeg(render(c, rng, dims()), quality))
+        jobs.append((d / f"ILSVRC2012_val_{i:08d}.JPEG", c, (seed, 0x7A1, i)))
+    _write_images(jobs, size, quality, workers)
     if val_layout == "devkit":
         order = list(h.wnids)
         random.Random(f"devkit/{seed}").shuffle(order)  # devkit IDs are not sorted-wnid order

@@ -60,6 +60,7 @@ class TrainConfig:
     device: str = "auto"               # auto | cpu | cuda
     precision: str = "auto"            # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
     compile: bool = False
+    cuda_graph: bool = True            # single-GPU runs: replay the whole step as one CUDA graph (see Step)
     channels_last: bool = True
     num_threads: int = 0
     cache: bool = False                # keep the view's decoded training images in device memory (fixed-size stores)
@@ -273,7 +274,11 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
             partial = local["partial"]
         acc.print(f"resuming {run_dir.name} from {ckpt.name} (epoch {loader_state['epoch']}, step {loader_state['step']})")
     model, opt = acc.prepare(model, opt)
-    fwd = torch.compile(model) if cfg.compile else model
+    use_graph = cfg.cuda_graph and device == "cuda" and world == 1
+    if cfg.cuda_graph and device == "cuda" and world > 1:
+        acc.print("note: cuda_graph is used in single-process runs only; this run uses plain steps")
+    step_fn = Step(model, opt, autocast=(lambda: torch.autocast("cuda", torch.bfloat16, cache_enabled=False)) if use_graph and precision == "bf16" else acc.autocast,
+                   backward=acc.backward, channels_last=device == "cuda" and cfg.channels_last, compile=cfg.compile, graph=use_graph)
 
     per_rank = cfg.batch_size // world
     train_loader = loader_factory(view_path, "train", per_rank, rank, world, cfg.seed, True)
@@ -321,7 +326,7 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
                 loss_sum += partial["loss_sum"]
                 n_steps, secs_before, partial = partial["n_steps"], partial["secs"], None
             for step_i, (x, y, _) in enumerate(train_loader.epoch(epoch)):
-                loss = train_step(fwd, opt, x, y, acc.autocast, acc.backward, device == "cuda" and cfg.channels_last)
+                loss = step_fn(x, y)
                 loss_sum += loss.detach()
                 n_steps += 1
                 if epoch * steps + train_loader.position[1] == sigterm_at:
@@ -335,9 +340,10 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
                     save(f"e{epoch:04d}-s{train_loader.position[1]:06d}")
                     acc.print(f"preempted: checkpointed at epoch {epoch} step {train_loader.position[1]}; re-run to resume")
                     raise Preempted()
+            train_loss = float(acc.reduce(loss_sum / max(n_steps, 1), "mean"))  # waits for the epoch's last step
             train_secs = secs_before + time.time() - t0
             progress_now = None
-            rec = {"epoch": epoch + 1, "lr": lr, "train_loss": float(acc.reduce(loss_sum / max(n_steps, 1), "mean")),
+            rec = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
                    "img_per_s": n_steps * cfg.batch_size / max(train_secs, 1e-9), "train_secs": round(train_secs, 3)}
             if world > 1:  # DDP keeps replicas equal; check it, since a desync silently ruins a run
                 rec["ranks_in_sync"] = _in_sync(acc, model)
@@ -373,16 +379,72 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
     return final
 
 
-def train_step(fwd, opt, x, y, autocast, backward, channels_last: bool) -> torch.Tensor:
-    """One SGD step — the hot path, shared with ``fastft bench``. No host synchronisation."""
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with autocast():
-        loss = F.cross_entropy(fwd(x), y)
-    opt.zero_grad(set_to_none=True)
-    backward(loss)
-    opt.step()
-    return loss
+class Step:
+    """One SGD step — the hot path, shared by the trainer and ``fastft bench``. No host synchronisation.
+
+    * ``compile``: ``torch.compile`` of the model (fuses LRN, ReLU, pooling and the bf16 casts).
+    * ``graph`` (CUDA, one process): after ``warmup`` eager steps (run on a side stream, so cuDNN autotuning and lazy
+      initialisation stay out of the capture) the whole step — forward, loss, backward and the optimiser update — is
+      captured once as a CUDA graph and replayed for every batch: one launch per step instead of ~200 kernel launches
+      and their Python overhead. Batches are copied into the graph's static input buffers (a device-to-device copy).
+      The learning rate is a constant inside the graph, so the step is re-captured when it changes (every
+      ``lr_step`` epochs). Warm-up steps are real training steps; the update is the same arithmetic either way.
+
+    ``__call__(x, y)`` returns the step's loss as a device tensor (with ``graph``, the same static tensor each time:
+    consume it before the next call, as the trainer does by accumulating it).
+    """
+
+    def __init__(self, model, opt, *, autocast, backward=None, channels_last: bool = False, compile: bool = False,
+                 graph: bool = False, warmup: int = 3):
+        self.model, self.opt, self.autocast = model, opt, autocast
+        self.backward = backward or (lambda loss: loss.backward())
+        self.channels_last, self.graph, self.warmup = channels_last, graph, warmup
+        self.fwd = torch.compile(model) if compile else model
+        self._g = None
+        self._lr = None
+        self._seen = 0
+
+    def _body(self, x, y):
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.autocast():
+            loss = F.cross_entropy(self.fwd(x), y)
+        self.backward(loss)
+        self.opt.step()
+        return loss
+
+    def _eager(self, x, y):
+        self.opt.zero_grad(set_to_none=True)
+        return self._body(x, y)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if not self.graph:
+            return self._eager(x, y)
+        lr = tuple(g["lr"] for g in self.opt.param_groups)
+        if self._g is None or lr != self._lr or x.shape != self._x.shape:
+            if self._seen < self.warmup:
+                self._seen += 1
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    loss = self._eager(x, y)
+                torch.cuda.current_stream().wait_stream(side)
+                return loss
+            self._capture(x, y, lr)
+        self._x.copy_(x)
+        self._y.copy_(y)
+        self._g.replay()
+        return self._loss
+
+    def _capture(self, x, y, lr) -> None:
+        self._g = None  # release the previous graph (and its memory pool) first
+        torch.cuda.synchronize()
+        self._x, self._y = x.clone(), y.clone()
+        self.opt.zero_grad(set_to_none=True)  # the captured backward allocates the gradients, then overwrites them
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            self._loss = self._body(self._x, self._y)
+        self._g, self._lr = g, lr
 
 
 def _in_sync(acc, model) -> bool:

@@ -22,3 +22,23 @@ def test_bench_train_on_gpu(view_near):
 
     r = bench_train(str(view_near.path), batch=32, seconds=2, width=0.25, crop=71)
     assert r["device"] == "cuda" and r["gpu"] and r["fastft_e2e_img_s"] > 0
+
+
+def test_cuda_graph_step_matches_eager_and_recaptures_on_lr_change():
+    from fastft.bench import _make_step
+
+    torch.manual_seed(0)
+    a = _make_step("eager", 10, "cuda", "fp32", 0.25, 71)
+    b = _make_step("graph", 10, "cuda", "fp32", 0.25, 71)
+    b.model.load_state_dict(a.model.state_dict())
+    a.model.eval(), b.model.eval()  # no dropout: the two must agree step by step
+    for i in range(10):
+        if i == 6:
+            for s in (a, b):
+                s.opt.param_groups[0]["lr"] = 0.001
+        x, y = torch.randn(16, 3, 71, 71, device="cuda"), torch.randint(0, 10, (16,), device="cuda")
+        la, lb = float(a(x, y)), float(b(x, y))
+        assert abs(la - lb) < 1e-3 * max(1, abs(la)), (i, la, lb)
+    assert b._lr == (0.001,), "the graph is re-captured when the learning rate changes"
+    for pa, pb in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-3, rtol=1e-3)

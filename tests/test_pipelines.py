@@ -152,11 +152,13 @@ def test_bench_loader_and_train_report_baselines(view_near, tmp_path):
     d = res["class_diversity"]
     assert abs(d["mean_distinct"] - d["iid_expectation"]) < 1.0, "a shuffled epoch should look i.i.d. per batch"
     r = subprocess.run([sys.executable, "-m", "fastft", "bench", "train", str(view_near.path), "--batch", "16", "--crop", "71",
-                        "--width", "0.25", "--seconds", "1"], capture_output=True, text=True, timeout=300)
+                        "--width", "0.25", "--seconds", "1", "--cache"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
-    assert min(res["synthetic_ceiling_img_s"], res["fastft_e2e_img_s"], res["dataloader_e2e_img_s"]) > 0
+    assert min(res["synthetic_ceiling_img_s"], res["fastft_e2e_img_s"], res["dataloader_e2e_img_s"], res["fastft_cached_e2e_img_s"]) > 0
+    assert res["step"] == "eager" and res["ceiling_img_s"]["eager"] == res["synthetic_ceiling_img_s"]
     assert res["fastft_vs_ceiling"] == round(res["fastft_e2e_img_s"] / res["synthetic_ceiling_img_s"], 3)
+    assert res["fastft_cached_vs_dataloader"] == round(res["fastft_cached_e2e_img_s"] / res["dataloader_e2e_img_s"], 2)
 
 
 def test_decoded_cache_serves_the_same_batches(view_near):

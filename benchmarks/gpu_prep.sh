@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# GPU session, first call: build the benchmark data and warm torch.compile's cache in the background while the
+# DALI parts are still being copied (the device tool keeps a process alive that started its own session):
+#   setsid nohup bash benchmarks/gpu_prep.sh >/dev/null 2>&1 &
+# Writes /tmp/fastft_gpu/{syn,store,view,source_view,prep.log,prep.done}. Needs no DALI (shard decodes with PIL).
+set -u
+W=/tmp/fastft_gpu; mkdir -p $W
+rm -rf /tmp/fastft_src && mkdir /tmp/fastft_src && cp -r fastft benchmarks /tmp/fastft_src/  # later calls replace the tree
+cd /tmp/fastft_src && export PYTHONPATH=/tmp/fastft_src
+{
+  set -x
+  T=$(python -c "from fastft.taxonomy import load; print(' '.join(load().under('n03575240')[:${N_CLASSES:-100}]))")   # 100 instrumentality classes
+  S=$(python -c "from fastft.taxonomy import load; print(' '.join(load().under('n02084071')[:20]))")    # 20 dog classes (a far source)
+  python -m fastft synth --out $W/syn --classes $T $S --train-per-class ${PER_CLASS:-100} --val-per-class 4 --size ${SIZE:-300} --val-layout folders
+  python -m fastft shard $W/syn --out $W/store --allow-missing --quiet
+  python -m fastft subsets make all --out $W/target.json --param within="$(python -c "import json,sys; print(json.dumps(sys.argv[1:]))" $T)"
+  python -m fastft subsets make all --out $W/source.json --param within="$(python -c "import json,sys; print(json.dumps(sys.argv[1:]))" $S)"
+  python -m fastft subsets resolve $W/target.json --set target --store $W/store --out $W/view
+  python -m fastft subsets resolve $W/source.json --set target --store $W/store --out $W/source_view
+  # fill the inductor cache: the compiled step's kernels are reused by the timed run
+  python - <<'PY'
+import torch, sys
+if not torch.cuda.is_available(): sys.exit("no CUDA: compile warm-up skipped")
+from fastft.bench import _make_step
+torch.backends.cudnn.benchmark = True
+x = torch.randn(256, 3, 227, 227, device="cuda"); y = torch.randint(0, 100, (256,), device="cuda")
+for mode in ("compile", "compile+graph"):
+    try:
+        s = _make_step(mode, 100, "cuda", "bf16", 1.0, 227)
+        for _ in range(6):
+            s(x, y)
+        torch.cuda.synchronize(); print("warm", mode)
+    except Exception as e:
+        print("warm-up failed", mode, repr(e)[:300])
+PY
+} > $W/prep.log 2>&1
+touch $W/prep.done
