@@ -9,16 +9,16 @@ rm -rf /tmp/fastft_src && mkdir /tmp/fastft_src && cp -r fastft benchmarks /tmp/
 cd /tmp/fastft_src && export PYTHONPATH=/tmp/fastft_src
 {
   set -x
-  T=$(python -c "from fastft.taxonomy import load; print(' '.join(load().under('n03575240')[:${N_CLASSES:-100}]))")   # 100 instrumentality classes
-  S=$(python -c "from fastft.taxonomy import load; print(' '.join(load().under('n02084071')[:20]))")    # 20 dog classes (a far source)
-  python -m fastft synth --out $W/syn --classes $T $S --train-per-class ${PER_CLASS:-100} --val-per-class 4 --size ${SIZE:-300} --val-layout folders
-  python -m fastft shard $W/syn --out $W/store --allow-missing --quiet
-  python -m fastft subsets make all --out $W/target.json --param within="$(python -c "import json,sys; print(json.dumps(sys.argv[1:]))" $T)"
-  python -m fastft subsets make all --out $W/source.json --param within="$(python -c "import json,sys; print(json.dumps(sys.argv[1:]))" $S)"
-  python -m fastft subsets resolve $W/target.json --set target --store $W/store --out $W/view
-  python -m fastft subsets resolve $W/source.json --set target --store $W/store --out $W/source_view
+  T=$(python3 -c "from fastft.taxonomy import load; print(' '.join(load().under('n03575240')[:${N_CLASSES:-100}]))")   # 100 instrumentality classes
+  S=$(python3 -c "from fastft.taxonomy import load; print(' '.join(load().under('n02084071')[:20]))")    # 20 dog classes (a far source)
+  python3 -m fastft synth --out $W/syn --classes $T $S --train-per-class ${PER_CLASS:-100} --val-per-class 4 --size ${SIZE:-300} --val-layout folders
+  python3 -m fastft shard $W/syn --out $W/store --allow-missing --quiet
+  python3 -m fastft subsets make all --out $W/target.json --param within="$(python3 -c "import json,sys; print(json.dumps(sys.argv[1:]))" $T)"
+  python3 -m fastft subsets make all --out $W/source.json --param within="$(python3 -c "import json,sys; print(json.dumps(sys.argv[1:]))" $S)"
+  python3 -m fastft subsets resolve $W/target.json --set target --store $W/store --out $W/view
+  python3 -m fastft subsets resolve $W/source.json --set target --store $W/store --out $W/source_view
   # fill the inductor cache: the compiled step's kernels are reused by the timed run
-  python - <<'PY'
+  python3 - <<'PY'
 import torch, sys
 if not torch.cuda.is_available(): sys.exit("no CUDA: compile warm-up skipped")
 from fastft.bench import _make_step

@@ -14,23 +14,23 @@ step() {  # step NAME LIMIT_S CMD...: skipped when the budget is spent
   echo "== $name (t=$(( $(date +%s) - T0 ))s, limit ${limit}s)"
   timeout -k 5 $limit "$@"; echo "== $name rc=$? t=$(( $(date +%s) - T0 ))s"
 }
-python -c "import nvidia.dali" 2>/dev/null || { bash .dali/c2/install_dali.sh /tmp/dali_parts >/dev/null; export PYTHONPATH=/tmp/dali_pp; }
+python3 -c "import nvidia.dali" 2>/dev/null || { bash .dali/c2/install_dali.sh /tmp/dali_parts >/dev/null; export PYTHONPATH=/tmp/dali_pp; }
 export PYTHONPATH=${PYTHONPATH:-}:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv
-python -c "import torch, nvidia.dali as d; print('torch', torch.__version__, 'dali', d.__version__, torch.cuda.get_device_name(0))"
+python3 -c "import torch, nvidia.dali as d; print('torch', torch.__version__, 'dali', d.__version__, torch.cuda.get_device_name(0))"
 W=/tmp/fastft_gpu
 for i in $(seq 150); do [ -f $W/prep.done ] && break; sleep 1; done
 tail -5 $W/prep.log; cp $W/prep.log "$OUT/prep.log"
 BENCH_ARGS=${BENCH_ARGS:-}; TRAIN_ARGS=${TRAIN_ARGS:-}  # CPU rehearsal: smaller model and batch
-step bench-train 240 python -m fastft bench train $W/view $BENCH_ARGS --seconds 5 --steps eager,graph,compile,compile+graph \
+step bench-train 240 python3 -m fastft bench train $W/view $BENCH_ARGS --seconds 5 --steps eager,graph,compile,compile+graph \
     --hw-load 0.65,1.0 --cache --out "$OUT/bench-train.json"
-python -c "import json,sys; sys.exit('fastft_e2e_img_s' not in json.load(open('$OUT/bench-train.json')))" 2>/dev/null ||
-  step bench-train-plain 120 python -m fastft bench train $W/view $BENCH_ARGS --seconds 5 --steps eager,graph --cache --out "$OUT/bench-train.json"
-step bench-loader 60 python -m fastft bench loader $W/view ${BENCH_ARGS/--width 0.25/} --seconds 4 --out "$OUT/bench-loader.json"
-step bench-pack 90 python -m fastft bench pack $W/view --runs 1,2 --seconds 5 --steps graph --out "$OUT/bench-pack.json"
-step train-decode 60 python -m fastft train view=$W/view epochs=3 lr_step=2 out=$W/runs name=decode checkpoint_every=100 progress=false $TRAIN_ARGS
-step train-cache 60 python -m fastft train view=$W/view epochs=3 lr_step=2 out=$W/runs name=cache cache=true checkpoint_every=100 progress=false $TRAIN_ARGS
+python3 -c "import json,sys; sys.exit('fastft_e2e_img_s' not in json.load(open('$OUT/bench-train.json')))" 2>/dev/null ||
+  step bench-train-plain 120 python3 -m fastft bench train $W/view $BENCH_ARGS --seconds 5 --steps eager,graph --cache --out "$OUT/bench-train.json"
+step bench-loader 60 python3 -m fastft bench loader $W/view ${BENCH_ARGS/--width 0.25/} --seconds 4 --out "$OUT/bench-loader.json"
+step bench-pack 90 python3 -m fastft bench pack $W/view --runs 1,2 --seconds 5 --steps graph --out "$OUT/bench-pack.json"
+step train-decode 60 python3 -m fastft train view=$W/view epochs=3 lr_step=2 out=$W/runs name=decode checkpoint_every=100 progress=false $TRAIN_ARGS
+step train-cache 60 python3 -m fastft train view=$W/view epochs=3 lr_step=2 out=$W/runs name=cache cache=true checkpoint_every=100 progress=false $TRAIN_ARGS
 for r in $W/runs/*/; do [ -f $r/metrics.jsonl ] && sed "s|^|{\"run\": \"$(basename $r)\", \"m\": |; s|$|}|" $r/metrics.jsonl; done > "$OUT/train-runs.jsonl"
-step analyses 120 python benchmarks/analysis_timing.py $(ls -d $W/runs/decode-* | head -1) $W/view $W/source_view --out "$OUT/analysis.json"
-step gpu-tests 60 python -m pytest -q -x tests/test_gpu.py -p no:cacheprovider
+step analyses 120 python3 benchmarks/analysis_timing.py $(ls -d $W/runs/decode-* | head -1) $W/view $W/source_view --out "$OUT/analysis.json"
+step gpu-tests 60 python3 -m pytest -q -x tests/test_gpu.py -p no:cacheprovider
 echo "== done t=$(( $(date +%s) - T0 ))s"

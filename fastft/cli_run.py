@@ -14,14 +14,15 @@ from pathlib import Path
 from .errors import FastFTError
 
 
-def loader_factory(backend: str, device: str, crop: int, num_threads: int = 0, augment_to: int = 0, cache: bool = False):
+def loader_factory(backend: str, device: str, crop: int, num_threads: int = 0, augment_to: int = 0, cache: bool = False,
+                   cache_gb: float = 0.0):
     """A ``loader_factory`` for :func:`fastft.trainer.train` backed by :class:`fastft.pipelines.Loader`."""
     from .pipelines import Loader, LoaderConfig
 
     def make(view, split, batch_size, rank, world, seed, train):
         dev = device if device != "auto" else ("cuda" if _cuda() else "cpu")
         cfg = LoaderConfig(batch_size=batch_size, crop=crop, backend=backend, device=dev, num_threads=num_threads,
-                           fp16=False, augment_to=augment_to, cache=cache and train)
+                           fp16=False, augment_to=augment_to, cache=cache and train, cache_gb=cache_gb)
         return Loader(view, split, cfg, train=train, rank=rank, world_size=world, seed=seed)
     return make
 
@@ -42,7 +43,7 @@ def cmd_train(a):
     cfg.validate()
     if a.procs and a.procs > 1 and "RANK" not in os.environ and "ACCELERATE_PROCESS_INDEX" not in os.environ:
         return _launch(a)
-    final = train(cfg, loader_factory(cfg.backend, cfg.device, cfg.crop, cfg.num_threads, cfg.augment_to, cfg.cache))
+    final = train(cfg, loader_factory(cfg.backend, cfg.device, cfg.crop, cfg.num_threads, cfg.augment_to, cfg.cache, cfg.cache_gb))
     if int(os.environ.get("RANK", "0")):
         return
     top1 = final.get("top1")

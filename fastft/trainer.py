@@ -63,7 +63,8 @@ class TrainConfig:
     cuda_graph: bool = True            # single-GPU runs: replay the whole step as one CUDA graph (see Step)
     channels_last: bool = True
     num_threads: int = 0
-    cache: bool = False                # keep the view's decoded training images in device memory (fixed-size stores)
+    cache: bool = False                # keep decoded training images in device memory (fixed-size stores); see pipelines
+    cache_gb: float = 0.0              # cache budget; 0 = 80 % of free GPU memory (images beyond it are decoded each epoch)
     eval_every: int = 1
     checkpoint_every: int = 1
     keep_checkpoints: int = 2
@@ -277,14 +278,22 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
     use_graph = cfg.cuda_graph and device == "cuda" and world == 1
     if cfg.cuda_graph and device == "cuda" and world > 1:
         acc.print("note: cuda_graph is used in single-process runs only; this run uses plain steps")
-    step_fn = Step(model, opt, autocast=(lambda: torch.autocast("cuda", torch.bfloat16, cache_enabled=False)) if use_graph and precision == "bf16" else acc.autocast,
-                   backward=acc.backward, channels_last=device == "cuda" and cfg.channels_last, compile=cfg.compile, graph=use_graph)
+    if use_graph:  # the captured step runs its own autocast (without the weight-cast cache, as graph capture needs)
+        bf16 = precision == "bf16"
+        step_fn = Step(acc.unwrap_model(model, keep_fp32_wrapper=False), opt, channels_last=cfg.channels_last, compile=cfg.compile, graph=True,
+                       autocast=lambda: torch.autocast("cuda", torch.bfloat16, enabled=bf16, cache_enabled=False), backward=acc.backward)
+    else:
+        step_fn = Step(model, opt, autocast=acc.autocast, backward=acc.backward, channels_last=device == "cuda" and cfg.channels_last,
+                       compile=cfg.compile)
 
     per_rank = cfg.batch_size // world
     train_loader = loader_factory(view_path, "train", per_rank, rank, world, cfg.seed, True)
     val_loader = loader_factory(view_path, "val", per_rank, rank, world, cfg.seed, False)
     if loader_state:
         train_loader.load_state_dict(loader_state)
+    frac = getattr(getattr(train_loader, "_impl", None), "fraction", None)
+    if frac is not None:
+        acc.print(f"cache: {frac:.0%} of the training images kept decoded on the device" + ("" if frac == 1 else "; the rest are decoded each epoch"))
     if cfg.trackers:
         acc.init_trackers(f"fastft-{run_dir.name}", config={k: v for k, v in to_dict(cfg).items() if isinstance(v, (int, float, str, bool))})
 

@@ -159,6 +159,7 @@ def test_bench_loader_and_train_report_baselines(view_near, tmp_path):
     assert res["step"] == "eager" and res["ceiling_img_s"]["eager"] == res["synthetic_ceiling_img_s"]
     assert res["fastft_vs_ceiling"] == round(res["fastft_e2e_img_s"] / res["synthetic_ceiling_img_s"], 3)
     assert res["fastft_cached_vs_dataloader"] == round(res["fastft_cached_e2e_img_s"] / res["dataloader_e2e_img_s"], 2)
+    assert res["fastft_half_cached_e2e_img_s"] > 0
 
 
 def test_decoded_cache_serves_the_same_batches(view_near):
@@ -173,3 +174,26 @@ def test_decoded_cache_serves_the_same_batches(view_near):
         assert L._impl.images.shape == (len(L.src), 80, 80, 3)
     with pytest.raises(FastFTError, match="augment_to"):
         Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, cache=True, augment_to=60))
+
+
+def test_partial_cache_decodes_only_the_rest_and_serves_the_same_samples(view_near):
+    """A view larger than the cache budget: ~half cached, the rest decoded by DALI each epoch; each step has the
+    same samples, crops and flips as the decoding backend, cached ones first."""
+    ref_loader = Loader(view_near.path, "train", CFG, seed=5)
+    n = len(ref_loader.src)
+    L = Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, num_threads=1, cache=True,
+                                                     cache_gb=(n // 2) * 80 * 80 * 3 / 1e9), seed=5)
+    impl = L._impl
+    assert impl.images is None and impl.dali is not None and abs(impl.fraction - 0.5) < 0.01
+    for epoch in (0, 1):
+        plan = ref_loader.plan.epoch(epoch)
+        slot = impl.slot[plan["index"]]
+        assert 0 < (slot >= 0).mean() < 1, "steps mix cached and decoded samples"
+        got = list(L.epoch(epoch))
+        for s, ((xa, ya, wa), (xb, yb, wb)) in enumerate(zip(ref_loader.epoch(epoch), got)):
+            perm = np.argsort(slot[s] < 0, kind="stable")  # cached first
+            assert torch.equal(ya[perm], yb) and torch.equal(wa[perm], wb)
+            assert torch.allclose(xa[perm], xb, atol=1e-4)
+    assert impl.images.shape == (n // 2, 80, 80, 3)
+    with pytest.raises(FastFTError, match="needs backend dali"):
+        Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, cache=True, backend="pytorch", cache_gb=1e-4))
