@@ -197,6 +197,8 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
         raise FastFTError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes")
     if cfg.num_threads and device == "cpu":
         torch.set_num_threads(cfg.num_threads)
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: autotune the convolutions once
 
     # ---- data identity (views are resolved once, by the main process)
     view_path = view_path_for(cfg) if acc.is_main_process else None
