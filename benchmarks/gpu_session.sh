@@ -29,7 +29,7 @@ python3 -c "import json,sys; sys.exit('fastft_e2e_img_s' not in json.load(open('
 step bench-loader 60 python3 -m fastft bench loader $W/view ${BENCH_ARGS/--width 0.25/} --seconds 4 --out "$OUT/bench-loader.json"
 step gpu-tests 60 python3 -m pytest -q -x tests/test_gpu.py -p no:cacheprovider
 step bench-pack 90 python3 -m fastft bench pack $W/view --runs 1,2 --seconds 5 --steps graph --out "$OUT/bench-pack.json"
-step train-decode 60 python3 -m fastft train view=$W/view epochs=3 lr_step=2 out=$W/runs name=decode checkpoint_every=100 progress=false $TRAIN_ARGS
+step train-decode 60 python3 -m fastft train view=$W/view epochs=3 lr_step=2 out=$W/runs name=decode cache=false checkpoint_every=100 progress=false $TRAIN_ARGS
 step train-cache 60 python3 -m fastft train view=$W/view epochs=3 lr_step=2 out=$W/runs name=cache cache=true checkpoint_every=100 progress=false $TRAIN_ARGS
 for r in $W/runs/*/; do [ -f $r/metrics.jsonl ] && sed "s|^|{\"run\": \"$(basename $r)\", \"m\": |; s|$|}|" $r/metrics.jsonl; done > "$OUT/train-runs.jsonl"
 step analyses 120 python3 benchmarks/analysis_timing.py $(ls -d $W/runs/decode-* | head -1) $W/view $W/source_view --out "$OUT/analysis.json"

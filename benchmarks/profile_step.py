@@ -29,7 +29,8 @@ def main():
                 step(x, y)
             torch.cuda.synchronize()
         ev = prof.key_averages()
-        gpu_us = sum(e.self_device_time_total for e in ev) / a.steps
+        kernels = [e for e in ev if e.device_type == torch.autograd.DeviceType.CUDA]  # kernel rows, not the operators above them
+        gpu_us = sum(e.self_device_time_total for e in kernels) / a.steps
         cpu_us = sum(e.self_cpu_time_total for e in ev) / a.steps
         print(f"## {mode}: GPU kernel time {gpu_us / 1e3:.2f} ms/step ({a.batch / gpu_us * 1e6:,.0f} img/s if kernels ran back to back), "
               f"CPU time {cpu_us / 1e3:.2f} ms/step")

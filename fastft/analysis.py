@@ -124,17 +124,24 @@ def svm_accuracy(xtr, ytr, xte, yte, C: float = 1.0) -> float:
 
 # ---------------------------------------------------------------- per-filter AP on conv5
 def filter_ap(scores: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
-    """AP[class, filter] of each filter's score as a detector of each class."""
-    from sklearn.metrics import average_precision_score
-
-    ap = np.zeros((classes, scores.shape[1]))
-    for c in range(classes):
-        pos = labels == c
-        if not pos.any():
-            ap[c] = np.nan
-            continue
-        for f in range(scores.shape[1]):
-            ap[c, f] = average_precision_score(pos, scores[:, f])
+    """AP[class, filter] of each filter's score as a detector of each class — scikit-learn's
+    ``average_precision_score`` (Σ (R_t − R_{t−1}) P_t over distinct thresholds, ties in one step), computed for all
+    classes at once per filter: one sort per filter instead of one sklearn call per (class, filter) pair."""
+    n, nf = scores.shape
+    onehot = np.zeros((n, classes), np.float64)
+    onehot[np.arange(n), labels] = 1
+    npos = onehot.sum(0)
+    ap = np.full((classes, nf), np.nan)
+    has = npos > 0
+    for f in range(nf):
+        order = np.argsort(-scores[:, f], kind="stable")
+        s = scores[order, f]
+        ends = np.flatnonzero(np.r_[s[1:] != s[:-1], True])  # last index of each distinct threshold
+        tp = np.cumsum(onehot[order], axis=0)[ends]            # [thresholds, classes]
+        precision = tp / (ends + 1)[:, None]
+        recall = tp[:, has] / npos[has]
+        dr = np.diff(np.vstack([np.zeros((1, recall.shape[1])), recall]), axis=0)
+        ap[has, f] = (dr * precision[:, has]).sum(0)
     return ap
 
 

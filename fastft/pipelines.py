@@ -243,17 +243,24 @@ def _dali_graph(jpegs, cx, cy, mirror, *, device: str, crop: int, fixed_size: bo
     else:
         img = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
     if aug is not None:
-        scale, angle, bright, contrast, sat, u, v = aug
-        w, h = image_size
-        img = fn.rotate(img, angle=angle, keep_size=True, fill_value=0)
-        img = fn.crop(img, crop_w=scale * w, crop_h=scale * h, crop_pos_x=u, crop_pos_y=v)
-        img = fn.resize(img, resize_x=w, resize_y=h)
-        img = fn.color_twist(img, brightness=bright, contrast=contrast, saturation=sat)
+        img = _dali_augment(img, aug, image_size)
     if not fixed_size:
         img = fn.resize(img, resize_shorter=round(crop * 256 / 227))
     return fn.crop_mirror_normalize(img, crop=(crop, crop), crop_pos_x=cx, crop_pos_y=cy, mirror=mirror,
                                     mean=list(MEAN), std=list(STD), dtype=types.FLOAT16 if fp16 else types.FLOAT,
                                     output_layout="CHW", out_of_bounds_policy="pad")
+
+
+def _dali_augment(img, aug, image_size):
+    """§4.6 transforms of augmented copies (see :meth:`SampleSource.augment_to`); originals pass with identity values."""
+    from nvidia.dali import fn
+
+    scale, angle, bright, contrast, sat, u, v = aug
+    w, h = image_size
+    img = fn.rotate(img, angle=angle, keep_size=True, fill_value=0)
+    img = fn.crop(img, crop_w=scale * w, crop_h=scale * h, crop_pos_x=u, crop_pos_y=v)
+    img = fn.resize(img, resize_x=w, resize_y=h)
+    return fn.color_twist(img, brightness=bright, contrast=contrast, saturation=sat)
 
 
 def _device(cfg: LoaderConfig) -> torch.device:
@@ -413,25 +420,25 @@ class _CacheBackend:
     """Decoded-image cache: decode once, keep uint8 images [M, H, W, 3] on the device, crop/flip/normalise there.
 
     A 100-class fine-tuning target (~130k images at 256×256, ~25 GB) fits on one GPU whole; a 1000-class source does
-    not. So the cache holds as many images as ``cache_gb`` allows (default: 80 % of the GPU's free memory; on CPU the
-    whole split): a seeded choice of M of the N samples. The other N − M are decoded by DALI every epoch, and only
+    not. So the cache holds as many images as ``cache_gb`` allows (default: 80 % of the GPU's free memory, or of its
+    share when a sweep packs k runs per GPU; on CPU the whole split): a seeded choice of M of the N samples. The other N − M are decoded by DALI every epoch, and only
     they: each step's batch is served cached-samples-first, then the decoded rest (the same samples, crops and flags
     as the decoding backends, in that order within the step). The hardware decoder then needs only (N − M)/N of the
-    step rate, which is what keeps it from limiting training. Needs a fixed-size store and no ``augment_to``."""
+    step rate, which is what keeps it from limiting training. With ``augment_to`` the cache holds the transformed
+    copies (their transforms are fixed per copy), so §4.6 runs are cached too. Needs a fixed-size store."""
 
     def __init__(self, loader: Loader, threads: int):
         cfg = loader.cfg
         if not loader.fixed_size:
             raise FastFTError("cache needs a store with a fixed image size (fastft shard --resize WxH)")
-        if loader.src.aug is not None:
-            raise FastFTError("cache and augment_to cannot be combined (copies are transformed at decode time)")
         w, h = loader.image_size
         n, per = len(loader.src), h * w * 3
         self.dev = _device(cfg)
         if cfg.cache_gb:
             budget = cfg.cache_gb * 1e9
-        elif self.dev.type == "cuda":
-            budget = 0.8 * torch.cuda.mem_get_info(self.dev)[0]
+        elif self.dev.type == "cuda":  # a sweep packing k runs on one GPU sets FASTFT_GPU_SHARE=k
+            free, total = torch.cuda.mem_get_info(self.dev)
+            budget = min(0.8 * free, 0.8 * total / int(os.environ.get("FASTFT_GPU_SHARE", "1")))
         else:
             budget = n * per
         m = min(n, int(budget // per))
@@ -459,8 +466,10 @@ class _CacheBackend:
             from PIL import Image
 
             for j, i in enumerate(rows):
-                im = np.asarray(Image.open(io.BytesIO(src.jpeg(i).tobytes())).convert("RGB"))
-                self.images[j] = torch.from_numpy(im.copy())
+                im = Image.open(io.BytesIO(src.jpeg(i).tobytes())).convert("RGB")
+                if src.aug is not None and src.aug["scale"][i] != 1.0:
+                    im = _pil_augment(im, {k: float(src.aug[k][i]) for k in SampleSource.AUG})
+                self.images[j] = torch.from_numpy(np.asarray(im).copy())
             return
         _require_dali()
         from nvidia.dali import fn, pipeline_def, types
@@ -472,10 +481,17 @@ class _CacheBackend:
         @pipeline_def(batch_size=bs, num_threads=self.threads, device_id=self.dev.index if self.dev.type == "cuda" else None,
                       prefetch_queue_depth=2, exec_dynamic=True)
         def decode():
-            jpegs = fn.external_source(source=lambda i: [src.jpeg(j) for j in order[i * bs:(i + 1) * bs]], batch=True, dtype=types.UINT8)
+            n_aug = len(SampleSource.AUG) if src.aug is not None else 0
+
+            def feed(i):
+                idx = order[i * bs:(i + 1) * bs]
+                return ([src.jpeg(j) for j in idx],) + tuple(src.aug[k][idx] for k in SampleSource.AUG[:n_aug])
+            jpegs, *aug = fn.external_source(source=feed, num_outputs=1 + n_aug, batch=True, dtype=[types.UINT8] + [types.FLOAT] * n_aug)
             if self.dev.type == "cuda":
-                return fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=cfg.hw_decoder_load)
-            return fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
+                img = fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=cfg.hw_decoder_load)
+            else:
+                img = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
+            return _dali_augment(img, aug, (w, h)) if aug else img
 
         p = decode()
         p.build()

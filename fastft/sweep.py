@@ -168,7 +168,8 @@ def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path) -> di
             r.labels["distance"] = _distance(spec, by_key[r.deps[0]].overrides["set"], r.overrides["set"])
         if not store:  # estimate from nominal ILSVRC2012 counts; a pseudo id lets the cost count shared runs once
             cs = spec.sets[r.overrides["set"]]
-            r.images_per_epoch = len(cs.classes) * min(cs.cap or 1e9, ILSVRC_TRAIN_PER_CLASS)
+            per_class = min(cs.cap or 1e9, ILSVRC_TRAIN_PER_CLASS)
+            r.images_per_epoch = len(cs.classes) * max(per_class, int(r.overrides.get("augment_to", 0)))  # §4.6 copies
             from .trainer import IDENTITY_KEYS
 
             cfg = build(TrainConfig, r.overrides, f"run {r.key}")
@@ -181,7 +182,8 @@ def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path) -> di
         cfg = build(TrainConfig, {**r.overrides, **({"source": str(src_dir)} if src_dir else {})}, f"run {r.key}")
         cfg.validate()
         view = open_view(view_path_for(cfg), check_store=False)  # the run verifies its shards when it starts
-        r.images_per_epoch = view.split("train")["samples"]
+        # §4.6 copies grow each class to augment_to (exact when no class already has more)
+        r.images_per_epoch = max(view.split("train")["samples"], view.num_classes * cfg.augment_to)
         _, precision = resolve_device(cfg)
         src = by_key[r.deps[0]].run_id if r.deps else None
         r.run_id = runs_mod.run_id(run_identity(cfg, view.meta, precision, src))
@@ -362,7 +364,8 @@ def slots_for(gpus: str | None, per_gpu: int, parallel: int) -> list[dict]:
     """``--gpus 0,1 --per-gpu 2`` → 4 slots (two runs share each GPU); no GPUs → ``parallel`` CPU slots."""
     if gpus:
         ids = [g.strip() for g in gpus.split(",") if g.strip()]
-        return [{"CUDA_VISIBLE_DEVICES": g} for g in ids for _ in range(per_gpu)]
+        # runs sharing a GPU split its memory for the decoded-image cache (see fastft.pipelines._CacheBackend)
+        return [{"CUDA_VISIBLE_DEVICES": g, "FASTFT_GPU_SHARE": str(per_gpu)} for g in ids for _ in range(per_gpu)]
     threads = max(1, (os.cpu_count() or 1) // max(1, parallel))
     return [{"OMP_NUM_THREADS": str(threads)} for _ in range(max(1, parallel))]
 

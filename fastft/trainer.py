@@ -59,11 +59,11 @@ class TrainConfig:
     backend: str = "dali"              # dali | pytorch
     device: str = "auto"               # auto | cpu | cuda
     precision: str = "auto"            # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
-    compile: bool = False
+    compile: bool | str = "auto"       # torch.compile the model; auto = on GPUs (+50 % step rate on an H200), off on CPU
     cuda_graph: bool = True            # single-GPU runs: replay the whole step as one CUDA graph (see Step)
     channels_last: bool = True
     num_threads: int = 0
-    cache: bool = False                # keep decoded training images in device memory (fixed-size stores); see pipelines
+    cache: bool | str = "auto"         # keep decoded training images in device memory; auto = on GPUs for fixed-size stores
     cache_gb: float = 0.0              # cache budget; 0 = 80 % of free GPU memory (images beyond it are decoded each epoch)
     eval_every: int = 1
     checkpoint_every: int = 1
@@ -89,6 +89,9 @@ class TrainConfig:
             raise FastFTError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise FastFTError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        for k in ("compile", "cache"):
+            if getattr(self, k) not in (True, False, "auto"):
+                raise FastFTError(f"{k} must be true, false or auto, got {getattr(self, k)!r}")
         if self.lr is not None and self.lr <= 0:
             raise FastFTError(f"lr must be positive, got {self.lr}")
 
@@ -228,7 +231,10 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
     identity = run_identity(cfg, view.meta, precision, source_id)
     rid = runs.run_id(identity)
     run_dir = run_dir_for(cfg, rid)
+    use_compile = cfg.compile is True or (cfg.compile == "auto" and device == "cuda")
+    use_graph = cfg.cuda_graph and device == "cuda" and world == 1
     resolved = {"run_id": rid, "identity": identity, "config": {**to_dict(cfg), "view": view_path}, "world_size": world,
+                "step": {"compile": use_compile, "cuda_graph": use_graph},
                 "device": device, "precision": precision, "num_classes": num_classes}
     if runs.is_finished(run_dir):
         acc.print(f"run {run_dir} is already finished; nothing to do")
@@ -277,16 +283,15 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
             partial = local["partial"]
         acc.print(f"resuming {run_dir.name} from {ckpt.name} (epoch {loader_state['epoch']}, step {loader_state['step']})")
     model, opt = acc.prepare(model, opt)
-    use_graph = cfg.cuda_graph and device == "cuda" and world == 1
     if cfg.cuda_graph and device == "cuda" and world > 1:
         acc.print("note: cuda_graph is used in single-process runs only; this run uses plain steps")
     if use_graph:  # the captured step runs its own autocast (without the weight-cast cache, as graph capture needs)
         bf16 = precision == "bf16"
-        step_fn = Step(acc.unwrap_model(model, keep_fp32_wrapper=False), opt, channels_last=cfg.channels_last, compile=cfg.compile, graph=True,
+        step_fn = Step(acc.unwrap_model(model, keep_fp32_wrapper=False), opt, channels_last=cfg.channels_last, compile=use_compile, graph=True,
                        autocast=lambda: torch.autocast("cuda", torch.bfloat16, enabled=bf16, cache_enabled=False), backward=acc.backward)
     else:
         step_fn = Step(model, opt, autocast=acc.autocast, backward=acc.backward, channels_last=device == "cuda" and cfg.channels_last,
-                       compile=cfg.compile)
+                       compile=use_compile)
 
     per_rank = cfg.batch_size // world
     train_loader = loader_factory(view_path, "train", per_rank, rank, world, cfg.seed, True)
@@ -453,7 +458,7 @@ class Step:
         self._x, self._y = x.clone(), y.clone()
         self.opt.zero_grad(set_to_none=True)  # the captured backward allocates the gradients, then overwrites them
         g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
+        with torch.cuda.graph(g, capture_error_mode="thread_local"):  # DALI keeps decoding on its own threads
             self._loss = self._body(self._x, self._y)
         self._g, self._lr = g, lr
 

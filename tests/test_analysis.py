@@ -22,6 +22,20 @@ def test_filter_ap_hand_values():
     assert an.sensitivity(np.array([[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]]), top=5)[0] == pytest.approx(0.4)
 
 
+def test_filter_ap_equals_sklearn_with_ties():
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 6, (60, 4)).astype(np.float32)  # many ties
+    labels = rng.integers(0, 4, 60)
+    labels[labels == 3] = 2  # class 3 has no samples: AP is NaN
+    ap = an.filter_ap(scores, labels, 4)
+    for c in range(3):
+        for f in range(4):
+            assert ap[c, f] == pytest.approx(average_precision_score(labels == c, scores[:, f]))
+    assert np.isnan(ap[3]).all()
+
+
 def test_svm_and_probe_on_separable_data():
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(3), 30)

@@ -172,8 +172,13 @@ def test_decoded_cache_serves_the_same_batches(view_near):
             assert torch.equal(ya, yb) and torch.equal(wa, wb)
             assert torch.allclose(xa, xb, atol=1e-4)
         assert L._impl.images.shape == (len(L.src), 80, 80, 3)
-    with pytest.raises(FastFTError, match="augment_to"):
-        Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, cache=True, augment_to=60))
+    # §4.6: the cache holds the transformed copies; batches equal the decoding pipeline's
+    ref = list(Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, num_threads=1, augment_to=60), seed=5).epoch(0))
+    L = Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, num_threads=1, augment_to=60, cache=True), seed=5)
+    got = list(L.epoch(0))
+    assert L._impl.images.shape[0] == 8 * 60 and len(got) == len(ref)
+    for (xa, ya, _), (xb, yb, _) in zip(ref, got):
+        assert torch.equal(ya, yb) and torch.allclose(xa, xb, atol=1e-4)
 
 
 def test_partial_cache_decodes_only_the_rest_and_serves_the_same_samples(view_near):
