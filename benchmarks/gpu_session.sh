@@ -26,6 +26,7 @@ step bench-train 240 python3 -m fastft bench train $W/view $BENCH_ARGS --seconds
     --hw-load 0.65,1.0 --cache --out "$OUT/bench-train.json"
 python3 -c "import json,sys; sys.exit('fastft_e2e_img_s' not in json.load(open('$OUT/bench-train.json')))" 2>/dev/null ||
   step bench-train-plain 120 python3 -m fastft bench train $W/view $BENCH_ARGS --seconds 5 --steps eager,graph --cache --out "$OUT/bench-train.json"
+step e2e-probe 90 python3 benchmarks/e2e_probe.py $W/view --step compile+graph --out "$OUT/e2e-probe.json"
 step bench-loader 60 python3 -m fastft bench loader $W/view ${BENCH_ARGS/--width 0.25/} --seconds 4 --out "$OUT/bench-loader.json"
 step gpu-tests 60 python3 -m pytest -q -x tests/test_gpu.py -p no:cacheprovider
 step bench-pack 90 python3 -m fastft bench pack $W/view --runs 1,2 --seconds 5 --steps graph --out "$OUT/bench-pack.json"
@@ -34,4 +35,5 @@ step train-cache 60 python3 -m fastft train view=$W/view epochs=3 lr_step=2 out=
 for r in $W/runs/*/; do [ -f $r/metrics.jsonl ] && sed "s|^|{\"run\": \"$(basename $r)\", \"m\": |; s|$|}|" $r/metrics.jsonl; done > "$OUT/train-runs.jsonl"
 step analyses 120 python3 benchmarks/analysis_timing.py $(ls -d $W/runs/decode-* | head -1) $W/view $W/source_view --out "$OUT/analysis.json"
 step profile 60 sh -c "python3 benchmarks/profile_step.py --modes eager,compile > '$OUT/profile.txt' 2>&1"
+rm -f "$OUT/prep.log"  # at most 8 files come back from the device machine; the log's tail is in session.log
 echo "== done t=$(( $(date +%s) - T0 ))s"

@@ -5,6 +5,7 @@ imports the other.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -186,11 +187,23 @@ def cmd_demo(a):
     demo(a.out, seeds=a.seeds, parallel=a.parallel)
 
 
+def _train_keys() -> str:
+    """The config keys with defaults and comments, read from TrainConfig's source (importing it would load torch)."""
+    import re
+
+    src = (Path(__file__).parent / "trainer.py").read_text()
+    body = src[src.index("class TrainConfig"):src.index("def validate", src.index("class TrainConfig"))]
+    rows = [re.match(r"    (\w+): [^=]+= (.+?)(?:\s+# (.*))?$", line) for line in body.splitlines()]
+    return "config keys (default) — see fastft/trainer.py TrainConfig:\n" + "\n".join(
+        f"  {m[1]:16s} {m[2]:10s} {m[3] or ''}".rstrip() for m in rows if m)
+
+
 def add_commands(sub) -> None:
     s = sub.add_parser("train", help="one training run (scratch / finetune / freeze-n) from a YAML config and key=value overrides",
                        description="Train one run of the paper's protocol. Example: fastft train configs/demo.yaml epochs=5 seed=1. "
-                                   "Keys: see fastft.trainer.TrainConfig (unknown keys are errors). Re-running resumes an interrupted run "
-                                   "and skips a finished one. Multi-GPU: `fastft train CONFIG --procs 8` or `accelerate launch -m fastft train CONFIG`.")
+                                   "Unknown keys are errors. Re-running resumes an interrupted run and skips a finished one. "
+                                   "Multi-GPU: `fastft train CONFIG --procs 8` or `accelerate launch -m fastft train CONFIG`.",
+                       epilog=_train_keys(), formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("config", nargs="?", help="YAML file (optional: everything can be given as key=value)")
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     s.add_argument("--procs", type=int, default=0, help="data-parallel processes (GPUs, or CPU processes without a GPU) via accelerate launch")

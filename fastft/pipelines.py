@@ -32,6 +32,7 @@ import torch
 from .errors import FastFTError
 from .store import View, open_store, open_view
 
+EXEC_DYNAMIC = True  # DALI's dynamic executor for the training pipeline (benchmarks/e2e_probe.py compares both)
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
 
@@ -295,7 +296,7 @@ class _DaliBackend:
         n_aug = len(SampleSource.AUG) if self.augment else 0
 
         @pipeline_def(batch_size=cfg.batch_size, num_threads=threads, device_id=dev_id, seed=loader.plan.seed,
-                      prefetch_queue_depth=cfg.prefetch, exec_dynamic=True)
+                      prefetch_queue_depth=cfg.prefetch, exec_dynamic=EXEC_DYNAMIC)
         def pipe():
             jpegs, cx, cy, mirror, *aug = fn.external_source(
                 source=self._source, num_outputs=4 + n_aug, batch=True,

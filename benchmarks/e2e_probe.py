@@ -1,0 +1,126 @@
+"""Why decoding every epoch and training barely overlap on a GPU: one process, one view, the same compiled/graphed
+step, several ways of feeding it. Prints one JSON object (img/s per variant, with the step alone and the loader alone
+measured in the same run).
+
+On one H200 (2026-11-26) the step alone ran 18.8k img/s (graph, not compiled), the loader alone 27.5k, and fed by the
+loader 12.7–13.4k whatever the CUDA stream, prefetch depth, output dtype or thread count: close to one after the
+other (11.2k), far from overlapped (18.8k). Variants here test the remaining explanations:
+
+* ``thread``: the loader runs in a producer thread (queue of 3 batches), so the training loop never waits in
+  ``pipe.run()``;
+* ``static-exec``: DALI's classic executor instead of the dynamic one;
+* ``reader``: DALI's own C++ ``fn.readers.webdataset`` on the view's shards (no Python ``external_source`` feed;
+  order and crops drawn by DALI — for speed only), as in ``../shared/bench``'s naive 20.9k img/s loop.
+
+Usage: python benchmarks/e2e_probe.py VIEW [--step graph|compile+graph] [--seconds 4] [--variants ...]
+"""
+import argparse
+import json
+import queue
+import threading
+
+import torch
+
+from fastft import pipelines
+from fastft.bench import _forever, _make_step, _rate, _stepped, hardware
+from fastft.pipelines import Loader, LoaderConfig
+from fastft.store import open_view
+
+
+def _threaded(gen, depth=3):
+    q = queue.Queue(depth)
+
+    def produce():
+        for item in gen:
+            q.put(item)
+    threading.Thread(target=produce, daemon=True).start()
+    while True:
+        yield q.get()
+
+
+def _reader_batches(view, batch, hw, dev, crop):
+    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali.plugin.pytorch import feed_ndarray
+
+    v = open_view(view)
+    shards = v.split("train")["shards"]
+    tars = [str(v.store / f"{s}.tar") for s in shards]
+    idx = [str(v.path / "train" / f"{s}.idx") for s in shards]  # the view's filtered indexes: only its samples
+    cuda = dev == "cuda"
+
+    @pipeline_def(batch_size=batch, num_threads=8, device_id=0 if cuda else None, prefetch_queue_depth=3)
+    def p():
+        jpg, cls = fn.readers.webdataset(paths=tars, index_paths=idx, ext=["jpg", "cls"], dtypes=[types.UINT8, types.INT32],
+                                         random_shuffle=True, initial_fill=1024, name="r")
+        img = (fn.decoders.image(jpg, device="mixed", output_type=types.RGB, hw_decoder_load=hw) if cuda
+               else fn.decoders.image(jpg, device="cpu", output_type=types.RGB))
+        img = fn.crop_mirror_normalize(img, crop=(crop, crop), crop_pos_x=fn.random.uniform(range=(0, 1)),
+                                       crop_pos_y=fn.random.uniform(range=(0, 1)), mirror=fn.random.coin_flip(),
+                                       mean=list(pipelines.MEAN), std=list(pipelines.STD), output_layout="CHW")
+        return img, cls
+    pipe = p()
+    pipe.build()
+    while True:
+        img, cls = pipe.run()
+        img = img.as_tensor()
+        x = torch.empty(img.shape(), dtype=torch.float32, device=dev)
+        feed_ndarray(img, x, cuda_stream=torch.cuda.current_stream() if cuda else None)
+        yield x, torch.zeros(batch, dtype=torch.int64, device=dev)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("view")
+    ap.add_argument("--step", default="graph")
+    ap.add_argument("--seconds", type=float, default=4)
+    ap.add_argument("--hw-load", type=float, default=1.0)
+    ap.add_argument("--variants", default="loader,plain,thread,static-exec,reader")
+    ap.add_argument("--device", default="cuda", help="cpu: a smoke test of the script (with --batch, --width, --crop)")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--width", type=float, default=1.0)
+    ap.add_argument("--crop", type=int, default=227)
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    dev, B = a.device, a.batch
+    torch.backends.cudnn.benchmark = True
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    nc = open_view(a.view).num_classes
+    step = _make_step(a.step, nc, dev, "bf16" if dev == "cuda" else "fp32", a.width, a.crop)
+    x = torch.randn(B, 3, a.crop, a.crop, device=dev)
+    y = torch.randint(0, nc, (B,), device=dev)
+    res = {"bench": "e2e_probe", "view": a.view, "step": a.step, "hw_decoder_load": a.hw_load, "img_s": {}}
+    res["img_s"]["step_alone"] = round(_rate(_stepped(step, iter(lambda: (x, y), None)), a.seconds, 8, sync)[0], 1)
+
+    def loader():
+        return Loader(a.view, "train", LoaderConfig(batch_size=B, crop=a.crop, device=dev, hw_decoder_load=a.hw_load), seed=0)
+
+    def xy(L):
+        return ((b[0], b[1]) for b in _forever(L))
+    runs = {
+        "loader": lambda: _rate(xy(loader()), a.seconds, 3, sync)[0],
+        "plain": lambda: _rate(_stepped(step, xy(loader())), a.seconds, 5, sync)[0],
+        "thread": lambda: _rate(_stepped(step, _threaded(xy(loader()))), a.seconds, 5, sync)[0],
+        "reader": lambda: _rate(_stepped(step, _reader_batches(a.view, B, a.hw_load, dev, a.crop)), a.seconds, 5, sync)[0],
+    }
+
+    def static():
+        pipelines.EXEC_DYNAMIC = False
+        try:
+            return _rate(_stepped(step, xy(loader())), a.seconds, 5, sync)[0]
+        finally:
+            pipelines.EXEC_DYNAMIC = True
+    runs["static-exec"] = static
+    for name in a.variants.split(","):
+        try:
+            res["img_s"][name] = round(runs[name](), 1)
+        except Exception as e:  # noqa: BLE001
+            res["img_s"][name] = f"error: {type(e).__name__}: {str(e)[:200]}"
+        print(name, res["img_s"][name], flush=True)
+    line = json.dumps({**res, **hardware()})
+    print(line)
+    if a.out:
+        open(a.out, "w").write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
