@@ -343,7 +343,7 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
                 n_steps, secs_before, partial = partial["n_steps"], partial["secs"], None
             for step_i, (x, y, _) in enumerate(train_loader.epoch(epoch)):
                 loss = step_fn(x, y)
-                loss_sum += loss.detach()
+                loss_sum += loss
                 n_steps += 1
                 if epoch * steps + train_loader.position[1] == sigterm_at:
                     os.kill(os.getpid(), signal.SIGTERM)
@@ -427,7 +427,7 @@ class Step:
             loss = F.cross_entropy(self.fwd(x), y)
         self.backward(loss)
         self.opt.step()
-        return loss
+        return loss.detach()  # no reference to the autograd graph outlives the step (side-stream warm-up, capture)
 
     def _eager(self, x, y):
         self.opt.zero_grad(set_to_none=True)
