@@ -199,6 +199,9 @@ def test_partial_cache_decodes_only_the_rest_and_serves_the_same_samples(view_ne
             perm = np.argsort(slot[s] < 0, kind="stable")  # cached first
             assert torch.equal(ya[perm], yb) and torch.equal(wa[perm], wb)
             assert torch.allclose(xa[perm], xb, atol=1e-4)
+        if epoch == 1:  # resumed mid-epoch: the same remaining batches
+            for (xa, ya, _), (xb, yb, _) in zip(got[2:], list(L.epoch(1, start_step=2)), strict=True):
+                assert torch.equal(ya, yb) and torch.equal(xa, xb)
     assert impl.images.shape == (n // 2, 80, 80, 3)
     with pytest.raises(FastFTError, match="needs backend dali"):
         Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, cache=True, backend="pytorch", cache_gb=1e-4))
