@@ -5,7 +5,6 @@ Runs each analysis as a user would (the library calls behind ``fastft analyze``)
 prints one JSON object: seconds per analysis (feature extraction included), its headline result, the hardware.
 """
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path

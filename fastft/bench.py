@@ -89,7 +89,7 @@ def _make_step(mode: str, nc: int, dev: str, prec: str, width: float, crop: int)
     from contextlib import nullcontext
 
     from .model import AlexNet, ModelConfig
-    from .trainer import Step
+    from .trainer import Step, cuda_autocast
 
     if mode not in STEP_MODES:
         raise ValueError(f"step mode must be one of {STEP_MODES}, got {mode!r}")
@@ -98,7 +98,7 @@ def _make_step(mode: str, nc: int, dev: str, prec: str, width: float, crop: int)
     if dev == "cuda":
         m = m.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    ac = (lambda: torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)) if prec == "bf16" else nullcontext
+    ac = cuda_autocast(True) if prec == "bf16" else nullcontext
     return Step(m, opt, autocast=ac, channels_last=dev == "cuda", compile="compile" in mode, graph=graph)
 
 
@@ -122,7 +122,7 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
     """Ceilings for each step mode on synthetic device tensors, then — with the fastest mode — the DataLoader
     baseline, fastft's DALI path for each hardware-decoder share, and (``cache``) the decoded-image cache."""
     from .pipelines import Loader, LoaderConfig
-    from .store import open_store, open_view
+    from .store import open_view
 
     dev = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     prec = precision if precision != "auto" else ("bf16" if dev == "cuda" else "fp32")
@@ -156,7 +156,7 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
         gb = 0.0
         if cached:
             v = open_view(view)
-            w, h = (int(d) for d in (v.store_settings or open_store(v.store).manifest["settings"])["resize"].split("x"))
+            w, h = v.image_size
             gb = cached * len(v.keys("train")) * w * h * 3 / 1e9 + 1e-9
         L = Loader(view, "train", LoaderConfig(batch_size=batch, crop=crop, backend=backend, device=dev, num_threads=threads,
                                                hw_decoder_load=hw, cache=bool(cached), cache_gb=gb), seed=0)

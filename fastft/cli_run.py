@@ -21,15 +21,13 @@ def loader_factory(backend: str, device: str, crop: int, num_threads: int = 0, a
     ``cache="auto"`` caches decoded training images on GPUs when the store has a fixed image size (the cache then
     holds what fits; see :class:`fastft.pipelines._CacheBackend`)."""
     from .pipelines import Loader, LoaderConfig
-    from .store import open_store, open_view
+    from .store import open_view
 
     def make(view, split, batch_size, rank, world, seed, train):
         dev = device if device != "auto" else ("cuda" if _cuda() else "cpu")
         use_cache = cache is True
         if cache == "auto" and train and dev == "cuda":
-            v = open_view(view)
-            resize = (v.store_settings or open_store(v.store).manifest["settings"])["resize"]
-            use_cache = resize != "none" and not resize.startswith("short:")
+            use_cache = open_view(view).image_size is not None
         cfg = LoaderConfig(batch_size=batch_size, crop=crop, backend=backend, device=dev, num_threads=num_threads,
                            fp16=False, augment_to=augment_to, cache=use_cache and train, cache_gb=cache_gb)
         return Loader(view, split, cfg, train=train, rank=rank, world_size=world, seed=seed)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .errors import FastFTError
-from .store import View, open_store, open_view
+from .store import View, open_view
 
 EXEC_DYNAMIC = True  # DALI's dynamic executor for the training pipeline (benchmarks/e2e_probe.py compares both)
 MEAN = (123.675, 116.28, 103.53)
@@ -182,9 +182,8 @@ class Loader:
         self.split, self.cfg = split, cfg
         self.train = (split == "train") if train is None else train
         self.src = SampleSource(self.view, split)
-        settings = self.view.store_settings or open_store(self.view.store).manifest["settings"]
-        self.fixed_size = settings["resize"] != "none" and not settings["resize"].startswith("short:")
-        self.image_size = tuple(int(x) for x in settings["resize"].split("x")) if self.fixed_size else None
+        self.image_size = self.view.image_size
+        self.fixed_size = self.image_size is not None
         if cfg.augment_to and self.train:
             if not self.fixed_size:
                 raise FastFTError("augment_to needs a store with a fixed image size (fastft shard --resize WxH)")
@@ -239,12 +238,7 @@ def _dali_graph(jpegs, cx, cy, mirror, *, device: str, crop: int, fixed_size: bo
     feeds 0.5, 0.5, 0."""
     from nvidia.dali import fn, types
 
-    if device == "cuda":
-        img = fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=hw_decoder_load)
-    else:
-        img = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
-    if aug is not None:
-        img = _dali_augment(img, aug, image_size)
+    img = _dali_decode(jpegs, device, hw_decoder_load, aug, image_size)
     if not fixed_size:
         img = fn.resize(img, resize_shorter=round(crop * 256 / 227))
     return fn.crop_mirror_normalize(img, crop=(crop, crop), crop_pos_x=cx, crop_pos_y=cy, mirror=mirror,
@@ -252,10 +246,17 @@ def _dali_graph(jpegs, cx, cy, mirror, *, device: str, crop: int, fixed_size: bo
                                     output_layout="CHW", out_of_bounds_policy="pad")
 
 
-def _dali_augment(img, aug, image_size):
-    """§4.6 transforms of augmented copies (see :meth:`SampleSource.augment_to`); originals pass with identity values."""
-    from nvidia.dali import fn
+def _dali_decode(jpegs, device: str, hw_decoder_load: float, aug=None, image_size=None):
+    """JPEG → RGB uint8 (``mixed`` decoder on a GPU), then the §4.6 transforms of augmented copies (see
+    :meth:`SampleSource.augment_to`; originals pass with identity values). Shared by training and the cache fill."""
+    from nvidia.dali import fn, types
 
+    if device == "cuda":
+        img = fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=hw_decoder_load)
+    else:
+        img = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
+    if not aug:
+        return img
     scale, angle, bright, contrast, sat, u, v = aug
     w, h = image_size
     img = fn.rotate(img, angle=angle, keep_size=True, fill_value=0)
@@ -367,14 +368,10 @@ class _DecodeDataset(torch.utils.data.Dataset):
         return len(self.src)
 
     def __getitem__(self, job):
-        import io
-
         from PIL import Image
 
         i, cx, cy, m = job
-        im = Image.open(io.BytesIO(self.src.jpeg(i).tobytes())).convert("RGB")
-        if self.src.aug is not None and self.src.aug["scale"][i] != 1.0:
-            im = _pil_augment(im, {k: float(self.src.aug[k][i]) for k in SampleSource.AUG})
+        im = _pil_decode(self.src, i)
         if not self.fixed:
             s = round(self.crop * 256 / 227) / min(im.size)
             im = im.resize((round(im.size[0] * s), round(im.size[1] * s)), Image.BILINEAR)
@@ -458,19 +455,12 @@ class _CacheBackend:
         self.std = torch.tensor(STD, device=self.dev).view(1, 3, 1, 1)
 
     def _fill(self) -> None:
-        import io
-
         h, w = self.hw
         src, cfg, rows = self.L.src, self.L.cfg, self.rows
         self.images = torch.empty((len(rows), h, w, 3), dtype=torch.uint8, device=self.dev)
         if cfg.backend == "pytorch":
-            from PIL import Image
-
             for j, i in enumerate(rows):
-                im = Image.open(io.BytesIO(src.jpeg(i).tobytes())).convert("RGB")
-                if src.aug is not None and src.aug["scale"][i] != 1.0:
-                    im = _pil_augment(im, {k: float(src.aug[k][i]) for k in SampleSource.AUG})
-                self.images[j] = torch.from_numpy(np.asarray(im).copy())
+                self.images[j] = torch.from_numpy(np.asarray(_pil_decode(src, i)).copy())
             return
         _require_dali()
         from nvidia.dali import fn, pipeline_def, types
@@ -480,7 +470,7 @@ class _CacheBackend:
         order = np.resize(rows, -(-len(rows) // bs) * bs)
 
         @pipeline_def(batch_size=bs, num_threads=self.threads, device_id=self.dev.index if self.dev.type == "cuda" else None,
-                      prefetch_queue_depth=2, exec_dynamic=True)
+                      prefetch_queue_depth=2, exec_dynamic=EXEC_DYNAMIC)
         def decode():
             n_aug = len(SampleSource.AUG) if src.aug is not None else 0
 
@@ -488,11 +478,7 @@ class _CacheBackend:
                 idx = order[i * bs:(i + 1) * bs]
                 return ([src.jpeg(j) for j in idx],) + tuple(src.aug[k][idx] for k in SampleSource.AUG[:n_aug])
             jpegs, *aug = fn.external_source(source=feed, num_outputs=1 + n_aug, batch=True, dtype=[types.UINT8] + [types.FLOAT] * n_aug)
-            if self.dev.type == "cuda":
-                img = fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=cfg.hw_decoder_load)
-            else:
-                img = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
-            return _dali_augment(img, aug, (w, h)) if aug else img
+            return _dali_decode(jpegs, self.dev.type, cfg.hw_decoder_load, aug, (w, h))
 
         p = decode()
         p.build()
@@ -515,7 +501,7 @@ class _CacheBackend:
             self._fill()
         h, w = self.hw
         c, B = self.L.cfg.crop, plan["index"].shape[1]
-        plan, k = self.order(plan)
+        plan, k = self.order(plan) if self.dali is not None else (plan, np.full(len(plan["index"]), B))  # whole split cached: as planned
         ar = torch.arange(c, device=self.dev)
         dtype = torch.float16 if self.L.cfg.fp16 else torch.float32
         labels, weights = _plan_targets(self.L.src, plan, self.dev)
@@ -540,6 +526,18 @@ class _CacheBackend:
                 parts.append(next(decoded))
             x = parts[0].contiguous() if len(parts) == 1 else torch.cat(parts)
             yield x, labels[s], weights[s]
+
+
+def _pil_decode(src: SampleSource, i: int):
+    """Sample ``i`` as an RGB PIL image, with its §4.6 transforms if it is an augmented copy (the fallback's decode)."""
+    import io
+
+    from PIL import Image
+
+    im = Image.open(io.BytesIO(src.jpeg(i).tobytes())).convert("RGB")
+    if src.aug is not None and src.aug["scale"][i] != 1.0:
+        im = _pil_augment(im, {k: float(src.aug[k][i]) for k in SampleSource.AUG})
+    return im
 
 
 def _pil_augment(im, a: dict):

@@ -551,6 +551,12 @@ class View:
     def num_classes(self) -> int:
         return len(self.meta["classes"])
 
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """(width, height) of every stored image when the store was sharded at a fixed size, else None."""
+        resize = (self.store_settings or open_store(self.store).manifest["settings"])["resize"]
+        return None if resize == "none" or resize.startswith("short:") else tuple(int(d) for d in resize.split("x"))
+
     def label_lut(self) -> np.ndarray:
         """1000-entry table: store label -> view label (-1 = not in the view)."""
         h = load()

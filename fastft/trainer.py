@@ -285,13 +285,12 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
     model, opt = acc.prepare(model, opt)
     if cfg.cuda_graph and device == "cuda" and world > 1:
         acc.print("note: cuda_graph is used in single-process runs only; this run uses plain steps")
-    if use_graph:  # the captured step runs its own autocast (without the weight-cast cache, as graph capture needs)
-        bf16 = precision == "bf16"
-        step_fn = Step(acc.unwrap_model(model, keep_fp32_wrapper=False), opt, channels_last=cfg.channels_last, compile=use_compile, graph=True,
-                       autocast=lambda: torch.autocast("cuda", torch.bfloat16, enabled=bf16, cache_enabled=False), backward=acc.backward)
+    if use_graph:  # the captured step runs its own autocast, not Accelerate's forward wrapper (see cuda_autocast)
+        step_model, autocast = acc.unwrap_model(model, keep_fp32_wrapper=False), cuda_autocast(precision == "bf16")
     else:
-        step_fn = Step(model, opt, autocast=acc.autocast, backward=acc.backward, channels_last=device == "cuda" and cfg.channels_last,
-                       compile=use_compile)
+        step_model, autocast = model, acc.autocast
+    step_fn = Step(step_model, opt, autocast=autocast, backward=acc.backward, channels_last=device == "cuda" and cfg.channels_last,
+                   compile=use_compile, graph=use_graph)
 
     per_rank = cfg.batch_size // world
     train_loader = loader_factory(view_path, "train", per_rank, rank, world, cfg.seed, True)
@@ -393,6 +392,11 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
     if cfg.trackers:
         acc.end_training()
     return final
+
+
+def cuda_autocast(bf16: bool):
+    """bf16 autocast for steps that may be captured as a CUDA graph: without the weight-cast cache, which capture needs."""
+    return lambda: torch.autocast("cuda", torch.bfloat16, enabled=bf16, cache_enabled=False)
 
 
 class Step:
