@@ -22,8 +22,8 @@ import threading
 import torch
 
 from fastft import pipelines
-from fastft.bench import _forever, _make_step, _rate, _stepped, hardware
-from fastft.pipelines import Loader, LoaderConfig
+from fastft.bench import _forever, _make_step, _rate, _stepped, hardware, synthetic_batch
+from fastft.pipelines import Loader, LoaderConfig, batch_format
 from fastft.store import open_view
 
 
@@ -56,16 +56,17 @@ def _reader_batches(view, batch, hw, dev, crop):
                else fn.decoders.image(jpg, device="cpu", output_type=types.RGB))
         img = fn.crop_mirror_normalize(img, crop=(crop, crop), crop_pos_x=fn.random.uniform(range=(0, 1)),
                                        crop_pos_y=fn.random.uniform(range=(0, 1)), mirror=fn.random.coin_flip(),
-                                       mean=list(pipelines.MEAN), std=list(pipelines.STD), output_layout="CHW")
+                                       mean=list(pipelines.MEAN), std=list(pipelines.STD), output_layout="HWC" if cuda else "CHW",
+                                       dtype=types.FLOAT16 if cuda else types.FLOAT)  # as the Loader emits for training
         return img, cls
     pipe = p()
     pipe.build()
     while True:
         img, cls = pipe.run()
         img = img.as_tensor()
-        x = torch.empty(img.shape(), dtype=torch.float32, device=dev)
+        x = torch.empty(img.shape(), dtype=torch.float16 if cuda else torch.float32, device=dev)
         feed_ndarray(img, x, cuda_stream=torch.cuda.current_stream() if cuda else None)
-        yield x, torch.zeros(batch, dtype=torch.int64, device=dev)
+        yield (x.permute(0, 3, 1, 2) if cuda else x), torch.zeros(batch, dtype=torch.int64, device=dev)
 
 
 def main():
@@ -85,14 +86,16 @@ def main():
     torch.backends.cudnn.benchmark = True
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     nc = open_view(a.view).num_classes
-    step = _make_step(a.step, nc, dev, "bf16" if dev == "cuda" else "fp32", a.width, a.crop)
-    x = torch.randn(B, 3, a.crop, a.crop, device=dev)
+    prec = "bf16" if dev == "cuda" else "fp32"
+    step = _make_step(a.step, nc, dev, prec, a.width, a.crop)
+    x = synthetic_batch(B, a.crop, dev, prec)
     y = torch.randint(0, nc, (B,), device=dev)
     res = {"bench": "e2e_probe", "view": a.view, "step": a.step, "hw_decoder_load": a.hw_load, "img_s": {}}
     res["img_s"]["step_alone"] = round(_rate(_stepped(step, iter(lambda: (x, y), None)), a.seconds, 8, sync)[0], 1)
 
     def loader():
-        return Loader(a.view, "train", LoaderConfig(batch_size=B, crop=a.crop, device=dev, hw_decoder_load=a.hw_load), seed=0)
+        return Loader(a.view, "train", LoaderConfig(batch_size=B, crop=a.crop, device=dev, hw_decoder_load=a.hw_load,
+                                                    **batch_format(dev, prec)), seed=0)
 
     def xy(L):
         return ((b[0], b[1]) for b in _forever(L))

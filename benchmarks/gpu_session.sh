@@ -21,19 +21,18 @@ python3 -c "import torch, nvidia.dali as d; print('torch', torch.__version__, 'd
 W=/tmp/fastft_gpu
 for i in $(seq 150); do [ -f $W/prep.done ] && break; sleep 1; done
 tail -5 $W/prep.log; cp $W/prep.log "$OUT/prep.log"
-BENCH_ARGS=${BENCH_ARGS:-}; TRAIN_ARGS=${TRAIN_ARGS:-}  # CPU rehearsal: smaller model and batch
-step bench-train 240 python3 -m fastft bench train $W/view $BENCH_ARGS --seconds 5 --steps eager,graph,compile,compile+graph \
+BENCH_ARGS=${BENCH_ARGS:-}; TRAIN_ARGS=${TRAIN_ARGS:-}  # CPU rehearsal: smaller model and batch (and PROBE_ARGS, STEPS)
+STEPS=${STEPS:-graph,compile+graph,compile+graph+fused,compile+graph+fused+pad4,compile+graph+fused+pad8}
+step bench-train 200 python3 -m fastft bench train $W/view $BENCH_ARGS --seconds 4 --steps $STEPS \
     --hw-load 0.65,1.0 --cache --out "$OUT/bench-train.json"
 python3 -c "import json,sys; sys.exit('fastft_e2e_img_s' not in json.load(open('$OUT/bench-train.json')))" 2>/dev/null ||
-  step bench-train-plain 120 python3 -m fastft bench train $W/view $BENCH_ARGS --seconds 5 --steps eager,graph --cache --out "$OUT/bench-train.json"
-step e2e-probe 90 python3 benchmarks/e2e_probe.py $W/view --step compile+graph --out "$OUT/e2e-probe.json"
-step bench-loader 60 python3 -m fastft bench loader $W/view ${BENCH_ARGS/--width 0.25/} --seconds 4 --out "$OUT/bench-loader.json"
+  step bench-train-plain 100 python3 -m fastft bench train $W/view $BENCH_ARGS --seconds 4 --steps graph --cache --out "$OUT/bench-train.json"
+BEST=$(python3 -c "import json; print(json.load(open('$OUT/bench-train.json')).get('step', 'graph'))" 2>/dev/null || echo graph)
+step e2e-probe 80 python3 benchmarks/e2e_probe.py $W/view --step $BEST --seconds 3 ${PROBE_ARGS:-} --out "$OUT/e2e-probe.json"
+step bench-loader 50 python3 -m fastft bench loader $W/view ${BENCH_ARGS/--width 0.25/} --seconds 4 --hw-load 0.65,0.8,1.0 --out "$OUT/bench-loader.json"
 step gpu-tests 60 python3 -m pytest -q -x tests/test_gpu.py -p no:cacheprovider
-step bench-pack 90 python3 -m fastft bench pack $W/view --runs 1,2 --seconds 5 --steps graph --out "$OUT/bench-pack.json"
-step train-decode 60 python3 -m fastft train view=$W/view epochs=3 lr_step=2 out=$W/runs name=decode cache=false checkpoint_every=100 progress=false $TRAIN_ARGS
-step train-cache 60 python3 -m fastft train view=$W/view epochs=3 lr_step=2 out=$W/runs name=cache cache=true checkpoint_every=100 progress=false $TRAIN_ARGS
+step train-cache 60 python3 -m fastft train view=$W/view epochs=3 lr_step=2 out=$W/runs name=defaults checkpoint_every=100 progress=false $TRAIN_ARGS
 for r in $W/runs/*/; do [ -f $r/metrics.jsonl ] && sed "s|^|{\"run\": \"$(basename $r)\", \"m\": |; s|$|}|" $r/metrics.jsonl; done > "$OUT/train-runs.jsonl"
-step analyses 120 python3 benchmarks/analysis_timing.py $(ls -d $W/runs/decode-* | head -1) $W/view $W/source_view --out "$OUT/analysis.json"
-step profile 60 sh -c "python3 benchmarks/profile_step.py --modes eager,compile > '$OUT/profile.txt' 2>&1"
+step profile 50 sh -c "python3 benchmarks/profile_step.py --modes $BEST --steps 10 > '$OUT/profile.txt' 2>&1"
 rm -f "$OUT/prep.log"  # at most 8 files come back from the device machine; the log's tail is in session.log
 echo "== done t=$(( $(date +%s) - T0 ))s"

@@ -1,13 +1,13 @@
 """Where a training step's GPU time goes: the top CUDA kernels of the paper's AlexNet step (batch 256, bf16,
 channels_last) under torch.profiler, for the eager and the compiled step. Prints a table per mode.
 
-Usage: python benchmarks/profile_step.py [--modes eager,compile] [--steps 10]
+Usage: python benchmarks/profile_step.py [--modes eager,compile+fused+pad8] [--steps 10] (modes as `fastft bench train --steps`)
 """
 import argparse
 
 import torch
 
-from fastft.bench import _make_step
+from fastft.bench import _make_step, synthetic_batch
 
 
 def main():
@@ -17,7 +17,7 @@ def main():
     p.add_argument("--batch", type=int, default=256)
     a = p.parse_args()
     torch.backends.cudnn.benchmark = True
-    x = torch.randn(a.batch, 3, 227, 227, device="cuda")
+    x = synthetic_batch(a.batch, 227, "cuda", "bf16")
     y = torch.randint(0, 100, (a.batch,), device="cuda")
     for mode in a.modes.split(","):
         step = _make_step(mode, 100, "cuda", "bf16", 1.0, 227)

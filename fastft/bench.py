@@ -61,45 +61,69 @@ def diversity(labels: np.ndarray, batch: int, classes: int) -> dict:
 
 
 def bench_loader(view: str, batch: int = 256, device: str = "auto", seconds: float = 10.0, threads: int = 0,
-                 crop: int = 227) -> dict:
-    from .pipelines import Loader, LoaderConfig
+                 crop: int = 227, hw_loads: tuple[float, ...] = (0.65,)) -> dict:
+    """The fallback (PIL DataLoader) and the DALI pipeline for each hardware-decoder share, emitting what training
+    consumes (:func:`~fastft.pipelines.batch_format`)."""
+    from .pipelines import Loader, LoaderConfig, batch_format
 
     dev = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
-    res = {"bench": "loader", "view": str(view), "batch": batch, "device": dev}
-    for backend in ("pytorch", "dali"):
-        L = Loader(view, "train", LoaderConfig(batch_size=batch, crop=crop, backend=backend, device=dev, num_threads=threads), seed=0)
-        rate, n = _rate(_forever(L), seconds, 3, sync)
-        res[f"{backend}_img_s"] = round(rate, 1)
-    idx = L.epoch_indices(0)
+    fmt = batch_format(dev, "bf16" if dev == "cuda" else "fp32")
+    res = {"bench": "loader", "view": str(view), "batch": batch, "device": dev, **fmt}
+
+    def rate(backend: str, hw: float = 0.65) -> float:
+        L = Loader(view, "train", LoaderConfig(batch_size=batch, crop=crop, backend=backend, device=dev, num_threads=threads,
+                                               hw_decoder_load=hw, **fmt), seed=0)
+        return _rate(_forever(L), seconds, 3, sync)[0]
+    res["pytorch_img_s"] = round(rate("pytorch"), 1)  # first: its workers fork before DALI's thread pools exist
+    by_hw = {str(h): _measure(lambda h=h: rate("dali", h)) for h in (hw_loads if dev == "cuda" else (0.65,))}
+    ok = {k: v for k, v in by_hw.items() if isinstance(v, float)}
+    if dev == "cuda":
+        res["dali_by_hw_decoder_load"] = by_hw
+    if ok:
+        res["hw_decoder_load"] = float(max(ok, key=ok.get))
+        res["dali_img_s"] = max(ok.values())
+        res["dali_vs_pytorch"] = round(res["dali_img_s"] / res["pytorch_img_s"], 2)
+    L = Loader(view, "train", LoaderConfig(batch_size=batch, crop=crop, backend="pytorch", num_threads=1), seed=0)
     labels = L.src.labels
-    distinct = [len(np.unique(labels[b])) for b in idx]
     d = diversity(labels, batch, L.num_classes)
-    d["mean_distinct"] = round(float(np.mean(distinct)), 2)
+    d["mean_distinct"] = round(float(np.mean([len(np.unique(labels[b])) for b in L.epoch_indices(0)])), 2)
     res["class_diversity"] = d
-    res["dali_vs_pytorch"] = round(res["dali_img_s"] / res["pytorch_img_s"], 2)
     return {**res, **hardware()}
 
 
-STEP_MODES = ("eager", "compile", "graph", "compile+graph")
+STEP_FLAGS = ("compile", "graph", "fused", "pad4", "pad8")  # a step mode: "eager" or a "+"-joined set of these
 
 
 def _make_step(mode: str, nc: int, dev: str, prec: str, width: float, crop: int):
-    """The trainer's :class:`~fastft.trainer.Step` on a fresh paper AlexNet + SGD, as ``fastft train`` builds it."""
+    """The trainer's :class:`~fastft.trainer.Step` on a fresh paper AlexNet + SGD, as ``fastft train`` builds it.
+    ``mode``: ``eager``, or flags joined by ``+``: ``compile`` (torch.compile), ``graph`` (CUDA graph), ``fused``
+    (fused SGD), ``pad4``/``pad8`` (conv1 input channels, see ``AlexNet.pad_input``)."""
     from contextlib import nullcontext
 
     from .model import AlexNet, ModelConfig
-    from .trainer import Step, cuda_autocast
+    from .trainer import Step, cuda_autocast, sgd
 
-    if mode not in STEP_MODES:
-        raise ValueError(f"step mode must be one of {STEP_MODES}, got {mode!r}")
-    graph = "graph" in mode and dev == "cuda"
+    flags = set() if mode == "eager" else set(mode.split("+"))
+    if not flags <= set(STEP_FLAGS) or len(flags & {"pad4", "pad8"}) > 1:
+        raise ValueError(f"step mode must be 'eager' or a '+'-joined set of {STEP_FLAGS} (one pad), got {mode!r}")
+    cuda = dev == "cuda"
     m = AlexNet(ModelConfig(nc, width, crop)).to(dev)
-    if dev == "cuda":
+    if cuda:
         m = m.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    m.pad_input(4 if "pad4" in flags else 8 if "pad8" in flags else 0)
+    opt = sgd(m.parameters(), 0.01, 0.9, 5e-4, fused="fused" in flags and cuda)
     ac = cuda_autocast(True) if prec == "bf16" else nullcontext
-    return Step(m, opt, autocast=ac, channels_last=dev == "cuda", compile="compile" in mode, graph=graph)
+    return Step(m, opt, autocast=ac, channels_last=cuda, compile="compile" in flags, graph="graph" in flags and cuda)
+
+
+def synthetic_batch(batch: int, crop: int, dev: str, prec: str) -> torch.Tensor:
+    """The ceiling's input: random values in the format the loaders emit for training (:func:`batch_format`)."""
+    from .pipelines import batch_format
+
+    f = batch_format(dev, prec)
+    x = torch.randn(batch, 3, crop, crop, device=dev, dtype=torch.float16 if f["fp16"] else torch.float32)
+    return x.contiguous(memory_format=torch.channels_last) if f["channels_last"] else x
 
 
 def _stepped(step, batches):
@@ -121,7 +145,7 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
                 hw_loads: tuple[float, ...] = (0.65,)) -> dict:
     """Ceilings for each step mode on synthetic device tensors, then — with the fastest mode — the DataLoader
     baseline, fastft's DALI path for each hardware-decoder share, and (``cache``) the decoded-image cache."""
-    from .pipelines import Loader, LoaderConfig
+    from .pipelines import Loader, LoaderConfig, batch_format
     from .store import open_view
 
     dev = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -135,8 +159,9 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
            "model": "AlexNet (paper: LRN, 96/256/384/384/256, 4096/4096)" if width == 1.0 else f"AlexNet width {width}"}
 
     # 1. the compute ceiling of each step mode: the same step on random tensors already on the device
-    x = torch.randn(batch, 3, crop, crop, device=dev)
+    x = synthetic_batch(batch, crop, dev, prec)
     y = torch.randint(0, nc, (batch,), device=dev)
+    res["input"] = "float16 NHWC" if x.dtype == torch.float16 else "float32 NCHW"
     ceil, made = {}, {}
     for mode in steps:
         def run(mode=mode):
@@ -151,15 +176,20 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
     res["step"], res["synthetic_ceiling_img_s"] = best, ok[best]
     step = made[best]
 
-    def e2e(backend: str, hw: float = 0.65, cached: float = 0.0) -> float:
-        """``cached``: the fraction of the view kept decoded on the device (0 = decode every epoch)."""
-        gb = 0.0
-        if cached:
+    fmt = batch_format(dev, prec)
+
+    def e2e(backend: str, hw: float = 0.65, cached: float = 0.0, host: float = 0.0) -> float:
+        """``cached``/``host``: the fractions of the view kept decoded on the device / in pinned host memory (the
+        rest is decoded every epoch)."""
+        gb = hgb = 0.0
+        if cached or host:
             v = open_view(view)
             w, h = v.image_size
-            gb = cached * len(v.keys("train")) * w * h * 3 / 1e9 + 1e-9
+            size = len(v.keys("train")) * w * h * 3 / 1e9
+            gb, hgb = cached * size + 1e-9, host * size + (1e-9 if host else 0)
         L = Loader(view, "train", LoaderConfig(batch_size=batch, crop=crop, backend=backend, device=dev, num_threads=threads,
-                                               hw_decoder_load=hw, cache=bool(cached), cache_gb=gb), seed=0)
+                                               hw_decoder_load=hw, cache=bool(cached or host), cache_gb=gb, host_cache_gb=hgb,
+                                               **fmt), seed=0)
         if cached == 1.0:
             t0 = time.perf_counter()
             L._impl._fill()  # the one decode pass, timed apart from the steady state
@@ -175,11 +205,15 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
     if ok_hw:
         res["fastft_e2e_img_s"] = max(ok_hw.values())
         res["fastft_vs_ceiling"] = round(res["fastft_e2e_img_s"] / res["synthetic_ceiling_img_s"], 3)
-    if cache:  # the whole view cached (fine-tuning targets), and half of it (a source larger than GPU memory)
-        res["fastft_cached_e2e_img_s"] = _measure(lambda: e2e("dali", max(hw_loads), cached=1.0))
-        res["fastft_half_cached_e2e_img_s"] = _measure(lambda: e2e("dali", max(hw_loads), cached=0.5))
+    if cache:  # the whole view on the device (fine-tuning targets); a source larger than GPU memory: half on the device
+        hw = max(hw_loads)  # and half decoded, or all in the host tier, or half on the device and half in the host tier
+        res["fastft_cached_e2e_img_s"] = _measure(lambda: e2e("dali", hw, cached=1.0))
+        res["fastft_half_cached_e2e_img_s"] = _measure(lambda: e2e("dali", hw, cached=0.5))
+        if dev == "cuda":
+            res["fastft_host_cached_e2e_img_s"] = _measure(lambda: e2e("dali", hw, host=1.0))
+            res["fastft_half_device_half_host_e2e_img_s"] = _measure(lambda: e2e("dali", hw, cached=0.5, host=0.5))
     base = res["dataloader_e2e_img_s"]
-    for k in ("fastft_e2e", "fastft_cached_e2e", "fastft_half_cached_e2e"):
+    for k in ("fastft_e2e", "fastft_cached_e2e", "fastft_half_cached_e2e", "fastft_host_cached_e2e", "fastft_half_device_half_host_e2e"):
         v = res.get(f"{k}_img_s")
         if isinstance(v, float):
             res[f"{k.replace('_e2e', '')}_vs_ceiling"] = round(v / res["synthetic_ceiling_img_s"], 3)
@@ -190,14 +224,15 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
 
 def _pack_worker(view, batch, seconds, mode, cache, hw, barrier, out_q, idx):
     dev = "cuda"
-    from .pipelines import Loader, LoaderConfig
+    from .pipelines import Loader, LoaderConfig, batch_format
     from .store import open_view
 
     torch.backends.cudnn.benchmark = True
     try:
         step = _make_step(mode, open_view(view).num_classes, dev, "bf16", 1.0, 227)
         L = Loader(view, "train", LoaderConfig(batch_size=batch, device=dev, hw_decoder_load=hw, cache=cache,
-                                               num_threads=max(1, (os.cpu_count() or 2) // barrier.parties)), seed=idx)
+                                               num_threads=max(1, (os.cpu_count() or 2) // barrier.parties),
+                                               **batch_format(dev, "bf16")), seed=idx)
         it = _stepped(step, ((x, y) for x, y, _ in _forever(L)))
         for _ in range(10):  # warm-up, graph capture and (cache) the decode pass, before the common window
             next(it)

@@ -15,22 +15,26 @@ from pathlib import Path
 from .errors import FastFTError
 
 
-def loader_factory(backend: str, device: str, crop: int, num_threads: int = 0, augment_to: int = 0, cache: bool | str = False,
-                   cache_gb: float = 0.0):
-    """A ``loader_factory`` for :func:`fastft.trainer.train` backed by :class:`fastft.pipelines.Loader`.
-    ``cache="auto"`` caches decoded training images on GPUs when the store has a fixed image size (the cache then
-    holds what fits; see :class:`fastft.pipelines._CacheBackend`)."""
-    from .pipelines import Loader, LoaderConfig
+def loader_factory(cfg):
+    """A ``loader_factory`` for :func:`fastft.trainer.train` backed by :class:`fastft.pipelines.Loader`, from a
+    :class:`~fastft.trainer.TrainConfig`. ``cache="auto"`` caches decoded training images on GPUs when the store has
+    a fixed image size (the cache then holds what fits, on the device and in the host tier; see
+    :class:`fastft.pipelines._CacheBackend`). GPU batches come as float16 in NHWC memory when training in bf16."""
+    from .pipelines import Loader, LoaderConfig, batch_format
     from .store import open_view
+    from .trainer import resolve_device
+
+    dev, precision = resolve_device(cfg)
 
     def make(view, split, batch_size, rank, world, seed, train):
-        dev = device if device != "auto" else ("cuda" if _cuda() else "cpu")
-        use_cache = cache is True
-        if cache == "auto" and train and dev == "cuda":
+        use_cache = cfg.cache is True
+        if cfg.cache == "auto" and train and dev == "cuda":
             use_cache = open_view(view).image_size is not None
-        cfg = LoaderConfig(batch_size=batch_size, crop=crop, backend=backend, device=dev, num_threads=num_threads,
-                           fp16=False, augment_to=augment_to, cache=use_cache and train, cache_gb=cache_gb)
-        return Loader(view, split, cfg, train=train, rank=rank, world_size=world, seed=seed)
+        lc = LoaderConfig(batch_size=batch_size, crop=cfg.crop, backend=cfg.backend, device=dev, num_threads=cfg.num_threads,
+                          augment_to=cfg.augment_to, cache=use_cache and train, cache_gb=cfg.cache_gb,
+                          host_cache_gb=cfg.host_cache_gb if dev == "cuda" else 0.0,
+                          **(batch_format(dev, precision) if cfg.channels_last else {}))
+        return Loader(view, split, lc, train=train, rank=rank, world_size=world, seed=seed)
     return make
 
 
@@ -50,7 +54,7 @@ def cmd_train(a):
     cfg.validate()
     if a.procs and a.procs > 1 and "RANK" not in os.environ and "ACCELERATE_PROCESS_INDEX" not in os.environ:
         return _launch(a)
-    final = train(cfg, loader_factory(cfg.backend, cfg.device, cfg.crop, cfg.num_threads, cfg.augment_to, cfg.cache, cfg.cache_gb))
+    final = train(cfg, loader_factory(cfg))
     if int(os.environ.get("RANK", "0")):
         return
     top1 = final.get("top1")
@@ -135,7 +139,8 @@ def cmd_bench(a):
     from . import bench
 
     if a.what == "loader":
-        res = bench.bench_loader(a.view, a.batch, a.device, a.seconds, a.threads, a.crop)
+        res = bench.bench_loader(a.view, a.batch, a.device, a.seconds, a.threads, a.crop,
+                                 hw_loads=tuple(float(h) for h in a.hw_load.split(",")))
     elif a.what == "train":
         steps = tuple(a.steps.split(",")) if a.steps else None
         res = bench.bench_train(a.view, a.batch, a.device, a.seconds, steps, a.width, a.crop, a.threads, cache=a.cache,
@@ -246,10 +251,14 @@ def add_commands(sub) -> None:
     s.add_argument("--threads", type=int, default=0, help="DALI threads / DataLoader workers (0 = all cores)")
     s.add_argument("--crop", type=int, default=227)
     s.add_argument("--width", type=float, default=1.0, help="train: AlexNet width multiplier")
-    s.add_argument("--steps", help="train: step modes whose ceilings to measure, of eager,graph,compile,compile+graph "
-                                   "(default: eager,graph on a GPU, eager on CPU); the fastest runs end to end. pack: the one mode")
-    s.add_argument("--hw-load", default="0.65", help="share(s) of JPEG decoding on the hardware decoder, e.g. 0.65,1.0")
-    s.add_argument("--cache", action="store_true", help="train: also measure the decoded-image cache (decode once, crop on the device)")
+    s.add_argument("--steps", help="train: step modes whose ceilings to measure, comma-separated; a mode is eager or flags joined "
+                                   "by +: compile, graph (CUDA graph), fused (fused SGD), pad4/pad8 (conv1 input channels), e.g. "
+                                   "eager,compile+graph+fused (default: eager,graph on a GPU, eager on CPU); the fastest runs "
+                                   "end to end. pack: the one mode")
+    s.add_argument("--hw-load", default="0.65", help="share(s) of JPEG decoding on the hardware decoder, e.g. 0.65,0.8,1.0 "
+                                                     "(loader, train: each is measured; the best is reported)")
+    s.add_argument("--cache", action="store_true", help="train: also measure the decoded-image cache (decode once, crop on the "
+                                                        "device): whole view, half on the device, and on GPUs the host tier")
     s.add_argument("--runs", default="1,2", help="pack: numbers of concurrent runs to measure")
     s.add_argument("--no-cache", action="store_true", help="pack: decode every epoch instead of caching decoded images")
     s.add_argument("--out", help="also write the JSON here (e.g. benchmarks/results/<gpu>-<date>.json)")

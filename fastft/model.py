@@ -43,6 +43,19 @@ def _spatial(n: int) -> int:
     return s
 
 
+class _InputPadConv(nn.Conv2d):
+    """conv1: an ``nn.Conv2d`` (same parameters and state dict) that can zero-pad its input channels (see
+    :meth:`AlexNet.pad_input`)."""
+    pad_to = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        extra = self.pad_to - x.shape[1]
+        if extra <= 0:
+            return super().forward(x)
+        x = nn.functional.pad(x, (0, 0, 0, 0, 0, extra))
+        return self._conv_forward(x, nn.functional.pad(self.weight, (0, 0, 0, 0, 0, extra)), self.bias)
+
+
 class AlexNet(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -56,7 +69,7 @@ class AlexNet(nn.Module):
         if s < 1:
             raise FastFTError(f"input size {cfg.input_size} is too small for AlexNet (needs >= 67 pixels)")
         lrn = lambda: nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)  # noqa: E731
-        self.conv1 = nn.Sequential(nn.Conv2d(3, c[0], 11, 4), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2), lrn())
+        self.conv1 = nn.Sequential(_InputPadConv(3, c[0], 11, 4), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2), lrn())
         self.conv2 = nn.Sequential(nn.Conv2d(c[0], c[1], 5, padding=2, groups=g), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2), lrn())
         self.conv3 = nn.Sequential(nn.Conv2d(c[1], c[2], 3, padding=1), nn.ReLU(inplace=True))
         self.conv4 = nn.Sequential(nn.Conv2d(c[2], c[3], 3, padding=1, groups=g), nn.ReLU(inplace=True))
@@ -94,6 +107,12 @@ class AlexNet(nn.Module):
             if len(out) == len(taps):
                 break
         return out
+
+    def pad_input(self, channels: int) -> None:
+        """Feed conv1 ``channels`` input channels (3 + zeros), weight zero-padded to match inside the step: same
+        result and same parameters; on GPUs cuDNN's bf16 NHWC kernels then need no padding pass of their own (inside a
+        compiled step the padding fuses with the input cast). 0 = off."""
+        self.conv1[0].pad_to = channels
 
     def replace_head(self, num_classes: int) -> None:
         """Fine-tuning: a new, randomly initialised fc8 with ``num_classes`` outputs (paper init)."""

@@ -168,9 +168,17 @@ class LoaderConfig:
     hw_decoder_load: float = 0.65  # share of JPEG decoding on the hardware decoder (A100/H100/H200)
     prefetch: int = 2
     fp16: bool = False             # emit float16 images (GPU training in bf16/fp16 autocast)
+    channels_last: bool = False    # emit NCHW-shaped batches in NHWC memory (what GPU convolutions read; no re-layout)
     augment_to: int = 0            # §4.6: grow each class of the training split to this many images (0 = off)
     cache: bool = False            # decode the split once, keep uint8 images on the device, crop/flip/normalise there
     cache_gb: float = 0.0          # cache budget (0 = 80 % of the GPU's free memory; the whole split on CPU)
+    host_cache_gb: float | str = 0.0  # second cache tier in pinned host memory for what the GPU cannot hold ("auto": see host_cache_budget)
+
+
+def batch_format(device: str, precision: str) -> dict:
+    """The LoaderConfig fields for training batches: on GPUs in bf16, float16 in NHWC memory (the layout channels_last
+    convolutions read, so the step starts without a re-layout pass); float32 NCHW otherwise."""
+    return {"fp16": device == "cuda" and precision == "bf16", "channels_last": device == "cuda"}
 
 
 class Loader:
@@ -232,7 +240,7 @@ class Loader:
 
 
 def _dali_graph(jpegs, cx, cy, mirror, *, device: str, crop: int, fixed_size: bool, hw_decoder_load: float, fp16: bool,
-                aug=None, image_size=None):
+                channels_last: bool = False, aug=None, image_size=None):
     """The one augmentation graph: decode → (§4.6 transforms of augmented copies) → (resize shorter side if the store
     is not fixed-size) → crop/mirror/normalise. Training feeds random crop positions and mirror flags; evaluation
     feeds 0.5, 0.5, 0."""
@@ -243,7 +251,7 @@ def _dali_graph(jpegs, cx, cy, mirror, *, device: str, crop: int, fixed_size: bo
         img = fn.resize(img, resize_shorter=round(crop * 256 / 227))
     return fn.crop_mirror_normalize(img, crop=(crop, crop), crop_pos_x=cx, crop_pos_y=cy, mirror=mirror,
                                     mean=list(MEAN), std=list(STD), dtype=types.FLOAT16 if fp16 else types.FLOAT,
-                                    output_layout="CHW", out_of_bounds_policy="pad")
+                                    output_layout="HWC" if channels_last else "CHW", out_of_bounds_policy="pad")
 
 
 def _dali_decode(jpegs, device: str, hw_decoder_load: float, aug=None, image_size=None):
@@ -303,7 +311,8 @@ class _DaliBackend:
                 source=self._source, num_outputs=4 + n_aug, batch=True,
                 dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.INT32] + [types.FLOAT] * n_aug)
             return _dali_graph(jpegs, cx, cy, mirror, device=cfg.device, crop=cfg.crop, fixed_size=loader.fixed_size,
-                               hw_decoder_load=cfg.hw_decoder_load, fp16=cfg.fp16, aug=aug or None, image_size=loader.image_size)
+                               hw_decoder_load=cfg.hw_decoder_load, fp16=cfg.fp16, channels_last=cfg.channels_last,
+                               aug=aug or None, image_size=loader.image_size)
 
         self.pipe = pipe()
         self.pipe.build()
@@ -333,7 +342,7 @@ class _DaliBackend:
             img = img.as_tensor()
             x = torch.empty(img.shape(), dtype=dtype, device=dev)
             feed_ndarray(img, x, cuda_stream=stream)
-            yield x
+            yield x.permute(0, 3, 1, 2) if self.L.cfg.channels_last else x  # HWC out: an NCHW view in NHWC memory
         try:  # drain: the source raises StopIteration once the prefetched batches are out
             self.pipe.run()
         except StopIteration:
@@ -392,8 +401,6 @@ class _TorchBackend:
         self.dl = torch.utils.data.DataLoader(ds, batch_sampler=self, num_workers=workers, collate_fn=_collate,
                                               pin_memory=loader.cfg.device == "cuda", persistent_workers=bool(workers),
                                               multiprocessing_context="fork" if workers else None, prefetch_factor=4 if workers else None)
-        self.mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-        self.std = torch.tensor(STD).view(1, 3, 1, 1)
 
     def __iter__(self):  # the DataLoader's batch sampler: the jobs of the running epoch
         return iter(self.jobs)
@@ -406,24 +413,55 @@ class _TorchBackend:
         self.jobs = [[(int(i), float(x), float(y), int(m)) for i, x, y, m in zip(plan["index"][s], plan["crop_x"][s], plan["crop_y"][s], plan["mirror"][s])]
                      for s in steps]
         dev = _device(self.L.cfg)
-        dtype = torch.float16 if self.L.cfg.fp16 else torch.float32
-        mean, std = self.mean.to(dev), self.std.to(dev)
+        mean, std, cfg = torch.tensor(MEAN, device=dev), torch.tensor(STD, device=dev), self.L.cfg
         _, weights = _plan_targets(self.L.src, plan, dev)
         for s, (x, y) in zip(steps, self.dl):  # batches come pinned on CUDA machines: the copies do not block
-            x = ((x.to(dev, non_blocking=True).permute(0, 3, 1, 2).float() - mean) / std).to(dtype)
-            yield x.contiguous(), y.to(dev, non_blocking=True), weights[s]
+            x = _normalize(x.to(dev, non_blocking=True), mean, std, cfg.fp16, cfg.channels_last)
+            yield x, y.to(dev, non_blocking=True), weights[s]
+
+
+def host_cache_budget() -> float:
+    """``host_cache_gb: auto``: half of this machine's memory (or of the job's cgroup limit, under SLURM), split among
+    the runs a sweep packs on the node (``FASTFT_NODE_RUNS``), and never more than 80 % of what is free now."""
+    info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line) \
+        if Path("/proc/meminfo").exists() else {}
+    kb = lambda k: float(info.get(k, "0 kB").split()[0]) * 1024  # noqa: E731
+    total, avail = kb("MemTotal"), kb("MemAvailable")
+    cg = Path("/sys/fs/cgroup/memory.max")
+    if cg.exists() and cg.read_text().strip().isdigit():
+        total = min(total, float(cg.read_text().strip()))
+    return max(0.0, min(0.5 * total / int(os.environ.get("FASTFT_NODE_RUNS", "1")), 0.8 * avail))
+
+
+def _normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, fp16: bool, channels_last: bool) -> torch.Tensor:
+    """uint8 [k, h, w, 3] → normalised [k, 3, h, w] (NHWC memory if ``channels_last``), as DALI's crop_mirror_normalize.
+    float16 output is computed in float16 (two kernels; uint8 values are exact in float16)."""
+    if fp16:
+        y = x.to(torch.float16).mul_(1 / std.half()).add_(-(mean / std).half())
+    else:
+        y = (x.float() - mean) / std
+    y = y.permute(0, 3, 1, 2)
+    return y if channels_last else y.contiguous()
 
 
 class _CacheBackend:
-    """Decoded-image cache: decode once, keep uint8 images [M, H, W, 3] on the device, crop/flip/normalise there.
+    """Decoded-image cache: decode once, keep uint8 images [M, H, W, 3], crop/flip/normalise on the device.
 
-    A 100-class fine-tuning target (~130k images at 256×256, ~25 GB) fits on one GPU whole; a 1000-class source does
-    not. So the cache holds as many images as ``cache_gb`` allows (default: 80 % of the GPU's free memory, or of its
-    share when a sweep packs k runs per GPU; on CPU the whole split): a seeded choice of M of the N samples. The other N − M are decoded by DALI every epoch, and only
-    they: each step's batch is served cached-samples-first, then the decoded rest (the same samples, crops and flags
-    as the decoding backends, in that order within the step). The hardware decoder then needs only (N − M)/N of the
-    step rate, which is what keeps it from limiting training. With ``augment_to`` the cache holds the transformed
-    copies (their transforms are fixed per copy), so §4.6 runs are cached too. Needs a fixed-size store."""
+    Three tiers, decided once per run by a seeded draw over the split:
+
+    * **device** (``cache_gb``; default 80 % of the GPU's free memory, or of its share when a sweep packs k runs per
+      GPU; on CPU the whole split): a 100-class fine-tuning target (~130k images at 256×256, ~25 GB) fits whole;
+    * **pinned host memory** (``host_cache_gb``) for what the GPU cannot hold: each step's host-tier images are
+      gathered into a pinned staging buffer and copied to the GPU by a helper thread on a copy stream, a step ahead
+      (~5 GB/s of PCIe at 28k img/s: the copy engine, not the SMs, does the work);
+    * **decoded by DALI every epoch**: the rest, and only the rest.
+
+    Each step's batch is served device-tier first, then host-tier, then decoded: the same samples, crops and flags as
+    the decoding backends, in that order within the step. The hardware decoder then needs only the decoded fraction
+    of the step rate. With ``augment_to`` the cache holds the transformed copies (their transforms are fixed per
+    copy), so §4.6 runs are cached too. Needs a fixed-size store."""
+
+    DEVICE, HOST, DECODE = 0, 1, 2
 
     def __init__(self, loader: Loader, threads: int):
         cfg = loader.cfg
@@ -439,28 +477,39 @@ class _CacheBackend:
             budget = min(0.8 * free, 0.8 * total / int(os.environ.get("FASTFT_GPU_SHARE", "1")))
         else:
             budget = n * per
+        host = host_cache_budget() if cfg.host_cache_gb == "auto" else float(cfg.host_cache_gb) * 1e9
         m = min(n, int(budget // per))
-        if m < 1:
+        mh = min(n - m, int(host // per))
+        if m + mh < 1:
             raise FastFTError(f"no room to cache decoded images ({budget / 1e9:.2f} GB for {per / 1e6:.2f} MB images); train without cache")
-        if m < n and cfg.backend != "dali":
-            raise FastFTError(f"the cache holds {m} of {n} images; caching part of a split needs backend dali")
-        self.rows = np.arange(n) if m == n else np.sort(np.random.default_rng([loader.plan.seed, 0xCAC]).permutation(n)[:m])
-        self.slot = np.full(n, -1, np.int64)
-        self.slot[self.rows] = np.arange(m)
-        self.fraction = m / n
-        self.dali = _DaliBackend(loader, threads) if m < n else None
+        if m + mh < n and cfg.backend != "dali":
+            raise FastFTError(f"the cache holds {m + mh} of {n} images; caching part of a split needs backend dali")
+        order = np.arange(n) if m == n else np.random.default_rng([loader.plan.seed, 0xCAC]).permutation(n)
+        self.tier = np.full(n, self.DECODE, np.int8)
+        self.slot = np.zeros(n, np.int64)
+        for t, rows in ((self.DEVICE, np.sort(order[:m])), (self.HOST, np.sort(order[m:m + mh]))):
+            self.tier[rows], self.slot[rows] = t, np.arange(len(rows))
+        self.rows = [np.flatnonzero(self.tier == t) for t in (self.DEVICE, self.HOST)]
+        self.fraction, self.host_fraction = m / n, mh / n
+        self.dali = _DaliBackend(loader, threads) if m + mh < n else None
         self.L, self.threads, self.hw = loader, threads, (h, w)
         self.images: torch.Tensor | None = None
-        self.mean = torch.tensor(MEAN, device=self.dev).view(1, 3, 1, 1)
-        self.std = torch.tensor(STD, device=self.dev).view(1, 3, 1, 1)
+        self.host: torch.Tensor | None = None
+        self.mean = torch.tensor(MEAN, device=self.dev)
+        self.std = torch.tensor(STD, device=self.dev)
 
     def _fill(self) -> None:
+        """Decode the device and host tiers once (one pass of DALI, or PIL for the fallback)."""
         h, w = self.hw
-        src, cfg, rows = self.L.src, self.L.cfg, self.rows
-        self.images = torch.empty((len(rows), h, w, 3), dtype=torch.uint8, device=self.dev)
+        src, cfg = self.L.src, self.L.cfg
+        dev_rows, host_rows = self.rows
+        self.images = torch.empty((len(dev_rows), h, w, 3), dtype=torch.uint8, device=self.dev)
+        self.host = torch.empty((len(host_rows), h, w, 3), dtype=torch.uint8, pin_memory=self.dev.type == "cuda")
+        dests = [(self.images, j) for j in range(len(dev_rows))] + [(self.host, j) for j in range(len(host_rows))]
+        rows = np.concatenate([dev_rows, host_rows])
         if cfg.backend == "pytorch":
-            for j, i in enumerate(rows):
-                self.images[j] = torch.from_numpy(np.asarray(_pil_decode(src, i)).copy())
+            for (dst, j), i in zip(dests, rows):
+                dst[j] = torch.from_numpy(np.asarray(_pil_decode(src, i)).copy())
             return
         _require_dali()
         from nvidia.dali import fn, pipeline_def, types
@@ -483,48 +532,105 @@ class _CacheBackend:
         p = decode()
         p.build()
         buf = torch.empty((bs, h, w, 3), dtype=torch.uint8, device=self.dev)
+        md = len(dev_rows)
         for b in range(len(order) // bs):
             (out,) = p.run()
             feed_ndarray(out.as_tensor(), buf, cuda_stream=torch.cuda.current_stream(self.dev) if self.dev.type == "cuda" else None)
             lo, hi = b * bs, min((b + 1) * bs, len(rows))
-            self.images[lo:hi] = buf[: hi - lo]
+            if lo < md:
+                self.images[lo:min(hi, md)] = buf[: min(hi, md) - lo]
+            if hi > md:
+                self.host[max(lo, md) - md:hi - md] = buf[max(lo, md) - lo:hi - lo]  # device → pinned host (synchronous)
         del p
 
     def order(self, plan: dict) -> tuple[dict, np.ndarray]:
-        """The plan with each step's samples reordered cached-first, and the number of cached samples per step."""
-        cached = self.slot[plan["index"]] >= 0
-        perm = np.argsort(~cached, axis=1, kind="stable")
-        return {k: np.take_along_axis(v, perm, 1) for k, v in plan.items()}, cached.sum(1)
+        """The plan with each step's samples reordered by tier (device, host, decoded; stable within a tier), and the
+        per-step count of each tier, [steps, 3]."""
+        tier = self.tier[plan["index"]]
+        perm = np.argsort(tier, axis=1, kind="stable")
+        counts = np.stack([(tier == t).sum(1) for t in (self.DEVICE, self.HOST, self.DECODE)], 1)
+        return {k: np.take_along_axis(v, perm, 1) for k, v in plan.items()}, counts
+
+    def _staged(self, slots: list[np.ndarray]):
+        """The host-tier images of each step (``slots``: their rows of the host tier) as device uint8 tensors, in
+        order. On a GPU a helper thread gathers them into one of three pinned buffers and copies them on a copy
+        stream two steps ahead; events order the reuse of each buffer."""
+        if self.dev.type != "cuda":
+            for sl in slots:
+                yield self.host[torch.from_numpy(sl)]
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        R, B = 3, max((len(s) for s in slots), default=0)
+        pinned = [torch.empty((B, *self.host.shape[1:]), dtype=torch.uint8, pin_memory=True) for _ in range(R)]
+        dev = [torch.empty((B, *self.host.shape[1:]), dtype=torch.uint8, device=self.dev) for _ in range(R)]
+        ready = [torch.cuda.Event() for _ in range(R)]
+        free = [torch.cuda.Event() for _ in range(R)]
+        copy = torch.cuda.Stream(self.dev)
+
+        def stage(j: int):
+            r, k = j % R, len(slots[j])
+            free[r].synchronize()  # the crop that read this buffer three steps ago has run
+            torch.index_select(self.host, 0, torch.from_numpy(slots[j]), out=pinned[r][:k])
+            with torch.cuda.stream(copy):
+                dev[r][:k].copy_(pinned[r][:k], non_blocking=True)
+                ready[r].record(copy)
+            return r, k
+
+        with ThreadPoolExecutor(1) as pool:
+            futs = [pool.submit(stage, j) for j in range(min(R - 1, len(slots)))]
+            for j in range(len(slots)):
+                r, k = futs[j].result()
+                torch.cuda.current_stream(self.dev).wait_event(ready[r])
+                yield dev[r][:k]
+                free[r].record(torch.cuda.current_stream(self.dev))  # after the consumer's crop was enqueued
+                if j + R - 1 < len(slots):
+                    futs.append(pool.submit(stage, j + R - 1))
+
+    def _crop(self, images: torch.Tensor, slot: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, mirror: torch.Tensor):
+        """Crop + mirror of ``images[slot]`` on the device, one gather: uint8 [k, c, c, 3]."""
+        c = self.L.cfg.crop
+        ar = torch.arange(c, device=self.dev)
+        rows = y0[:, None] + ar
+        cols = torch.where(mirror[:, None], x0[:, None] + (c - 1 - ar), x0[:, None] + ar)
+        return images[slot[:, None, None], rows[:, :, None], cols[:, None, :]]
 
     def run(self, plan: dict, start: int):
         if self.images is None:
             self._fill()
         h, w = self.hw
-        c, B = self.L.cfg.crop, plan["index"].shape[1]
-        plan, k = self.order(plan) if self.dali is not None else (plan, np.full(len(plan["index"]), B))  # whole split cached: as planned
-        ar = torch.arange(c, device=self.dev)
-        dtype = torch.float16 if self.L.cfg.fp16 else torch.float32
+        cfg = self.L.cfg
+        c, B = cfg.crop, plan["index"].shape[1]
+        if self.dali is None and not len(self.host):
+            k = np.zeros((len(plan["index"]), 3), np.int64)
+            k[:, 0] = B  # whole split on the device: as planned
+        else:
+            plan, k = self.order(plan)
         labels, weights = _plan_targets(self.L.src, plan, self.dev)
         # the whole epoch's draws in one host-to-device copy each; steps then only index device tensors
-        slot = torch.from_numpy(np.maximum(self.slot[plan["index"]], 0)).to(self.dev)
+        slot = torch.from_numpy(self.slot[plan["index"]]).to(self.dev)
         x0 = torch.from_numpy(np.round(plan["crop_x"] * max(w - c, 0)).astype(np.int64)).to(self.dev)
         y0 = torch.from_numpy(np.round(plan["crop_y"] * max(h - c, 0)).astype(np.int64)).to(self.dev)
         mirror = torch.from_numpy(plan["mirror"].astype(bool)).to(self.dev)
         steps = range(start, len(plan["index"]))
-        feed = [(plan["index"][s, k[s]:], plan["crop_x"][s, k[s]:], plan["crop_y"][s, k[s]:], plan["mirror"][s, k[s]:])
-                for s in steps if k[s] < B]
+        kd, kh = k[:, 0], k[:, 0] + k[:, 1]  # ends of the device and host tiers within each step
+        feed = [(plan["index"][s, kh[s]:], plan["crop_x"][s, kh[s]:], plan["crop_y"][s, kh[s]:], plan["mirror"][s, kh[s]:])
+                for s in steps if kh[s] < B]
         decoded = self.dali.decode(feed) if feed else iter(())
+        staged = self._staged([self.slot[plan["index"][s, kd[s]:kh[s]]] for s in steps if kh[s] > kd[s]])
+        norm = lambda u8: _normalize(u8, self.mean, self.std, cfg.fp16, cfg.channels_last)  # noqa: E731
         for s in steps:
-            ks = int(k[s])
+            a, b = int(kd[s]), int(kh[s])
             parts = []
-            if ks:
-                rows = y0[s, :ks, None] + ar
-                cols = torch.where(mirror[s, :ks, None], x0[s, :ks, None] + (c - 1 - ar), x0[s, :ks, None] + ar)
-                x = self.images[slot[s, :ks, None, None], rows[:, :, None], cols[:, None, :]]  # [ks, c, c, 3]
-                parts.append(((x.permute(0, 3, 1, 2).float() - self.mean) / self.std).to(dtype))
-            if ks < B:
+            if a:
+                parts.append(norm(self._crop(self.images, slot[s, :a], x0[s, :a], y0[s, :a], mirror[s, :a])))
+            if b > a:
+                imgs = next(staged)
+                ar = torch.arange(b - a, device=self.dev)
+                parts.append(norm(self._crop(imgs, ar, x0[s, a:b], y0[s, a:b], mirror[s, a:b])))
+            if b < B:
                 parts.append(next(decoded))
-            x = parts[0].contiguous() if len(parts) == 1 else torch.cat(parts)
+            x = parts[0] if len(parts) == 1 else torch.cat(parts)
             yield x, labels[s], weights[s]
 
 

@@ -365,7 +365,9 @@ def slots_for(gpus: str | None, per_gpu: int, parallel: int) -> list[dict]:
     if gpus:
         ids = [g.strip() for g in gpus.split(",") if g.strip()]
         # runs sharing a GPU split its memory for the decoded-image cache (see fastft.pipelines._CacheBackend)
-        return [{"CUDA_VISIBLE_DEVICES": g, "FASTFT_GPU_SHARE": str(per_gpu)} for g in ids for _ in range(per_gpu)]
+        # and the runs on the node split its host memory for the cache's second tier (pipelines.host_cache_budget)
+        return [{"CUDA_VISIBLE_DEVICES": g, "FASTFT_GPU_SHARE": str(per_gpu), "FASTFT_NODE_RUNS": str(len(ids) * per_gpu)}
+                for g in ids for _ in range(per_gpu)]
     threads = max(1, (os.cpu_count() or 1) // max(1, parallel))
     return [{"OMP_NUM_THREADS": str(threads)} for _ in range(max(1, parallel))]
 

@@ -61,10 +61,13 @@ class TrainConfig:
     precision: str = "auto"            # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
     compile: bool | str = "auto"       # torch.compile the model; auto = on GPUs (+50 % step rate on an H200), off on CPU
     cuda_graph: bool = True            # single-GPU runs: replay the whole step as one CUDA graph (see Step)
+    fused_sgd: bool = True             # on GPUs: SGD's update as one fused kernel (same arithmetic as the foreach update)
+    conv1_pad: int = 0                 # on GPUs: feed conv1 this many input channels (3 + zeros; see AlexNet.pad_input)
     channels_last: bool = True
     num_threads: int = 0
     cache: bool | str = "auto"         # keep decoded training images in device memory; auto = on GPUs for fixed-size stores
-    cache_gb: float = 0.0              # cache budget; 0 = 80 % of free GPU memory (images beyond it are decoded each epoch)
+    cache_gb: float = 0.0              # cache budget; 0 = 80 % of free GPU memory (images beyond it go to host_cache_gb)
+    host_cache_gb: float | str = "auto"  # second cache tier in pinned host memory; auto = half the RAM / runs on the node; 0 = off
     eval_every: int = 1
     checkpoint_every: int = 1
     keep_checkpoints: int = 2
@@ -92,6 +95,10 @@ class TrainConfig:
         for k in ("compile", "cache"):
             if getattr(self, k) not in (True, False, "auto"):
                 raise FastFTError(f"{k} must be true, false or auto, got {getattr(self, k)!r}")
+        if not (self.host_cache_gb == "auto" or isinstance(self.host_cache_gb, (int, float)) and self.host_cache_gb >= 0):
+            raise FastFTError(f"host_cache_gb must be auto or a number of GB >= 0, got {self.host_cache_gb!r}")
+        if self.conv1_pad not in (0, 4, 8):
+            raise FastFTError(f"conv1_pad must be 0, 4 or 8, got {self.conv1_pad!r}")
         if self.lr is not None and self.lr <= 0:
             raise FastFTError(f"lr must be positive, got {self.lr}")
 
@@ -234,7 +241,8 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
     use_compile = cfg.compile is True or (cfg.compile == "auto" and device == "cuda")
     use_graph = cfg.cuda_graph and device == "cuda" and world == 1
     resolved = {"run_id": rid, "identity": identity, "config": {**to_dict(cfg), "view": view_path}, "world_size": world,
-                "step": {"compile": use_compile, "cuda_graph": use_graph},
+                "step": {"compile": use_compile, "cuda_graph": use_graph, "fused_sgd": cfg.fused_sgd and device == "cuda",
+                         "conv1_pad": cfg.conv1_pad if device == "cuda" else 0},
                 "device": device, "precision": precision, "num_classes": num_classes}
     if runs.is_finished(run_dir):
         acc.print(f"run {run_dir} is already finished; nothing to do")
@@ -266,8 +274,10 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
     set_seed(cfg.seed * 1000 + 1 + rank, device_specific=False)
     if device == "cuda" and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if device == "cuda":
+        model.pad_input(cfg.conv1_pad)
+    opt = sgd([p for p in model.parameters() if p.requires_grad], cfg.base_lr, cfg.momentum, cfg.weight_decay,
+              fused=cfg.fused_sgd and device == "cuda")
 
     start_epoch, loader_state, partial = 0, None, None
     ckpt = runs.latest_checkpoint(run_dir)
@@ -297,9 +307,12 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
     val_loader = loader_factory(view_path, "val", per_rank, rank, world, cfg.seed, False)
     if loader_state:
         train_loader.load_state_dict(loader_state)
-    frac = getattr(getattr(train_loader, "_impl", None), "fraction", None)
-    if frac is not None:
-        acc.print(f"cache: {frac:.0%} of the training images kept decoded on the device" + ("" if frac == 1 else "; the rest are decoded each epoch"))
+    impl = getattr(train_loader, "_impl", None)
+    if getattr(impl, "fraction", None) is not None:
+        dev_f, host_f = impl.fraction, impl.host_fraction
+        acc.print(f"cache: {dev_f:.0%} of the training images kept decoded on the device"
+                  + (f", {host_f:.0%} in pinned host memory" if host_f else "")
+                  + ("" if dev_f + host_f >= 1 else f"; the other {1 - dev_f - host_f:.0%} are decoded each epoch"))
     if cfg.trackers:
         acc.init_trackers(f"fastft-{run_dir.name}", config={k: v for k, v in to_dict(cfg).items() if isinstance(v, (int, float, str, bool))})
 
@@ -392,6 +405,11 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
     if cfg.trackers:
         acc.end_training()
     return final
+
+
+def sgd(params, lr: float, momentum: float, weight_decay: float, fused: bool = False) -> torch.optim.SGD:
+    """The paper's optimiser (SGD with momentum and weight decay); ``fused``: one kernel per update on CUDA."""
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **({"fused": True} if fused else {}))
 
 
 def cuda_autocast(bf16: bool):

@@ -24,12 +24,13 @@ def test_bench_train_on_gpu(view_near):
     assert r["device"] == "cuda" and r["gpu"] and r["fastft_e2e_img_s"] > 0
 
 
-def test_cuda_graph_step_matches_eager_and_recaptures_on_lr_change():
+@pytest.mark.parametrize("mode", ["graph", "graph+fused+pad8"])
+def test_cuda_graph_step_matches_eager_and_recaptures_on_lr_change(mode):
     from fastft.bench import _make_step
 
     torch.manual_seed(0)
     a = _make_step("eager", 10, "cuda", "fp32", 0.25, 71)
-    b = _make_step("graph", 10, "cuda", "fp32", 0.25, 71)
+    b = _make_step(mode, 10, "cuda", "fp32", 0.25, 71)
     b.model.load_state_dict(a.model.state_dict())
     a.model.eval(), b.model.eval()  # no dropout: the two must agree step by step
     for i in range(10):
@@ -42,3 +43,22 @@ def test_cuda_graph_step_matches_eager_and_recaptures_on_lr_change():
     assert b._lr == (0.001,), "the graph is re-captured when the learning rate changes"
     for pa, pb in zip(a.model.parameters(), b.model.parameters()):
         assert torch.allclose(pa, pb, atol=1e-3, rtol=1e-3)
+
+
+def test_host_tier_on_gpu_serves_the_same_batches(view_near):
+    """Device tier + pinned host tier (helper thread, copy stream, three staging buffers) + decoded rest: the same
+    samples as decoding, in tier order, with the GPU batch format."""
+    import numpy as np
+
+    fmt = {"fp16": True, "channels_last": True}
+    ref = Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, device="cuda", **fmt), seed=4)
+    n, per = len(ref.src), 80 * 80 * 3
+    L = Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, device="cuda", cache=True, cache_gb=n // 3 * per / 1e9,
+                                                     host_cache_gb=n // 3 * per / 1e9, **fmt), seed=4)
+    assert L._impl.host_fraction > 0.3
+    for epoch in (0, 1):
+        tier = L._impl.tier[ref.plan.epoch(epoch)["index"]]
+        for s, ((xa, ya, _), (xb, yb, _)) in enumerate(zip(ref.epoch(epoch), L.epoch(epoch), strict=True)):
+            perm = torch.from_numpy(np.argsort(tier[s], kind="stable")).cuda()
+            assert torch.equal(ya[perm], yb) and xb.is_contiguous(memory_format=torch.channels_last)
+            assert (xa[perm].float() - xb.float()).abs().mean() < 0.05

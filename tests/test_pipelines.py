@@ -181,27 +181,45 @@ def test_decoded_cache_serves_the_same_batches(view_near):
         assert torch.equal(ya, yb) and torch.allclose(xa, xb, atol=1e-4)
 
 
-def test_partial_cache_decodes_only_the_rest_and_serves_the_same_samples(view_near):
-    """A view larger than the cache budget: ~half cached, the rest decoded by DALI each epoch; each step has the
-    same samples, crops and flips as the decoding backend, cached ones first."""
+@pytest.mark.parametrize("on_device,on_host", [(0.5, 0.0), (0.3, 0.4), (0.0, 0.5)])
+def test_partial_cache_decodes_only_the_rest_and_serves_the_same_samples(view_near, on_device, on_host):
+    """A view larger than the cache budget: some images on the device, some in the host tier, the rest decoded by
+    DALI each epoch; each step has the same samples, crops and flips as the decoding backend, device tier first,
+    then host tier, then decoded."""
     ref_loader = Loader(view_near.path, "train", CFG, seed=5)
-    n = len(ref_loader.src)
+    n, per = len(ref_loader.src), 80 * 80 * 3
     L = Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, num_threads=1, cache=True,
-                                                     cache_gb=(n // 2) * 80 * 80 * 3 / 1e9), seed=5)
+                                                     cache_gb=int(n * on_device) * per / 1e9 + 1e-12,
+                                                     host_cache_gb=int(n * on_host) * per / 1e9), seed=5)
     impl = L._impl
-    assert impl.images is None and impl.dali is not None and abs(impl.fraction - 0.5) < 0.01
+    assert impl.images is None and impl.dali is not None
+    assert abs(impl.fraction - on_device) < 0.01 and abs(impl.host_fraction - on_host) < 0.01
     for epoch in (0, 1):
         plan = ref_loader.plan.epoch(epoch)
-        slot = impl.slot[plan["index"]]
-        assert 0 < (slot >= 0).mean() < 1, "steps mix cached and decoded samples"
+        tier = impl.tier[plan["index"]]
+        assert 0 < (tier < impl.DECODE).mean() < 1, "steps mix cached and decoded samples"
         got = list(L.epoch(epoch))
         for s, ((xa, ya, wa), (xb, yb, wb)) in enumerate(zip(ref_loader.epoch(epoch), got)):
-            perm = np.argsort(slot[s] < 0, kind="stable")  # cached first
+            perm = np.argsort(tier[s], kind="stable")  # device tier, host tier, decoded
             assert torch.equal(ya[perm], yb) and torch.equal(wa[perm], wb)
             assert torch.allclose(xa[perm], xb, atol=1e-4)
         if epoch == 1:  # resumed mid-epoch: the same remaining batches
             for (xa, ya, _), (xb, yb, _) in zip(got[2:], list(L.epoch(1, start_step=2)), strict=True):
                 assert torch.equal(ya, yb) and torch.equal(xa, xb)
-    assert impl.images.shape == (n // 2, 80, 80, 3)
+    assert impl.images.shape == (int(n * on_device), 80, 80, 3) and impl.host.shape == (int(n * on_host), 80, 80, 3)
+
+
+def test_cache_needs_dali_for_a_partial_split(view_near):
     with pytest.raises(FastFTError, match="needs backend dali"):
         Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, cache=True, backend="pytorch", cache_gb=1e-4))
+
+
+def test_gpu_batch_format_channels_last_float16_matches(view_near):
+    """The format GPU training asks for (float16 in NHWC memory, what bf16 convolutions read without a re-layout)
+    holds the same values as the float32 NCHW batches, on every backend and the cache."""
+    ref = list(Loader(view_near.path, "train", CFG, seed=2).epoch(0))[:3]
+    for kw in ({"backend": "dali"}, {"backend": "pytorch"}, {"cache": True}):
+        L = Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, num_threads=1, fp16=True, channels_last=True, **kw), seed=2)
+        for (xa, ya, _), (xb, yb, _) in zip(ref, L.epoch(0)):
+            assert xb.dtype == torch.float16 and xb.shape == xa.shape and xb.is_contiguous(memory_format=torch.channels_last), kw
+            assert torch.equal(ya, yb) and torch.allclose(xa, xb.float(), atol=2e-2), kw
