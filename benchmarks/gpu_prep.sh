@@ -9,13 +9,13 @@ rm -rf /tmp/fastft_src && mkdir /tmp/fastft_src && cp -r fastft benchmarks /tmp/
 cd /tmp/fastft_src && export PYTHONPATH=/tmp/fastft_src
 # fill the inductor cache in parallel with the data: the compiled steps' kernels are reused by the timed runs
 # (one compile per distinct model: fused SGD is not compiled; pad4/pad8 change conv1's graph)
-python3 - > $W/warm.log 2>&1 <<'PY' &
+python3 - > $W/warm.log 2>&1 <<PY &
 import torch, sys
 if not torch.cuda.is_available(): sys.exit("no CUDA: compile warm-up skipped")
 from fastft.bench import _make_step, synthetic_batch
 torch.backends.cudnn.benchmark = True
 x = synthetic_batch(256, 227, "cuda", "bf16"); y = torch.randint(0, 100, (256,), device="cuda")
-for mode in ("compile+graph+fused", "compile+graph+fused+pad8", "compile+graph+fused+pad4"):
+for mode in "${WARM_MODES:-compile+graph+fused+pad8}".split(","):
     try:
         s = _make_step(mode, 100, "cuda", "bf16", 1.0, 227)
         for _ in range(6):

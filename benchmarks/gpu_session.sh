@@ -6,8 +6,10 @@ set -u
 OUT=${OUT:-/tmp/fastft_bench}; mkdir -p "$OUT"
 exec > >(tee "$OUT/session.log") 2>&1
 T0=$(date +%s); BUDGET=${BUDGET:-420}
+ONLY=${ONLY:-}  # e.g. ONLY=bench-train,baselines,train: run only these steps
 step() {  # step NAME LIMIT_S CMD...: skipped when the budget is spent
   local name=$1 limit=$2; shift 2
+  if [ -n "$ONLY" ] && [[ ",$ONLY," != *",$name,"* ]]; then return; fi
   local left=$(( BUDGET - ($(date +%s) - T0) ))
   if [ $left -lt 25 ]; then echo "== SKIP $name (budget)"; return; fi
   [ $limit -gt $left ] && limit=$left
@@ -28,10 +30,14 @@ step bench-train 200 python3 -m fastft bench train $W/view $BENCH_ARGS --seconds
 python3 -c "import json,sys; sys.exit('fastft_e2e_img_s' not in json.load(open('$OUT/bench-train.json')))" 2>/dev/null ||
   step bench-train-plain 100 python3 -m fastft bench train $W/view $BENCH_ARGS --seconds 4 --steps graph --cache --out "$OUT/bench-train.json"
 BEST=$(python3 -c "import json; print(json.load(open('$OUT/bench-train.json')).get('step', 'graph'))" 2>/dev/null || echo graph)
+# the reference baselines (../shared/bench/baselines.py, copied to .dali/c2/ by the operator): PIL DataLoader alone and
+# feeding a train step, on the same machine in the same session
+[ -f .dali/c2/baselines.py ] && step baselines 130 env OUT=$W/anchor ANCHOR_SECTIONS=env,corpus,cpu,e2e ANCHOR_E2E_COMPILE=0 \
+    ANCHOR_BUDGET_S=120 python3 .dali/c2/baselines.py && cp $W/anchor/anchors.jsonl "$OUT/anchors.jsonl"
 step e2e-probe 80 python3 benchmarks/e2e_probe.py $W/view --step $BEST --seconds 3 ${PROBE_ARGS:-} --out "$OUT/e2e-probe.json"
 step bench-loader 50 python3 -m fastft bench loader $W/view ${BENCH_ARGS/--width 0.25/} --seconds 4 --hw-load 0.65,0.8,1.0 --out "$OUT/bench-loader.json"
 step gpu-tests 60 python3 -m pytest -q -x tests/test_gpu.py -p no:cacheprovider
-step train-cache 60 python3 -m fastft train view=$W/view epochs=3 lr_step=2 out=$W/runs name=defaults checkpoint_every=100 progress=false $TRAIN_ARGS
+step train 60 python3 -m fastft train view=$W/view epochs=3 lr_step=2 out=$W/runs name=defaults checkpoint_every=100 progress=false $TRAIN_ARGS
 for r in $W/runs/*/; do [ -f $r/metrics.jsonl ] && sed "s|^|{\"run\": \"$(basename $r)\", \"m\": |; s|$|}|" $r/metrics.jsonl; done > "$OUT/train-runs.jsonl"
 step profile 50 sh -c "python3 benchmarks/profile_step.py --modes $BEST --steps 10 > '$OUT/profile.txt' 2>&1"
 rm -f "$OUT/prep.log"  # at most 8 files come back from the device machine; the log's tail is in session.log

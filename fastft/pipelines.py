@@ -433,6 +433,19 @@ def host_cache_budget() -> float:
     return max(0.0, min(0.5 * total / int(os.environ.get("FASTFT_NODE_RUNS", "1")), 0.8 * avail))
 
 
+def _crop_normalize(images, slot, x0, y0, mirror, mean, std, crop: int, fp16: bool, channels_last: bool) -> torch.Tensor:
+    """Crop (top-left ``y0``, ``x0``) + mirror of ``images[slot]`` (uint8 [M, H, W, 3]) as one gather → uint8
+    [k, c, c, 3]; with ``mean``/``std`` also normalised → [k, 3, c, c] (the form :func:`torch.compile` fuses)."""
+    ar = torch.arange(crop, device=images.device)
+    rows = y0[:, None] + ar
+    cols = torch.where(mirror[:, None], x0[:, None] + (crop - 1 - ar), x0[:, None] + ar)
+    x = images[slot[:, None, None], rows[:, :, None], cols[:, None, :]]
+    if mean is None:
+        return x
+    y = ((x.float() - mean) / std).to(torch.float16 if fp16 else torch.float32).permute(0, 3, 1, 2)
+    return y if channels_last else y.contiguous()
+
+
 def _normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, fp16: bool, channels_last: bool) -> torch.Tensor:
     """uint8 [k, h, w, 3] → normalised [k, 3, h, w] (NHWC memory if ``channels_last``), as DALI's crop_mirror_normalize.
     float16 output is computed in float16 (two kernels; uint8 values are exact in float16)."""
@@ -495,6 +508,7 @@ class _CacheBackend:
         self.L, self.threads, self.hw = loader, threads, (h, w)
         self.images: torch.Tensor | None = None
         self.host: torch.Tensor | None = None
+        self._compiled = None  # the compiled crop (GPU), or False after a compile failure
         self.mean = torch.tensor(MEAN, device=self.dev)
         self.std = torch.tensor(STD, device=self.dev)
 
@@ -587,13 +601,23 @@ class _CacheBackend:
                 if j + R - 1 < len(slots):
                     futs.append(pool.submit(stage, j + R - 1))
 
-    def _crop(self, images: torch.Tensor, slot: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, mirror: torch.Tensor):
-        """Crop + mirror of ``images[slot]`` on the device, one gather: uint8 [k, c, c, 3]."""
-        c = self.L.cfg.crop
-        ar = torch.arange(c, device=self.dev)
-        rows = y0[:, None] + ar
-        cols = torch.where(mirror[:, None], x0[:, None] + (c - 1 - ar), x0[:, None] + ar)
-        return images[slot[:, None, None], rows[:, :, None], cols[:, None, :]]
+    def _crop(self, images: torch.Tensor, slot: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, mirror: torch.Tensor,
+              whole: bool = False) -> torch.Tensor:
+        """Crop + mirror + normalise ``images[slot]`` on the device → [k, 3, c, c]. ``whole``: a full batch from the
+        device tier (fixed shapes): on a GPU one compiled kernel (gather, convert, normalise) instead of four."""
+        cfg = self.L.cfg
+        if whole and self.dev.type == "cuda" and self._compiled is not False:
+            try:
+                if self._compiled is None:
+                    self._compiled = torch.compile(_crop_normalize, dynamic=False)
+                return self._compiled(images, slot, x0, y0, mirror, self.mean, self.std, cfg.crop, cfg.fp16, cfg.channels_last)
+            except Exception as e:  # noqa: BLE001 - an inductor failure must not stop training: the eager ops are equivalent
+                import warnings
+
+                warnings.warn(f"compiled crop failed ({type(e).__name__}: {str(e)[:200]}); using eager ops")
+                self._compiled = False
+        x = _crop_normalize(images, slot, x0, y0, mirror, None, None, cfg.crop, cfg.fp16, cfg.channels_last)
+        return _normalize(x, self.mean, self.std, cfg.fp16, cfg.channels_last)
 
     def run(self, plan: dict, start: int):
         if self.images is None:
@@ -618,16 +642,15 @@ class _CacheBackend:
                 for s in steps if kh[s] < B]
         decoded = self.dali.decode(feed) if feed else iter(())
         staged = self._staged([self.slot[plan["index"][s, kd[s]:kh[s]]] for s in steps if kh[s] > kd[s]])
-        norm = lambda u8: _normalize(u8, self.mean, self.std, cfg.fp16, cfg.channels_last)  # noqa: E731
         for s in steps:
             a, b = int(kd[s]), int(kh[s])
             parts = []
             if a:
-                parts.append(norm(self._crop(self.images, slot[s, :a], x0[s, :a], y0[s, :a], mirror[s, :a])))
+                parts.append(self._crop(self.images, slot[s, :a], x0[s, :a], y0[s, :a], mirror[s, :a], whole=a == B))
             if b > a:
                 imgs = next(staged)
                 ar = torch.arange(b - a, device=self.dev)
-                parts.append(norm(self._crop(imgs, ar, x0[s, a:b], y0[s, a:b], mirror[s, a:b])))
+                parts.append(self._crop(imgs, ar, x0[s, a:b], y0[s, a:b], mirror[s, a:b]))
             if b < B:
                 parts.append(next(decoded))
             x = parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -62,7 +62,7 @@ class TrainConfig:
     compile: bool | str = "auto"       # torch.compile the model; auto = on GPUs (+50 % step rate on an H200), off on CPU
     cuda_graph: bool = True            # single-GPU runs: replay the whole step as one CUDA graph (see Step)
     fused_sgd: bool = True             # on GPUs: SGD's update as one fused kernel (same arithmetic as the foreach update)
-    conv1_pad: int = 0                 # on GPUs: feed conv1 this many input channels (3 + zeros; see AlexNet.pad_input)
+    conv1_pad: int = 8                 # on GPUs: feed conv1 this many input channels (3 + zeros; AlexNet.pad_input): 0, 4 or 8
     channels_last: bool = True
     num_threads: int = 0
     cache: bool | str = "auto"         # keep decoded training images in device memory; auto = on GPUs for fixed-size stores
