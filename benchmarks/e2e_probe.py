@@ -2,15 +2,18 @@
 step, several ways of feeding it. Prints one JSON object (img/s per variant, with the step alone and the loader alone
 measured in the same run).
 
-On one H200 (2026-11-26) the step alone ran 18.8k img/s (graph, not compiled), the loader alone 27.5k, and fed by the
-loader 12.7–13.4k whatever the CUDA stream, prefetch depth, output dtype or thread count: close to one after the
-other (11.2k), far from overlapped (18.8k). Variants here test the remaining explanations:
+On one H200 (2026-11-26, float16 NHWC batches, compiled + graph + fused + pad8 step) the step alone ran 31.5k
+img/s, the loader alone 32.6k, and the step fed by the loader 16.7k: serial (1/(1/31.5k + 1/32.6k) = 16.0k), not
+overlapped. The variants, all within +10 % of that:
 
 * ``thread``: the loader runs in a producer thread (queue of 3 batches), so the training loop never waits in
-  ``pipe.run()``;
-* ``static-exec``: DALI's classic executor instead of the dynamic one;
+  ``pipe.run()`` (+3 %);
+* ``static-exec``: DALI's classic executor instead of the dynamic one (+10 %);
 * ``reader``: DALI's own C++ ``fn.readers.webdataset`` on the view's shards (no Python ``external_source`` feed;
-  order and crops drawn by DALI — for speed only), as in ``../shared/bench``'s naive 20.9k img/s loop.
+  order and crops drawn by DALI — for speed only) (+0 %).
+
+So the Python feed is not the bottleneck: GPU decoding and the training step compete for the GPU. fastft's answer is
+the cache (decode once; device and pinned host tiers), see ``fastft.pipelines._CacheBackend``.
 
 Usage: python benchmarks/e2e_probe.py VIEW [--step graph|compile+graph] [--seconds 4] [--variants ...]
 """

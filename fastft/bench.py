@@ -195,6 +195,7 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
             L._impl._fill()  # the one decode pass, timed apart from the steady state
             sync()
             res["cache_fill_secs"] = round(time.perf_counter() - t0, 2)
+            res["cache_fill_img_s"] = round(len(L.src) / max(res["cache_fill_secs"], 1e-9), 1)
         return _rate(_stepped(step, ((x, y) for x, y, _ in _forever(L))), seconds, 5, sync)[0]
 
     # 2. the baseline first: its workers fork before DALI's thread pools exist

@@ -223,3 +223,13 @@ def test_gpu_batch_format_channels_last_float16_matches(view_near):
         for (xa, ya, _), (xb, yb, _) in zip(ref, L.epoch(0)):
             assert xb.dtype == torch.float16 and xb.shape == xa.shape and xb.is_contiguous(memory_format=torch.channels_last), kw
             assert torch.equal(ya, yb) and torch.allclose(xa, xb.float(), atol=2e-2), kw
+
+
+def test_host_cache_budget_splits_the_machine_among_the_node_runs(monkeypatch):
+    from fastft.pipelines import host_cache_budget
+
+    monkeypatch.delenv("FASTFT_NODE_RUNS", raising=False)
+    one = host_cache_budget()
+    assert one > 0
+    monkeypatch.setenv("FASTFT_NODE_RUNS", "8")
+    assert host_cache_budget() < one
