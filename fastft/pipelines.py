@@ -433,16 +433,18 @@ def host_cache_budget() -> float:
     return max(0.0, min(0.5 * total / int(os.environ.get("FASTFT_NODE_RUNS", "1")), 0.8 * avail))
 
 
-def _crop_normalize(images, slot, x0, y0, mirror, mean, std, crop: int, fp16: bool, channels_last: bool) -> torch.Tensor:
-    """Crop (top-left ``y0``, ``x0``) + mirror of ``images[slot]`` (uint8 [M, H, W, 3]) as one gather → uint8
-    [k, c, c, 3]; with ``mean``/``std`` also normalised → [k, 3, c, c] (the form :func:`torch.compile` fuses)."""
+def _crop(images, slot, x0, y0, mirror, crop: int) -> torch.Tensor:
+    """Crop (top-left ``y0``, ``x0``) + mirror of ``images[slot]`` (uint8 [M, H, W, 3]) as one gather → uint8 [k, c, c, 3]."""
     ar = torch.arange(crop, device=images.device)
     rows = y0[:, None] + ar
     cols = torch.where(mirror[:, None], x0[:, None] + (crop - 1 - ar), x0[:, None] + ar)
-    x = images[slot[:, None, None], rows[:, :, None], cols[:, None, :]]
-    if mean is None:
-        return x
-    y = ((x.float() - mean) / std).to(torch.float16 if fp16 else torch.float32).permute(0, 3, 1, 2)
+    return images[slot[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def _crop_normalize(images, slot, x0, y0, mirror, mean, std, crop: int, fp16: bool, channels_last: bool) -> torch.Tensor:
+    """:func:`_crop` then normalise → [k, 3, c, c]: the form :func:`torch.compile` fuses into one kernel."""
+    y = ((_crop(images, slot, x0, y0, mirror, crop).float() - mean) / std).to(torch.float16 if fp16 else torch.float32)
+    y = y.permute(0, 3, 1, 2)
     return y if channels_last else y.contiguous()
 
 
@@ -601,8 +603,8 @@ class _CacheBackend:
                 if j + R - 1 < len(slots):
                     futs.append(pool.submit(stage, j + R - 1))
 
-    def _crop(self, images: torch.Tensor, slot: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, mirror: torch.Tensor,
-              whole: bool = False) -> torch.Tensor:
+    def _batch(self, images: torch.Tensor, slot: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, mirror: torch.Tensor,
+               whole: bool = False) -> torch.Tensor:
         """Crop + mirror + normalise ``images[slot]`` on the device → [k, 3, c, c]. ``whole``: a full batch from the
         device tier (fixed shapes): on a GPU one compiled kernel (gather, convert, normalise) instead of four."""
         cfg = self.L.cfg
@@ -616,8 +618,7 @@ class _CacheBackend:
 
                 warnings.warn(f"compiled crop failed ({type(e).__name__}: {str(e)[:200]}); using eager ops")
                 self._compiled = False
-        x = _crop_normalize(images, slot, x0, y0, mirror, None, None, cfg.crop, cfg.fp16, cfg.channels_last)
-        return _normalize(x, self.mean, self.std, cfg.fp16, cfg.channels_last)
+        return _normalize(_crop(images, slot, x0, y0, mirror, cfg.crop), self.mean, self.std, cfg.fp16, cfg.channels_last)
 
     def run(self, plan: dict, start: int):
         if self.images is None:
@@ -646,11 +647,11 @@ class _CacheBackend:
             a, b = int(kd[s]), int(kh[s])
             parts = []
             if a:
-                parts.append(self._crop(self.images, slot[s, :a], x0[s, :a], y0[s, :a], mirror[s, :a], whole=a == B))
+                parts.append(self._batch(self.images, slot[s, :a], x0[s, :a], y0[s, :a], mirror[s, :a], whole=a == B))
             if b > a:
                 imgs = next(staged)
                 ar = torch.arange(b - a, device=self.dev)
-                parts.append(self._crop(imgs, ar, x0[s, a:b], y0[s, a:b], mirror[s, a:b]))
+                parts.append(self._batch(imgs, ar, x0[s, a:b], y0[s, a:b], mirror[s, a:b]))
             if b < B:
                 parts.append(next(decoded))
             x = parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -45,6 +45,17 @@ def test_cuda_graph_step_matches_eager_and_recaptures_on_lr_change(mode):
         assert torch.allclose(pa, pb, atol=1e-3, rtol=1e-3)
 
 
+def test_whole_device_cache_on_gpu_matches_decoding(view_near):
+    """Whole device-tier batches go through the compiled crop + normalise kernel: same batches as decoding."""
+    fmt = {"fp16": True, "channels_last": True}
+    ref = Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, device="cuda", **fmt), seed=4)
+    L = Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, device="cuda", cache=True, **fmt), seed=4)
+    for (xa, ya, _), (xb, yb, _) in zip(ref.epoch(1), L.epoch(1), strict=True):
+        assert torch.equal(ya, yb) and xb.dtype == torch.float16 and xb.is_contiguous(memory_format=torch.channels_last)
+        assert (xa.float() - xb.float()).abs().mean() < 0.05
+    assert L._impl._compiled not in (None, False), "the compiled kernel served the batches"
+
+
 def test_host_tier_on_gpu_serves_the_same_batches(view_near):
     """Device tier + pinned host tier (helper thread, copy stream, three staging buffers) + decoded rest: the same
     samples as decoding, in tier order, with the GPU batch format."""

@@ -233,3 +233,21 @@ def test_host_cache_budget_splits_the_machine_among_the_node_runs(monkeypatch):
     assert one > 0
     monkeypatch.setenv("FASTFT_NODE_RUNS", "8")
     assert host_cache_budget() < one
+
+
+def test_compiled_cache_crop_equals_the_eager_ops():
+    """The cache's crop + normalise, compiled (what whole device-tier batches use on GPUs; here inductor's CPU
+    backend), equals the eager gather + normalise."""
+    from fastft.pipelines import MEAN, STD, _crop, _crop_normalize, _normalize
+
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.randint(0, 256, (20, 80, 80, 3), dtype=torch.uint8, generator=g)
+    slot, x0, y0 = (torch.randint(0, n, (8,), generator=g) for n in (20, 10, 10))
+    mirror = torch.rand(8, generator=g) > 0.5
+    mean, std = torch.tensor(MEAN), torch.tensor(STD)
+    for channels_last in (False, True):
+        ref = _normalize(_crop(imgs, slot, x0, y0, mirror, 71), mean, std, False, channels_last)
+        got = torch.compile(_crop_normalize, dynamic=False)(imgs, slot, x0, y0, mirror, mean, std, 71, False, channels_last)
+        assert torch.allclose(ref, got, atol=1e-5) and got.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert torch.equal(_crop(imgs, slot, x0, y0, mirror, 71)[0], (imgs[slot[0], y0[0]:y0[0] + 71, x0[0]:x0[0] + 71].flip(1)
+                                                                   if mirror[0] else imgs[slot[0], y0[0]:y0[0] + 71, x0[0]:x0[0] + 71]))
