@@ -520,7 +520,11 @@ class _CacheBackend:
         src, cfg = self.L.src, self.L.cfg
         dev_rows, host_rows = self.rows
         self.images = torch.empty((len(dev_rows), h, w, 3), dtype=torch.uint8, device=self.dev)
-        self.host = torch.empty((len(host_rows), h, w, 3), dtype=torch.uint8, pin_memory=self.dev.type == "cuda")
+        try:
+            self.host = torch.empty((len(host_rows), h, w, 3), dtype=torch.uint8, pin_memory=self.dev.type == "cuda")
+        except RuntimeError as e:
+            raise FastFTError(f"could not allocate {len(host_rows) * h * w * 3 / 1e9:.1f} GB of pinned host memory for the "
+                              f"cache's host tier ({str(e)[:120]}); set host_cache_gb lower, or 0") from None
         dests = [(self.images, j) for j in range(len(dev_rows))] + [(self.host, j) for j in range(len(host_rows))]
         rows = np.concatenate([dev_rows, host_rows])
         if cfg.backend == "pytorch":
@@ -549,7 +553,10 @@ class _CacheBackend:
         p.build()
         buf = torch.empty((bs, h, w, 3), dtype=torch.uint8, device=self.dev)
         md = len(dev_rows)
-        for b in range(len(order) // bs):
+        from tqdm import tqdm
+
+        for b in tqdm(range(len(order) // bs), desc=f"decoding {len(rows)} images into the cache", unit="batch",
+                      disable=None if len(rows) >= 50_000 else True, leave=False):
             (out,) = p.run()
             feed_ndarray(out.as_tensor(), buf, cuda_stream=torch.cuda.current_stream(self.dev) if self.dev.type == "cuda" else None)
             lo, hi = b * bs, min((b + 1) * bs, len(rows))
