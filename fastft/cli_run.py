@@ -222,7 +222,7 @@ def add_commands(sub) -> None:
     s.add_argument("--seeds", help="comma-separated seeds instead of the plan's (e.g. 0 or 0,1)")
     s.add_argument("--gpus", help="GPU ids to pack runs onto, e.g. 0,1,2,3 (default: CPU)")
     s.add_argument("--per-gpu", type=int, default=1, help="concurrent runs per GPU (on an H200, 2 runs gave 0.90x the throughput of 1: the step is GPU-bound; "
-                                                                 "runs sharing a GPU split its cache memory)")
+                                                                 "runs sharing a GPU split its cache memory, and the node's runs split host_cache_gb auto)")
     s.add_argument("--parallel", type=int, default=1, help="concurrent runs without GPUs")
     s.add_argument("--retries", type=int, default=1, help="retries of a failed run")
     s.add_argument("--backend", default="local", choices=["local", "slurm"])
