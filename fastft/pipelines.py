@@ -568,8 +568,10 @@ class _CacheBackend:
 
     def order(self, plan: dict) -> tuple[dict, np.ndarray]:
         """The plan with each step's samples reordered by tier (device, host, decoded; stable within a tier), and the
-        per-step count of each tier, [steps, 3]."""
+        per-step count of each tier, [steps, 3]. A split wholly on the device keeps the plan's order."""
         tier = self.tier[plan["index"]]
+        if not tier.any():  # all DEVICE (0): nothing to reorder
+            return plan, np.stack([np.full(len(tier), tier.shape[1]), np.zeros(len(tier), int), np.zeros(len(tier), int)], 1)
         perm = np.argsort(tier, axis=1, kind="stable")
         counts = np.stack([(tier == t).sum(1) for t in (self.DEVICE, self.HOST, self.DECODE)], 1)
         return {k: np.take_along_axis(v, perm, 1) for k, v in plan.items()}, counts
@@ -633,11 +635,7 @@ class _CacheBackend:
         h, w = self.hw
         cfg = self.L.cfg
         c, B = cfg.crop, plan["index"].shape[1]
-        if self.dali is None and not len(self.host):
-            k = np.zeros((len(plan["index"]), 3), np.int64)
-            k[:, 0] = B  # whole split on the device: as planned
-        else:
-            plan, k = self.order(plan)
+        plan, k = self.order(plan)
         labels, weights = _plan_targets(self.L.src, plan, self.dev)
         # the whole epoch's draws in one host-to-device copy each; steps then only index device tensors
         slot = torch.from_numpy(self.slot[plan["index"]]).to(self.dev)
