@@ -25,18 +25,22 @@ for i in $(seq 150); do [ -f $W/prep.done ] && break; sleep 1; done
 tail -5 $W/prep.log; cp $W/prep.log "$OUT/prep.log"
 BENCH_ARGS=${BENCH_ARGS:-}; TRAIN_ARGS=${TRAIN_ARGS:-}  # CPU rehearsal: smaller model and batch (and PROBE_ARGS, STEPS)
 STEPS=${STEPS:-graph,compile+graph,compile+graph+fused,compile+graph+fused+pad4,compile+graph+fused+pad8}
+HW=${HW:-0.65,1.0}; CPU=${CPU:-0,0.3}  # hardware-decoder shares × host-decoded shares to measure (bench loader, bench train)
+# the loader against fastft's own fallback in the same run
+step bench-loader 70 python3 -m fastft bench loader $W/view ${BENCH_ARGS/--width 0.25/} --seconds 4 --hw-load $HW --cpu-decode $CPU \
+    --out "$OUT/bench-loader.json"
+# the reference baselines (../shared/bench/baselines.py, copied to .dali/c2/ by the operator): PIL DataLoader alone and
+# (ANCHOR_SECTIONS with e2e) feeding a train step, on the same machine in the same session
+[ -f .dali/c2/baselines.py ] && step baselines 130 env OUT=$W/anchor ANCHOR_SECTIONS=${ANCHOR_SECTIONS:-env,corpus,cpu,e2e} \
+    ANCHOR_E2E_COMPILE=0 ANCHOR_BUDGET_S=120 python3 .dali/c2/baselines.py
+[ -f $W/anchor/anchors.jsonl ] && cp $W/anchor/anchors.jsonl "$OUT/anchors.jsonl"
+step gpu-tests 70 python3 -m pytest -q -x tests/test_gpu.py -p no:cacheprovider
 step bench-train 200 python3 -m fastft bench train $W/view $BENCH_ARGS --seconds 4 --steps $STEPS \
-    --hw-load 0.65,1.0 --cache --out "$OUT/bench-train.json"
+    --hw-load $HW --cpu-decode $CPU --cache --out "$OUT/bench-train.json"
 python3 -c "import json,sys; sys.exit('fastft_e2e_img_s' not in json.load(open('$OUT/bench-train.json')))" 2>/dev/null ||
   step bench-train-plain 100 python3 -m fastft bench train $W/view $BENCH_ARGS --seconds 4 --steps graph --cache --out "$OUT/bench-train.json"
 BEST=$(python3 -c "import json; print(json.load(open('$OUT/bench-train.json')).get('step', 'graph'))" 2>/dev/null || echo graph)
-# the reference baselines (../shared/bench/baselines.py, copied to .dali/c2/ by the operator): PIL DataLoader alone and
-# feeding a train step, on the same machine in the same session
-[ -f .dali/c2/baselines.py ] && step baselines 130 env OUT=$W/anchor ANCHOR_SECTIONS=env,corpus,cpu,e2e ANCHOR_E2E_COMPILE=0 \
-    ANCHOR_BUDGET_S=120 python3 .dali/c2/baselines.py && cp $W/anchor/anchors.jsonl "$OUT/anchors.jsonl"
 step e2e-probe 80 python3 benchmarks/e2e_probe.py $W/view --step $BEST --seconds 3 ${PROBE_ARGS:-} --out "$OUT/e2e-probe.json"
-step bench-loader 50 python3 -m fastft bench loader $W/view ${BENCH_ARGS/--width 0.25/} --seconds 4 --hw-load 0.65,0.8,1.0 --out "$OUT/bench-loader.json"
-step gpu-tests 60 python3 -m pytest -q -x tests/test_gpu.py -p no:cacheprovider
 step train 60 python3 -m fastft train view=$W/view epochs=3 lr_step=2 out=$W/runs name=defaults checkpoint_every=100 progress=false $TRAIN_ARGS
 for r in $W/runs/*/; do [ -f $r/metrics.jsonl ] && sed "s|^|{\"run\": \"$(basename $r)\", \"m\": |; s|$|}|" $r/metrics.jsonl; done > "$OUT/train-runs.jsonl"
 step profile 50 sh -c "python3 benchmarks/profile_step.py --modes $BEST --steps 10 > '$OUT/profile.txt' 2>&1"

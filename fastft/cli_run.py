@@ -31,6 +31,7 @@ def loader_factory(cfg):
         if cfg.cache == "auto" and train and dev == "cuda":
             use_cache = open_view(view).image_size is not None
         lc = LoaderConfig(batch_size=batch_size, crop=cfg.crop, backend=cfg.backend, device=dev, num_threads=cfg.num_threads,
+                          hw_decoder_load=cfg.hw_decoder_load, cpu_decode=cfg.cpu_decode if dev == "cuda" else 0.0,
                           augment_to=cfg.augment_to, cache=use_cache and train, cache_gb=cfg.cache_gb,
                           host_cache_gb=cfg.host_cache_gb if dev == "cuda" else 0.0,
                           **(batch_format(dev, precision) if cfg.channels_last else {}))
@@ -135,19 +136,26 @@ def cmd_report(a):
         print(Path(r["tables"][0]).read_text())
 
 
+def _floats(csv: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in csv.split(","))
+    except ValueError:
+        raise FastFTError(f"expected comma-separated numbers, e.g. 0,0.25,0.5; got {csv!r}") from None
+
+
 def cmd_bench(a):
     from . import bench
 
     if a.what == "loader":
-        res = bench.bench_loader(a.view, a.batch, a.device, a.seconds, a.threads, a.crop,
-                                 hw_loads=tuple(float(h) for h in a.hw_load.split(",")))
+        res = bench.bench_loader(a.view, a.batch, a.device, a.seconds, a.threads, a.crop, hw_loads=_floats(a.hw_load),
+                                 cpu_shares=_floats(a.cpu_decode))
     elif a.what == "train":
         steps = tuple(a.steps.split(",")) if a.steps else None
         res = bench.bench_train(a.view, a.batch, a.device, a.seconds, steps, a.width, a.crop, a.threads, cache=a.cache,
-                                hw_loads=tuple(float(h) for h in a.hw_load.split(",")))
+                                hw_loads=_floats(a.hw_load), cpu_shares=_floats(a.cpu_decode))
     else:
         res = bench.bench_pack(a.view, tuple(int(k) for k in a.runs.split(",")), a.batch, a.seconds, a.steps or "graph",
-                               not a.no_cache, float(a.hw_load.split(",")[0]))
+                               not a.no_cache, _floats(a.hw_load)[0])
     bench.write(res, a.out)
     # On a GPU machine, `bench loader` once printed its result and then hung in interpreter shutdown (DALI pipelines
     # and DataLoader workers torn down together). The result is written: leave without the teardown.
@@ -257,6 +265,8 @@ def add_commands(sub) -> None:
                                    "end to end. pack: the one mode")
     s.add_argument("--hw-load", default="0.65", help="share(s) of JPEG decoding on the hardware decoder, e.g. 0.65,0.8,1.0 "
                                                      "(loader, train: each is measured; the best is reported)")
+    s.add_argument("--cpu-decode", default="0", help="share(s) of each batch DALI decodes on the host cores instead of the GPU, "
+                                                     "e.g. 0,0.25,0.4 (loader, train: each × each --hw-load; the best is reported)")
     s.add_argument("--cache", action="store_true", help="train: also measure the decoded-image cache (decode once, crop on the "
                                                         "device): whole view, half on the device, and on GPUs the host tier")
     s.add_argument("--runs", default="1,2", help="pack: numbers of concurrent runs to measure")

@@ -22,6 +22,7 @@ mean approximates). JPEG bytes are read straight from the store's tars (memory-m
 from __future__ import annotations
 
 import math
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,9 +145,12 @@ class SampleSource:
     def __len__(self):
         return len(self.keys)
 
-    def _mm(self):
+    def _mm(self) -> list[np.ndarray]:
         if self._maps is None:  # opened lazily: survives pickling into DataLoader workers
-            self._maps = [np.memmap(self.store / f"{n}.tar", np.uint8, mode="r") for n in self.shard_names]
+            self._maps = []
+            for n in self.shard_names:  # plain arrays over read-only maps: slicing one is ~6x cheaper than np.memmap's
+                with open(self.store / f"{n}.tar", "rb") as f:
+                    self._maps.append(np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8))
         return self._maps
 
     def __getstate__(self):
@@ -155,6 +159,11 @@ class SampleSource:
     def jpeg(self, i: int) -> np.ndarray:
         o = self.offsets[i]
         return self._mm()[self.shard_of[i]][o:o + self.sizes[i]]
+
+    def jpegs(self, idx: np.ndarray) -> list[np.ndarray]:
+        """The JPEG bytes of samples ``idx`` (views into the maps; no copy): one DALI batch."""
+        maps = self._mm()
+        return [maps[s][o:o + k] for s, o, k in zip(self.shard_of[idx].tolist(), self.offsets[idx].tolist(), self.sizes[idx].tolist())]
 
 
 # ---------------------------------------------------------------- the loader
@@ -166,6 +175,7 @@ class LoaderConfig:
     device: str = "cpu"            # cpu | cuda
     num_threads: int = 0           # DALI threads / DataLoader workers (0 = cores / world size)
     hw_decoder_load: float = 0.65  # share of JPEG decoding on the hardware decoder (A100/H100/H200)
+    cpu_decode: float = 0.0        # share of each batch DALI decodes on the host cores instead of the GPU (dali backend)
     prefetch: int = 2
     fp16: bool = False             # emit float16 images (GPU training in bf16/fp16 autocast)
     channels_last: bool = False    # emit NCHW-shaped batches in NHWC memory (what GPU convolutions read; no re-layout)
@@ -199,6 +209,8 @@ class Loader:
         self.plan = EpochPlan(len(self.src), cfg.batch_size, world_size, rank, seed, shuffle=self.train)
         if cfg.backend not in ("dali", "pytorch"):
             raise FastFTError(f"loader backend must be 'dali' or 'pytorch', got {cfg.backend!r}")
+        if not 0.0 <= cfg.cpu_decode <= 1.0:
+            raise FastFTError(f"cpu_decode is the share of each batch decoded on the host cores: 0 to 1, got {cfg.cpu_decode}")
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise FastFTError("device 'cuda' requested but no CUDA GPU is visible")
         threads = cfg.num_threads or max(1, (os.cpu_count() or 1) // world_size)
@@ -240,18 +252,23 @@ class Loader:
 
 
 def _dali_graph(jpegs, cx, cy, mirror, *, device: str, crop: int, fixed_size: bool, hw_decoder_load: float, fp16: bool,
-                channels_last: bool = False, aug=None, image_size=None):
+                channels_last: bool = False, aug=None, image_size=None, host_decode: bool = False):
     """The one augmentation graph: decode → (§4.6 transforms of augmented copies) → (resize shorter side if the store
     is not fixed-size) → crop/mirror/normalise. Training feeds random crop positions and mirror flags; evaluation
-    feeds 0.5, 0.5, 0."""
+    feeds 0.5, 0.5, 0. ``host_decode`` on a GPU: decode, transform, crop and mirror on the host cores, then move the
+    uint8 crops to the GPU (DALI's own pinned copy, inside the prefetched pipeline) and normalise there."""
     from nvidia.dali import fn, types
 
-    img = _dali_decode(jpegs, device, hw_decoder_load, aug, image_size)
+    on_host = host_decode and device == "cuda"
+    img = _dali_decode(jpegs, "cpu" if on_host else device, hw_decoder_load, aug, image_size)
     if not fixed_size:
         img = fn.resize(img, resize_shorter=round(crop * 256 / 227))
-    return fn.crop_mirror_normalize(img, crop=(crop, crop), crop_pos_x=cx, crop_pos_y=cy, mirror=mirror,
-                                    mean=list(MEAN), std=list(STD), dtype=types.FLOAT16 if fp16 else types.FLOAT,
-                                    output_layout="HWC" if channels_last else "CHW", out_of_bounds_policy="pad")
+    window = {"crop": (crop, crop), "crop_pos_x": cx, "crop_pos_y": cy, "mirror": mirror, "out_of_bounds_policy": "pad"}
+    if on_host:
+        img = fn.crop_mirror_normalize(img, **window, dtype=types.UINT8, output_layout="HWC").gpu()
+        window = {}
+    return fn.crop_mirror_normalize(img, **window, mean=list(MEAN), std=list(STD), dtype=types.FLOAT16 if fp16 else types.FLOAT,
+                                    output_layout="HWC" if channels_last else "CHW")
 
 
 def _dali_decode(jpegs, device: str, hw_decoder_load: float, aug=None, image_size=None):
@@ -291,65 +308,97 @@ def _require_dali():
         raise FastFTError("NVIDIA DALI is not installed: `pip install nvidia-dali-cuda130` (Linux), or use backend: pytorch") from None
 
 
-class _DaliBackend:
-    def __init__(self, loader: Loader, threads: int):
-        _require_dali()
+class _DaliPipe:
+    """One DALI pipeline of :func:`_dali_graph` over externally fed batches of ``(index, crop_x, crop_y, mirror)``."""
+
+    def __init__(self, loader: Loader, batch: int, threads: int, host_decode: bool = False):
         from nvidia.dali import fn, pipeline_def, types
 
-        self.L = loader
-        cfg = loader.cfg
-        self._feed = None  # (plan, start_step) of the running epoch
-        dev_id = torch.cuda.current_device() if cfg.device == "cuda" else None
+        self.src, cfg = loader.src, loader.cfg
+        self.feed: list = []
+        n_aug = len(SampleSource.AUG) if self.src.aug is not None else 0
 
-        self.augment = loader.src.aug is not None
-        n_aug = len(SampleSource.AUG) if self.augment else 0
-
-        @pipeline_def(batch_size=cfg.batch_size, num_threads=threads, device_id=dev_id, seed=loader.plan.seed,
-                      prefetch_queue_depth=cfg.prefetch, exec_dynamic=EXEC_DYNAMIC)
+        @pipeline_def(batch_size=batch, num_threads=threads, device_id=torch.cuda.current_device() if cfg.device == "cuda" else None,
+                      seed=loader.plan.seed, prefetch_queue_depth=cfg.prefetch, exec_dynamic=EXEC_DYNAMIC)
         def pipe():
             jpegs, cx, cy, mirror, *aug = fn.external_source(
                 source=self._source, num_outputs=4 + n_aug, batch=True,
                 dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.INT32] + [types.FLOAT] * n_aug)
             return _dali_graph(jpegs, cx, cy, mirror, device=cfg.device, crop=cfg.crop, fixed_size=loader.fixed_size,
                                hw_decoder_load=cfg.hw_decoder_load, fp16=cfg.fp16, channels_last=cfg.channels_last,
-                               aug=aug or None, image_size=loader.image_size)
+                               aug=aug or None, image_size=loader.image_size, host_decode=host_decode)
 
         self.pipe = pipe()
         self.pipe.build()
 
     def _source(self, iteration: int):
-        if iteration >= len(self._feed):
+        if iteration >= len(self.feed):
             raise StopIteration
-        idx, cx, cy, mirror = self._feed[iteration]
-        src = self.L.src
-        out = ([src.jpeg(i) for i in idx], cx, cy, mirror.astype(np.int32))
-        if self.augment:
-            out += tuple(src.aug[k][idx] for k in SampleSource.AUG)
-        return out
+        idx, cx, cy, mirror = self.feed[iteration]
+        out = (self.src.jpegs(idx), cx, cy, mirror.astype(np.int32))
+        return out + tuple(self.src.aug[k][idx] for k in SampleSource.AUG) if self.src.aug is not None else out
+
+    def outputs(self, feed: list):
+        """The pipeline's output (a DALI TensorList) for each entry of ``feed``, in order; DALI prefetches ahead."""
+        self.feed = feed
+        self.pipe.reset()
+        for _ in feed:
+            (out,) = self.pipe.run()
+            yield out.as_tensor()
+        try:  # drain: the source raises StopIteration once the prefetched batches are out
+            self.pipe.run()
+        except StopIteration:
+            pass
+
+
+class _DaliBackend:
+    """DALI decoding: ``mixed`` (GPU, hardware decoder) on a GPU, DALI's CPU backend otherwise.
+
+    With ``cpu_decode`` = f > 0 a second pipeline takes the last ⌈f·B⌉ samples of every batch: it decodes them on
+    the host cores (libjpeg-turbo), crops and mirrors them there, and hands the uint8 crops to the GPU for the same
+    normalisation (see :func:`_dali_graph`). The GPU decoder then serves only the rest of each batch, and the host
+    share does not compete with training for the GPU. Same samples, crops and flags, in the plan's order."""
+
+    def __init__(self, loader: Loader, threads: int):
+        _require_dali()
+        self.L, cfg = loader, loader.cfg
+        B = cfg.batch_size
+        self.kc = min(B, math.ceil(cfg.cpu_decode * B)) if cfg.cpu_decode > 0 else 0  # host-decoded per full batch
+        self.kg = B - self.kc
+        host_threads = (threads if not self.kg else max(1, threads - max(1, threads // 4))) if self.kc else 0
+        self.main = _DaliPipe(loader, self.kg, max(1, threads - host_threads)) if self.kg else None
+        self.host = _DaliPipe(loader, self.kc, max(1, host_threads), host_decode=True) if self.kc else None
+        self.dev = _device(cfg)
+
+    def _host_count(self, n: int) -> int:
+        """Samples of an n-sample batch for the host pipeline: its share, within both pipelines' batch sizes."""
+        return min(self.kc, max(n - self.kg, round(self.kc * n / (self.kc + self.kg))))
 
     def decode(self, feed: list):
         """Decoded, augmented images for each ``(index, crop_x, crop_y, mirror)`` of ``feed`` (any batch size up to
         the pipeline's), in order, as device tensors."""
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
-        self._feed = feed
-        self.pipe.reset()
-        dev = _device(self.L.cfg)
-        dtype = torch.float16 if self.L.cfg.fp16 else torch.float32
+        cfg, dev = self.L.cfg, self.dev
+        dtype = torch.float16 if cfg.fp16 else torch.float32
         stream = torch.cuda.current_stream(dev) if dev.type == "cuda" else None
-        for _ in feed:
-            (img,) = self.pipe.run()
-            img = img.as_tensor()
-            x = torch.empty(img.shape(), dtype=dtype, device=dev)
-            feed_ndarray(img, x, cuda_stream=stream)
-            yield x.permute(0, 3, 1, 2) if self.L.cfg.channels_last else x  # HWC out: an NCHW view in NHWC memory
-        try:  # drain: the source raises StopIteration once the prefetched batches are out
-            self.pipe.run()
-        except StopIteration:
-            pass
+        split = [len(f[0]) - self._host_count(len(f[0])) for f in feed]
+        main = self.main.outputs([tuple(a[:g] for a in f) for f, g in zip(feed, split) if g]) if self.main else iter(())
+        host = self.host.outputs([tuple(a[g:] for a in f) for f, g in zip(feed, split) if g < len(f[0])]) if self.host else iter(())
+        c = cfg.crop
+        for f, g in zip(feed, split):
+            n = len(f[0])  # DALI writes HWC when channels_last (an NCHW view in NHWC memory), else CHW
+            x = torch.empty((n, c, c, 3) if cfg.channels_last else (n, 3, c, c), dtype=dtype, device=dev)
+            if g:
+                feed_ndarray(next(main), x[:g], cuda_stream=stream)
+            if g < n:
+                feed_ndarray(next(host), x[g:], cuda_stream=stream)
+            yield x.permute(0, 3, 1, 2) if cfg.channels_last else x
+        for rest in (main, host):  # run the generators' drains
+            next(rest, None)
 
     def run(self, plan: dict, start: int):
-        labels, weights = _plan_targets(self.L.src, plan, _device(self.L.cfg))
+        labels, weights = _plan_targets(self.L.src, plan, self.dev)
         steps = range(start, len(plan["index"]))
         feed = [(plan["index"][s], plan["crop_x"][s], plan["crop_y"][s], plan["mirror"][s]) for s in steps]
         for s, x in zip(steps, self.decode(feed)):
@@ -545,7 +594,7 @@ class _CacheBackend:
 
             def feed(i):
                 idx = order[i * bs:(i + 1) * bs]
-                return ([src.jpeg(j) for j in idx],) + tuple(src.aug[k][idx] for k in SampleSource.AUG[:n_aug])
+                return (src.jpegs(idx),) + tuple(src.aug[k][idx] for k in SampleSource.AUG[:n_aug])
             jpegs, *aug = fn.external_source(source=feed, num_outputs=1 + n_aug, batch=True, dtype=[types.UINT8] + [types.FLOAT] * n_aug)
             return _dali_decode(jpegs, self.dev.type, cfg.hw_decoder_load, aug, (w, h))
 

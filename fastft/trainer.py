@@ -65,6 +65,8 @@ class TrainConfig:
     conv1_pad: int = 8                 # on GPUs: feed conv1 this many input channels (3 + zeros; AlexNet.pad_input): 0, 4 or 8
     channels_last: bool = True
     num_threads: int = 0
+    hw_decoder_load: float = 0.65      # GPU decoding: share of JPEGs on the hardware decoder (A100/H100/H200)
+    cpu_decode: float = 0.0            # GPU decoding: share of each batch DALI decodes on the host cores instead
     cache: bool | str = "auto"         # keep decoded training images in device memory; auto = on GPUs for fixed-size stores
     cache_gb: float = 0.0              # cache budget; 0 = 80 % of free GPU memory (images beyond it go to host_cache_gb)
     host_cache_gb: float | str = "auto"  # second cache tier in pinned host memory; auto = half the RAM / runs on the node; 0 = off
@@ -97,6 +99,9 @@ class TrainConfig:
                 raise FastFTError(f"{k} must be true, false or auto, got {getattr(self, k)!r}")
         if not (self.host_cache_gb == "auto" or isinstance(self.host_cache_gb, (int, float)) and self.host_cache_gb >= 0):
             raise FastFTError(f"host_cache_gb must be auto or a number of GB >= 0, got {self.host_cache_gb!r}")
+        for k in ("hw_decoder_load", "cpu_decode"):
+            if not (isinstance(getattr(self, k), (int, float)) and 0 <= getattr(self, k) <= 1):
+                raise FastFTError(f"{k} is a share: 0 to 1, got {getattr(self, k)!r}")
         if self.conv1_pad not in (0, 4, 8):
             raise FastFTError(f"conv1_pad must be 0, 4 or 8, got {self.conv1_pad!r}")
         if self.lr is not None and self.lr <= 0:

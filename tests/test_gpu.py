@@ -17,6 +17,23 @@ def test_gpu_decode_matches_cpu_backend(view_near):
         assert (xc - xg.cpu()).abs().mean() < 0.05
 
 
+def test_host_decoded_share_on_gpu_matches_cpu_backend(view_near):
+    """``cpu_decode``: part of each batch decoded on the host, copied from pinned memory and normalised on the GPU,
+    next to the mixed decoder's part; float16 NHWC as GPU training consumes it."""
+    cpu = list(Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71), seed=1).epoch(0))
+    L = Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, device="cuda", cpu_decode=0.4, fp16=True,
+                                                     channels_last=True), seed=1)
+    g = L._impl.kg
+    assert g == 4
+    gpu = list(L.epoch(0))
+    assert len(cpu) == len(gpu)
+    for (xc, yc, _), (xg, yg, _) in zip(cpu, gpu):
+        assert xg.is_cuda and xg.dtype == torch.float16 and xg.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(yc, yg.cpu())
+        assert (xc[g:] - xg[g:].float().cpu()).abs().max() < 2e-2  # the host part: libjpeg-turbo on both sides
+        assert (xc[:g] - xg[:g].float().cpu()).abs().mean() < 0.05
+
+
 def test_bench_train_on_gpu(view_near):
     from fastft.bench import bench_train
 

@@ -209,6 +209,36 @@ def test_partial_cache_decodes_only_the_rest_and_serves_the_same_samples(view_ne
     assert impl.images.shape == (int(n * on_device), 80, 80, 3) and impl.host.shape == (int(n * on_host), 80, 80, 3)
 
 
+@pytest.mark.parametrize("share", [0.3, 1.0])
+def test_host_decoded_share_serves_the_same_batches(view_near, share):
+    """``cpu_decode``: a second DALI pipeline decodes the last part of every batch on the host cores (uint8 crops,
+    normalised after the copy); batches equal the one-pipeline ones, in both formats, through a partial cache's
+    small decoded remainders, and on resume."""
+    ref = list(Loader(view_near.path, "train", CFG, seed=6).epoch(1))
+    L = Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, num_threads=2, cpu_decode=share), seed=6)
+    assert (L._impl.kc, L._impl.kg) == ((3, 5) if share == 0.3 else (8, 0))
+    got = list(L.epoch(1))
+    assert len(got) == len(ref)
+    for (xa, ya, wa), (xb, yb, wb) in zip(ref, got, strict=True):
+        assert torch.equal(ya, yb) and torch.equal(wa, wb) and torch.allclose(xa, xb, atol=1e-4)
+    for (xa, _, _), (xb, _, _) in zip(got[3:], L.epoch(1, start_step=3), strict=True):
+        assert torch.equal(xa, xb)
+    h = Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, num_threads=2, cpu_decode=share, fp16=True,
+                                                     channels_last=True), seed=6)
+    for (xa, _, _), (xb, _, _) in zip(ref[:3], h.epoch(1)):
+        assert xb.dtype == torch.float16 and xb.is_contiguous(memory_format=torch.channels_last)
+        assert torch.allclose(xa, xb.float(), atol=2e-2)
+    n = len(L.src)  # decoded remainders of 0-8 samples per step: split between the pipelines within their sizes
+    part = Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, num_threads=2, cpu_decode=share, cache=True,
+                                                        cache_gb=(n // 2) * 80 * 80 * 3 / 1e9 + 1e-12), seed=6)
+    tier = part._impl.tier[part.plan.epoch(1)["index"]]
+    for s, ((xa, ya, _), (xb, yb, _)) in enumerate(zip(ref, part.epoch(1), strict=True)):
+        perm = np.argsort(tier[s], kind="stable")
+        assert torch.equal(ya[perm], yb) and torch.allclose(xa[perm], xb, atol=1e-4)
+    with pytest.raises(FastFTError, match="cpu_decode"):
+        Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, cpu_decode=1.5))
+
+
 def test_cache_needs_dali_for_a_partial_split(view_near):
     with pytest.raises(FastFTError, match="needs backend dali"):
         Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, cache=True, backend="pytorch", cache_gb=1e-4))

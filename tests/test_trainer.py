@@ -125,7 +125,8 @@ def test_config_mistakes_are_named_before_work(source_run, store, tmp_path):
     cases = [(["epcohs=3"], "unknown key 'epcohs'"), (["epochs=three"], "epochs: expected an integer"),
              (["mode=finetune", f"source={tmp_path / 'nope'}"], "does not exist"),
              (["mode=finetune"], "needs source"), (["set=nonexistent"], "no set 'nonexistent'"),
-             (["host_cache_gb=lots"], "host_cache_gb must be auto or a number"), (["conv1_pad=5"], "conv1_pad must be 0, 4 or 8")]
+             (["host_cache_gb=lots"], "host_cache_gb must be auto or a number"), (["conv1_pad=5"], "conv1_pad must be 0, 4 or 8"),
+             (["cpu_decode=2"], "cpu_decode is a share")]
     for extra, msg in cases:
         r = fastft("train", *base, *extra, check=False)
         assert r.returncode == 2 and msg in r.stderr, (extra, r.stderr[-500:])
