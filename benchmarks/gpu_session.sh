@@ -29,6 +29,8 @@ HW=${HW:-0.65,1.0}; CPU=${CPU:-0,0.3}  # hardware-decoder shares × host-decoded
 # the loader against fastft's own fallback in the same run
 step bench-loader 70 python3 -m fastft bench loader $W/view ${BENCH_ARGS/--width 0.25/} --seconds 4 --hw-load $HW --cpu-decode $CPU \
     --out "$OUT/bench-loader.json"
+# what bounds the loader alone: variants and CPU accounting, the fallback in the same run
+step loader-probe 130 sh -c "cd benchmarks && python3 loader_probe.py $W/view --seconds 4 ${LPROBE_ARGS:-} --out '$OUT/loader-probe.json'"
 # the reference baselines (../shared/bench/baselines.py, copied to .dali/c2/ by the operator): PIL DataLoader alone and
 # (ANCHOR_SECTIONS with e2e) feeding a train step, on the same machine in the same session
 [ -f .dali/c2/baselines.py ] && step baselines 130 env OUT=$W/anchor ANCHOR_SECTIONS=${ANCHOR_SECTIONS:-env,corpus,cpu,e2e} \
@@ -36,7 +38,7 @@ step bench-loader 70 python3 -m fastft bench loader $W/view ${BENCH_ARGS/--width
 [ -f $W/anchor/anchors.jsonl ] && cp $W/anchor/anchors.jsonl "$OUT/anchors.jsonl"
 step gpu-tests 70 python3 -m pytest -q -x tests/test_gpu.py -p no:cacheprovider
 step bench-train 200 python3 -m fastft bench train $W/view $BENCH_ARGS --seconds 4 --steps $STEPS \
-    --hw-load $HW --cpu-decode $CPU --cache --out "$OUT/bench-train.json"
+    --hw-load $HW --cpu-decode $CPU ${CACHE---cache} --out "$OUT/bench-train.json"
 python3 -c "import json,sys; sys.exit('fastft_e2e_img_s' not in json.load(open('$OUT/bench-train.json')))" 2>/dev/null ||
   step bench-train-plain 100 python3 -m fastft bench train $W/view $BENCH_ARGS --seconds 4 --steps graph --cache --out "$OUT/bench-train.json"
 BEST=$(python3 -c "import json; print(json.load(open('$OUT/bench-train.json')).get('step', 'graph'))" 2>/dev/null || echo graph)

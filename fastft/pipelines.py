@@ -21,6 +21,7 @@ mean approximates). JPEG bytes are read straight from the store's tars (memory-m
 """
 from __future__ import annotations
 
+import collections
 import math
 import mmap
 import os
@@ -34,6 +35,7 @@ from .errors import FastFTError
 from .store import View, open_view
 
 EXEC_DYNAMIC = True  # DALI's dynamic executor for the training pipeline (benchmarks/e2e_probe.py compares both)
+FEED_NO_COPY = False  # hand DALI the JPEG bytes in the store's maps without a copy (benchmarks/loader_probe.py compares)
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
 
@@ -316,13 +318,14 @@ class _DaliPipe:
 
         self.src, cfg = loader.src, loader.cfg
         self.feed: list = []
+        self.alive = collections.deque(maxlen=cfg.prefetch + 2)  # batches DALI may still read (FEED_NO_COPY)
         n_aug = len(SampleSource.AUG) if self.src.aug is not None else 0
 
         @pipeline_def(batch_size=batch, num_threads=threads, device_id=torch.cuda.current_device() if cfg.device == "cuda" else None,
                       seed=loader.plan.seed, prefetch_queue_depth=cfg.prefetch, exec_dynamic=EXEC_DYNAMIC)
         def pipe():
             jpegs, cx, cy, mirror, *aug = fn.external_source(
-                source=self._source, num_outputs=4 + n_aug, batch=True,
+                source=self._source, num_outputs=4 + n_aug, batch=True, no_copy=FEED_NO_COPY,
                 dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.INT32] + [types.FLOAT] * n_aug)
             return _dali_graph(jpegs, cx, cy, mirror, device=cfg.device, crop=cfg.crop, fixed_size=loader.fixed_size,
                                hw_decoder_load=cfg.hw_decoder_load, fp16=cfg.fp16, channels_last=cfg.channels_last,
@@ -336,7 +339,10 @@ class _DaliPipe:
             raise StopIteration
         idx, cx, cy, mirror = self.feed[iteration]
         out = (self.src.jpegs(idx), cx, cy, mirror.astype(np.int32))
-        return out + tuple(self.src.aug[k][idx] for k in SampleSource.AUG) if self.src.aug is not None else out
+        if self.src.aug is not None:
+            out += tuple(self.src.aug[k][idx] for k in SampleSource.AUG)
+        self.alive.append(out)
+        return out
 
     def outputs(self, feed: list):
         """The pipeline's output (a DALI TensorList) for each entry of ``feed``, in order; DALI prefetches ahead."""

@@ -1,0 +1,129 @@
+"""What bounds the DALI loader alone (no training) on a GPU machine: images/s and CPU accounting per variant, with
+fastft's PyTorch fallback measured in the same run. Prints one JSON object.
+
+Per variant: ``img_s``; ``main_busy`` = CPU time of the Python thread that drives the pipeline / wall time (1.0 = the
+feed and hand-off loop is the bottleneck); ``cpu_ms_per_kimg`` = CPU time of the whole process per 1,000 images
+(all DALI threads included). Variants change one thing against ``dali`` (the loader as ``fastft train`` builds it):
+
+* ``threads8`` / ``threads4``: fewer DALI CPU threads (less contention on the host's cores);
+* ``prefetch4``: a deeper prefetch queue;
+* ``static``: DALI's classic executor;
+* ``nocopy``: DALI reads the JPEG bytes in the store's memory maps without copying them (``FEED_NO_COPY``);
+* ``reader``: DALI's C++ webdataset reader on the view's shards (no Python feed at all; its own shuffle and crops):
+  the rate of decoding alone on this machine.
+
+Usage: python benchmarks/loader_probe.py VIEW [--seconds 4] [--variants dali,threads8,...] [--hw-load 1.0] [--out F]
+"""
+import argparse
+import json
+import time
+
+import torch
+
+from e2e_probe import _reader_batches
+from fastft import pipelines
+from fastft.bench import _forever, hardware
+from fastft.pipelines import Loader, LoaderConfig, batch_format
+
+
+def _measure(batches, seconds: float, warmup: int, sync) -> dict:
+    it = iter(batches)
+    for _ in range(warmup):
+        next(it)
+    sync()
+    t0, c0, p0, n = time.perf_counter(), time.thread_time(), time.process_time(), 0
+    for x, *_ in it:
+        n += x.shape[0]
+        if time.perf_counter() - t0 > seconds:
+            break
+    sync()
+    wall, main, proc = time.perf_counter() - t0, time.thread_time() - c0, time.process_time() - p0
+    return {"img_s": round(n / wall, 1), "main_busy": round(main / wall, 2), "cpu_ms_per_kimg": round(proc / n * 1e6, 1)}
+
+
+def _cpu_topology() -> dict:
+    info = {}
+    for line in open("/proc/cpuinfo"):
+        k, _, v = line.partition(":")
+        if k.strip() in ("model name", "cpu cores", "siblings"):
+            info.setdefault(k.strip(), v.strip())
+    return info
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("view")
+    ap.add_argument("--seconds", type=float, default=4)
+    ap.add_argument("--hw-load", type=float, default=1.0)
+    ap.add_argument("--variants", default="dali,threads8,threads4,prefetch4,static,nocopy,reader")
+    ap.add_argument("--device", default="cuda", help="cpu: a smoke test of the script (with --batch, --crop)")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--crop", type=int, default=227)
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    dev = a.device
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    fmt = batch_format(dev, "bf16" if dev == "cuda" else "fp32")
+
+    def loader(backend="dali", **kw):
+        cfg = LoaderConfig(batch_size=a.batch, crop=a.crop, backend=backend, device=dev, hw_decoder_load=a.hw_load, **fmt)
+        for k, v in kw.items():
+            setattr(cfg, k, v)
+        return _forever(Loader(a.view, "train", cfg, seed=0))
+
+    mods = {"threads8": ({"num_threads": 8}, {}), "threads4": ({"num_threads": 4}, {}), "prefetch4": ({"prefetch": 4}, {}),
+            "static": ({}, {"EXEC_DYNAMIC": False}), "nocopy": ({}, {"FEED_NO_COPY": True})}
+
+    def run(variant: str) -> dict:
+        """``dali``, ``reader``, or modifiers of ``dali`` joined by ``+`` (e.g. ``static+threads8``)."""
+        if variant == "reader":
+            return _measure(_reader_batches(a.view, a.batch, a.hw_load, dev, a.crop), a.seconds, 3, sync)
+        cfg, flags = {}, {}
+        for m in variant.split("+"):
+            if m != "dali":
+                cfg.update(mods[m][0]), flags.update(mods[m][1])
+        old = {k: getattr(pipelines, k) for k in flags}
+        try:
+            for k, v in flags.items():
+                setattr(pipelines, k, v)
+            return _measure(loader(**cfg), a.seconds, 3, sync)
+        finally:
+            for k, v in old.items():
+                setattr(pipelines, k, v)
+
+    res = {"bench": "loader_probe", "view": a.view, "batch": a.batch, "hw_decoder_load": a.hw_load, "cpu_topology": _cpu_topology()}
+    res["pytorch"] = _measure(loader("pytorch"), a.seconds, 3, sync)  # first: its workers fork before DALI's threads exist
+    print("pytorch", res["pytorch"], flush=True)
+    v = res["variants"] = {}
+
+    def attempt(name):
+        try:
+            v[name] = run(name)
+        except Exception as e:  # noqa: BLE001 - one failing variant must not cost the others
+            v[name] = f"error: {type(e).__name__}: {str(e)[:200]}"
+        print(name, v[name], flush=True)
+    for name in a.variants.split(","):
+        attempt(name)
+    ok = {k: r["img_s"] for k, r in v.items() if isinstance(r, dict)}
+    if "dali" in ok:  # then the modifiers that each gained > 3 % together (one of a kind: the fastest thread count)
+        gain = sorted((k for k in ok if k in mods and ok[k] > 1.03 * ok["dali"]), key=ok.get, reverse=True)
+        combo, seen = [], set()
+        for k in gain:
+            kind = tuple(mods[k][0]) + tuple(mods[k][1])
+            if kind not in seen:
+                combo.append(k), seen.add(kind)
+        if len(combo) > 1:
+            attempt("+".join(combo))
+            ok = {k: r["img_s"] for k, r in v.items() if isinstance(r, dict)}
+    if ok:
+        best = max((k for k in ok if k != "reader"), key=ok.get, default=None)
+        if best:
+            res["best"], res["best_vs_pytorch"] = best, round(ok[best] / res["pytorch"]["img_s"], 2)
+    line = json.dumps({**res, **hardware()})
+    print(line)
+    if a.out:
+        open(a.out, "w").write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
