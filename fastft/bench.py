@@ -62,7 +62,7 @@ def diversity(labels: np.ndarray, batch: int, classes: int) -> dict:
 
 def _settings(hw_loads, cpu_shares, dev: str) -> list[tuple[float, float]]:
     """(hardware-decoder share, host-decoded share) pairs to measure: on CPU only the one CPU pipeline."""
-    return [(h, c) for h in hw_loads for c in cpu_shares] if dev == "cuda" else [(0.65, 0.0)]
+    return [(h, c) for h in hw_loads for c in cpu_shares] if dev == "cuda" else [(1.0, 0.0)]
 
 
 def _best(by: dict, res: dict, key: str) -> None:
@@ -75,7 +75,7 @@ def _best(by: dict, res: dict, key: str) -> None:
 
 
 def bench_loader(view: str, batch: int = 256, device: str = "auto", seconds: float = 10.0, threads: int = 0,
-                 crop: int = 227, hw_loads: tuple[float, ...] = (0.65,), cpu_shares: tuple[float, ...] = (0.0,)) -> dict:
+                 crop: int = 227, hw_loads: tuple[float, ...] = (1.0,), cpu_shares: tuple[float, ...] = (0.0,)) -> dict:
     """The fallback (PIL DataLoader) and the DALI pipeline for each hardware-decoder share × host-decoded share
     (``cpu_decode``), emitting what training consumes (:func:`~fastft.pipelines.batch_format`)."""
     from .pipelines import Loader, LoaderConfig, batch_format
@@ -85,7 +85,7 @@ def bench_loader(view: str, batch: int = 256, device: str = "auto", seconds: flo
     fmt = batch_format(dev, "bf16" if dev == "cuda" else "fp32")
     res = {"bench": "loader", "view": str(view), "batch": batch, "device": dev, **fmt}
 
-    def rate(backend: str, hw: float = 0.65, cpu: float = 0.0) -> float:
+    def rate(backend: str, hw: float = 1.0, cpu: float = 0.0) -> float:
         L = Loader(view, "train", LoaderConfig(batch_size=batch, crop=crop, backend=backend, device=dev, num_threads=threads,
                                                hw_decoder_load=hw, cpu_decode=cpu, **fmt), seed=0)
         return _rate(_forever(L), seconds, 3, sync)[0]
@@ -153,7 +153,7 @@ def _measure(fn) -> float | str:
 
 def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: float = 10.0, steps: tuple[str, ...] | None = None,
                 width: float = 1.0, crop: int = 227, threads: int = 0, precision: str = "auto", cache: bool = False,
-                hw_loads: tuple[float, ...] = (0.65,), cpu_shares: tuple[float, ...] = (0.0,)) -> dict:
+                hw_loads: tuple[float, ...] = (1.0,), cpu_shares: tuple[float, ...] = (0.0,)) -> dict:
     """Ceilings for each step mode on synthetic device tensors, then — with the fastest mode — the DataLoader
     baseline, fastft's DALI path for each hardware-decoder share × host-decoded share, and (``cache``) the
     decoded-image cache."""
@@ -190,7 +190,7 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
 
     fmt = batch_format(dev, prec)
 
-    def e2e(backend: str, hw: float = 0.65, cached: float = 0.0, host: float = 0.0, cpu: float = 0.0) -> float:
+    def e2e(backend: str, hw: float = 1.0, cached: float = 0.0, host: float = 0.0, cpu: float = 0.0) -> float:
         """``cached``/``host``: the fractions of the view kept decoded on the device / in pinned host memory (the
         rest is decoded every epoch)."""
         gb = hgb = 0.0
@@ -258,7 +258,7 @@ def _pack_worker(view, batch, seconds, mode, cache, hw, barrier, out_q, idx):
 
 
 def bench_pack(view: str, runs: tuple[int, ...] = (1, 2), batch: int = 256, seconds: float = 10.0, step: str = "graph",
-               cache: bool = True, hw_decoder_load: float = 0.65) -> dict:
+               cache: bool = True, hw_decoder_load: float = 1.0) -> dict:
     """Aggregate images/s of ``k`` concurrent single-GPU training processes on one GPU (each its own model, optimiser
     and loader over the view), for each k in ``runs``: how many runs ``fastft sweep --per-gpu`` should pack.
     All processes warm up first and then measure over the same window (a barrier)."""

@@ -263,7 +263,7 @@ def add_commands(sub) -> None:
                                    "by +: compile, graph (CUDA graph), fused (fused SGD), pad4/pad8 (conv1 input channels), e.g. "
                                    "eager,compile+graph+fused (default: eager,graph on a GPU, eager on CPU); the fastest runs "
                                    "end to end. pack: the one mode")
-    s.add_argument("--hw-load", default="0.65", help="share(s) of JPEG decoding on the hardware decoder, e.g. 0.65,0.8,1.0 "
+    s.add_argument("--hw-load", default="1.0", help="share(s) of JPEG decoding on the hardware decoder, e.g. 0.65,0.8,1.0 "
                                                      "(loader, train: each is measured; the best is reported)")
     s.add_argument("--cpu-decode", default="0", help="share(s) of each batch DALI decodes on the host cores instead of the GPU, "
                                                      "e.g. 0,0.25,0.4 (loader, train: each × each --hw-load; the best is reported)")

@@ -65,8 +65,8 @@ class TrainConfig:
     conv1_pad: int = 8                 # on GPUs: feed conv1 this many input channels (3 + zeros; AlexNet.pad_input): 0, 4 or 8
     channels_last: bool = True
     num_threads: int = 0
-    hw_decoder_load: float = 0.65      # GPU decoding: share of JPEGs on the hardware decoder (A100/H100/H200)
-    cpu_decode: float = 0.0            # GPU decoding: share of each batch DALI decodes on the host cores instead
+    hw_decoder_load: float = 1.0       # GPU decoding: share of JPEGs on the hardware decoder (A100/H100/H200)
+    cpu_decode: float = 0.6            # GPU decoding: share of each batch DALI decodes on the host cores instead (see README)
     cache: bool | str = "auto"         # keep decoded training images in device memory; auto = on GPUs for fixed-size stores
     cache_gb: float = 0.0              # cache budget; 0 = 80 % of free GPU memory (images beyond it go to host_cache_gb)
     host_cache_gb: float | str = "auto"  # second cache tier in pinned host memory; auto = half the RAM / runs on the node; 0 = off

@@ -239,6 +239,18 @@ def test_host_decoded_share_serves_the_same_batches(view_near, share):
         Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, cpu_decode=1.5))
 
 
+def test_feed_without_copy_serves_the_same_batches(view_near, monkeypatch):
+    """``FEED_NO_COPY`` (DALI reads the JPEG bytes in the store's maps): the same batches as the copying feed."""
+    from fastft import pipelines
+
+    ref = list(Loader(view_near.path, "train", CFG, seed=7).epoch(0))
+    monkeypatch.setattr(pipelines, "FEED_NO_COPY", True)
+    got = list(Loader(view_near.path, "train", CFG, seed=7).epoch(0))
+    assert len(got) == len(ref)
+    for (xa, ya, _), (xb, yb, _) in zip(ref, got):
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)
+
+
 def test_cache_needs_dali_for_a_partial_split(view_near):
     with pytest.raises(FastFTError, match="needs backend dali"):
         Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, cache=True, backend="pytorch", cache_gb=1e-4))
