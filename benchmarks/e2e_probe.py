@@ -18,14 +18,13 @@ the cache (decode once; device and pinned host tiers), see ``fastft.pipelines._C
 Usage: python benchmarks/e2e_probe.py VIEW [--step graph|compile+graph] [--seconds 4] [--variants ...]
 """
 import argparse
-import json
 import queue
 import threading
 
 import torch
 
 from fastft import pipelines
-from fastft.bench import _forever, _make_step, _rate, _stepped, hardware, synthetic_batch
+from fastft.bench import _forever, _make_step, _rate, _stepped, hardware, synthetic_batch, write
 from fastft.pipelines import Loader, LoaderConfig, batch_format
 from fastft.store import open_view
 
@@ -122,10 +121,7 @@ def main():
         except Exception as e:  # noqa: BLE001
             res["img_s"][name] = f"error: {type(e).__name__}: {str(e)[:200]}"
         print(name, res["img_s"][name], flush=True)
-    line = json.dumps({**res, **hardware()})
-    print(line)
-    if a.out:
-        open(a.out, "w").write(line + "\n")
+    write({**res, **hardware()}, a.out)
 
 
 if __name__ == "__main__":

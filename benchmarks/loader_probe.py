@@ -25,14 +25,13 @@ C++ reader 34.5k: the feed then keeps up with the hardware decoder, which bounds
 Usage: python benchmarks/loader_probe.py VIEW [--seconds 4] [--variants dali,threads8,...] [--hw-load 1.0] [--out F]
 """
 import argparse
-import json
 import time
 
 import torch
 
 from e2e_probe import _reader_batches
 from fastft import pipelines
-from fastft.bench import _forever, hardware
+from fastft.bench import _forever, hardware, write
 from fastft.pipelines import Loader, LoaderConfig, batch_format
 
 
@@ -130,10 +129,7 @@ def main():
         best = max((k for k in ok if k != "reader"), key=ok.get, default=None)
         if best:
             res["best"], res["best_vs_pytorch"] = best, round(ok[best] / res["pytorch"]["img_s"], 2)
-    line = json.dumps({**res, **hardware()})
-    print(line)
-    if a.out:
-        open(a.out, "w").write(line + "\n")
+    write({**res, **hardware()}, a.out)
 
 
 if __name__ == "__main__":
