@@ -179,7 +179,7 @@ class LoaderConfig:
     crop: int = 227
     backend: str = "dali"          # dali | pytorch
     device: str = "cpu"            # cpu | cuda
-    num_threads: int = 0           # DALI threads / DataLoader workers (0 = cores / world size)
+    num_threads: int = 0           # DALI threads / DataLoader workers (0 = usable cores / ranks / runs on the node)
     hw_decoder_load: float = 1.0   # share of JPEG decoding on the hardware decoder (A100/H100/H200)
     cpu_decode: float = 0.0        # share of each batch DALI decodes on the host cores instead of the GPU (dali backend)
     prefetch: int = 2
@@ -219,7 +219,7 @@ class Loader:
             raise FastFTError(f"cpu_decode is the share of each batch decoded on the host cores: 0 to 1, got {cfg.cpu_decode}")
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise FastFTError("device 'cuda' requested but no CUDA GPU is visible")
-        threads = cfg.num_threads or max(1, (os.cpu_count() or 1) // world_size)
+        threads = cfg.num_threads or max(1, usable_cores() // (world_size * _node_runs()))
         if cfg.cache:
             self._impl = _CacheBackend(self, threads)
         else:
@@ -480,6 +480,16 @@ class _TorchBackend:
             yield x, y.to(dev, non_blocking=True), weights[s]
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a SLURM job's or container's cpuset, else all)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _node_runs() -> int:
+    """How many runs a sweep packs on this node (``FASTFT_NODE_RUNS``; they share its cores and memory)."""
+    return max(1, int(os.environ.get("FASTFT_NODE_RUNS", "1")))
+
+
 def host_cache_budget() -> float:
     """``host_cache_gb: auto``: half of this machine's memory (or of the job's cgroup limit, under SLURM), split among
     the runs a sweep packs on the node (``FASTFT_NODE_RUNS``), and never more than 80 % of what is free now."""
@@ -490,7 +500,7 @@ def host_cache_budget() -> float:
     cg = Path("/sys/fs/cgroup/memory.max")
     if cg.exists() and cg.read_text().strip().isdigit():
         total = min(total, float(cg.read_text().strip()))
-    return max(0.0, min(0.5 * total / int(os.environ.get("FASTFT_NODE_RUNS", "1")), 0.8 * avail))
+    return max(0.0, min(0.5 * total / _node_runs(), 0.8 * avail))
 
 
 def _crop(images, slot, x0, y0, mirror, crop: int) -> torch.Tensor:

@@ -368,8 +368,10 @@ def slots_for(gpus: str | None, per_gpu: int, parallel: int) -> list[dict]:
         # and the runs on the node split its host memory for the cache's second tier (pipelines.host_cache_budget)
         return [{"CUDA_VISIBLE_DEVICES": g, "FASTFT_GPU_SHARE": str(per_gpu), "FASTFT_NODE_RUNS": str(len(ids) * per_gpu)}
                 for g in ids for _ in range(per_gpu)]
-    threads = max(1, (os.cpu_count() or 1) // max(1, parallel))
-    return [{"OMP_NUM_THREADS": str(threads)} for _ in range(max(1, parallel))]
+    from .pipelines import usable_cores
+
+    n = max(1, parallel)  # the runs split the node's cores: torch's threads and (FASTFT_NODE_RUNS) the loaders'
+    return [{"OMP_NUM_THREADS": str(max(1, usable_cores() // n)), "FASTFT_NODE_RUNS": str(n)} for _ in range(n)]
 
 
 # ---------------------------------------------------------------- SLURM

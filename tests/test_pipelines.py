@@ -267,14 +267,23 @@ def test_gpu_batch_format_channels_last_float16_matches(view_near):
             assert torch.equal(ya, yb) and torch.allclose(xa, xb.float(), atol=2e-2), kw
 
 
-def test_host_cache_budget_splits_the_machine_among_the_node_runs(monkeypatch):
-    from fastft.pipelines import host_cache_budget
+def test_node_runs_split_the_machine_memory_and_cores(monkeypatch, view_near):
+    """Runs a sweep packs on one node (``FASTFT_NODE_RUNS``, set by its slots) split the host-memory cache budget and
+    the cores their loaders decode with."""
+    from fastft.pipelines import host_cache_budget, usable_cores
+    from fastft.sweep import slots_for
 
     monkeypatch.delenv("FASTFT_NODE_RUNS", raising=False)
     one = host_cache_budget()
     assert one > 0
     monkeypatch.setenv("FASTFT_NODE_RUNS", "8")
     assert host_cache_budget() < one
+    for runs in ("1", "2"):
+        monkeypatch.setenv("FASTFT_NODE_RUNS", runs)
+        L = Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71), seed=0)
+        assert L._impl.main.pipe.num_threads == max(1, usable_cores() // int(runs))
+    assert [s["FASTFT_NODE_RUNS"] for s in slots_for(None, 1, 2)] == ["2", "2"]
+    assert [s["FASTFT_NODE_RUNS"] for s in slots_for("0,1", 2, 1)] == ["4"] * 4
 
 
 def test_compiled_cache_crop_equals_the_eager_ops():
