@@ -608,7 +608,9 @@ class _CacheBackend:
         bs = cfg.batch_size
         order = np.resize(rows, -(-len(rows) // bs) * bs)
 
-        @pipeline_def(batch_size=bs, num_threads=self.threads, device_id=self.dev.index if self.dev.type == "cuda" else None,
+        threads = min(self.threads, MIXED_THREADS) if self.dev.type == "cuda" else self.threads  # as the loader's mixed pipeline
+
+        @pipeline_def(batch_size=bs, num_threads=threads, device_id=self.dev.index if self.dev.type == "cuda" else None,
                       prefetch_queue_depth=2, exec_dynamic=EXEC_DYNAMIC)
         def decode():
             n_aug = len(SampleSource.AUG) if src.aug is not None else 0
