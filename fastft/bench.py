@@ -60,18 +60,17 @@ def diversity(labels: np.ndarray, batch: int, classes: int) -> dict:
     return {"mean_distinct": None, "iid_expectation": round(iid, 2)}
 
 
-def _settings(hw_loads, cpu_shares, dev: str) -> list[tuple[float, float]]:
-    """(hardware-decoder share, host-decoded share) pairs to measure: on CPU only the one CPU pipeline."""
-    return [(h, c) for h in hw_loads for c in cpu_shares] if dev == "cuda" else [(1.0, 0.0)]
-
-
-def _best(by: dict, res: dict, key: str) -> None:
-    """Record the fastest ``hw=…,cpu=…`` setting of ``by`` in ``res``: its rate under ``key`` and its two shares."""
-    ok = {k: v for k, v in by.items() if isinstance(v, float)}
+def _scan(measure, hw_loads, cpu_shares, dev: str, res: dict, key: str) -> None:
+    """``measure(hw, cpu)`` for each hardware-decoder share × host-decoded share (on CPU only the one CPU pipeline),
+    into ``res[key + "_by_setting"]``; the fastest as ``res[key + "_img_s"]`` with its ``hw_decoder_load`` and
+    ``cpu_decode``."""
+    settings = [(h, c) for h in hw_loads for c in cpu_shares] if dev == "cuda" else [(1.0, 0.0)]
+    rates = [_measure(lambda h=h, c=c: measure(h, c)) for h, c in settings]
+    res[f"{key}_by_setting"] = {f"hw={h},cpu={c}": r for (h, c), r in zip(settings, rates)}
+    ok = [(r, s) for r, s in zip(rates, settings) if isinstance(r, float)]
     if ok:
-        k = max(ok, key=ok.get)
-        res[key] = ok[k]
-        res["hw_decoder_load"], res["cpu_decode"] = (float(p.split("=")[1]) for p in k.split(","))
+        r, (res["hw_decoder_load"], res["cpu_decode"]) = max(ok)
+        res[f"{key}_img_s"] = r
 
 
 def bench_loader(view: str, batch: int = 256, device: str = "auto", seconds: float = 10.0, threads: int = 0,
@@ -90,9 +89,7 @@ def bench_loader(view: str, batch: int = 256, device: str = "auto", seconds: flo
                                                hw_decoder_load=hw, cpu_decode=cpu, **fmt), seed=0)
         return _rate(_forever(L), seconds, 3, sync)[0]
     res["pytorch_img_s"] = round(rate("pytorch"), 1)  # first: its workers fork before DALI's thread pools exist
-    res["dali_by_setting"] = {f"hw={h},cpu={c}": _measure(lambda h=h, c=c: rate("dali", h, c))
-                              for h, c in _settings(hw_loads, cpu_shares, dev)}
-    _best(res["dali_by_setting"], res, "dali_img_s")
+    _scan(lambda h, c: rate("dali", h, c), hw_loads, cpu_shares, dev, res, "dali")
     if "dali_img_s" in res:
         res["dali_vs_pytorch"] = round(res["dali_img_s"] / res["pytorch_img_s"], 2)
     L = Loader(view, "train", LoaderConfig(batch_size=batch, crop=crop, backend="pytorch", num_threads=1), seed=0)
@@ -212,9 +209,7 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
 
     # 2. the baseline first: its workers fork before DALI's thread pools exist
     res["dataloader_e2e_img_s"] = _measure(lambda: e2e("pytorch"))
-    res["fastft_e2e_by_setting"] = {f"hw={h},cpu={c}": _measure(lambda h=h, c=c: e2e("dali", h, cpu=c))
-                                    for h, c in _settings(hw_loads, cpu_shares, dev)}
-    _best(res["fastft_e2e_by_setting"], res, "fastft_e2e_img_s")
+    _scan(lambda h, c: e2e("dali", h, cpu=c), hw_loads, cpu_shares, dev, res, "fastft_e2e")
     if "fastft_e2e_img_s" in res:
         res["fastft_vs_ceiling"] = round(res["fastft_e2e_img_s"] / res["synthetic_ceiling_img_s"], 3)
     if cache:  # the whole view on the device (fine-tuning targets); a source larger than GPU memory: half on the device

@@ -375,10 +375,10 @@ class _DaliBackend:
         B = cfg.batch_size
         self.kc = min(B, math.ceil(cfg.cpu_decode * B)) if cfg.cpu_decode > 0 else 0  # host-decoded per full batch
         self.kg = B - self.kc
-        host_threads = (threads if not self.kg else max(1, threads - max(1, threads // 4))) if self.kc else 0
-        mixed = max(1, threads - host_threads)
+        mixed = max(1, threads // 4) if self.kc else threads  # both pipelines: a quarter of the threads drive the GPU decoder
+        host = threads if not self.kg else max(1, threads - mixed)
         self.main = _DaliPipe(loader, self.kg, min(mixed, MIXED_THREADS) if cfg.device == "cuda" else mixed) if self.kg else None
-        self.host = _DaliPipe(loader, self.kc, max(1, host_threads), host_decode=True) if self.kc else None
+        self.host = _DaliPipe(loader, self.kc, host, host_decode=True) if self.kc else None
         self.dev = _device(cfg)
 
     def _host_count(self, n: int) -> int:
