@@ -25,9 +25,10 @@ for i in $(seq 150); do [ -f $W/prep.done ] && break; sleep 1; done
 tail -5 $W/prep.log; cp $W/prep.log "$OUT/prep.log"
 BENCH_ARGS=${BENCH_ARGS:-}; TRAIN_ARGS=${TRAIN_ARGS:-}  # CPU rehearsal: smaller model and batch (and PROBE_ARGS, STEPS)
 STEPS=${STEPS:-graph,compile+graph,compile+graph+fused,compile+graph+fused+pad4,compile+graph+fused+pad8}
-HW=${HW:-1.0}; CPU=${CPU:-0,0.6}  # hardware-decoder shares × host-decoded shares to measure (bench loader, bench train)
+HW=${HW:-1.0}; CPU=${CPU:-0,0.6}  # hardware-decoder shares × host-decoded shares to measure (bench train)
+LCPU=${LCPU:-0,0.2,0.3}           # host-decoded shares for bench loader (the loader alone: the hardware decoder's spare)
 # the loader against fastft's own fallback in the same run
-step bench-loader 70 python3 -m fastft bench loader $W/view ${BENCH_ARGS/--width 0.25/} --seconds 4 --hw-load $HW --cpu-decode $CPU \
+step bench-loader 70 python3 -m fastft bench loader $W/view ${BENCH_ARGS/--width 0.25/} --seconds 4 --hw-load $HW --cpu-decode $LCPU \
     --out "$OUT/bench-loader.json"
 # what bounds the loader alone: variants and CPU accounting, the fallback in the same run
 step loader-probe 130 sh -c "cd benchmarks && python3 loader_probe.py $W/view --seconds 4 ${LPROBE_ARGS:-} --out '$OUT/loader-probe.json'"
