@@ -32,6 +32,8 @@ step bench-loader 70 python3 -m fastft bench loader $W/view ${BENCH_ARGS/--width
     --out "$OUT/bench-loader.json"
 # what bounds the loader alone: variants and CPU accounting, the fallback in the same run
 step loader-probe 130 sh -c "cd benchmarks && python3 loader_probe.py $W/view --seconds 4 ${LPROBE_ARGS:-} --out '$OUT/loader-probe.json'"
+# the host cores' decoding rate (CPU only; its JSON line stays in session.log: at most 8 files come back)
+step host-decode 40 python3 benchmarks/host_decode.py $W/view --seconds 2
 # the reference baselines (../shared/bench/baselines.py, copied to .dali/c2/ by the operator): PIL DataLoader alone and
 # (ANCHOR_SECTIONS with e2e) feeding a train step, on the same machine in the same session
 [ -f .dali/c2/baselines.py ] && step baselines 130 env OUT=$W/anchor ANCHOR_SECTIONS=${ANCHOR_SECTIONS:-env,corpus,cpu,e2e} \

@@ -261,31 +261,32 @@ def _dali_graph(jpegs, cx, cy, mirror, *, device: str, crop: int, fixed_size: bo
                 channels_last: bool = False, aug=None, image_size=None, host_decode: bool = False):
     """The one augmentation graph: decode → (§4.6 transforms of augmented copies) → (resize shorter side if the store
     is not fixed-size) → crop/mirror/normalise. Training feeds random crop positions and mirror flags; evaluation
-    feeds 0.5, 0.5, 0. ``host_decode`` on a GPU: decode, transform, crop and mirror on the host cores, then move the
-    uint8 crops to the GPU (DALI's own pinned copy, inside the prefetched pipeline) and normalise there."""
+    feeds 0.5, 0.5, 0. ``host_decode`` on a GPU: decode on the host cores, then the same graph on the GPU."""
     from nvidia.dali import fn, types
 
-    on_host = host_decode and device == "cuda"
-    img = _dali_decode(jpegs, "cpu" if on_host else device, hw_decoder_load, aug, image_size)
+    img = _dali_decode(jpegs, device, hw_decoder_load, aug, image_size, host_decode=host_decode)
     if not fixed_size:
         img = fn.resize(img, resize_shorter=round(crop * 256 / 227))
-    window = {"crop": (crop, crop), "crop_pos_x": cx, "crop_pos_y": cy, "mirror": mirror, "out_of_bounds_policy": "pad"}
-    if on_host:
-        img = fn.crop_mirror_normalize(img, **window, dtype=types.UINT8, output_layout="HWC").gpu()
-        window = {}
-    return fn.crop_mirror_normalize(img, **window, mean=list(MEAN), std=list(STD), dtype=types.FLOAT16 if fp16 else types.FLOAT,
+    return fn.crop_mirror_normalize(img, crop=(crop, crop), crop_pos_x=cx, crop_pos_y=cy, mirror=mirror, out_of_bounds_policy="pad",
+                                    mean=list(MEAN), std=list(STD), dtype=types.FLOAT16 if fp16 else types.FLOAT,
                                     output_layout="HWC" if channels_last else "CHW")
 
 
-def _dali_decode(jpegs, device: str, hw_decoder_load: float, aug=None, image_size=None):
+def _dali_decode(jpegs, device: str, hw_decoder_load: float, aug=None, image_size=None, host_decode: bool = False):
     """JPEG → RGB uint8 (``mixed`` decoder on a GPU), then the §4.6 transforms of augmented copies (see
-    :meth:`SampleSource.augment_to`; originals pass with identity values). Shared by training and the cache fill."""
+    :meth:`SampleSource.augment_to`; originals pass with identity values). Shared by training and the cache fill.
+
+    ``host_decode`` on a GPU: libjpeg-turbo on the host cores, and the whole decoded image moves to the GPU (DALI's
+    pinned copy, inside the prefetched pipeline) before anything else. Cropping on the host first would cost 47-68 %
+    more host CPU per image (DALI's CPU crop; ``benchmarks/host_decode.py``) to copy ~20 % fewer bytes."""
     from nvidia.dali import fn, types
 
-    if device == "cuda":
+    if device == "cuda" and not host_decode:
         img = fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=hw_decoder_load)
     else:
         img = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
+        if device == "cuda":
+            img = img.gpu()
     if not aug:
         return img
     scale, angle, bright, contrast, sat, u, v = aug
@@ -365,9 +366,9 @@ class _DaliBackend:
     """DALI decoding: ``mixed`` (GPU, hardware decoder) on a GPU, DALI's CPU backend otherwise.
 
     With ``cpu_decode`` = f > 0 a second pipeline takes the last ⌈f·B⌉ samples of every batch: it decodes them on
-    the host cores (libjpeg-turbo), crops and mirrors them there, and hands the uint8 crops to the GPU for the same
-    normalisation (see :func:`_dali_graph`). The GPU decoder then serves only the rest of each batch, and the host
-    share does not compete with training for the GPU. Same samples, crops and flags, in the plan's order."""
+    the host cores (libjpeg-turbo) and hands the decoded images to the GPU for the same crop, mirror and
+    normalisation (see :func:`_dali_decode`). The hardware decoder then serves only the rest of each batch. Same
+    samples, crops and flags, in the plan's order."""
 
     def __init__(self, loader: Loader, threads: int):
         _require_dali()

@@ -211,9 +211,9 @@ def test_partial_cache_decodes_only_the_rest_and_serves_the_same_samples(view_ne
 
 @pytest.mark.parametrize("share", [0.3, 1.0])
 def test_host_decoded_share_serves_the_same_batches(view_near, share):
-    """``cpu_decode``: a second DALI pipeline decodes the last part of every batch on the host cores (uint8 crops,
-    normalised after the copy); batches equal the one-pipeline ones, in both formats, through a partial cache's
-    small decoded remainders, and on resume."""
+    """``cpu_decode``: a second DALI pipeline decodes the last part of every batch on the host cores (cropped and
+    normalised after the copy to the GPU); batches equal the one-pipeline ones, in both formats, through a partial
+    cache's small decoded remainders, and on resume."""
     ref = list(Loader(view_near.path, "train", CFG, seed=6).epoch(1))
     L = Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, num_threads=2, cpu_decode=share), seed=6)
     assert (L._impl.kc, L._impl.kg) == ((3, 5) if share == 0.3 else (8, 0))
