@@ -151,11 +151,12 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, curves: pd.DataFrame, out
         if not c.empty:
             fig, ax = plt.subplots(1, 2, figsize=(11, 4))
             for (t, g), cc in c.groupby(["template", "grid"], sort=False):
-                m = cc.groupby("epoch")[["top1", "train_loss"]].mean()
-                lab = f"{t} {g}".strip()
-                ax[0].plot(m.index, m["top1"], label=lab)
-                ax[1].plot(m.index, m["train_loss"], label=lab)
-            ax[0].set(xlabel="epoch", ylabel="test top-1 (%)", title=f"{plan}: test accuracy")
+                by = cc.groupby("epoch")
+                m, sd = by[["top1", "train_loss"]].mean(), by[["top1", "train_loss"]].std().fillna(0)
+                for a, k in zip(ax, ("top1", "train_loss")):  # mean over seeds, ± std shaded
+                    (line,) = a.plot(m.index, m[k], label=f"{t} {g}".strip())
+                    a.fill_between(m.index, m[k] - sd[k], m[k] + sd[k], color=line.get_color(), alpha=0.15, linewidth=0)
+            ax[0].set(xlabel="epoch", ylabel="test top-1 (%)", title=f"{plan}: test accuracy (mean ± std over seeds)")
             ax[1].set(xlabel="epoch", ylabel="train loss", title=f"{plan}: training loss")
             ax[0].legend(fontsize=7)
             fig.tight_layout()
