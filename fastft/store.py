@@ -618,7 +618,12 @@ def open_view(path: str | Path, check_store: bool = True) -> View:
         raise FastFTError(f"{path} is not a fastft view (no view.json); make one with `fastft subsets resolve`")
     v = View(path, json.loads(vp.read_text()))
     if check_store:
-        st = open_store(v.store)
+        try:
+            st = open_store(v.store)
+        except FastFTError as e:  # e.g. a store copied to node-local disk: the view still names the old path
+            raise FastFTError(f"view {path} reads the store at {v.store}, which failed to open ({e}). If the store moved, "
+                              f"resolve the view again with `fastft subsets resolve SPEC --store NEW_PATH`, or train with "
+                              f"spec=… set=… store=NEW_PATH") from None
         if st.sha256 != v.meta["manifest_sha256"]:
             raise FastFTError(f"view {path} was made from another version of the store {v.store} (manifest changed); resolve it again")
         for split in v.meta["splits"]:

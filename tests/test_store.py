@@ -193,3 +193,6 @@ def test_view_refuses_bit_flipped_shard(store, view_near, tmp_path):
     shard.write_bytes(bytes(data))
     with pytest.raises(FastFTError, match=shard.name):
         open_view(v)
+    bad.rename(tmp_path / "moved")  # a store copied elsewhere: the view names the old path and says what to do
+    with pytest.raises(FastFTError, match="If the store moved, resolve the view again"):
+        open_view(v)
