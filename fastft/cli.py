@@ -86,9 +86,11 @@ def cmd_synth(a):
     classes = a.classes
     if classes and len(classes) == 1 and Path(classes[0]).is_file():
         classes = Path(classes[0]).read_text().split()
-    r = synth(a.out, classes, a.train_per_class, a.val_per_class, a.size, a.quality, a.val_layout, a.broken, a.seed, a.workers)
+    r = synth(a.out, classes, a.train_per_class, a.val_per_class, a.size, a.quality, a.val_layout, a.broken, a.seed, a.workers,
+              a.archives)
     print(f"wrote synthetic ImageNet {r['root']}: {r['classes']} classes, {r['train']} train + {r['val']} val files, "
-          f"val layout {r['val_layout']}" + (f", {len(r['broken'])} broken files" if r["broken"] else ""))
+          f"val layout {r['val_layout']}" + (f", {len(r['broken'])} broken files" if r["broken"] else "") +
+          (" (as the downloaded archives)" if a.archives else ""))
 
 
 # ---------------------------------------------------------------- store
@@ -168,10 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--broken", action="store_true", help="add CMYK, PNG-as-JPEG, grayscale, RGBA, truncated, 0-byte and non-image files")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=int, default=None, help="processes (default: all cores for >= 2,000 images); same tree for any number")
+    s.add_argument("--archives", action="store_true", help="write the files image-net.org serves instead of a tree: "
+                   "ILSVRC2012_img_train.tar (a tar per class), ILSVRC2012_img_val.tar, ILSVRC2012_devkit_t12.tar.gz")
     s.set_defaults(fn=cmd_synth)
 
     s = sub.add_parser("shard", help="ILSVRC2012 tree -> WebDataset shard store indexed by synset (resumable)")
-    s.add_argument("root", help="ImageNet root holding train/ and val/ (or ILSVRC/Data/CLS-LOC/)")
+    s.add_argument("root", help="ImageNet root holding train/ and val/ (or ILSVRC/Data/CLS-LOC/), or the downloaded archives "
+                   "ILSVRC2012_img_train.tar + ILSVRC2012_img_val.tar + ILSVRC2012_devkit_t12.tar.gz, read in place (no extraction)")
     s.add_argument("--out", required=True)
     s.add_argument("--resize", default="256x256", help="WxH (default 256x256, as in the paper), short:N, or none")
     s.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images")

@@ -1,6 +1,7 @@
 """The shard store: ILSVRC2012 → WebDataset tar shards indexed by WordNet synset, its verification, and subset views.
 
-``write_store`` (``fastft shard``) reads an ILSVRC2012 tree once and writes, under the output directory::
+``write_store`` (``fastft shard``) reads ILSVRC2012 once — an extracted tree, or the downloaded ``.tar`` files read in
+place — and writes, under the output directory::
 
     settings.json                 the settings the store was started with (a resume must match them)
     train-000000.tar …            samples ``<key>.jpg`` (RGB JPEG, pre-resized) + ``<key>.cls`` (int32 LE label, 1000-class order)
@@ -32,7 +33,7 @@ import re
 import tarfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -86,15 +87,19 @@ def _parse_resize(spec: str):
 class Input:
     split: str
     wnid: str
-    source: str  # path relative to the ImageNet root
+    source: str        # path relative to the ImageNet root (inside archives: ``<archive>/<class tar>/<member>``)
     key: str = ""
+    archive: str = ""  # an uncompressed tar (relative to the root) holding the bytes at ``offset`` (``size`` bytes)
+    offset: int = 0
+    size: int = 0
 
 
 def _find_root(root: Path) -> Path:
     for cand in (root, root / "ILSVRC" / "Data" / "CLS-LOC"):
         if (cand / "train").is_dir():
             return cand
-    raise FastFTError(f"{root} has no train/ folder (expected ILSVRC2012 layout: train/<wnid>/*.JPEG, val/…)")
+    raise FastFTError(f"{root} has no train/ folder and no {TRAIN_TAR} (expected the ILSVRC2012 layout: train/<wnid>/*.JPEG, "
+                      f"val/…, or the downloaded archives {TRAIN_TAR}, {VAL_TAR}, {DEVKIT_TGZ})")
 
 
 def _detect_val_layout(root: Path, data_root: Path, layout: str) -> tuple[str, Path | None]:
@@ -119,14 +124,11 @@ def _detect_val_layout(root: Path, data_root: Path, layout: str) -> tuple[str, P
     return layout, (found[layout] if layout != "folders" else None)
 
 
-def _devkit_ids(gt: Path) -> dict[int, str]:
-    """ILSVRC2012_ID -> wnid from the devkit's meta.mat (IDs are NOT sorted wnid order)."""
-    meta = gt.parent / "meta.mat"
-    if not meta.exists():
-        raise FastFTError(f"devkit layout needs {meta} to map ILSVRC2012_IDs to wnids")
+def _devkit_ids(meta) -> dict[int, str]:
+    """ILSVRC2012_ID -> wnid from the devkit's meta.mat (a path or a file object; IDs are NOT sorted wnid order)."""
     from scipy.io import loadmat
 
-    syn = loadmat(str(meta), squeeze_me=True)["synsets"]
+    syn = loadmat(meta, squeeze_me=True)["synsets"]
     out = {}
     for s in np.atleast_1d(syn):
         if int(s["num_children"]) == 0:
@@ -134,27 +136,164 @@ def _devkit_ids(gt: Path) -> dict[int, str]:
     return out
 
 
-def scan(root: str | Path, cfg: ShardConfig) -> tuple[list[Input], dict]:
-    """Every input file of the tree with its split and wnid; raises on unknown / missing / empty classes."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FastFTError(f"ImageNet root {root} is not a directory")
+def _val_labels(layout: str, label_file: Path) -> dict[str, str]:
+    """Validation image stem (``ILSVRC2012_val_00000001``) -> wnid, from the devkit's ground truth + meta.mat (a
+    devkit folder, or the downloaded ``ILSVRC2012_devkit_t12.tar.gz`` read in place) or Kaggle's LOC_val_solution.csv."""
+    if layout == "devkit":
+        if label_file.name.endswith(".tar.gz"):
+            try:
+                with tarfile.open(label_file, "r:gz") as t:
+                    gt = t.extractfile(f"{DEVKIT_DIR}/data/ILSVRC2012_validation_ground_truth.txt").read().decode()
+                    meta = io.BytesIO(t.extractfile(f"{DEVKIT_DIR}/data/meta.mat").read())
+            except (KeyError, tarfile.TarError, OSError, EOFError) as e:
+                raise FastFTError(f"{label_file} is not a readable ILSVRC2012 devkit (needs data/meta.mat and "
+                                  f"data/ILSVRC2012_validation_ground_truth.txt): {e}") from None
+        else:
+            meta = label_file.parent / "meta.mat"
+            if not meta.exists():
+                raise FastFTError(f"devkit layout needs {meta} to map ILSVRC2012_IDs to wnids")
+            gt, meta = label_file.read_text(), str(meta)
+        ids = _devkit_ids(meta)
+        return {f"ILSVRC2012_val_{i:08d}": ids[int(x)] for i, x in enumerate(gt.split(), 1)}
+    labels = {}
+    with open(label_file, newline="") as f:
+        for row in csv.DictReader(f):
+            labels[row["ImageId"]] = row["PredictionString"].split()[0]
+    return labels
+
+
+# the files image-net.org serves (also what torchvision.datasets.ImageNet reads)
+TRAIN_TAR, VAL_TAR, DEVKIT_TGZ, DEVKIT_DIR = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz", "ILSVRC2012_devkit_t12"
+
+
+class _Window(io.RawIOBase):
+    """A read-only window ``[start, start + size)`` of a file: an inner tar of the train archive, read in place."""
+
+    def __init__(self, f, start: int, size: int):
+        self.f, self.start, self.size, self.pos = f, start, size, 0
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def tell(self):
+        return self.pos
+
+    def seek(self, off, whence=0):
+        self.pos = max(0, min(self.size, {0: off, 1: self.pos + off, 2: self.size + off}[whence]))
+        return self.pos
+
+    def readinto(self, b):
+        n = min(len(b), self.size - self.pos)
+        if n <= 0:
+            return 0
+        data = os.pread(self.f.fileno(), n, self.start + self.pos)
+        b[:len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+def _tar_files(f, start: int, size: int, where: str) -> list[tuple[str, int, int]]:
+    """(member name, absolute offset, size) of the regular files of the uncompressed tar at ``[start, start+size)``
+    of the open file ``f``, in name order; reads only the headers (positioned reads of what tarfile asks for)."""
+    try:
+        with tarfile.open(fileobj=_Window(f, start, size), mode="r:") as t:
+            out = sorted((m.name, start + m.offset_data, m.size) for m in t if m.isfile())
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise FastFTError(f"{where} is not a readable tar archive (truncated or damaged?): {e}") from None
+    for name, off, n in out:
+        if off + n > start + size:
+            raise FastFTError(f"{where}: member {name} runs past the end of the archive (truncated?)")
+    return out
+
+
+def _scan_archives(root: Path, cfg: ShardConfig, progress: bool = False) -> tuple[list[Input], dict]:
+    """The ILSVRC2012 archives as downloaded, read in place (no extraction): ``ILSVRC2012_img_train.tar`` (one
+    ``<wnid>.tar`` per class), ``ILSVRC2012_img_val.tar`` (flat ``ILSVRC2012_val_*.JPEG``, or ``<wnid>/`` folders) labelled
+    by ``ILSVRC2012_devkit_t12.tar.gz`` (or an extracted devkit, or ``LOC_val_solution.csv``). Each image is then
+    read with one positioned read from the archive, by every shard worker in parallel."""
     h = load()
-    data_root = _find_root(root)
+    train = root / TRAIN_TAR
+    with open(train, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        tars = {Path(name).name[:-4]: (name, off, n) for name, off, n in _tar_files(f, 0, size, str(train))
+                if name.endswith(".tar")}
+        present, missing, unknown = _classes(sorted(tars), cfg, f"class tar in {TRAIN_TAR}")
+        inputs: list[Input] = []
+        from tqdm import tqdm
+
+        for w in tqdm(present, unit="class", desc=f"list {TRAIN_TAR}", disable=not progress):
+            name, off, n = tars[w]
+            files = _tar_files(f, off, n, f"{TRAIN_TAR}/{name}")
+            if not files:
+                raise FastFTError(f"class archive {TRAIN_TAR}/{name} is empty")
+            inputs += [Input("train", w, f"{TRAIN_TAR}/{name}/{m}", archive=TRAIN_TAR, offset=o, size=k) for m, o, k in files]
+    layout = "none"
+    val = root / VAL_TAR
+    if val.is_file():
+        with open(val, "rb") as f:
+            files = _tar_files(f, 0, os.fstat(f.fileno()).st_size, str(val))
+        nested = [m for m, _, _ in files if "/" in m.strip("./")]
+        if nested and len(nested) == len(files):
+            layout, labels = "folders", {m: Path(m).parent.name for m, _, _ in files}
+            odd = sorted({w for w in labels.values() if w not in h.label})
+            if odd and not cfg.skip_unknown:
+                raise FastFTError(f"{VAL_TAR} has folders that are not ILSVRC2012 wnids: {odd[:5]}")
+        else:
+            label_files = {"devkit": [p for p in (root / DEVKIT_TGZ, root / DEVKIT_DIR / "data/ILSVRC2012_validation_ground_truth.txt")
+                                      if p.exists()], "kaggle": [p for p in (root / "LOC_val_solution.csv",) if p.exists()]}
+            layout = cfg.val_layout if cfg.val_layout != "auto" else next((k for k, v in label_files.items() if v), None)
+            if layout is None or layout == "folders" or not label_files.get(layout):
+                raise FastFTError(f"cannot label {VAL_TAR} ({'--val-layout ' + cfg.val_layout if cfg.val_layout != 'auto' else 'auto'}): "
+                                  f"it holds flat files; put {DEVKIT_TGZ} or LOC_val_solution.csv next to it")
+            by_stem = _val_labels(layout, label_files[layout][0])
+            labels = {}
+            for m, _, _ in files:
+                stem = Path(m).name.split(".")[0]
+                if stem not in by_stem:
+                    raise FastFTError(f"{VAL_TAR}: {m} has no label in {label_files[layout][0].name}")
+                labels[m] = by_stem[stem]
+        wanted = set(cfg.classes or h.wnids)
+        inputs += [Input("val", labels[m], f"{VAL_TAR}/{m}", archive=VAL_TAR, offset=o, size=k)
+                   for m, o, k in files if labels[m] in wanted]
+    elif cfg.val_layout != "auto":
+        raise FastFTError(f"--val-layout {cfg.val_layout} given but {val} does not exist")
+    return _assign_keys(inputs), {"val_layout": layout, "missing": missing, "skipped_folders": unknown}
+
+
+def _classes(found: list[str], cfg: ShardConfig, what: str) -> tuple[list[str], list[str], list[str]]:
+    """(classes to shard, wanted classes missing, unknown names) from the class folders / tars ``found``, or the error
+    that names what is wrong (``what``: how the input holds a class, e.g. "train/ folder")."""
+    h = load()
     wanted = list(cfg.classes) or list(h.wnids)
     bad = [w for w in wanted if w not in h.label]
     if bad:
         raise FastFTError(f"--classes names non-ILSVRC2012 wnids: {bad[:5]}")
-    wanted_set = set(wanted)
-    folders = sorted(p.name for p in (data_root / "train").iterdir() if p.is_dir())
-    unknown = [f for f in folders if f not in h.label]
+    unknown = [f for f in found if f not in h.label]
     if unknown and not cfg.skip_unknown:
-        raise FastFTError(f"train/ has folders that are not ILSVRC2012 wnids: {unknown[:5]}; remove them or pass --skip-unknown")
-    missing = [w for w in wanted if w not in set(folders)]
+        raise FastFTError(f"{what} not named by an ILSVRC2012 wnid: {unknown[:5]}; remove them or pass --skip-unknown")
+    missing = [w for w in wanted if w not in set(found)]
     if missing and not cfg.allow_missing:
-        raise FastFTError(f"{len(missing)} classes have no train/ folder (first: {missing[:5]}); pass --allow-missing to shard the rest, "
+        raise FastFTError(f"{len(missing)} classes have no {what} (first: {missing[:5]}); pass --allow-missing to shard the rest, "
                           "or --classes to choose classes")
-    present = [w for w in wanted if w not in set(missing)]
+    return [w for w in wanted if w not in set(missing)], missing, unknown
+
+
+def scan(root: str | Path, cfg: ShardConfig, progress: bool = False) -> tuple[list[Input], dict]:
+    """Every input file of the tree (or of the downloaded archives, see :func:`_scan_archives`) with its split and
+    wnid; raises on unknown / missing / empty classes."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FastFTError(f"ImageNet root {root} is not a directory")
+    h = load()
+    if (root / TRAIN_TAR).is_file() and not any((c / "train").is_dir() for c in (root, root / "ILSVRC" / "Data" / "CLS-LOC")):
+        return _scan_archives(root, cfg, progress)
+    data_root = _find_root(root)
+    folders = sorted(p.name for p in (data_root / "train").iterdir() if p.is_dir())
+    present, missing, unknown = _classes(folders, cfg, "train/ folder")
+    wanted_set = set(cfg.classes or h.wnids)
     inputs: list[Input] = []
     for w in present:
         files = sorted(p for p in (data_root / "train" / w).iterdir() if p.is_file())
@@ -172,15 +311,7 @@ def scan(root: str | Path, cfg: ShardConfig) -> tuple[list[Input], dict]:
             if d.name in wanted_set:
                 inputs += [Input("val", d.name, str(p.relative_to(root))) for p in sorted(d.iterdir()) if p.is_file()]
     elif layout in ("devkit", "kaggle"):
-        if layout == "devkit":
-            ids = _devkit_ids(label_file)
-            lines = label_file.read_text().split()
-            labels = {f"ILSVRC2012_val_{i:08d}": ids[int(x)] for i, x in enumerate(lines, 1)}
-        else:
-            labels = {}
-            with open(label_file, newline="") as f:
-                for row in csv.DictReader(f):
-                    labels[row["ImageId"]] = row["PredictionString"].split()[0]
+        labels = _val_labels(layout, label_file)
         for p in sorted(x for x in vdir.iterdir() if x.is_file()):
             stem = p.name.split(".")[0]
             if stem not in labels:
@@ -202,18 +333,18 @@ def _assign_keys(inputs: list[Input]) -> list[Input]:
         seen[stem] += 1
         if seen[stem] > 1:  # `a.b.JPEG` vs `a-b.JPEG`, `x.JPEG` vs `x.jpg`
             key = f"{stem}-{seen[stem]}"
-        out.append(Input(x.split, x.wnid, x.source, key))
+        out.append(replace(x, key=key))
     return out
 
 
 # ---------------------------------------------------------------- per-image work (runs in worker processes)
 def _process(args) -> tuple[bytes | None, str]:
     """Decode, normalise to RGB, resize and re-encode one input. Returns (jpeg, kind) or (None, reason)."""
-    path, resize, quality = args
+    path, member, resize, quality = args
     from PIL import Image, UnidentifiedImageError
 
     try:
-        raw = Path(path).read_bytes()
+        raw = _read_member(path, *member) if member else Path(path).read_bytes()
     except OSError as e:
         return None, f"unreadable: {e.strerror or e}"
     if not raw:
@@ -244,6 +375,18 @@ def _process(args) -> tuple[bytes | None, str]:
     b = io.BytesIO()
     im.save(b, "JPEG", quality=quality)
     return b.getvalue(), kind
+
+
+_ARCHIVES: dict[str, int] = {}  # per worker process: archive path -> open descriptor (positioned reads need no seek)
+
+
+def _read_member(path: str, offset: int, size: int) -> bytes:
+    if path not in _ARCHIVES:
+        _ARCHIVES[path] = os.open(path, os.O_RDONLY)
+    raw = os.pread(_ARCHIVES[path], size, offset)
+    if len(raw) != size:
+        raise OSError(f"archive ends after {len(raw)} of {size} bytes (truncated)")
+    return raw
 
 
 def _target_size(size, kind, w, h):
@@ -358,7 +501,7 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
     """
     root, out = Path(root), Path(out)
     h = load()
-    inputs, scan_info = scan(root, cfg)
+    inputs, scan_info = scan(root, cfg, progress)
     if not inputs:
         raise FastFTError(f"no input images found under {root}")
     settings = {"store_version": STORE_VERSION, **asdict(cfg), "classes": list(cfg.classes), "val_layout_found": scan_info["val_layout"],
@@ -403,7 +546,8 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
             if pos >= len(items):
                 continue
             writer = _ShardWriter(out, split, index)
-            jobs = ((str(root / x.source), cfg.resize, cfg.quality) for x in items[pos:])
+            jobs = ((str(root / (x.archive or x.source)), (x.offset, x.size) if x.archive else None, cfg.resize, cfg.quality)
+                    for x in items[pos:])
             for x, (jpg, info) in zip(items[pos:], pool.imap(_process, jobs, chunksize=8)):
                 writer.consumed += 1
                 if jpg is None:

@@ -8,6 +8,10 @@ Writes ``train/<wnid>/<wnid>_<i>.JPEG`` and a ``val/`` in one of the three layou
   devkit, IDs do *not* follow sorted wnid order (here: a seeded permutation), so a reader that assumes they do fails;
 * ``kaggle``: flat ``val/`` + ``LOC_val_solution.csv`` (``ImageId,PredictionString``; the wnid is every 5th token).
 
+``archives=True`` writes the same tree as the files image-net.org serves instead: ``ILSVRC2012_img_train.tar`` (one
+uncompressed ``<wnid>.tar`` per class), ``ILSVRC2012_img_val.tar`` (the ``val/`` files) and, for the devkit layout,
+``ILSVRC2012_devkit_t12.tar.gz``.
+
 Image content carries the hierarchy, so a small CNN learns it and near sources transfer better than far ones:
 classes on the living-thing side are a coloured blob on a textured background, whose hue comes from the class's
 parent synset and whose shape comes from the class; artifact-side classes are oriented gratings whose orientation
@@ -134,7 +138,7 @@ def _broken_files(rng: np.random.Generator, wnid: str, good: Image.Image, qualit
 
 def synth(out: str | Path, classes: list[str] | None = None, train_per_class: int = 40, val_per_class: int = 10,
           size: int = 96, quality: int = 90, val_layout: str = "folders", broken: bool = False, seed: int = 0,
-          workers: int | None = None) -> dict:
+          workers: int | None = None, archives: bool = False) -> dict:
     """Write a synthetic ILSVRC2012 tree under ``out``; returns a summary (counts, layout, broken files written).
 
     Every image has its own seeded generator, so the tree is the same for any number of ``workers`` (processes;
@@ -188,8 +192,44 @@ def synth(out: str | Path, classes: list[str] | None = None, train_per_class: in
         for i, c in enumerate(val_labels, 1):
             lines.append(f"ILSVRC2012_val_{i:08d},{c} 10 12 80 90 {c} 5 5 40 40")
         (out / "LOC_val_solution.csv").write_text("\n".join(lines) + "\n")
+    if archives:
+        _pack_archives(out)
     return {"root": str(out), "classes": len(classes), "train": len(classes) * train_per_class + len(broken_written) + (2 if broken else 0),
             "val": len(val_labels), "val_layout": val_layout, "broken": broken_written}
+
+
+def _pack_archives(out: Path) -> None:
+    """Replace the written tree by the archives of the real download (deterministic tar and gzip metadata)."""
+    import shutil
+    import tarfile
+
+    from .store import DEVKIT_DIR, DEVKIT_TGZ, TRAIN_TAR, VAL_TAR
+
+    def add(t: tarfile.TarFile, name: str, data: bytes) -> None:
+        ti = tarfile.TarInfo(name)
+        ti.size, ti.mtime, ti.mode = len(data), 0, 0o644
+        t.addfile(ti, io.BytesIO(data))
+
+    def files(d: Path) -> list[Path]:
+        return sorted(p for p in d.rglob("*") if p.is_file())
+
+    with tarfile.open(out / TRAIN_TAR, "w") as outer:
+        for d in sorted((out / "train").iterdir()):
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as inner:
+                for p in files(d):
+                    add(inner, p.name, p.read_bytes())
+            add(outer, f"{d.name}.tar", buf.getvalue())
+    with tarfile.open(out / VAL_TAR, "w") as t:
+        for p in files(out / "val"):
+            add(t, str(p.relative_to(out / "val")), p.read_bytes())
+    if (out / DEVKIT_DIR).is_dir():
+        with gzip.GzipFile(out / DEVKIT_TGZ, "wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as t:
+            for p in files(out / DEVKIT_DIR):
+                add(t, str(p.relative_to(out)), p.read_bytes())
+        shutil.rmtree(out / DEVKIT_DIR)
+    shutil.rmtree(out / "train")
+    shutil.rmtree(out / "val")
 
 
 def write_meta_mat(path: Path, order: list[str]) -> None:

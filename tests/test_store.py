@@ -97,17 +97,46 @@ def test_reshard_is_byte_identical_and_resumes(synth_tree, store, tmp_path):
 
 
 def test_val_labels_agree_across_layouts(tmp_path):
+    """Each val layout, as a tree and as the downloaded archives (devkit: its .tar.gz), gives the same labels."""
     h = load()
     classes = list(h.wnids[:3])
     labels = {}
     for layout in ("folders", "devkit", "kaggle"):
-        root = tmp_path / layout
-        synth(root, classes=classes, train_per_class=2, val_per_class=4, size=40, val_layout=layout, seed=5)
-        write_store(root, tmp_path / f"s-{layout}", ShardConfig(resize="40x40", allow_missing=True), workers=1, progress=False)
-        df = open_store(tmp_path / f"s-{layout}").samples()
-        labels[layout] = dict(zip(df[df.split == "val"].key, df[df.split == "val"].wnid))
+        for archives in (False, True):
+            name = f"{layout}{'-archives' if archives else ''}"
+            synth(tmp_path / name, classes=classes, train_per_class=2, val_per_class=4, size=40, val_layout=layout, seed=5,
+                  archives=archives)
+            write_store(tmp_path / name, tmp_path / f"s-{name}", ShardConfig(resize="40x40", allow_missing=True), workers=1,
+                        progress=False)
+            df = open_store(tmp_path / f"s-{name}").samples()
+            labels[name] = dict(zip(df[df.split == "val"].key, df[df.split == "val"].wnid))
     assert len(labels["folders"]) == 12
-    assert labels["folders"] == labels["devkit"] == labels["kaggle"]
+    assert all(v == labels["folders"] for v in labels.values()) and len(labels) == 6
+
+
+def test_downloaded_archives_shard_like_the_extracted_tree(store, tmp_path):
+    """ILSVRC2012_img_train.tar (a tar per class), ILSVRC2012_img_val.tar and the devkit .tar.gz, read in place, give
+    byte-identical shards to the extracted tree (broken files rejected alike); damaged archives are named."""
+    from fastft.store import TRAIN_TAR, VAL_TAR
+
+    root = tmp_path / "download"
+    synth(root, train_per_class=40, val_per_class=6, size=72, val_layout="devkit", broken=True, seed=0, archives=True)
+    assert sorted(p.name for p in root.iterdir()) == ["ILSVRC2012_devkit_t12.tar.gz", TRAIN_TAR, VAL_TAR]
+    m = write_store(root, tmp_path / "s", ShardConfig(resize="80x80", shard_mb=0.25, allow_missing=True), workers=2,
+                    progress=False)
+    ref = open_store(store).manifest
+    assert [s["sha256"] for s in m["shards"]] == [s["sha256"] for s in ref["shards"]]
+    assert m["totals"] == ref["totals"] and m["rejected_reasons"] == ref["rejected_reasons"]
+    rej = (tmp_path / "s" / "rejected.csv").read_text()
+    assert f"{TRAIN_TAR}/n01440764.tar/n01440764_truncated.JPEG" in rej
+
+    (root / "ILSVRC2012_devkit_t12.tar.gz").unlink()  # flat val files and nothing to label them with
+    with pytest.raises(FastFTError, match="put ILSVRC2012_devkit_t12.tar.gz or LOC_val_solution.csv next to it"):
+        write_store(root, tmp_path / "s2", ShardConfig(allow_missing=True), progress=False)
+    data = (root / TRAIN_TAR).read_bytes()  # cut inside a class tar: named before any work
+    (root / TRAIN_TAR).write_bytes(data[: len(data) // 2])
+    with pytest.raises(FastFTError, match=TRAIN_TAR):
+        write_store(root, tmp_path / "s3", ShardConfig(allow_missing=True), progress=False)
 
 
 def test_bad_trees_fail_before_work(tmp_path, synth_tree):
