@@ -291,34 +291,41 @@ def scan(root: str | Path, cfg: ShardConfig, progress: bool = False) -> tuple[li
     if (root / TRAIN_TAR).is_file() and not any((c / "train").is_dir() for c in (root, root / "ILSVRC" / "Data" / "CLS-LOC")):
         return _scan_archives(root, cfg, progress)
     data_root = _find_root(root)
-    folders = sorted(p.name for p in (data_root / "train").iterdir() if p.is_dir())
-    present, missing, unknown = _classes(folders, cfg, "train/ folder")
+    rel = lambda d, name: str((d / name).relative_to(root))  # noqa: E731
+    present, missing, unknown = _classes(_entries(data_root / "train", dirs=True), cfg, "train/ folder")
     wanted_set = set(cfg.classes or h.wnids)
     inputs: list[Input] = []
     for w in present:
-        files = sorted(p for p in (data_root / "train" / w).iterdir() if p.is_file())
+        files = _entries(data_root / "train" / w)
         if not files:
             raise FastFTError(f"class folder train/{w} is empty")
-        inputs += [Input("train", w, str(p.relative_to(root))) for p in files]
+        inputs += [Input("train", w, rel(data_root / "train" / w, f)) for f in files]
     layout, label_file = _detect_val_layout(root, data_root, cfg.val_layout)
     vdir = data_root / "val"
     if layout == "folders":
-        for d in sorted(p for p in vdir.iterdir() if p.is_dir()):
-            if d.name not in h.label:
+        for d in _entries(vdir, dirs=True):
+            if d not in h.label:
                 if cfg.skip_unknown:
                     continue
-                raise FastFTError(f"val/ has a folder that is not an ILSVRC2012 wnid: {d.name}")
-            if d.name in wanted_set:
-                inputs += [Input("val", d.name, str(p.relative_to(root))) for p in sorted(d.iterdir()) if p.is_file()]
+                raise FastFTError(f"val/ has a folder that is not an ILSVRC2012 wnid: {d}")
+            if d in wanted_set:
+                inputs += [Input("val", d, rel(vdir / d, f)) for f in _entries(vdir / d)]
     elif layout in ("devkit", "kaggle"):
         labels = _val_labels(layout, label_file)
-        for p in sorted(x for x in vdir.iterdir() if x.is_file()):
-            stem = p.name.split(".")[0]
+        for f in _entries(vdir):
+            stem = f.split(".")[0]
             if stem not in labels:
-                raise FastFTError(f"val/{p.name} has no label in {label_file.name}")
+                raise FastFTError(f"val/{f} has no label in {label_file.name}")
             if labels[stem] in wanted_set:
-                inputs.append(Input("val", labels[stem], str(p.relative_to(root))))
+                inputs.append(Input("val", labels[stem], rel(vdir, f)))
     return _assign_keys(inputs), {"val_layout": layout, "missing": missing, "skipped_folders": unknown}
+
+
+def _entries(d: Path, dirs: bool = False) -> list[str]:
+    """Sorted names of the regular files (or folders) in ``d``. ``os.scandir`` knows each entry's type from the
+    directory listing, so 1.28M training files cost no stat calls (which on a network file system add minutes)."""
+    with os.scandir(d) as it:
+        return sorted(e.name for e in it if (e.is_dir() if dirs else e.is_file()))
 
 
 def _assign_keys(inputs: list[Input]) -> list[Input]:
