@@ -41,11 +41,14 @@ def environment() -> dict:
     # DataLoader (backend: pytorch) then could no longer fork workers safely
     from importlib.metadata import PackageNotFoundError, version
 
-    for key, dist in (("dali", "nvidia-dali-cuda130"), ("accelerate", "accelerate"), ("numpy", "numpy")):
-        try:
-            env[key] = version(dist)
-        except PackageNotFoundError:
-            env[key] = None
+    for key, dists in (("dali", ("nvidia-dali-cuda130", "nvidia-dali-cuda120")), ("accelerate", ("accelerate",)), ("numpy", ("numpy",))):
+        env[key] = None
+        for dist in dists:
+            try:
+                env[key] = version(dist)
+                break
+            except PackageNotFoundError:
+                pass
     try:
         here = Path(__file__).resolve().parent
         env["git_sha"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5).stdout.strip() or None
