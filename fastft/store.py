@@ -163,7 +163,8 @@ def _val_labels(layout: str, label_file: Path) -> dict[str, str]:
 
 
 # the files image-net.org serves (also what torchvision.datasets.ImageNet reads)
-TRAIN_TAR, VAL_TAR, DEVKIT_TGZ, DEVKIT_DIR = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz", "ILSVRC2012_devkit_t12"
+TRAIN_TAR, VAL_TAR = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"
+DEVKIT_TGZ, DEVKIT_DIR = "ILSVRC2012_devkit_t12.tar.gz", "ILSVRC2012_devkit_t12"
 
 
 class _Window(io.RawIOBase):
@@ -214,6 +215,8 @@ def _scan_archives(root: Path, cfg: ShardConfig, progress: bool = False) -> tupl
     ``<wnid>.tar`` per class), ``ILSVRC2012_img_val.tar`` (flat ``ILSVRC2012_val_*.JPEG``, or ``<wnid>/`` folders) labelled
     by ``ILSVRC2012_devkit_t12.tar.gz`` (or an extracted devkit, or ``LOC_val_solution.csv``). Each image is then
     read with one positioned read from the archive, by every shard worker in parallel."""
+    from tqdm import tqdm
+
     h = load()
     train = root / TRAIN_TAR
     with open(train, "rb") as f:
@@ -222,8 +225,6 @@ def _scan_archives(root: Path, cfg: ShardConfig, progress: bool = False) -> tupl
                 if name.endswith(".tar")}
         present, missing, unknown = _classes(sorted(tars), cfg, f"class tar in {TRAIN_TAR}")
         inputs: list[Input] = []
-        from tqdm import tqdm
-
         for w in tqdm(present, unit="class", desc=f"list {TRAIN_TAR}", disable=not progress):
             name, off, n = tars[w]
             files = _tar_files(f, off, n, f"{TRAIN_TAR}/{name}")
