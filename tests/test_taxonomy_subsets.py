@@ -112,3 +112,21 @@ def test_near_is_closer_than_far():
         rows = {r["source"]: r for r in distances(make(name, 0))}
         assert rows["near"]["wup_nearest"] < rows["far"]["wup_nearest"]
         assert rows["near"]["wup_mean"] < rows["far"]["wup_mean"]
+
+
+def test_released_splits_are_still_drawn():
+    """``plans/splits.json`` pins every subset the study plans use (plan × seed) by spec hash: the shipped hierarchy,
+    rules and constructions must still draw exactly those class lists (regenerate the file with
+    ``tools/release_splits.py`` only when a change of the released splits is intended)."""
+    from pathlib import Path
+
+    from fastft.sweep import load_plan
+
+    root = Path(__file__).resolve().parents[1]
+    pinned = json.loads((root / "plans" / "splits.json").read_text())
+    plans = {load_plan(p)["name"]: load_plan(p) for p in sorted((root / "plans").glob("*.yaml"))}
+    assert sorted(pinned) == sorted(plans) and sum(len(v["seeds"]) for v in pinned.values()) == 35
+    for name, plan in plans.items():
+        for seed in plan["seeds"]:
+            spec = make(plan["construction"], seed, **plan["params"])
+            assert spec.hash == pinned[name]["seeds"][str(seed)]["hash"], f"{name} seed {seed}: its class lists changed"
