@@ -1,4 +1,5 @@
-"""``fastft report``: run directories → tables (CSV + Markdown, mean ± std over seeds, paper numbers alongside) and figures.
+"""``fastft report``: run directories → tables (CSV + Markdown: mean ± std and 95 % CI over seeds, paper numbers alongside;
+the study's comparisons paired by seed) and figures.
 
 Reads only run directories (``config.json``, ``final.json``, ``metrics.jsonl``, ``sweep.json``), found recursively, so
 runs gathered from many machines report the same. Figures (PNG):
@@ -19,6 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import FastFTError
+
+GAIN_PAIRS = (("ft-near", "scratch"), ("ft-far", "scratch"), ("ft-near", "ft-far"))  # the study's comparisons
 
 
 def collect(runs_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -101,27 +104,69 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
                 distance=("distance", "mean"), paper_top1=("paper_top1", "first"), paper_std=("paper_std", "first"),
                 paper_ref=("paper_ref", "first"), **extra).reset_index()
     out["top1_std"] = out["top1_std"].fillna(0.0)
+    n = g["top1"].count().to_numpy()
+    out["top1_ci95"] = [_t95(k) * sd / math.sqrt(k) for k, sd in zip(n, out["top1_std"])]
     out["delta_vs_paper"] = out["top1_mean"] - out["paper_top1"]
     return out
+
+
+def _t95(n: int) -> float:
+    """Half-width factor of a two-sided 95 % Student-t interval from n values (nan below 2)."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, n - 1)) if n >= 2 else float("nan")
+
+
+def paired(runs: pd.DataFrame) -> pd.DataFrame:
+    """The study's comparisons (``GAIN_PAIRS``: fine-tuned from near / far vs scratch, near vs far), paired by seed at
+    each grid point of a plan: a seed is one class draw, so the per-seed difference removes the draw's difficulty.
+    Mean difference, its 95 % t-interval half-width and the seeds where the first model wins."""
+    done = runs[runs["finished"]]
+    rows = []
+    for (plan, grid), g in done.groupby(["plan", "grid"], sort=False, dropna=False):
+        by = g.pivot_table(index="seed", columns="template", values="top1", aggfunc="mean")
+        for a, b in GAIN_PAIRS:
+            if a in by and b in by:
+                d = (by[a] - by[b]).dropna()
+                if len(d):
+                    sd = d.std() if len(d) > 1 else float("nan")
+                    rows.append({"plan": plan, "grid": grid, "a": a, "b": b, "seeds": len(d), "delta_mean": d.mean(),
+                                 "delta_ci95": _t95(len(d)) * sd / math.sqrt(len(d)), "a_wins": int((d > 0).sum())})
+    return pd.DataFrame(rows, columns=["plan", "grid", "a", "b", "seeds", "delta_mean", "delta_ci95", "a_wins"])
 
 
 def _pm(m, s) -> str:
     return "–" if m is None or (isinstance(m, float) and math.isnan(m)) else f"{m:.2f} ± {0 if s is None or math.isnan(s) else s:.2f}"
 
 
-def markdown(summary: pd.DataFrame, runs: pd.DataFrame) -> str:
+def _ci(x: float) -> str:
+    return "–" if pd.isna(x) else f"±{x:.2f}"
+
+
+def markdown(summary: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame | None = None) -> str:
     lines = ["# fastft report", "", f"{int(runs['finished'].sum())} finished runs, {int(runs['failed'].sum())} failed, "
              f"{int((~runs['finished'] & ~runs['failed']).sum())} unfinished. Top-1 % on the target's validation set, "
-             "mean ± sample std over seeds; paper = Li, Herranz, Jiang 2019 (AlexNet on ILSVRC2012 subsets).", ""]
+             "mean ± sample std over seeds, and the 95 % confidence interval of the mean (Student t); "
+             "paper = Li, Herranz, Jiang 2019 (AlexNet on ILSVRC2012 subsets).", ""]
+    pairs = paired(runs) if pairs is None else pairs
     for plan, s in summary.groupby("plan", sort=False):
-        lines += [f"## {plan}", "", "| run | grid | seeds | top-1 | top-5 | WordNet distance | paper top-1 | Δ vs paper |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"## {plan}", "", "| run | grid | seeds | top-1 | 95 % CI | top-5 | WordNet distance | paper top-1 | Δ vs paper |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in s.itertuples():
             paper = _pm(r.paper_top1, r.paper_std) if pd.notna(r.paper_top1) else "–"
             delta = f"{r.delta_vs_paper:+.2f}" if pd.notna(r.delta_vs_paper) else "–"
             dist = f"{r.distance:.3f}" if pd.notna(r.distance) else "–"
-            lines.append(f"| {r.template} | {r.grid or '–'} | {r.seeds} | {_pm(r.top1_mean, r.top1_std)} | {r.top5_mean:.2f} | {dist} | {paper} | {delta} |")
+            lines.append(f"| {r.template} | {r.grid or '–'} | {r.seeds} | {_pm(r.top1_mean, r.top1_std)} | {_ci(r.top1_ci95)} | "
+                         f"{r.top5_mean:.2f} | {dist} | {paper} | {delta} |")
         lines.append("")
+        pp = pairs[pairs["plan"] == plan]
+        if len(pp):
+            lines += ["Paired by seed (the same class draw): difference in top-1, its 95 % CI, seeds where the first wins:", "",
+                      "| comparison | grid | seeds | Δ top-1 | 95 % CI | wins |", "|---|---|---:|---:|---:|---:|"]
+            for r in pp.itertuples():
+                lines.append(f"| {r.a} − {r.b} | {r.grid or '–'} | {r.seeds} | {r.delta_mean:+.2f} | {_ci(r.delta_ci95)} | "
+                             f"{r.a_wins}/{r.seeds} |")
+            lines.append("")
         if "svm_top1" in s and s["svm_top1"].notna().any():
             lines += ["Linear SVM on fc7 (Table 3: before fine-tuning = the source model's fc7 on the target):", "",
                       "| run | SVM after | SVM before |", "|---|---:|---:|"]
@@ -185,9 +230,6 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, curves: pd.DataFrame, out
         fig.tight_layout()
         made.append(_save(fig, out / "distance.png"))
     return made
-
-
-GAIN_PAIRS = (("ft-near", "scratch"), ("ft-far", "scratch"), ("ft-near", "ft-far"))
 
 
 def _grid_figures(r: pd.DataFrame, plan: str, out: Path, plt) -> list[Path]:
@@ -260,7 +302,10 @@ def write_report(runs_dir: str | Path, out: str | Path) -> dict:
     summary = summarize(runs)
     runs.drop(columns=["path"]).to_csv(out / "runs.csv", index=False)
     summary.to_csv(out / "summary.csv", index=False)
-    (out / "report.md").write_text(markdown(summary, runs) if not summary.empty else "# fastft report\n\nno finished runs yet\n")
+    pairs = paired(runs)
+    pairs.to_csv(out / "paired.csv", index=False)
+    (out / "report.md").write_text(markdown(summary, runs, pairs) if not summary.empty else "# fastft report\n\nno finished runs yet\n")
     figs = figures(summary, runs, curves, out) if not summary.empty else []
-    return {"runs": len(runs), "finished": int(runs["finished"].sum()), "tables": [str(out / "report.md"), str(out / "summary.csv"), str(out / "runs.csv")],
+    return {"runs": len(runs), "finished": int(runs["finished"].sum()),
+            "tables": [str(out / "report.md"), str(out / "summary.csv"), str(out / "paired.csv"), str(out / "runs.csv")],
             "figures": [str(f) for f in figs], "summary": summary}

@@ -163,7 +163,8 @@ def test_report_tables_from_run_directories(tmp_path):
     assert s.loc["ft-1000", "top1_mean"] == pytest.approx(62.0) and s.loc["ft-1000", "top1_std"] == pytest.approx(2.0)
     assert s.loc["ft-1000", "delta_vs_paper"] == pytest.approx(62.0 - 80.94) and s.loc["scratch", "seeds"] == 3
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "| ft-1000 | – | 3 | 62.00 ± 2.00 |" in md and "80.94 ± 0.75" in md
+    assert s.loc["ft-1000", "top1_ci95"] == pytest.approx(4.303 * 2.0 / 3 ** 0.5, abs=1e-3)  # t(0.975, 2 dof) = 4.303
+    assert "| ft-1000 | – | 3 | 62.00 ± 2.00 | ±4.97 |" in md and "80.94 ± 0.75" in md
     assert {Path(f).name for f in r["figures"]} >= {"curves-p.png", "final-p.png", "distance.png"}
 
 
@@ -191,3 +192,8 @@ def test_report_grid_and_gain_figures(tmp_path):
     assert {"grid-p-images.png", "grid-p-augment_to.png", "gains-p.png"} <= names
     runs = pd.read_csv(tmp_path / "rep" / "runs.csv")
     assert set(runs["grid_images"]) == {30, 240, 1200} and set(runs["grid_classes"]) == {100}
+    pairs = pd.read_csv(tmp_path / "rep" / "paired.csv")  # per seed: ft-near − scratch = 20, 15 with augmentation
+    near = pairs[(pairs["a"] == "ft-near") & (pairs["b"] == "scratch")]
+    assert len(near) == 6 and (near["seeds"] == 2).all() and (near["a_wins"] == 2).all()
+    assert sorted(near["delta_mean"].round(6).unique()) == [15.0, 20.0] and (near["delta_ci95"].abs() < 1e-9).all()
+    assert "| ft-near − ft-far | set=k100_n30, augment_to=0 | 2 | +10.00 | ±0.00 | 2/2 |" in (tmp_path / "rep" / "report.md").read_text()
