@@ -6,6 +6,7 @@ imports the other.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import subprocess
@@ -79,8 +80,10 @@ def _launch(a):
 def cmd_sweep(a):
     from . import sweep as sw
 
-    total = {"runs": 0, "image_iterations": 0.0}
+    total = {"runs": 0, "image_iterations": 0.0, "left": 0.0}
+    states: collections.Counter = collections.Counter()
     seen: set = set()
+    seen_left: set = set()
     for plan_path in a.plans:
         plan = sw.load_plan(plan_path)
         seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else None
@@ -93,11 +96,16 @@ def cmd_sweep(a):
         if a.dry_run:
             shared = f" (+{c['shared']} shared with plans above)" if c["shared"] else ""
             print(f"plan {plan['name']} ({plan_path}): {c['runs']} runs{shared}, {c['image_iterations'] / 1e6:.1f} M image-iterations")
+            here: collections.Counter = collections.Counter()
             for r in runs:
-                state = "finished" if r.run_dir and (r.run_dir / "final.json").exists() else "to run"
+                st = sw.state(out, r)
+                here[st.split(" on ")[0]] += 1
                 dep = f"  after {r.deps[0]}" if r.deps else ""
                 print(f"  {r.key:40s} {r.overrides['mode']:8s} set={r.overrides['set']:12s} {r.images_per_epoch:9.0f} img/epoch  "
-                      f"{r.run_id or '-':12s} {state}{dep}")
+                      f"{r.run_id or '-':12s} {st}{dep}")
+            print("  " + ", ".join(f"{here[k]} {k}" for k in ("finished", "running", "interrupted", "failed", "to run") if here[k]))
+            states.update(here)
+            total["left"] += sw.cost([r for r in runs if sw.state(out, r) != "finished"], seen=seen_left)["image_iterations"]
             continue
         if a.backend == "slurm":
             scripts = sw.write_slurm(runs, out, plan, a.partition, a.time)
@@ -120,6 +128,12 @@ def cmd_sweep(a):
             h = total["image_iterations"] / a.img_per_s / 3600
             line += f"; at {a.img_per_s:.0f} img/s per GPU: {h:.1f} GPU-hours = {h / a.node_gpus:.1f} h on one {a.node_gpus}-GPU node"
         print(line)
+        if states.get("finished") or states.get("running") or states.get("failed") or states.get("interrupted"):
+            left = f"left: {sum(states.values()) - states['finished']} unfinished runs, at most {total['left'] / 1e9:.2f} G image-iterations"
+            if a.img_per_s:
+                h = total["left"] / a.img_per_s / 3600
+                left += f" = {h:.1f} GPU-hours = {h / a.node_gpus:.1f} h on one {a.node_gpus}-GPU node"
+            print(left)
 
 
 def cmd_report(a):
@@ -237,7 +251,8 @@ def add_commands(sub) -> None:
     s.add_argument("--partition", help="SLURM partition")
     s.add_argument("--time", default="24:00:00", help="SLURM time limit per run")
     s.add_argument("--submit", action="store_true", help="SLURM: submit the job arrays with sbatch (default: only write them)")
-    s.add_argument("--dry-run", action="store_true", help="print the runs, their dependencies and cost; train nothing")
+    s.add_argument("--dry-run", action="store_true", help="print the runs with their state in --out (finished, running, interrupted, failed, to run), "
+                   "dependencies and cost, total and left; train nothing")
     s.add_argument("--img-per-s", type=float, help="with --dry-run: measured training img/s per GPU, to print GPU-hours")
     s.add_argument("--node-gpus", type=int, default=8, help="with --dry-run: GPUs per node for the wall-time estimate")
     s.add_argument("--quiet", action="store_true")

@@ -245,6 +245,26 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def state(out: Path, r: RunSpec) -> str:
+    """Where a run stands, from its directory and claim alone (what ``--dry-run`` shows for a sweep in progress):
+    finished, running (claimed by a live sweep, or by another host), failed, interrupted (has a complete checkpoint:
+    the next sweep resumes it), or to run."""
+    from .runs import complete_checkpoints
+
+    if r.run_dir is None:
+        return "to run"
+    if (r.run_dir / "final.json").exists():
+        return "finished"
+    claim = out / "claims" / (r.run_id or "")
+    if r.run_id and claim.exists():
+        host, _, pid = claim.read_text().partition(" ")
+        if host != socket.gethostname() or not pid.isdigit() or _alive(int(pid)):
+            return "running" if host == socket.gethostname() else f"running on {host}"
+    if (r.run_dir / "failed.json").exists():
+        return "failed"
+    return "interrupted" if complete_checkpoints(r.run_dir) else "to run"
+
+
 def _release(out: Path, r: RunSpec) -> None:
     (out / "claims" / r.run_id).unlink(missing_ok=True)
 

@@ -1,6 +1,7 @@
 """Sweeps (expansion, ids, skip/resume/retry, concurrency, SLURM scripts), reports and the demo."""
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,17 @@ def test_failed_run_is_recorded_and_dependents_skipped(store, tmp_path):
     assert s["failed"] == ["near-s0"] and sorted(s["skipped"]) == ["ft-freeze0-s0", "ft-freeze5-s0"]
     f = json.loads((runs[0].run_dir / "failed.json").read_text())
     assert f["exit_code"] == 143 and "preempted" in f["log_tail"]
+    # what `fastft sweep --dry-run` shows for this sweep: the source failed, its fine-tunes never started
+    out = tmp_path / "out"
+    assert [sw.state(out, r) for r in runs] == ["failed", "to run", "to run"]
+    (runs[0].run_dir / "failed.json").unlink()
+    assert sw.state(out, runs[0]) == "interrupted", "it holds the checkpoint it wrote on SIGTERM: a re-run resumes it"
+    (out / "claims").mkdir(exist_ok=True)
+    (out / "claims" / runs[0].run_id).write_text(f"{socket.gethostname()} {os.getpid()}")
+    assert sw.state(out, runs[0]) == "running"
+    r = subprocess.run([sys.executable, "-m", "fastft", "sweep", str(tmp_path / "fails.yaml"), "--store", str(store), "--out",
+                        str(out), "--dry-run"], capture_output=True, text=True, timeout=300)
+    assert "1 running, 2 to run" in r.stdout and "left: 3 unfinished runs" in r.stdout, r.stdout + r.stderr
 
 
 def test_two_concurrent_sweeps_train_each_run_once(store, tmp_path):
