@@ -117,7 +117,7 @@ def cmd_shard(a):
 def cmd_verify(a):
     from .store import open_store, verify
 
-    problems = verify(a.store, full=not a.quick)
+    problems = verify(a.store, full=not a.quick, progress=True)
     if problems:
         for p in problems:
             print(f"FAIL {p}")
