@@ -179,7 +179,7 @@ class LoaderConfig:
     crop: int = 227
     backend: str = "dali"          # dali | pytorch
     device: str = "cpu"            # cpu | cuda
-    num_threads: int = 0           # DALI threads / DataLoader workers (0 = usable cores / ranks / runs on the node)
+    num_threads: int = 0           # DALI threads / DataLoader workers (0 = usable cores / (ranks × runs) on the node)
     hw_decoder_load: float = 1.0   # share of JPEG decoding on the hardware decoder (A100/H100/H200)
     cpu_decode: float = 0.0        # share of each batch DALI decodes on the host cores instead of the GPU (dali backend)
     prefetch: int = 2
@@ -219,7 +219,7 @@ class Loader:
             raise FastFTError(f"cpu_decode is the share of each batch decoded on the host cores: 0 to 1, got {cfg.cpu_decode}")
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise FastFTError("device 'cuda' requested but no CUDA GPU is visible")
-        threads = cfg.num_threads or max(1, usable_cores() // (world_size * _node_runs()))
+        threads = cfg.num_threads or max(1, usable_cores() // _node_share(world_size))
         if cfg.cache:
             self._impl = _CacheBackend(self, threads)
         else:
@@ -486,14 +486,17 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _node_runs() -> int:
-    """How many runs a sweep packs on this node (``FASTFT_NODE_RUNS``; they share its cores and memory)."""
-    return max(1, int(os.environ.get("FASTFT_NODE_RUNS", "1")))
+def _node_share(world_size: int = 1) -> int:
+    """How many loaders share this node's cores and memory: the runs a sweep packs on it (``FASTFT_NODE_RUNS``) ×
+    this run's ranks on the node (``LOCAL_WORLD_SIZE``, set by torchrun / accelerate launch; else all ranks)."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    return max(1, int(os.environ.get("FASTFT_NODE_RUNS", "1"))) * max(1, local)
 
 
-def host_cache_budget() -> float:
+def host_cache_budget(world_size: int = 1) -> float:
     """``host_cache_gb: auto``: half of this machine's memory (or of the job's cgroup limit, under SLURM), split among
-    the runs a sweep packs on the node (``FASTFT_NODE_RUNS``), and never more than 80 % of what is free now."""
+    the loaders on the node (:func:`_node_share`: every rank of a multi-GPU run caches the whole split, since its
+    samples change every epoch), and never more than 80 % of what is free now."""
     info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line) \
         if Path("/proc/meminfo").exists() else {}
     kb = lambda k: float(info.get(k, "0 kB").split()[0]) * 1024  # noqa: E731
@@ -501,7 +504,7 @@ def host_cache_budget() -> float:
     cg = Path("/sys/fs/cgroup/memory.max")
     if cg.exists() and cg.read_text().strip().isdigit():
         total = min(total, float(cg.read_text().strip()))
-    return max(0.0, min(0.5 * total / _node_runs(), 0.8 * avail))
+    return max(0.0, min(0.5 * total / _node_share(world_size), 0.8 * avail))
 
 
 def _crop(images, slot, x0, y0, mirror, crop: int) -> torch.Tensor:
@@ -563,7 +566,7 @@ class _CacheBackend:
             budget = min(0.8 * free, 0.8 * total / int(os.environ.get("FASTFT_GPU_SHARE", "1")))
         else:
             budget = n * per
-        host = host_cache_budget() if cfg.host_cache_gb == "auto" else float(cfg.host_cache_gb) * 1e9
+        host = host_cache_budget(loader.plan.world_size) if cfg.host_cache_gb == "auto" else float(cfg.host_cache_gb) * 1e9
         m = min(n, int(budget // per))
         mh = min(n - m, int(host // per))
         if m + mh < 1:

@@ -69,7 +69,7 @@ class TrainConfig:
     cpu_decode: float = 0.6            # GPU decoding: share of each batch DALI decodes on the host cores instead (see README)
     cache: bool | str = "auto"         # keep decoded training images in device memory; auto = on GPUs for fixed-size stores
     cache_gb: float = 0.0              # cache budget; 0 = 80 % of free GPU memory (images beyond it go to host_cache_gb)
-    host_cache_gb: float | str = "auto"  # second cache tier in pinned host memory; auto = half the RAM / runs on the node; 0 = off
+    host_cache_gb: float | str = "auto"  # second cache tier in pinned host memory; auto = half the RAM / (runs × ranks) on the node; 0 = off
     eval_every: int = 1
     checkpoint_every: int = 1
     keep_checkpoints: int = 2

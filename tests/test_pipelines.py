@@ -268,20 +268,32 @@ def test_gpu_batch_format_channels_last_float16_matches(view_near):
 
 
 def test_node_runs_split_the_machine_memory_and_cores(monkeypatch, view_near):
-    """Runs a sweep packs on one node (``FASTFT_NODE_RUNS``, set by its slots) split the host-memory cache budget and
-    the cores their loaders decode with."""
-    from fastft.pipelines import host_cache_budget, usable_cores
+    """Runs a sweep packs on one node (``FASTFT_NODE_RUNS``, set by its slots) and the ranks of a run on the node
+    (``LOCAL_WORLD_SIZE``; not the ranks on other nodes) split the host-memory cache budget and the cores their
+    loaders decode with."""
+    from fastft.pipelines import host_cache_budget
     from fastft.sweep import slots_for
 
     monkeypatch.delenv("FASTFT_NODE_RUNS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     one = host_cache_budget()
     assert one > 0
     monkeypatch.setenv("FASTFT_NODE_RUNS", "8")
     assert host_cache_budget() < one
-    for runs in ("1", "2"):
+    monkeypatch.setenv("FASTFT_NODE_RUNS", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert host_cache_budget(world_size=8) < one  # 4 ranks here (of 8 on two nodes) each cache the whole split
+    from fastft import pipelines
+
+    monkeypatch.setattr(pipelines, "usable_cores", lambda: 16)  # the division, as on a 16-core node
+    for runs, local, world, threads in (("1", None, 1, 16), ("2", None, 1, 8), ("1", "2", 4, 8), ("1", None, 2, 8), ("2", "4", 8, 2)):
         monkeypatch.setenv("FASTFT_NODE_RUNS", runs)
-        L = Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71), seed=0)
-        assert L._impl.main.pipe.num_threads == max(1, usable_cores() // int(runs))
+        if local:
+            monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+        else:
+            monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        L = Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71), rank=0, world_size=world, seed=0)
+        assert L._impl.main.pipe.num_threads == threads
     assert [s["FASTFT_NODE_RUNS"] for s in slots_for(None, 1, 2)] == ["2", "2"]
     assert [s["FASTFT_NODE_RUNS"] for s in slots_for("0,1", 2, 1)] == ["4"] * 4
 
