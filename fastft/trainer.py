@@ -221,7 +221,8 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
     view_path = view_path or view_path_for(cfg, existing_only=True)
     from .store import open_view  # data module: no DALI import
 
-    with acc.local_main_process_first():  # it hashes the view's shards once (remembered); the node's other ranks then find that
+    # the node's first rank hashes the view's shards (remembered in the store); its other ranks then find them checked
+    with acc.local_main_process_first():
         view = open_view(view_path)
     for split in ("train", "val"):
         view.split(split)
