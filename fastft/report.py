@@ -8,6 +8,7 @@ runs gathered from many machines report the same. Figures (PNG):
   (the paper's Fig. 4 for the LR plan, Fig. 5 for the source-size plan);
 * ``final-<plan>.png`` — final top-1, mean ± std over seeds, paper values as markers (Tables 2 and 3);
 * ``grid-<plan>-<key>.png`` — top-1 against a grid key (freeze → Fig. 13, images per class → Fig. 12, lr → Fig. 4);
+* ``probes-<plan>.png`` — linear-probe accuracy per layer, one line per model (Fig. 10; after ``fastft analyze probes``);
 * ``distance.png`` — fine-tuned top-1 against the WordNet source→target distance.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pandas as pd
 from .errors import FastFTError
 
 GAIN_PAIRS = (("ft-near", "scratch"), ("ft-far", "scratch"), ("ft-near", "ft-far"))  # the study's comparisons
+LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")  # probe columns in network order
 
 
 def collect(runs_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -139,6 +141,12 @@ def _pm(m, s) -> str:
     return "–" if m is None or (isinstance(m, float) and math.isnan(m)) else f"{m:.2f} ± {0 if s is None or math.isnan(s) else s:.2f}"
 
 
+def _probe_cols(s: pd.DataFrame) -> list[str]:
+    """The summary's probe accuracy columns that hold values, in network order (conv1 … fc8)."""
+    return sorted((c for c in s.columns if c.startswith("probe_") and s[c].notna().any()),
+                  key=lambda c: LAYERS.index(c[6:]) if c[6:] in LAYERS else len(LAYERS))
+
+
 def _ci(x: float) -> str:
     return "–" if pd.isna(x) else f"±{x:.2f}"
 
@@ -174,7 +182,7 @@ def markdown(summary: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame | No
                 before = getattr(r, "svm_before_top1", float("nan"))
                 lines.append(f"| {r.template} {r.grid} | {r.svm_top1:.2f} | {'–' if pd.isna(before) else f'{before:.2f}'} |")
             lines.append("")
-        probe_cols = [c for c in s.columns if c.startswith("probe_") and s[c].notna().any()]
+        probe_cols = _probe_cols(s)
         if probe_cols:
             lines += ["Linear probes per layer (top-1 %, Fig. 10):", "", "| run | " + " | ".join(c[6:] for c in probe_cols) + " |",
                       "|---|" + "---:|" * len(probe_cols)]
@@ -219,6 +227,16 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, curves: pd.DataFrame, out
         made.append(_save(fig, out / f"final-{plan}.png"))
         r = runs[(runs["plan"] == plan) & runs["finished"]]
         made += _grid_figures(r, plan, out, plt)
+        probe_cols = _probe_cols(s)
+        if probe_cols:  # Fig. 10: linear-probe accuracy per layer, one line per model
+            fig, ax = plt.subplots(figsize=(6.5, 4))
+            for row in s[s[probe_cols].notna().any(axis=1)].itertuples():
+                ax.plot([c[6:] for c in probe_cols], [getattr(row, c) for c in probe_cols], marker="o",
+                        label=f"{row.template} {row.grid}".strip())
+            ax.set(xlabel="layer", ylabel="linear probe top-1 (%)", title=f"{plan}: layer probes (Fig. 10)")
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            made.append(_save(fig, out / f"probes-{plan}.png"))
     ft = runs[runs["finished"] & runs["distance"].notna()]
     if len(ft):
         fig, ax = plt.subplots(figsize=(6, 4))

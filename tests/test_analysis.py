@@ -1,5 +1,6 @@
 """Analyses: hand-checked AP / SVM / probe building blocks, and every analysis on a real trained run (CPU)."""
 import json
+from pathlib import Path
 import os
 import subprocess
 import sys
@@ -107,7 +108,11 @@ def test_report_shows_analyses(trained, tmp_path):
     from fastft.report import write_report
 
     run, _, view = trained
-    an.svm(run, json.loads((run / "config.json").read_text())["config"]["view"])
-    write_report(run.parent, tmp_path)
-    assert "Linear SVM on fc7" in (tmp_path / "report.md").read_text()
+    own_view = json.loads((run / "config.json").read_text())["config"]["view"]
+    an.svm(run, own_view)
+    an.probes([run], own_view, layers=("fc7", "conv1"))
+    r = write_report(run.parent, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "Linear SVM on fc7" in md and "| run | conv1 | fc7 |" in md  # network order, whatever order they ran in
     assert pd.read_csv(tmp_path / "runs.csv")["svm_top1"].notna().any()
+    assert any(Path(f).name.startswith("probes-") for f in r["figures"])
