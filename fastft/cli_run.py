@@ -188,7 +188,7 @@ def cmd_analyze(a):
         r = an.filters(a.runs, a.view, a.device, out=a.out)
         print(json.dumps({k: r[k] for k in ("mean_sensitivity", "percent_of_classes_a_beats_b")}, indent=1))
         if r.get("figure"):
-            print(f"precision-recall curves: {r['figure']}")
+            print(f"precision-recall curves: {r['figure']}\nclasses where A beats B (Fig. 9): {r['beats_figure']}")
     elif a.what == "probes":
         r = an.probes(a.runs, a.view, device=a.device, pool=a.pool)
         layers = r["layers"]

@@ -78,7 +78,7 @@ def test_svm_filters_probes_on_trained_run(trained, tmp_path):
     f = an.filters([run, untrained], view.path, out=tmp_path)
     assert f["mean_sensitivity"][run.name] > f["mean_sensitivity"]["untrained"]
     assert f["percent_of_classes_a_beats_b"][run.name]["untrained"] >= 75
-    assert (tmp_path / "filters-pr.png").exists()
+    assert (tmp_path / "filters-pr.png").exists() and (tmp_path / "filters-beats.png").exists()
 
 
 def test_class_images_raise_the_class_score(trained, tmp_path):
