@@ -96,16 +96,15 @@ def cmd_sweep(a):
         if a.dry_run:
             shared = f" (+{c['shared']} shared with plans above)" if c["shared"] else ""
             print(f"plan {plan['name']} ({plan_path}): {c['runs']} runs{shared}, {c['image_iterations'] / 1e6:.1f} M image-iterations")
-            here: collections.Counter = collections.Counter()
+            st = {r.key: sw.state(out, r) for r in runs}
             for r in runs:
-                st = sw.state(out, r)
-                here[st.split(" on ")[0]] += 1
                 dep = f"  after {r.deps[0]}" if r.deps else ""
                 print(f"  {r.key:40s} {r.overrides['mode']:8s} set={r.overrides['set']:12s} {r.images_per_epoch:9.0f} img/epoch  "
-                      f"{r.run_id or '-':12s} {st}{dep}")
+                      f"{r.run_id or '-':12s} {st[r.key]}{dep}")
+            here = collections.Counter(v.split(" on ")[0] for v in st.values())
             print("  " + ", ".join(f"{here[k]} {k}" for k in ("finished", "running", "interrupted", "failed", "to run") if here[k]))
             states.update(here)
-            total["left"] += sw.cost([r for r in runs if sw.state(out, r) != "finished"], seen=seen_left)["image_iterations"]
+            total["left"] += sw.cost([r for r in runs if st[r.key] != "finished"], seen=seen_left)["image_iterations"]
             continue
         if a.backend == "slurm":
             scripts = sw.write_slurm(runs, out, plan, a.partition, a.time)
@@ -128,7 +127,7 @@ def cmd_sweep(a):
             h = total["image_iterations"] / a.img_per_s / 3600
             line += f"; at {a.img_per_s:.0f} img/s per GPU: {h:.1f} GPU-hours = {h / a.node_gpus:.1f} h on one {a.node_gpus}-GPU node"
         print(line)
-        if states.get("finished") or states.get("running") or states.get("failed") or states.get("interrupted"):
+        if sum(states.values()) > states["to run"]:  # a sweep in progress: what is left
             left = f"left: {sum(states.values()) - states['finished']} unfinished runs, at most {total['left'] / 1e9:.2f} G image-iterations"
             if a.img_per_s:
                 h = total["left"] / a.img_per_s / 3600
