@@ -10,6 +10,8 @@ feed and hand-off loop is the bottleneck); ``cpu_ms_per_kimg`` = CPU time of the
 * ``threads16`` / ``threads4``: 16 or 4 DALI CPU threads (the default caps a GPU-decoding pipeline at ``MIXED_THREADS``);
 * ``cpu20`` / ``cpu25`` / ``cpu35``: that share of each batch decoded on the host cores next to the hardware decoder
   (``cpu_decode``); ``cpu100``: every sample decoded on the host cores, i.e. the rate the host share can add;
+* ``gpuhuff80`` / ``gpuhuff60``: 80 % / 60 % of the JPEGs on the hardware decoder, the rest decoded wholly on the
+  GPU's cores (``GPU_HUFFMAN``: nvJPEG's hybrid Huffman decoder, not the host), which the loader alone leaves idle;
 * ``prefetch4``: a deeper prefetch queue;
 * ``static``: DALI's classic executor;
 * ``reader``: DALI's C++ webdataset reader on the view's shards (no Python feed at all; its own shuffle and crops):
@@ -65,7 +67,7 @@ def main():
     ap.add_argument("view")
     ap.add_argument("--seconds", type=float, default=4)
     ap.add_argument("--hw-load", type=float, default=1.0)
-    ap.add_argument("--variants", default="dali,nocopy,threads4,cpu100,cpu20,cpu25,cpu35,reader")
+    ap.add_argument("--variants", default="dali,nocopy,threads4,cpu100,cpu20,cpu25,cpu35,gpuhuff80,gpuhuff60,reader")
     ap.add_argument("--device", default="cuda", help="cpu: a smoke test of the script (with --batch, --crop)")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--crop", type=int, default=227)
@@ -83,6 +85,7 @@ def main():
 
     mods = {"threads16": ({"num_threads": 16}, {"MIXED_THREADS": 16}), "threads4": ({"num_threads": 4}, {}),
             **{f"cpu{p}": ({"cpu_decode": p / 100}, {}) for p in (20, 25, 35, 100)},
+            **{f"gpuhuff{p}": ({"hw_decoder_load": p / 100}, {"GPU_HUFFMAN": True}) for p in (80, 60)},
             "prefetch4": ({"prefetch": 4}, {}), "static": ({}, {"EXEC_DYNAMIC": False}), "nocopy": ({}, {"FEED_NO_COPY": True})}
 
     def run(variant: str) -> dict:

@@ -40,6 +40,8 @@ from .store import View, open_view
 EXEC_DYNAMIC = True   # DALI's dynamic executor (the classic one: same rate)
 FEED_NO_COPY = False  # True: DALI reads the JPEG bytes in the store's memory maps without a copy
 MIXED_THREADS = 8     # at most this many CPU threads for a GPU-decoding pipeline (more contend for the cores)
+GPU_HUFFMAN = False   # True: JPEGs beyond the hardware decoder's share (hw_decoder_load < 1) are entropy-decoded on the
+                      # GPU's cores too (nvJPEG's hybrid Huffman decoder), not on the host: spare GPU for the loader alone
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
 
@@ -282,7 +284,8 @@ def _dali_decode(jpegs, device: str, hw_decoder_load: float, aug=None, image_siz
     from nvidia.dali import fn, types
 
     if device == "cuda" and not host_decode:
-        img = fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=hw_decoder_load)
+        img = fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=hw_decoder_load,
+                                **({"hybrid_huffman_threshold": 0} if GPU_HUFFMAN else {}))
     else:
         img = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
         if device == "cuda":
