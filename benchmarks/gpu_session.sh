@@ -31,7 +31,7 @@ LCPU=${LCPU:-0,0.2,0.3}           # host-decoded shares for bench loader (the lo
 step bench-loader 70 python3 -m fastft bench loader $W/view ${BENCH_ARGS/--width 0.25/} --seconds 4 --hw-load $HW --cpu-decode $LCPU \
     --out "$OUT/bench-loader.json"
 # what bounds the loader alone: variants and CPU accounting, the fallback in the same run
-step loader-probe 130 sh -c "cd benchmarks && python3 loader_probe.py $W/view --seconds 4 ${LPROBE_ARGS:-} --out '$OUT/loader-probe.json'"
+step loader-probe 180 sh -c "cd benchmarks && python3 loader_probe.py $W/view --seconds 4 ${LPROBE_ARGS:-} --out '$OUT/loader-probe.json'"
 # the host cores' decoding rate (CPU only; its JSON line stays in session.log: at most 8 files come back)
 step host-decode 40 python3 benchmarks/host_decode.py $W/view --seconds 2
 # the reference baselines (../shared/bench/baselines.py, copied to .dali/c2/ by the operator): PIL DataLoader alone and
