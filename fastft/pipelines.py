@@ -280,14 +280,17 @@ def _dali_decode(jpegs, device: str, hw_decoder_load: float, aug=None, image_siz
 
     ``host_decode`` on a GPU: libjpeg-turbo on the host cores, and the whole decoded image moves to the GPU (DALI's
     pinned copy, inside the prefetched pipeline) before anything else. Cropping on the host first would cost 47-68 %
-    more host CPU per image (DALI's CPU crop; ``benchmarks/host_decode.py``) to copy ~20 % fewer bytes."""
+    more host CPU per image (DALI's CPU crop; ``benchmarks/host_decode.py``) to copy ~20 % fewer bytes.
+
+    EXIF orientation is not applied, as PIL (the shard tool, the fallback) and torchvision's ImageFolder do not: a
+    ``--resize none`` store keeps the original JPEG bytes, tags included, and both backends must see the same pixels."""
     from nvidia.dali import fn, types
 
     if device == "cuda" and not host_decode:
         img = fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=hw_decoder_load,
-                                **({"hybrid_huffman_threshold": 0} if GPU_HUFFMAN else {}))
+                                adjust_orientation=False, **({"hybrid_huffman_threshold": 0} if GPU_HUFFMAN else {}))
     else:
-        img = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
+        img = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB, adjust_orientation=False)
         if device == "cuda":
             img = img.gpu()
     if not aug:

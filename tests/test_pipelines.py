@@ -64,6 +64,36 @@ def test_fallback_yields_same_samples_and_pixels(view_near):
         assert torch.allclose(xa, xb, atol=1e-4)
 
 
+def test_exif_orientation_is_ignored_by_both_backends(tmp_path):
+    """A ``--resize none`` store keeps original JPEG bytes, EXIF orientation tags included: DALI (which would rotate
+    by the tag) and the PIL fallback (which does not) must still see the same pixels."""
+    from PIL import Image
+
+    from fastft.store import ShardConfig, resolve, write_store
+    from fastft.subsets import ClassSet, SubsetSpec
+    from fastft.synth import synth
+    from fastft.taxonomy import load
+
+    classes = list(load().wnids[:2])
+    root = tmp_path / "tree"
+    synth(root, classes=classes, train_per_class=3, val_per_class=1, size=64, seed=1)
+    half = np.zeros((60, 120, 3), np.uint8)
+    half[:, 60:] = 255  # left black, right white; a 90° rotation would make it top/bottom
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    Image.fromarray(half).save(root / "train" / classes[0] / f"{classes[0]}_exif.JPEG", quality=95, exif=exif.tobytes())
+    write_store(root, tmp_path / "store", ShardConfig(resize="none", allow_missing=True), workers=1, progress=False)
+    spec = SubsetSpec("x", 0, {}, {"t": ClassSet(tuple(classes))}, {})
+    view = resolve(spec, "t", tmp_path / "store", tmp_path / "view")
+    key = [i for i, k in enumerate(Loader(view.path, "train", CFG, train=False).src.keys) if k.endswith("exif")]
+    assert len(key) == 1
+    for backend in ("dali", "pytorch"):
+        L = Loader(view.path, "train", LoaderConfig(batch_size=1, crop=40, num_threads=1, backend=backend), train=False)
+        x = [xb for s, (xb, _, _) in enumerate(L.epoch(0)) if L.plan.epoch(0)["index"][s][0] == key[0]][0][0]
+        assert x.shape == (3, 40, 40)
+        assert x[:, :, 25:].mean() - x[:, :, :15].mean() > 2, f"{backend}: the right half must stay white (no rotation)"
+
+
 def test_torch_augment_mirror_is_a_flip():
     img = torch.arange(10 * 12 * 3, dtype=torch.uint8).reshape(10, 12, 3)
     assert torch.equal(_torch_augment(img, 0.5, 0.0, 1, 8), _torch_augment(img, 0.5, 0.0, 0, 8).flip(1))
