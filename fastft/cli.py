@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -55,6 +56,26 @@ def cmd_subsets_make(a):
     path = spec.save(a.out)
     sets = ", ".join(f"{k}={len(v.classes)}" + (f"x{v.cap}" if v.cap else "") for k, v in spec.sets.items())
     print(f"wrote {path}: {a.construction} seed {a.seed}; sets {sets}; hash {spec.hash[:16]}")
+
+
+def cmd_subsets_show(a):
+    from .subsets import load_spec
+    from .taxonomy import load
+
+    h, spec = load(), load_spec(a.spec)
+    if a.json:
+        print(json.dumps({"construction": spec.construction, "seed": spec.seed, "hash": spec.hash,
+                          "sets": {k: {"cap": v.cap, "classes": [{"wnid": c, "label": h.label[c], "name": h.name(c)} for c in v.classes]}
+                                   for k, v in spec.sets.items()}}))
+        return
+    print(f"{a.spec}: {spec.construction} seed {spec.seed}, hash {spec.hash[:16]} (checked)")
+    for k, v in spec.sets.items():
+        if a.set and k != a.set:
+            continue
+        print(f"  {k}: {len(v.classes)} classes" + (f", at most {v.cap} training images each" if v.cap else ""))
+        if a.set or len(v.classes) <= a.max:
+            for c in v.classes:
+                print(f"    {h.label[c]:4d}  {c}  {h.name(c)}")
 
 
 def cmd_subsets_distance(a):
@@ -148,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="spec file to write (JSON)")
     x.add_argument("--param", action="append", metavar="KEY=VALUE", help="override a construction parameter (repeatable)")
     x.set_defaults(fn=cmd_subsets_make)
+    x = ss.add_parser("show", help="a spec's sets: sizes, caps and classes (wnid, label, name); its hash is checked")
+    x.add_argument("spec")
+    x.add_argument("--set", help="only this set, every class listed")
+    x.add_argument("--max", type=int, default=20, help="list the classes of sets up to this size (default 20)")
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(fn=cmd_subsets_show)
+
     x = ss.add_parser("distance", help="WordNet distance between each source set and the target set of a spec")
     x.add_argument("spec")
     x.add_argument("--json", action="store_true")
@@ -211,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fastft: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 

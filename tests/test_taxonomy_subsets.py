@@ -85,15 +85,22 @@ def test_instru_family_shares_sets_and_grid_is_nested():
     assert make("random", 1).sets["target"] == make("source-size", 1).sets["target"]
 
 
-def test_spec_roundtrip_and_tamper(tmp_path):
+def test_spec_roundtrip_and_tamper(tmp_path, capsys):
+    from fastft.cli import main
+
     spec = make("dog", 0)
     p = spec.save(tmp_path / "dog.json")
     assert load_spec(p).hash == spec.hash
+    assert main(["subsets", "show", str(p), "--json"]) == 0  # what `fastft subsets show` lists: the same classes
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["hash"] == spec.hash and [c["wnid"] for c in shown["sets"]["target"]["classes"]] == list(spec.sets["target"].classes)
+    assert all(c["name"] for c in shown["sets"]["far"]["classes"]) and len(shown["sets"]["far"]["classes"]) == 500
     d = json.loads(p.read_text())
     d["sets"]["target"]["classes"][0] = d["sets"]["far"]["classes"][0]
     p.write_text(json.dumps(d))
     with pytest.raises(FastFTError, match="hash"):
         load_spec(p)
+    assert main(["subsets", "show", str(p)]) == 2 and "hash" in capsys.readouterr().err
 
 
 def test_impossible_requests_are_named():
