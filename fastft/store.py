@@ -858,13 +858,16 @@ def resolve(spec, set_name: str, store_path: str | Path, out: str | Path) -> Vie
     sub["view_label"] = sub["wnid"].map(lut).astype("int32")
     short = {}
     if cs.cap is not None:
+        # a class's images in one seeded order per (seed, class), whatever the set: a cap keeps its first ``cap``, so
+        # smaller caps are subsets of larger ones and every set holding the class agrees (k10_n30 ⊂ k10_n60 ⊂ k100_n60):
+        # across a §4.4 grid the training images differ only in number, not in draw
         parts = []
         for w, g in sub[sub["split"] == "train"].groupby("wnid", sort=True):
             keys = sorted(g["key"])
             if len(keys) < cs.cap:
                 short[w] = len(keys)
-            chosen = set(random.Random(f"fastft-cap/{spec.seed}/{set_name}/{w}").sample(keys, min(cs.cap, len(keys))))
-            parts.append(g[g["key"].isin(chosen)])
+            random.Random(f"fastft-cap/{spec.seed}/{w}").shuffle(keys)
+            parts.append(g[g["key"].isin(set(keys[:cs.cap]))])
         sub = pd.concat(parts + [sub[sub["split"] != "train"]])
     splits = {}
     for split, g in sub.groupby("split", sort=True):

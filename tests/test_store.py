@@ -165,6 +165,13 @@ def test_view_with_cap_reads_exactly_through_dali_and_webdataset(store, store_cl
     want = set(v.keys("train")["key"])
     assert len(want) == 300 and v.keys("train").groupby("wnid").size().eq(30).all()
     assert resolve(spec, "t", store, tmp_path / "view2").keys("train")["key"].tolist() == v.keys("train")["key"].tolist()
+    # caps are nested and agree across sets (a §4.4 grid varies the number of images, not their draw); seeds differ
+    grid = SubsetSpec("custom", 3, {}, {"n10": ClassSet(tuple(store_classes[:5]), 10), "n30": ClassSet(tuple(store_classes[:10]), 30)}, {})
+    k10 = set(resolve(grid, "n10", store, tmp_path / "g10").keys("train")["key"])
+    k30 = set(resolve(grid, "n30", store, tmp_path / "g30").keys("train")["key"])
+    assert len(k10) == 50 and k10 < k30 and k30 == want
+    other = SubsetSpec("custom", 4, {}, {"t": ClassSet(tuple(store_classes[:10]), 30)}, {})
+    assert set(resolve(other, "t", store, tmp_path / "s4").keys("train")["key"]) != want
     tars, idxs = v.files("train")
 
     @pipeline_def(batch_size=50, num_threads=1, device_id=None)
