@@ -56,7 +56,9 @@ def _collect_one(d: Path, cfg: dict, c: dict, sw: dict, fin: dict, rows: list, c
            "distance": sw.get("distance"), "finished": bool(fin), "failed": (d / "failed.json").exists(),
            "top1": fin.get("top1"), "top5": fin.get("top5"), "best_top1": fin.get("best_top1"), "epochs": fin.get("epochs"),
            "wall_secs": fin.get("wall_secs"), "img_per_s": fin.get("img_per_s"),
-           "paper_top1": paper.get("top1"), "paper_std": paper.get("std"), "paper_ref": paper.get("ref")}
+           "paper_top1": paper.get("top1"), "paper_std": paper.get("std"), "paper_ref": paper.get("ref"),
+           "paper_svm": paper.get("svm"), "paper_svm_before": paper.get("svm_before")}
+    row.update({f"paper_probe_{k}": v for k, v in (paper.get("probes") or {}).items()})
     row.update({f"grid_{k}": v for k, v in grid.items()})
     m = re.fullmatch(r"k(\d+)_n(\d+)", str(grid.get("set", "")))
     if m:  # instru-grid sets: classes x images per class (Fig. 12, 14)
@@ -102,6 +104,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     g = done.groupby(["plan", "template", "grid"], sort=False, dropna=False)
     extra = {c: (c, "mean") for c in done.columns if c in ("svm_top1", "svm_before_top1", "mean_sensitivity") or c.startswith("probe_")}
+    extra.update({c: (c, "first") for c in done.columns if c.startswith(("paper_svm", "paper_probe_"))})
     out = g.agg(seeds=("seed", "nunique"), top1_mean=("top1", "mean"), top1_std=("top1", "std"), top5_mean=("top5", "mean"),
                 distance=("distance", "mean"), paper_top1=("paper_top1", "first"), paper_std=("paper_std", "first"),
                 paper_ref=("paper_ref", "first"), **extra).reset_index()
@@ -147,6 +150,10 @@ def _probe_cols(s: pd.DataFrame) -> list[str]:
                   key=lambda c: LAYERS.index(c[6:]) if c[6:] in LAYERS else len(LAYERS))
 
 
+def _num(x) -> str:
+    return "–" if x is None or pd.isna(x) else f"{x:.2f}"
+
+
 def _ci(x: float) -> str:
     return "–" if pd.isna(x) else f"±{x:.2f}"
 
@@ -161,7 +168,7 @@ def markdown(summary: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame | No
         lines += [f"## {plan}", "", "| run | grid | seeds | top-1 | 95 % CI | top-5 | WordNet distance | paper top-1 | Δ vs paper |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in s.itertuples():
-            paper = _pm(r.paper_top1, r.paper_std) if pd.notna(r.paper_top1) else "–"
+            paper = _pm(r.paper_top1, r.paper_std) if pd.notna(r.paper_std) else _num(r.paper_top1)  # Table 3 gives no std
             delta = f"{r.delta_vs_paper:+.2f}" if pd.notna(r.delta_vs_paper) else "–"
             dist = f"{r.distance:.3f}" if pd.notna(r.distance) else "–"
             lines.append(f"| {r.template} | {r.grid or '–'} | {r.seeds} | {_pm(r.top1_mean, r.top1_std)} | {_ci(r.top1_ci95)} | "
@@ -177,17 +184,20 @@ def markdown(summary: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame | No
             lines.append("")
         if "svm_top1" in s and s["svm_top1"].notna().any():
             lines += ["Linear SVM on fc7 (Table 3: before fine-tuning = the source model's fc7 on the target):", "",
-                      "| run | SVM after | SVM before |", "|---|---:|---:|"]
+                      "| run | SVM after | SVM before | paper after | paper before |", "|---|---:|---:|---:|---:|"]
             for r in s[s["svm_top1"].notna()].itertuples():
-                before = getattr(r, "svm_before_top1", float("nan"))
-                lines.append(f"| {r.template} {r.grid} | {r.svm_top1:.2f} | {'–' if pd.isna(before) else f'{before:.2f}'} |")
+                cells = [getattr(r, k, float("nan")) for k in ("svm_top1", "svm_before_top1", "paper_svm", "paper_svm_before")]
+                lines.append(f"| {r.template} {r.grid} | " + " | ".join(_num(x) for x in cells) + " |")
             lines.append("")
         probe_cols = _probe_cols(s)
         if probe_cols:
-            lines += ["Linear probes per layer (top-1 %, Fig. 10):", "", "| run | " + " | ".join(c[6:] for c in probe_cols) + " |",
-                      "|---|" + "---:|" * len(probe_cols)]
+            lines += ["Linear probes per layer (top-1 %, Fig. 10; the paper's values where it states them):", "",
+                      "| run | " + " | ".join(c[6:] for c in probe_cols) + " |", "|---|" + "---:|" * len(probe_cols)]
             for r in s[s[probe_cols[0]].notna()].itertuples():
-                lines.append(f"| {r.template} {r.grid} | " + " | ".join(f"{getattr(r, c):.2f}" for c in probe_cols) + " |")
+                lines.append(f"| {r.template} {r.grid} | " + " | ".join(_num(getattr(r, c)) for c in probe_cols) + " |")
+                paper = [getattr(r, f"paper_{c}", float("nan")) for c in probe_cols]
+                if any(pd.notna(x) for x in paper):
+                    lines.append(f"| {r.template} {r.grid} (paper) | " + " | ".join(_num(x) for x in paper) + " |")
             lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -231,8 +241,12 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, curves: pd.DataFrame, out
         if probe_cols:  # Fig. 10: linear-probe accuracy per layer, one line per model
             fig, ax = plt.subplots(figsize=(6.5, 4))
             for row in s[s[probe_cols].notna().any(axis=1)].itertuples():
-                ax.plot([c[6:] for c in probe_cols], [getattr(row, c) for c in probe_cols], marker="o",
-                        label=f"{row.template} {row.grid}".strip())
+                (line,) = ax.plot([c[6:] for c in probe_cols], [getattr(row, c) for c in probe_cols], marker="o",
+                                  label=f"{row.template} {row.grid}".strip())
+                paper = [getattr(row, f"paper_{c}", float("nan")) for c in probe_cols]
+                if any(pd.notna(x) for x in paper):  # the paper's stated values: hollow markers, same colour
+                    ax.plot([c[6:] for c in probe_cols], paper, linestyle="none", marker="D", mfc="none",
+                            color=line.get_color(), label=f"{row.template} (paper)")
             ax.set(xlabel="layer", ylabel="linear probe top-1 (%)", title=f"{plan}: layer probes (Fig. 10)")
             ax.legend(fontsize=7)
             fig.tight_layout()

@@ -65,6 +65,9 @@ def test_plan_mistakes_are_named(tmp_path):
     p.write_text("name: x\nconstruction: dog\nruns: [{name: a, set: near, source: zz}]\n")
     with pytest.raises(FastFTError, match="zz"):
         sw.load_plan(p)
+    p.write_text("name: x\nconstruction: dog\nruns: [{name: a, set: near, paper: {top: 50}}]\n")
+    with pytest.raises(FastFTError, match="unknown paper key.*'top'"):
+        sw.load_plan(p)
     p.write_text("name: x\nconstruction: dog\nruns: [{name: a, set: nearr}]\n")
     with pytest.raises(FastFTError, match="no set 'nearr'"):
         sw.prepare(sw.load_plan(p), sw.expand(sw.load_plan(p)), None, tmp_path)
@@ -178,6 +181,35 @@ def test_report_tables_from_run_directories(tmp_path):
     assert s.loc["ft-1000", "top1_ci95"] == pytest.approx(4.303 * 2.0 / 3 ** 0.5, abs=1e-3)  # t(0.975, 2 dof) = 4.303
     assert "| ft-1000 | – | 3 | 62.00 ± 2.00 | ±4.97 |" in md and "80.94 ± 0.75" in md
     assert {Path(f).name for f in r["figures"]} >= {"curves-p.png", "final-p.png", "distance.png"}
+
+
+def test_report_puts_the_papers_svm_and_probe_numbers_alongside(tmp_path):
+    """Table 3's SVM on fc7 (after / before fine-tuning) and Fig. 10's probe accuracies, given as a plan's ``paper``
+    values, appear next to fastft's own analysis results in the tables and the probes figure."""
+    from fastft.analysis import view_tag
+
+    view = tmp_path / "view"
+    view.mkdir()
+    (view / "view.json").write_text(json.dumps({"manifest_sha256": "m", "splits": {"val": {"keys_sha256": "k"}}, "classes": ["n01"]}))
+    tag = view_tag(str(view))
+    paper = {"top1": 67.12, "svm": 66.70, "svm_before": 60.06, "probes": {"fc7": 59.08, "fc8": 60.86}}
+    for seed, (svm, fc7) in enumerate(((70.0, 61.0), (72.0, 63.0))):
+        _fake_run(tmp_path / "runs", f"ft{seed}", "ft-near", seed, 68.0, paper=paper)
+        d = tmp_path / "runs" / f"ft{seed}"
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["config"]["view"] = str(view)
+        (d / "config.json").write_text(json.dumps(cfg))
+        (d / "analysis").mkdir()
+        (d / "analysis" / f"svm-{tag}.json").write_text(json.dumps({"summary": {"svm_top1": svm}}))
+        (d / "analysis" / f"probes-{tag}.json").write_text(json.dumps({"summary": {"fc8": fc7 + 1, "fc7": fc7}}))
+    r = write_report(tmp_path / "runs", tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| ft-near | – | 2 | 68.00 ± 0.00 | ±0.00 | 78.00 | 0.100 | 67.12 | +0.88 |" in md  # no std given: none shown
+    assert "| ft-near  | 71.00 | – | 66.70 | 60.06 |" in md
+    assert "| ft-near  | 62.00 | 63.00 |" in md and "| ft-near  (paper) | 59.08 | 60.86 |" in md
+    s = pd.read_csv(tmp_path / "rep" / "summary.csv")
+    assert s.loc[0, "paper_svm_before"] == 60.06 and s.loc[0, "paper_probe_fc8"] == 60.86
+    assert any(Path(f).name == "probes-p.png" for f in r["figures"])
 
 
 def test_demo_end_to_end(tmp_path):
