@@ -94,10 +94,14 @@ class Input:
     size: int = 0
 
 
+def _tree_root(root: Path) -> Path | None:
+    """Where an extracted tree's ``train/`` is: the root itself, or Kaggle's ``ILSVRC/Data/CLS-LOC/``."""
+    return next((c for c in (root, root / "ILSVRC" / "Data" / "CLS-LOC") if (c / "train").is_dir()), None)
+
+
 def _find_root(root: Path) -> Path:
-    for cand in (root, root / "ILSVRC" / "Data" / "CLS-LOC"):
-        if (cand / "train").is_dir():
-            return cand
+    if cand := _tree_root(root):
+        return cand
     raise FastFTError(f"{root} has no train/ folder and no {TRAIN_TAR} (expected the ILSVRC2012 layout: train/<wnid>/*.JPEG, "
                       f"val/…, or the downloaded archives {TRAIN_TAR}, {VAL_TAR}, {DEVKIT_TGZ})")
 
@@ -289,7 +293,7 @@ def scan(root: str | Path, cfg: ShardConfig, progress: bool = False) -> tuple[li
     if not root.is_dir():
         raise FastFTError(f"ImageNet root {root} is not a directory")
     h = load()
-    if (root / TRAIN_TAR).is_file() and not any((c / "train").is_dir() for c in (root, root / "ILSVRC" / "Data" / "CLS-LOC")):
+    if (root / TRAIN_TAR).is_file() and _tree_root(root) is None:
         return _scan_archives(root, cfg, progress)
     data_root = _find_root(root)
     rel = lambda d, name: str((d / name).relative_to(root))  # noqa: E731
@@ -432,11 +436,14 @@ def _fsync_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path, progress=None) -> str:
+    """sha256 of a file; ``progress(n)`` is told every chunk's size."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
+        while chunk := f.read(1 << 22):
             h.update(chunk)
+            if progress:
+                progress(len(chunk))
     return h.hexdigest()
 
 
@@ -660,17 +667,9 @@ def _sha256_many(paths: list[Path], progress: bool = False) -> list[str]:
 
     from tqdm import tqdm
 
-    with tqdm(total=sum(p.stat().st_size for p in paths), unit="B", unit_scale=True, desc="sha256", disable=not progress) as bar:
-        def one(p: Path) -> str:
-            h = hashlib.sha256()
-            with open(p, "rb") as f:
-                while chunk := f.read(1 << 22):
-                    h.update(chunk)
-                    bar.update(len(chunk))
-            return h.hexdigest()
-
-        with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
-            return list(pool.map(one, paths))
+    with tqdm(total=sum(p.stat().st_size for p in paths), unit="B", unit_scale=True, desc="sha256", disable=not progress) as bar, \
+            ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+        return list(pool.map(lambda p: _sha256(p, bar.update), paths))
 
 
 def verify(path: str | Path, full: bool = True, progress: bool = False) -> list[str]:
@@ -761,6 +760,7 @@ def verify_shards(store: str | Path, names: list[str], st: Store | None = None) 
     st = st or open_store(store)
     by_name = {s["name"]: s for s in st.shards}
     stamp_dir = st.path / ".verified"
+    mismatch = f"does not match the manifest (corrupted or truncated); run `fastft verify {st.path}`"
     problems, todo = [], []
     for n in names:
         tar = st.path / f"{n}.tar"
@@ -773,12 +773,12 @@ def verify_shards(store: str | Path, names: list[str], st: Store | None = None) 
         if sp.exists() and sp.read_text() == stamp:
             continue
         if stat.st_size != by_name[n]["bytes"]:
-            problems.append(f"{tar.name}: does not match the manifest (corrupted or truncated); run `fastft verify {st.path}`")
+            problems.append(f"{tar.name}: {mismatch}")
             continue
         todo.append((n, tar, stamp, sp))
     for (n, tar, stamp, sp), digest in zip(todo, _sha256_many([t[1] for t in todo], progress=len(todo) > 8)):
         if digest != by_name[n]["sha256"]:
-            problems.append(f"{tar.name}: does not match the manifest (corrupted or truncated); run `fastft verify {st.path}`")
+            problems.append(f"{tar.name}: {mismatch}")
             continue
         try:
             stamp_dir.mkdir(exist_ok=True)
