@@ -52,7 +52,15 @@ def cmd_subsets_list(a):
 def cmd_subsets_make(a):
     from .subsets import make
 
-    spec = make(a.construction, a.seed, **_params(a.param))
+    params = _params(a.param)
+    if any(v == "store" for v in params.values()):
+        if not a.store:
+            raise FastFTError("a parameter takes its classes from a store (=store): give --store DIR")
+        from .store import open_store
+
+        held = open_store(a.store).classes
+        params = {k: (held if v == "store" else v) for k, v in params.items()}
+    spec = make(a.construction, a.seed, **params)
     path = spec.save(a.out)
     sets = ", ".join(f"{k}={len(v.classes)}" + (f"x{v.cap}" if v.cap else "") for k, v in spec.sets.items())
     print(f"wrote {path}: {a.construction} seed {a.seed}; sets {sets}; hash {spec.hash[:16]}")
@@ -72,7 +80,7 @@ def cmd_subsets_show(a):
     for k, v in spec.sets.items():
         if a.set and k != a.set:
             continue
-        print(f"  {k}: {len(v.classes)} classes" + (f", at most {v.cap} training images each" if v.cap else ""))
+        print(f"  {k}: {len(v.classes)} class{'es' if len(v.classes) != 1 else ''}" + (f", at most {v.cap} training images each" if v.cap else ""))
         if a.set or len(v.classes) <= a.max:
             for c in v.classes:
                 print(f"    {h.label[c]:4d}  {c}  {h.name(c)}")
@@ -167,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("construction")
     x.add_argument("--seed", type=int, default=0)
     x.add_argument("--out", required=True, help="spec file to write (JSON)")
-    x.add_argument("--param", action="append", metavar="KEY=VALUE", help="override a construction parameter (repeatable)")
+    x.add_argument("--param", action="append", metavar="KEY=VALUE",
+                   help="override a construction parameter (repeatable); values are JSON, and within=store takes the classes of --store")
+    x.add_argument("--store", help="a store whose training classes fill a parameter given as =store (e.g. a partial store)")
     x.set_defaults(fn=cmd_subsets_make)
     x = ss.add_parser("show", help="a spec's sets: sizes, caps and classes (wnid, label, name); its hash is checked")
     x.add_argument("spec")

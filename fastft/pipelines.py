@@ -210,6 +210,7 @@ class Loader:
         self.src = SampleSource(self.view, split)
         self.image_size = self.view.image_size
         self.fixed_size = self.image_size is not None
+        self.view.check_crop(cfg.crop)
         if cfg.augment_to and self.train:
             if not self.fixed_size:
                 raise FastFTError("augment_to needs a store with a fixed image size (fastft shard --resize WxH)")

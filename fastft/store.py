@@ -642,6 +642,11 @@ class Store:
     def shards(self) -> list[dict]:
         return self.manifest["shards"]
 
+    @property
+    def classes(self) -> list[str]:
+        """The wnids this store holds training images of, sorted (a partial store's class universe)."""
+        return sorted({w for s in self.shards if s["split"] == "train" for w in s["classes"]})
+
     def samples(self):
         import pandas as pd
 
@@ -725,10 +730,28 @@ class View:
         return len(self.meta["classes"])
 
     @property
+    def resize(self) -> str:
+        """The store's ``--resize`` setting: ``WxH``, ``short:N`` or ``none``."""
+        return (self.store_settings or open_store(self.store).manifest["settings"])["resize"]
+
+    @property
     def image_size(self) -> tuple[int, int] | None:
         """(width, height) of every stored image when the store was sharded at a fixed size, else None."""
-        resize = (self.store_settings or open_store(self.store).manifest["settings"])["resize"]
+        resize = self.resize
         return None if resize == "none" or resize.startswith("short:") else tuple(int(d) for d in resize.split("x"))
+
+    @property
+    def min_side(self) -> int | None:
+        """The shortest side any stored image can have (None for a ``--resize none`` store: original sizes)."""
+        kind, w, h = _parse_resize(self.resize)
+        return None if kind == "none" else min(w, h)
+
+    def check_crop(self, crop: int) -> None:
+        """A crop larger than the stored images would be zero-padded on every sample: name it before any work."""
+        side = self.min_side
+        if side is not None and crop > side:
+            raise FastFTError(f"crop {crop} is larger than the store's images (--resize {self.resize}): every crop would be "
+                              f"zero-padded; use crop <= {side}, or shard a store with a larger --resize")
 
     def label_lut(self) -> np.ndarray:
         """1000-entry table: store label -> view label (-1 = not in the view)."""

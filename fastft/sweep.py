@@ -152,7 +152,7 @@ def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path) -> di
     if any(v == "store" for v in params.values()):
         if not store:
             raise FastFTError(f"plan {plan['name']} takes classes from the store: give --store")
-        held = sorted({w for s in open_store(store).shards for w in s["classes"]})
+        held = open_store(store).classes
         params = {k: (held if v == "store" else v) for k, v in params.items()}
     for seed in sorted({r.seed for r in runs}):
         p = out / "specs" / f"{plan['name']}-seed{seed}.json"
@@ -187,6 +187,10 @@ def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path) -> di
         cfg = build(TrainConfig, {**r.overrides, **({"source": str(src_dir)} if src_dir else {})}, f"run {r.key}")
         cfg.validate()
         view = open_view(view_path_for(cfg), check_store=False)  # the run verifies its shards when it starts
+        try:
+            view.check_crop(cfg.crop)
+        except FastFTError as e:
+            raise FastFTError(f"run {r.key}: {e}") from None
         # §4.6 copies grow each class to augment_to (exact when no class already has more)
         r.images_per_epoch = max(view.split("train")["samples"], view.num_classes * cfg.augment_to)
         _, precision = resolve_device(cfg)

@@ -226,6 +226,7 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
         view = open_view(view_path)
     for split in ("train", "val"):
         view.split(split)
+    view.check_crop(cfg.crop)
     num_classes = view.num_classes
 
     # ---- source (fine-tuning) checks, before any work
