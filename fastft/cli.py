@@ -13,6 +13,27 @@ from pathlib import Path
 from .errors import FastFTError
 
 
+class _Help(argparse.HelpFormatter):
+    """Help that names each option's default (unless it is empty or the help already says it); a description or epilog
+    with line breaks (e.g. train's table of config keys) is printed as written, others are wrapped."""
+
+    def _fill_text(self, text, width, indent):
+        return "".join(indent + line for line in text.splitlines(keepends=True)) if "\n" in text else super()._fill_text(text, width, indent)
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        d = action.default
+        if action.option_strings and not (d is None or d is False or d == argparse.SUPPRESS) and "default" not in h:
+            h += f" (default: {action.default})"
+        return h
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *a, **kw):
+        kw.setdefault("formatter_class", _Help)
+        super().__init__(*a, **kw)
+
+
 def _params(pairs: list[str]) -> dict:
     out = {}
     for p in pairs or []:
@@ -157,7 +178,7 @@ def cmd_verify(a):
 
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastft", description="Transfer-learning studies on ImageNet subsets chosen through WordNet, "
+    p = _Parser(prog="fastft", description="Transfer-learning studies on ImageNet subsets chosen through WordNet, "
                                 "at the speed of the GPU: shard → subsets → train → sweep → report.")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
 
@@ -172,41 +193,42 @@ def build_parser() -> argparse.ArgumentParser:
     x = ss.add_parser("list", help="name the constructions and their parameters")
     x.set_defaults(fn=cmd_subsets_list)
     x = ss.add_parser("make", help="write a subset spec (seeded, hashed)")
-    x.add_argument("construction")
-    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("construction", help="one of `fastft subsets list` (e.g. instru, dog, random, instru-grid)")
+    x.add_argument("--seed", type=int, default=0, help="draws the classes; part of the spec's hash")
     x.add_argument("--out", required=True, help="spec file to write (JSON)")
     x.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="override a construction parameter (repeatable); values are JSON, and within=store takes the classes of --store")
     x.add_argument("--store", help="a store whose training classes fill a parameter given as =store (e.g. a partial store)")
     x.set_defaults(fn=cmd_subsets_make)
     x = ss.add_parser("show", help="a spec's sets: sizes, caps and classes (wnid, label, name); its hash is checked")
-    x.add_argument("spec")
+    x.add_argument("spec", help="a spec file (fastft subsets make)")
     x.add_argument("--set", help="only this set, every class listed")
-    x.add_argument("--max", type=int, default=20, help="list the classes of sets up to this size (default 20)")
-    x.add_argument("--json", action="store_true")
+    x.add_argument("--max", type=int, default=20, help="list the classes of sets up to this size")
+    x.add_argument("--json", action="store_true", help="print one JSON object")
     x.set_defaults(fn=cmd_subsets_show)
 
     x = ss.add_parser("distance", help="WordNet distance between each source set and the target set of a spec")
-    x.add_argument("spec")
-    x.add_argument("--json", action="store_true")
+    x.add_argument("spec", help="a spec file (fastft subsets make)")
+    x.add_argument("--json", action="store_true", help="print the rows as JSON")
     x.set_defaults(fn=cmd_subsets_distance)
     x = ss.add_parser("resolve", help="turn one set of a spec into a view of a store (filtered indexes, no data copied)")
-    x.add_argument("spec")
+    x.add_argument("spec", help="a spec file (fastft subsets make)")
     x.add_argument("--set", required=True, help="which set of the spec (e.g. target, near, far)")
-    x.add_argument("--store", required=True)
-    x.add_argument("--out", required=True)
+    x.add_argument("--store", required=True, help="the store (fastft shard) the view reads")
+    x.add_argument("--out", required=True, help="view directory to write (its indexes select the set's samples)")
     x.set_defaults(fn=cmd_subsets_resolve)
 
     s = sub.add_parser("synth", help="write a synthetic ImageNet tree in the real ILSVRC2012 layout")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="directory for the tree (or the archives)")
     s.add_argument("--classes", nargs="*", help="wnids or a file of wnids (default: 24 classes from dog, instrumentality, living things)")
-    s.add_argument("--train-per-class", type=int, default=40)
-    s.add_argument("--val-per-class", type=int, default=10)
+    s.add_argument("--train-per-class", type=int, default=40, help="training images per class")
+    s.add_argument("--val-per-class", type=int, default=10, help="validation images per class")
     s.add_argument("--size", type=int, default=96, help="typical image side in pixels (sizes and aspect ratios vary around it)")
-    s.add_argument("--quality", type=int, default=90)
-    s.add_argument("--val-layout", default="folders", choices=["folders", "devkit", "kaggle"])
+    s.add_argument("--quality", type=int, default=90, help="JPEG quality")
+    s.add_argument("--val-layout", default="folders", choices=["folders", "devkit", "kaggle"],
+                   help="val/<wnid>/ folders, a flat val/ with the devkit's ground truth, or Kaggle's LOC_val_solution.csv")
     s.add_argument("--broken", action="store_true", help="add CMYK, PNG-as-JPEG, grayscale, RGBA, truncated, 0-byte and non-image files")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="same seed, same tree")
     s.add_argument("--workers", type=int, default=None, help="processes (default: all cores for >= 2,000 images); same tree for any number")
     s.add_argument("--archives", action="store_true", help="write the files image-net.org serves instead of a tree: "
                    "ILSVRC2012_img_train.tar (a tar per class), ILSVRC2012_img_val.tar, ILSVRC2012_devkit_t12.tar.gz")
@@ -215,12 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("shard", help="ILSVRC2012 tree -> WebDataset shard store indexed by synset (resumable)")
     s.add_argument("root", help="ImageNet root holding train/ and val/ (or ILSVRC/Data/CLS-LOC/), or the downloaded archives "
                    "ILSVRC2012_img_train.tar + ILSVRC2012_img_val.tar + ILSVRC2012_devkit_t12.tar.gz, read in place (no extraction)")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="store directory (re-running on it resumes; finished shards are kept)")
     s.add_argument("--resize", default="256x256", help="WxH (default 256x256, as in the paper), short:N, or none")
     s.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images")
     s.add_argument("--shard-mb", type=float, default=256.0, help="target shard size in MB")
     s.add_argument("--classes", nargs="*", help="only these wnids, or a file of wnids")
-    s.add_argument("--val-layout", default="auto", choices=["auto", "folders", "devkit", "kaggle"])
+    s.add_argument("--val-layout", default="auto", choices=["auto", "folders", "devkit", "kaggle"],
+                   help="how val/ is labelled (auto: detected, and named in the manifest)")
     s.add_argument("--seed", type=int, default=0, help="seed of the global shuffle across shards")
     s.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     s.add_argument("--allow-missing", action="store_true", help="shard the classes present; missing ones are recorded, not an error")
@@ -229,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_shard)
 
     s = sub.add_parser("verify", help="re-hash a store's shards and index files against its manifest")
-    s.add_argument("store")
+    s.add_argument("store", help="a store directory (fastft shard)")
     s.add_argument("--quick", action="store_true", help="check presence and sizes only")
     s.set_defaults(fn=cmd_verify)
 

@@ -5,7 +5,6 @@ imports the other.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
@@ -224,10 +223,11 @@ def _train_keys() -> str:
 
 def add_commands(sub) -> None:
     s = sub.add_parser("train", help="one training run (scratch / finetune / freeze-n) from a YAML config and key=value overrides",
-                       description="Train one run of the paper's protocol. Example: fastft train configs/demo.yaml epochs=5 seed=1. "
+                       description="Train one run of the paper's protocol. Example: fastft train spec=specs/instru-0.json set=near "
+                                   "store=shards/imagenet seed=1, or a YAML file of the same keys followed by overrides. "
                                    "Unknown keys are errors. Re-running resumes an interrupted run and skips a finished one. "
                                    "Multi-GPU: `fastft train CONFIG --procs 8` or `accelerate launch -m fastft train CONFIG`.",
-                       epilog=_train_keys(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=_train_keys())
     s.add_argument("config", nargs="?", help="YAML file (optional: everything can be given as key=value)")
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     s.add_argument("--procs", type=int, default=0, help="data-parallel processes (GPUs, or CPU processes without a GPU) via accelerate launch")
@@ -246,7 +246,8 @@ def add_commands(sub) -> None:
                                                                  "runs sharing a GPU split its cache memory, and the node's runs split host_cache_gb auto)")
     s.add_argument("--parallel", type=int, default=1, help="concurrent runs without GPUs")
     s.add_argument("--retries", type=int, default=1, help="retries of a failed run")
-    s.add_argument("--backend", default="local", choices=["local", "slurm"])
+    s.add_argument("--backend", default="local", choices=["local", "slurm"], help="local: run here, packed onto --gpus; "
+                   "slurm: write (and with --submit, submit) job arrays with afterok dependencies")
     s.add_argument("--partition", help="SLURM partition")
     s.add_argument("--time", default="24:00:00", help="SLURM time limit per run")
     s.add_argument("--submit", action="store_true", help="SLURM: submit the job arrays with sbatch (default: only write them)")
@@ -254,7 +255,7 @@ def add_commands(sub) -> None:
                    "dependencies and cost, total and left; train nothing")
     s.add_argument("--img-per-s", type=float, help="with --dry-run: measured training img/s per GPU, to print GPU-hours")
     s.add_argument("--node-gpus", type=int, default=8, help="with --dry-run: GPUs per node for the wall-time estimate")
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_sweep)
 
     s = sub.add_parser("report", help="tables (mean +- std over seeds, paper numbers alongside) and figures from run directories")
@@ -267,11 +268,11 @@ def add_commands(sub) -> None:
                    help="loader: DALI vs DataLoader images/s; train: step-rate ceilings and end-to-end training; "
                         "pack: aggregate images/s of several concurrent runs on one GPU")
     s.add_argument("view", help="a view directory (fastft subsets resolve)")
-    s.add_argument("--batch", type=int, default=256)
-    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--batch", type=int, default=256, help="images per batch")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: the GPU if there is one")
     s.add_argument("--seconds", type=float, default=10.0, help="measuring time per variant")
     s.add_argument("--threads", type=int, default=0, help="DALI threads / DataLoader workers (0 = all cores)")
-    s.add_argument("--crop", type=int, default=227)
+    s.add_argument("--crop", type=int, default=227, help="random crop side (227 as in the paper)")
     s.add_argument("--width", type=float, default=1.0, help="train: AlexNet width multiplier")
     s.add_argument("--steps", help="train: step modes whose ceilings to measure, comma-separated; a mode is eager or flags joined "
                                    "by +: compile, graph (CUDA graph), fused (fused SGD), pad4/pad8 (conv1 input channels), e.g. "
@@ -291,18 +292,21 @@ def add_commands(sub) -> None:
     s = sub.add_parser("analyze", help="the paper's analyses on runs: svm (fc7), filters (conv5 AP), probes (conv1..fc8), classviz, distance",
                        description="Features come from the eval pipeline and are cached per run/view/layer under <run>/analysis/. "
                                    "Results land in <run>/analysis/*.json and in fastft report.")
-    s.add_argument("what", choices=["svm", "filters", "probes", "classviz", "distance"])
+    s.add_argument("what", choices=["svm", "filters", "probes", "classviz", "distance"],
+                   help="svm: linear SVM on fc7 (Table 3); filters: per-filter AP of conv5 (Figs. 8-9); probes: a linear "
+                        "classifier on each layer (Fig. 10); classviz: images that maximise class scores; distance: source-"
+                        "target feature distance")
     s.add_argument("runs", nargs="+", help="run directories")
     s.add_argument("--view", required=True, help="the (target) view: its train split trains SVM/probes, its val split tests")
     s.add_argument("--source-view", help="distance: the source view")
     s.add_argument("--classes", default="0,1,2,3", help="classviz: comma-separated class indices of the run's model")
     s.add_argument("--pool", type=int, help="probes: max-pool conv maps to NxN before the linear layer (bounds memory)")
-    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: the GPU if there is one")
     s.add_argument("--out", help="filters: directory for filters.json and PR curves; classviz: PNG path")
     s.set_defaults(fn=cmd_analyze)
 
     s = sub.add_parser("demo", help="the whole flow on a built-in synthetic ImageNet on CPU: synth -> shard -> near/far sweep -> report")
     s.add_argument("--out", default="fastft-demo", help="working directory (created)")
-    s.add_argument("--seeds", type=int, default=2)
+    s.add_argument("--seeds", type=int, default=2, help="seeds of the study (5 as in the paper: about 2 minutes)")
     s.add_argument("--parallel", type=int, default=2, help="concurrent training runs")
     s.set_defaults(fn=cmd_demo)
