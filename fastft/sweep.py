@@ -429,9 +429,22 @@ def write_slurm(runs: list[RunSpec], out: Path, plan: dict, partition: str | Non
         if partition:
             head.append(f"#SBATCH --partition={partition}")
         head += [f"#SBATCH {x}" for x in extra]
-        body = ["set -euo pipefail", f'args=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str(lst))})',
-                "# SIGTERM before the time limit or on preemption: the trainer checkpoints and exits 143; --requeue restarts it and it resumes",
-                f'eval "{shlex.quote(sys.executable)} -m fastft $args" &', "wait $!"]
+        body = ["set -uo pipefail",
+                f'eval "set -- $(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str(lst))})"',
+                "# SIGTERM reaches this shell 120 s before the time limit (--signal=B:TERM@120), or on preemption. It is passed to",
+                "# the trainer, which finishes its step, checkpoints and exits 143; the task is then requeued (a time limit does",
+                "# not requeue by itself; a preempted task may already be) and its next start resumes from that checkpoint.",
+                "child=",
+                "on_term() {",
+                '  [ -n "$child" ] && kill -TERM "$child" 2>/dev/null',
+                '  rc=143; [ -n "$child" ] && { wait "$child"; rc=$?; }',
+                '  [ "$rc" -eq 143 ] && { scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" || true; }',
+                '  exit "$rc"',
+                "}",
+                "trap on_term TERM",
+                f'{shlex.quote(sys.executable)} -m fastft "$@" &',
+                "child=$!",
+                'wait "$child"']
         sh.write_text("\n".join(head + [""] + body) + "\n")
         scripts.append(sh)
     return scripts

@@ -17,9 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"width": 0.25, "crop": 71, "batch_size": 32, "init": "kaiming", "epochs": 2, "num_threads": 1, "lr": 0.005}
 
 
-def tiny_plan(tmp_path: Path, name="tiny", extra_runs=()) -> Path:
+def tiny_plan(tmp_path: Path, name="tiny", extra_runs=(), **defaults) -> Path:
     plan = {"name": name, "construction": "near-far", "params": {"within": "store", "target": 4, "source": 8, "cap": 10},
-            "seeds": [0], "defaults": SMALL,
+            "seeds": [0], "defaults": {**SMALL, **defaults},
             "runs": [{"name": "near", "set": "near"},
                      {"name": "ft", "set": "target", "mode": "finetune", "source": "near", "grid": {"freeze": [0, 5]}},
                      *extra_runs]}
@@ -154,6 +154,40 @@ def test_slurm_scripts(store, tmp_path):
     lines = (tmp_path / "out/slurm/sl-level1.txt").read_text().splitlines()
     assert len(lines) == 2 and all(f"source={runs[0].run_dir}" in x and "mode=finetune" in x for x in lines)
     assert "freeze=5" in lines[1]
+
+
+def test_slurm_task_checkpoints_on_term_requeues_and_resumes(store, tmp_path):
+    """The batch shell of a SLURM task gets SIGTERM before the time limit: the trainer checkpoints and exits 143, the
+    task asks to be requeued, and its next start resumes and finishes. Only SLURM's own commands are stand-ins."""
+    import signal
+    import time
+
+    from fastft import runs as runs_mod
+
+    plan = sw.load_plan(tiny_plan(tmp_path, "sl", epochs=40))
+    runs = sw.expand(plan)
+    sw.prepare(plan, runs, str(store), tmp_path / "out")
+    level0 = sw.write_slurm(runs, tmp_path / "out", plan)[0]
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    (bin_ / "scontrol").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "SLURM_ARRAY_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": "0",
+           "OMP_NUM_THREADS": "1"}
+    run_dir = runs[0].run_dir
+    p = subprocess.Popen(["bash", str(level0)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = time.time()
+    while runs_mod.latest_checkpoint(run_dir) is None and p.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)  # to the batch shell only, as --signal=B:TERM does
+    out = p.communicate(timeout=120)[0]
+    assert p.returncode == 143, out[-2000:]
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "77_0"]
+    assert not runs_mod.is_finished(run_dir) and runs_mod.latest_checkpoint(run_dir) is not None
+    r = subprocess.run(["bash", str(level0)], env=env, capture_output=True, text=True, timeout=600)  # the requeued start
+    assert r.returncode == 0 and "resuming" in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
+    assert runs_mod.is_finished(run_dir) and json.loads((run_dir / "final.json").read_text())["epochs"] == 40
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "77_0"], "a finished task is not requeued"
 
 
 def _fake_run(root: Path, name: str, template: str, seed: int, top1: float, paper=None, grid=None):
