@@ -28,9 +28,11 @@ import itertools
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -306,74 +308,112 @@ def run_local(runs: list[RunSpec], out: Path, slots: list[dict], retries: int = 
             last.clear()
             last.update(c)
 
-    while True:
-        # finished processes
-        for key, (proc, slot, logf) in list(running.items()):
-            rc = proc.poll()
-            if rc is None:
-                continue
-            logf.close()
-            r = by_key[key]
-            del running[key]
-            free.append(slot)
-            _release(out, r)
-            if rc == 0 and (r.run_dir / "final.json").exists():
-                state[key] = "done"
-                bar.update(1)
-            elif attempts[key] <= retries:
-                state[key] = "pending"
-                bar.write(f"run {key} failed (exit {rc}); retrying ({attempts[key]}/{retries}) — log {r.run_dir / 'sweep.log'}")
-            else:
-                state[key] = "failed"
-                tail = (r.run_dir / "sweep.log").read_text()[-3000:] if (r.run_dir / "sweep.log").exists() else ""
-                (r.run_dir / "failed.json").write_text(json.dumps({"exit_code": rc, "attempts": attempts[key], "log_tail": tail}, indent=1))
-                bar.write(f"run {key} FAILED (exit {rc}) after {attempts[key]} attempts — log {r.run_dir / 'sweep.log'}")
-        # runs trained by another sweep process
-        for key, s in state.items():
-            if s == "elsewhere":
+    def terminated(*_):
+        raise Terminated
+
+    old_term = signal.signal(signal.SIGTERM, terminated) if threading.current_thread() is threading.main_thread() else None
+    try:
+        while True:
+            # finished processes
+            for key, (proc, slot, logf) in list(running.items()):
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                logf.close()
                 r = by_key[key]
-                if (r.run_dir / "final.json").exists():
+                del running[key]
+                free.append(slot)
+                _release(out, r)
+                if rc == 0 and (r.run_dir / "final.json").exists():
                     state[key] = "done"
                     bar.update(1)
-                elif not (out / "claims" / r.run_id).exists():
+                elif attempts[key] <= retries:
                     state[key] = "pending"
-        # dependents of failed runs
-        for r in runs:
-            if state[r.key] == "pending" and any(state[d] in ("failed", "skipped") for d in r.deps):
-                state[r.key] = "skipped"
-        # launch what is ready
-        for r in runs:
-            if not free:
+                    bar.write(f"run {key} failed (exit {rc}); retrying ({attempts[key]}/{retries}) — log {r.run_dir / 'sweep.log'}")
+                else:
+                    state[key] = "failed"
+                    tail = (r.run_dir / "sweep.log").read_text()[-3000:] if (r.run_dir / "sweep.log").exists() else ""
+                    (r.run_dir / "failed.json").write_text(json.dumps({"exit_code": rc, "attempts": attempts[key], "log_tail": tail}, indent=1))
+                    bar.write(f"run {key} FAILED (exit {rc}) after {attempts[key]} attempts — log {r.run_dir / 'sweep.log'}")
+            # runs trained by another sweep process
+            for key, s in state.items():
+                if s == "elsewhere":
+                    r = by_key[key]
+                    if (r.run_dir / "final.json").exists():
+                        state[key] = "done"
+                        bar.update(1)
+                    elif not (out / "claims" / r.run_id).exists():
+                        state[key] = "pending"
+            # dependents of failed runs
+            for r in runs:
+                if state[r.key] == "pending" and any(state[d] in ("failed", "skipped") for d in r.deps):
+                    state[r.key] = "skipped"
+            # launch what is ready
+            for r in runs:
+                if not free:
+                    break
+                if state[r.key] != "pending" or any(state[d] != "done" for d in r.deps):
+                    continue
+                if (r.run_dir / "final.json").exists():
+                    state[r.key] = "done"
+                    bar.update(1)
+                    continue
+                if not _claim(out, r):
+                    state[r.key] = "elsewhere"
+                    continue
+                slot = free.pop(0)
+                _record_membership(r)
+                (r.run_dir / "failed.json").unlink(missing_ok=True)
+                attempts[r.key] += 1
+                src = by_key[r.deps[0]].run_dir if r.deps else None
+                cmd = [sys.executable, "-m", "fastft", "train", *r.args(src), "progress=false"]
+                logf = open(r.run_dir / "sweep.log", "a")
+                logf.write(f"$ {shlex.join(cmd)}\n")
+                logf.flush()
+                proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, **slot})
+                running[r.key] = (proc, slot, logf)
+                state[r.key] = "running"
+            status()
+            if not running and not any(s in ("pending", "elsewhere") for s in state.values()):
                 break
-            if state[r.key] != "pending" or any(state[d] != "done" for d in r.deps):
-                continue
-            if (r.run_dir / "final.json").exists():
-                state[r.key] = "done"
-                bar.update(1)
-                continue
-            if not _claim(out, r):
-                state[r.key] = "elsewhere"
-                continue
-            slot = free.pop(0)
-            _record_membership(r)
-            (r.run_dir / "failed.json").unlink(missing_ok=True)
-            attempts[r.key] += 1
-            src = by_key[r.deps[0]].run_dir if r.deps else None
-            cmd = [sys.executable, "-m", "fastft", "train", *r.args(src), "progress=false"]
-            logf = open(r.run_dir / "sweep.log", "a")
-            logf.write(f"$ {shlex.join(cmd)}\n")
-            logf.flush()
-            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, **slot})
-            running[r.key] = (proc, slot, logf)
-            state[r.key] = "running"
-        status()
-        if not running and not any(s in ("pending", "elsewhere") for s in state.values()):
-            break
-        time.sleep(poll)
+            time.sleep(poll)
+    except (KeyboardInterrupt, Terminated):
+        _stop_runs(running, out, by_key, bar)
+        raise
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     bar.close()
     summary = {k: [key for key, s in state.items() if s == k] for k in ("done", "failed", "skipped")}
     summary["secs"] = round(time.time() - t0, 1)
     return summary
+
+
+class Terminated(SystemExit):
+    """SIGTERM to a sweep: its running runs checkpoint and stop, then it exits 143 (re-running resumes them)."""
+
+    def __init__(self):
+        super().__init__(143)
+
+
+def _stop_runs(running: dict, out: Path, by_key: dict, bar) -> None:
+    """Ctrl-C or SIGTERM: every running run gets SIGTERM (it checkpoints after its current step and exits) and the
+    sweep waits for each, so that no trainer outlives the sweep to race the next one on the same run directory."""
+    if not running:
+        return
+    bar.write(f"sweep stopping: {len(running)} running run(s) checkpoint and stop; re-run the same command to resume")
+    for proc, _, _ in running.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for key, (proc, _, logf) in list(running.items()):
+        try:
+            proc.wait()
+        except KeyboardInterrupt:  # a second Ctrl-C: the runs got it too and stop without checkpointing
+            proc.kill()
+            proc.wait()
+        logf.close()
+        _release(out, by_key[key])
+        del running[key]
 
 
 def _record_membership(r: RunSpec) -> None:

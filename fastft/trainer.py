@@ -12,6 +12,7 @@ import json
 import os
 import random
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,21 +145,29 @@ def lr_at(cfg: TrainConfig, epoch: int) -> float:
 
 
 class _Preempt:
-    """SIGTERM / SIGUSR1 → finish the current step, checkpoint, exit non-zero (a scheduler requeues)."""
+    """SIGTERM / SIGUSR1 / Ctrl-C → finish the current step, checkpoint, exit non-zero (a scheduler requeues; re-running
+    resumes). A second Ctrl-C stops at once, losing the steps since the last checkpoint."""
 
     def __init__(self):
         self.flag = False
+        self.signum = signal.SIGTERM
         self._old = {}
 
     def __enter__(self):
-        for s in (signal.SIGTERM, signal.SIGUSR1):
+        for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             try:
                 self._old[s] = signal.signal(s, self._set)
             except ValueError:  # not the main thread
                 pass
         return self
 
-    def _set(self, *_):
+    def _set(self, signum, _frame):
+        if signum == signal.SIGINT:
+            if self.flag:
+                raise KeyboardInterrupt
+            print("\nfastft: stopping after this step to checkpoint (Ctrl-C again stops at once)", file=sys.stderr, flush=True)
+        if not self.flag:
+            self.signum = signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM
         self.flag = True
 
     def __exit__(self, *a):
@@ -167,10 +176,10 @@ class _Preempt:
 
 
 class Preempted(SystemExit):
-    """Raised after the preemption checkpoint: exit code 143 (128 + SIGTERM)."""
+    """Raised after the preemption checkpoint: exit code 143 (128 + SIGTERM), or 130 after Ctrl-C."""
 
-    def __init__(self):
-        super().__init__(143)
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__(128 + int(signum))
 
 
 def _source_model(path: str) -> tuple[dict, dict, Path]:
@@ -375,7 +384,7 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
                     progress_now = {"loss_sum": float(loss_sum), "n_steps": n_steps, "secs": secs_before + time.time() - t0}
                     save(f"e{epoch:04d}-s{train_loader.position[1]:06d}")
                     acc.print(f"preempted: checkpointed at epoch {epoch} step {train_loader.position[1]}; re-run to resume")
-                    raise Preempted()
+                    raise Preempted(pre.signum)
             train_loss = float(acc.reduce(loss_sum / max(n_steps, 1), "mean"))  # waits for the epoch's last step
             train_secs = secs_before + time.time() - t0
             progress_now = None

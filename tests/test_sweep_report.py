@@ -190,6 +190,41 @@ def test_slurm_task_checkpoints_on_term_requeues_and_resumes(store, tmp_path):
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "77_0"], "a finished task is not requeued"
 
 
+def test_interrupted_sweep_checkpoints_its_runs_and_resumes(store, tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group) and SIGTERM (to the sweep alone): the running run checkpoints
+    mid-epoch and stops before the sweep exits; the next sweep resumes it and finishes the plan."""
+    import signal
+    import time
+
+    from fastft import runs as runs_mod
+
+    plan_file = tiny_plan(tmp_path, "intr", epochs=15)
+    plan = sw.load_plan(plan_file)
+    runs = sw.expand(plan)
+    sw.prepare(plan, runs, str(store), tmp_path / "out")
+    near = runs[0].run_dir
+    cmd = [sys.executable, "-m", "fastft", "sweep", str(plan_file), "--store", str(store), "--out", str(tmp_path / "out"), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for sig, to_group, code in ((signal.SIGINT, True, 130), (signal.SIGTERM, False, 143)):
+        before = runs_mod.latest_checkpoint(near)
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        t0 = time.time()
+        while runs_mod.latest_checkpoint(near) == before and p.poll() is None and time.time() - t0 < 120:
+            time.sleep(0.2)
+        time.sleep(0.3)  # into the next epoch
+        os.killpg(p.pid, sig) if to_group else p.send_signal(sig)
+        out = p.communicate(timeout=120)[0]
+        assert p.returncode == code, out[-2000:]
+        log = (near / "sweep.log").read_text()
+        assert log.count("preempted: checkpointed") == (1 if sig == signal.SIGINT else 2), log[-2000:]
+        assert not list((tmp_path / "out" / "claims").iterdir()), "claims are released"
+        assert not runs_mod.is_finished(near)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
+    assert all(runs_mod.is_finished(x.run_dir) for x in runs)
+    assert (near / "sweep.log").read_text().count("resuming") == 2
+
+
 def _fake_run(root: Path, name: str, template: str, seed: int, top1: float, paper=None, grid=None):
     d = root / name
     d.mkdir(parents=True)
