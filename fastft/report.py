@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import FastFTError
+from .runs import read_metrics
 
 GAIN_PAIRS = (("ft-near", "scratch"), ("ft-far", "scratch"), ("ft-near", "ft-far"))  # the study's comparisons
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")  # probe columns in network order
@@ -65,13 +66,9 @@ def _collect_one(d: Path, cfg: dict, c: dict, sw: dict, fin: dict, rows: list, c
         row.update(grid_classes=int(m[1]), grid_images=int(m[2]))
     row.update(_analyses(d, c.get("view"), c.get("source")))
     rows.append(row)
-    mp = d / "metrics.jsonl"
-    if mp.exists():
-        for line in mp.read_text().splitlines():
-            if line.strip():
-                m = json.loads(line)
-                curves.append({"run": d.name, "plan": row["plan"], "template": row["template"], "grid": row["grid"],
-                               "seed": row["seed"], **{k: m.get(k) for k in ("epoch", "top1", "train_loss", "lr")}})
+    for m in read_metrics(d):
+        curves.append({"run": d.name, "plan": row["plan"], "template": row["template"], "grid": row["grid"],
+                       "seed": row["seed"], **{k: m.get(k) for k in ("epoch", "top1", "train_loss", "lr")}})
 
 
 def _analyses(run_dir: Path, view: str | None, source: str | None) -> dict:

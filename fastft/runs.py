@@ -20,7 +20,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import torch
+from .errors import FastFTError
 
 CKPT_DIR = "checkpoints"
 
@@ -34,6 +34,8 @@ def is_finished(run_dir: Path) -> bool:
 
 
 def environment() -> dict:
+    import torch
+
     env = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
            "cuda": torch.version.cuda, "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
            "cpus": os.cpu_count()}
@@ -69,6 +71,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_file(obj, path: Path) -> None:
+    import torch
+
     with open(path, "wb") as f:
         torch.save(obj, f)
         f.flush()
@@ -114,7 +118,28 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """One record per finished epoch. A last line cut short (the run was killed while writing it) is left out."""
     p = Path(run_dir) / "metrics.jsonl"
     if not p.exists():
         return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    lines = [line for line in p.read_text().splitlines() if line.strip()]
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise FastFTError(f"{p}: line {i + 1} is not JSON") from None
+    return out
+
+
+def trim_metrics(run_dir: Path, epochs: int) -> None:
+    """Before a resumed run goes on from a checkpoint taken ``epochs`` epochs in: drop records of later epochs (a
+    kill between writing an epoch's record and its checkpoint leaves one, and the epoch runs again) and a cut line."""
+    p = Path(run_dir) / "metrics.jsonl"
+    if not p.exists():
+        return
+    keep = [m for m in read_metrics(run_dir) if m["epoch"] <= epochs]
+    tmp = p.with_name("metrics.jsonl.tmp")
+    tmp.write_text("".join(json.dumps(m) + "\n" for m in keep))
+    os.replace(tmp, p)

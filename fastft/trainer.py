@@ -309,6 +309,8 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
             _set_rng(local["rng"])
             partial = local["partial"]
         acc.print(f"resuming {run_dir.name} from {ckpt.name} (epoch {loader_state['epoch']}, step {loader_state['step']})")
+        if acc.is_main_process:
+            runs.trim_metrics(run_dir, start_epoch)
     model, opt = acc.prepare(model, opt)
     if cfg.cuda_graph and device == "cuda" and world > 1:
         acc.print("note: cuda_graph is used in single-process runs only; this run uses plain steps")

@@ -113,6 +113,8 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(source_run, store)
     assert not (b / "final.json").exists()
     ckpts = sorted(p.name for p in (b / "checkpoints").iterdir())
     assert ckpts[-1] == "e0001-s000004" and not any(c.endswith(".tmp") for c in ckpts)  # 10 steps/epoch: step 14 = epoch 1, 4 done
+    with open(b / "metrics.jsonl", "a") as f:  # as if killed after writing epoch 2's record, then mid-way through epoch 3's
+        f.write(json.dumps({"epoch": 2, "lr": 0.005, "train_loss": 9.0, "img_per_s": 1.0}) + '\n{"epoch": 3, "lr"')
     fastft(*args, f"out={out / 'b'}")
     strip = lambda ms: [{k: v for k, v in x.items() if k not in ("img_per_s", "train_secs")} for x in ms]  # noqa: E731
     assert strip(metrics(run_dir(out / "a", "far"))) == strip(metrics(b))
