@@ -71,6 +71,11 @@ def _collect_one(d: Path, cfg: dict, c: dict, sw: dict, fin: dict, rows: list, c
                        "seed": row["seed"], **{k: m.get(k) for k in ("epoch", "top1", "train_loss", "lr")}})
 
 
+def _is_target_set(name) -> bool:
+    """Target-like sets of a spec (as ``subsets.distances`` reads them): ``target`` and the §4.4 grid's ``k<K>_n<N>``."""
+    return name == "target" or bool(re.fullmatch(r"k\d+_n\d+", str(name)))
+
+
 def _analyses(run_dir: Path, view: str | None, source: str | None) -> dict:
     """Analysis results of a run on its own view (``fastft analyze``): SVM on fc7 (and the source model's SVM on the
     same view = "before fine-tuning", Table 3), probe accuracy per layer, mean filter sensitivity, feature distance."""
@@ -204,6 +209,7 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, curves: pd.DataFrame, out
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     made = []
     for plan in summary["plan"].unique():
@@ -213,9 +219,10 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, curves: pd.DataFrame, out
             for (t, g), cc in c.groupby(["template", "grid"], sort=False):
                 by = cc.groupby("epoch")
                 m, sd = by[["top1", "train_loss"]].mean(), by[["top1", "train_loss"]].std().fillna(0)
-                for a, k in zip(ax, ("top1", "train_loss")):  # mean over seeds, ± std shaded
+                for a, k, hi in zip(ax, ("top1", "train_loss"), (100, None)):  # mean over seeds, ± std shaded (within 0-100 %, loss >= 0)
                     (line,) = a.plot(m.index, m[k], label=f"{t} {g}".strip())
-                    a.fill_between(m.index, m[k] - sd[k], m[k] + sd[k], color=line.get_color(), alpha=0.15, linewidth=0)
+                    a.fill_between(m.index, (m[k] - sd[k]).clip(0, hi), (m[k] + sd[k]).clip(0, hi), color=line.get_color(),
+                                   alpha=0.15, linewidth=0)
             ax[0].set(xlabel="epoch", ylabel="test top-1 (%)", title=f"{plan}: test accuracy (mean ± std over seeds)")
             ax[1].set(xlabel="epoch", ylabel="train loss", title=f"{plan}: training loss")
             ax[0].legend(fontsize=7)
@@ -224,12 +231,18 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, curves: pd.DataFrame, out
         s = summary[summary["plan"] == plan]
         fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(s) + 2), 4))
         labels = [f"{t}\n{g}".strip() for t, g in zip(s["template"], s["grid"])]
-        ax.bar(range(len(s)), s["top1_mean"], yerr=s["top1_std"], capsize=4, color="#4c72b0", label="fastft")
+        # source models are tested on their own classes, not the target's: a lighter bar says so
+        sets = runs[runs["plan"] == plan].groupby(["template", "grid"])["set"].first()
+        on_target = [_is_target_set(sets.get((t, g))) for t, g in zip(s["template"], s["grid"])]
+        ax.bar(range(len(s)), s["top1_mean"], yerr=s["top1_std"], capsize=4, color=["#4c72b0" if x else "#a6bddb" for x in on_target])
+        handles = [Patch(color="#4c72b0", label="fastft, on the target")]
+        if not all(on_target):
+            handles.append(Patch(color="#a6bddb", label="fastft, source model on its own classes"))
         if s["paper_top1"].notna().any():
-            ax.scatter(range(len(s)), s["paper_top1"], color="#dd8452", zorder=3, label="paper", marker="D")
+            handles.append(ax.scatter(range(len(s)), s["paper_top1"], color="#dd8452", zorder=3, label="paper", marker="D"))
         ax.set_xticks(range(len(s)), labels, fontsize=7)
         ax.set(ylabel="top-1 (%)", title=f"{plan}: final accuracy (mean ± std over seeds)")
-        ax.legend()
+        ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=len(handles), frameon=False)
         fig.tight_layout()
         made.append(_save(fig, out / f"final-{plan}.png"))
         r = runs[(runs["plan"] == plan) & runs["finished"]]
@@ -319,7 +332,7 @@ def _grid_figures(r: pd.DataFrame, plan: str, out: Path, plt) -> list[Path]:
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
