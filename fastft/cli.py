@@ -5,6 +5,7 @@ User mistakes (:class:`FastFTError`) print one line ``fastft: error: …`` and e
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -272,6 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fastft: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"fastft: error: no space left on the device{where}; free space and re-run the same command (it resumes: "
+              "finished shards and complete checkpoints are kept)", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

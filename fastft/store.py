@@ -23,6 +23,7 @@ the selected samples, plus the subset's label map (0…C−1) and the selected k
 from __future__ import annotations
 
 import csv
+import errno
 import gzip
 import hashlib
 import io
@@ -30,6 +31,7 @@ import json
 import os
 import random
 import re
+import shutil
 import tarfile
 import time
 from collections import Counter
@@ -538,8 +540,6 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
         tmp.unlink()
 
     records: list[dict] = []
-    limit = cfg.shard_mb * 1e6
-    written_new = 0
     # fork is cheapest, but forking a process that already runs DALI's thread pools can deadlock: spawn then
     import sys
 
@@ -547,45 +547,90 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
     workers = workers or os.cpu_count() or 1
     t0 = time.time()
     pbar = _progress(len(inputs), progress)
-    with ctx.Pool(workers) as pool:
-        for split in ("train", "val"):
-            items = [x for x in inputs if x.split == split]
-            random.Random(f"fastft-shard/{cfg.seed}/{split}").shuffle(items)
-            pos, index = 0, 0
-            while (rp := out / f"{split}-{index:06d}.json").exists():  # resume: trust completed shards
-                rec = json.loads(rp.read_text())
-                records.append(rec)
-                pos += rec["consumed"]
-                index += 1
-                pbar.update(rec["consumed"])
-            if pos >= len(items):
-                continue
-            writer = _ShardWriter(out, split, index)
-            jobs = ((str(root / (x.archive or x.source)), (x.offset, x.size) if x.archive else None, cfg.resize, cfg.quality)
-                    for x in items[pos:])
-            for x, (jpg, info) in zip(items[pos:], pool.imap(_process, jobs, chunksize=8)):
-                writer.consumed += 1
-                if jpg is None:
-                    writer.rejected.append({"source": x.source, "split": x.split, "wnid": x.wnid, "reason": info})
-                else:
-                    writer.add(x, h.label[x.wnid], jpg, info)
-                pbar.update(1)
-                if writer.bytes >= limit:
-                    records.append(writer.close())
-                    written_new += 1
-                    if stop_after_shards is not None and written_new >= stop_after_shards:
-                        pool.terminate()
-                        pbar.close()
-                        raise KeyboardInterrupt(f"stopped after {written_new} shards (test hook)")
-                    index += 1
-                    writer = _ShardWriter(out, split, index)
-            if writer.consumed:
-                records.append(writer.close())
+    try:
+        with ctx.Pool(workers) as pool:
+            _write_shards(root, out, cfg, h, inputs, pool, records, pbar, stop_after_shards)
+        pbar.close()
+        return _finish(out, records, settings, scan_info, time.time() - t0)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        pbar.close()
+        for tmp in out.glob("*.tmp"):  # the shard cut short: give its space back now (a re-run redoes it)
+            tmp.unlink(missing_ok=True)
+        done = sum(r["consumed"] for r in records)
+        raise FastFTError(f"no space left on the device writing the store {out} ({_free(out)} free) after "
+                          f"{done:,} of {len(inputs):,} inputs; free space (or use another --out) and re-run the same "
+                          "command: it resumes after the last finished shard") from None
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+def _free(path: Path) -> str:
+    return _size(shutil.disk_usage(path).free)
+
+
+def _check_space(out: Path, records: list[dict], total: int) -> None:
+    """After each shard: project the bytes the inputs not yet sharded will need (at the mean so far, over a seeded
+    shuffle of every class) and stop now, rather than hours later, if the disk cannot hold them."""
+    done = sum(r["consumed"] for r in records)
+    need = (total - done) * sum(r["bytes"] for r in records) / max(done, 1)
+    free = shutil.disk_usage(out).free
+    if need > free:
+        raise FastFTError(f"the store {out} needs about {_size(need)} more for its {total - done:,} remaining inputs "
+                          f"(at {_size(sum(r['bytes'] for r in records) / max(done, 1))} each so far) and only "
+                          f"{_size(free)} are free; free space (or use another --out) and re-run the same command: it "
+                          "resumes after the last finished shard")
+
+
+def _write_shards(root: Path, out: Path, cfg: ShardConfig, h, inputs: list[Input], pool, records: list[dict], pbar,
+                  stop_after_shards: int | None) -> None:
+    """The shard loop of :func:`write_store`: per split, skip finished shards, then fill shards in the seeded order."""
+    limit = cfg.shard_mb * 1e6
+    written_new = 0
+    for split in ("train", "val"):
+        items = [x for x in inputs if x.split == split]
+        random.Random(f"fastft-shard/{cfg.seed}/{split}").shuffle(items)
+        pos, index = 0, 0
+        while (rp := out / f"{split}-{index:06d}.json").exists():  # resume: trust completed shards
+            rec = json.loads(rp.read_text())
+            records.append(rec)
+            pos += rec["consumed"]
+            index += 1
+            pbar.update(rec["consumed"])
+        if pos >= len(items):
+            continue
+        writer = _ShardWriter(out, split, index)
+        jobs = ((str(root / (x.archive or x.source)), (x.offset, x.size) if x.archive else None, cfg.resize, cfg.quality)
+                for x in items[pos:])
+        for x, (jpg, info) in zip(items[pos:], pool.imap(_process, jobs, chunksize=8)):
+            writer.consumed += 1
+            if jpg is None:
+                writer.rejected.append({"source": x.source, "split": x.split, "wnid": x.wnid, "reason": info})
             else:
-                writer.tf.close()
-                writer.tmp.unlink()
-    pbar.close()
-    return _finish(out, records, settings, scan_info, time.time() - t0)
+                writer.add(x, h.label[x.wnid], jpg, info)
+            pbar.update(1)
+            if writer.bytes >= limit:
+                records.append(writer.close())
+                written_new += 1
+                if stop_after_shards is not None and written_new >= stop_after_shards:
+                    pool.terminate()
+                    pbar.close()
+                    raise KeyboardInterrupt(f"stopped after {written_new} shards (test hook)")
+                _check_space(out, records, len(inputs))
+                index += 1
+                writer = _ShardWriter(out, split, index)
+        if writer.consumed:
+            records.append(writer.close())
+        else:
+            writer.tf.close()
+            writer.tmp.unlink()
 
 
 def _progress(total: int, enabled: bool):

@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,33 @@ def test_reshard_is_byte_identical_and_resumes(synth_tree, store, tmp_path):
     (part / "train-000003.tar.tmp").write_bytes(b"half a shard")  # what a kill mid-write leaves
     write_store(synth_tree, part, CFG, workers=2, progress=False)
     assert _digest(part) == _digest(store)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MB file system (tmpfs), grown by ``remount``; skipped where mounting is not permitted."""
+    d = tmp_path / "disk"
+    d.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)], capture_output=True).returncode:
+        pytest.skip("needs permission to mount a tmpfs")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", str(d)], check=False)
+
+
+def test_full_disk_is_named_early_and_the_store_resumes(synth_tree, store, small_disk):
+    # after the first shard, the projected size of the rest is more than the disk holds: stop before hours of work
+    with pytest.raises(FastFTError, match=r"needs about .* more for its .* remaining inputs .* free"):
+        write_store(synth_tree, small_disk / "a", CFG, workers=2, progress=False)
+    # one big shard: the disk fills mid-shard; the cut shard is removed, and the error says how to go on
+    with pytest.raises(FastFTError, match="no space left on the device .* re-run the same command"):
+        write_store(synth_tree, small_disk / "b", replace(CFG, shard_mb=64), workers=2, progress=False)
+    assert not list((small_disk / "b").glob("*.tmp"))
+    shutil.rmtree(small_disk / "b")
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    write_store(synth_tree, small_disk / "a", CFG, workers=2, progress=False)  # resumes after its first shard
+    assert _digest(small_disk / "a") == _digest(store)
 
 
 def test_val_labels_agree_across_layouts(tmp_path):
