@@ -524,44 +524,60 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
     settings = {"store_version": STORE_VERSION, **asdict(cfg), "classes": list(cfg.classes), "val_layout_found": scan_info["val_layout"],
                 "class_list_sha256": hashlib.sha256("\n".join(h.wnids).encode()).hexdigest(), "inputs": len(inputs)}
     out.mkdir(parents=True, exist_ok=True)
-    sp = out / "settings.json"
-    if sp.exists():
-        old = json.loads(sp.read_text())
-        if old != settings:
-            diff = sorted(k for k in settings if old.get(k) != settings.get(k))
-            raise FastFTError(f"{out} holds a store made with different settings ({', '.join(diff)}); use a new --out or the same settings")
-        if (out / "manifest.json").exists():
-            return json.loads((out / "manifest.json").read_text())
-    else:
-        if any(out.iterdir()):
-            raise FastFTError(f"{out} is not empty and holds no fastft store; choose an empty or new directory")
-        _fsync_write(sp, json.dumps(settings, indent=1).encode())
-    for tmp in out.glob("*.tmp"):
-        tmp.unlink()
+    with lock_file(out / ".lock", f"the store {out}"):  # two `fastft shard` on one store would interleave shards
+        sp = out / "settings.json"
+        if sp.exists():
+            old = json.loads(sp.read_text())
+            if old != settings:
+                diff = sorted(k for k in settings if old.get(k) != settings.get(k))
+                raise FastFTError(f"{out} holds a store made with different settings ({', '.join(diff)}); use a new --out or the same settings")
+            if (out / "manifest.json").exists():
+                return json.loads((out / "manifest.json").read_text())
+        else:
+            if any(p.name != ".lock" for p in out.iterdir()):
+                raise FastFTError(f"{out} is not empty and holds no fastft store; choose an empty or new directory")
+            _fsync_write(sp, json.dumps(settings, indent=1).encode())
+        for tmp in out.glob("*.tmp"):
+            tmp.unlink()
 
-    records: list[dict] = []
-    # fork is cheapest, but forking a process that already runs DALI's thread pools can deadlock: spawn then
-    import sys
+        records: list[dict] = []
+        # fork is cheapest, but forking a process that already runs DALI's thread pools can deadlock: spawn then
+        import sys
 
-    ctx = get_context("fork" if hasattr(os, "fork") and "nvidia.dali" not in sys.modules else "spawn")
-    workers = workers or os.cpu_count() or 1
-    t0 = time.time()
-    pbar = _progress(len(inputs), progress)
+        ctx = get_context("fork" if hasattr(os, "fork") and "nvidia.dali" not in sys.modules else "spawn")
+        workers = workers or os.cpu_count() or 1
+        t0 = time.time()
+        pbar = _progress(len(inputs), progress)
+        try:
+            with ctx.Pool(workers) as pool:
+                _write_shards(root, out, cfg, h, inputs, pool, records, pbar, stop_after_shards)
+            pbar.close()
+            return _finish(out, records, settings, scan_info, time.time() - t0)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            pbar.close()
+            for tmp in out.glob("*.tmp"):  # the shard cut short: give its space back now (a re-run redoes it)
+                tmp.unlink(missing_ok=True)
+            done = sum(r["consumed"] for r in records)
+            raise FastFTError(f"no space left on the device writing the store {out} ({_free(out)} free) after "
+                              f"{done:,} of {len(inputs):,} inputs; free space (or use another --out) and re-run the same "
+                              "command: it resumes after the last finished shard") from None
+
+
+def lock_file(path: Path, what: str):
+    """An exclusive lock on ``path`` (an empty file) for as long as the returned file stays open; it goes with the
+    process however that ends. A second process asking for it gets a :class:`FastFTError` naming ``what``."""
+    import fcntl
+
+    f = open(path, "a")
     try:
-        with ctx.Pool(workers) as pool:
-            _write_shards(root, out, cfg, h, inputs, pool, records, pbar, stop_after_shards)
-        pbar.close()
-        return _finish(out, records, settings, scan_info, time.time() - t0)
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        pbar.close()
-        for tmp in out.glob("*.tmp"):  # the shard cut short: give its space back now (a re-run redoes it)
-            tmp.unlink(missing_ok=True)
-        done = sum(r["consumed"] for r in records)
-        raise FastFTError(f"no space left on the device writing the store {out} ({_free(out)} free) after "
-                          f"{done:,} of {len(inputs):,} inputs; free space (or use another --out) and re-run the same "
-                          "command: it resumes after the last finished shard") from None
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise FastFTError(f"{what} is being written by another process right now (it holds {path}); wait for it to "
+                          "finish, or stop it and re-run") from None
+    return f
 
 
 def _size(n: float) -> str:

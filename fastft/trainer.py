@@ -228,7 +228,7 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
     view_path = view_path_for(cfg) if acc.is_main_process else None
     acc.wait_for_everyone()
     view_path = view_path or view_path_for(cfg, existing_only=True)
-    from .store import open_view  # data module: no DALI import
+    from .store import lock_file, open_view  # data module: no DALI import
 
     # the node's first rank hashes the view's shards (remembered in the store); its other ranks then find them checked
     with acc.local_main_process_first():
@@ -264,8 +264,10 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
     if runs.is_finished(run_dir):
         acc.print(f"run {run_dir} is already finished; nothing to do")
         return json.loads((run_dir / "final.json").read_text())
+    held = None  # the run directory's lock: two processes training one run would overwrite each other's checkpoints
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
+        held = lock_file(run_dir / ".lock", f"run {run_dir}")
         cp = run_dir / "config.json"
         if cp.exists() and json.loads(cp.read_text())["identity"] != identity:
             raise FastFTError(f"{run_dir} holds a different run (config changed); use another out: or name:")
@@ -420,6 +422,7 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
         runs.save_file({"model": acc.unwrap_model(model).state_dict(), "model_config": vars(acc.unwrap_model(model).cfg),
                         "classes": view.classes, "run_id": rid}, run_dir / "model.pt")
         (run_dir / "final.json").write_text(json.dumps(final, indent=1) + "\n")  # written last: the run is finished
+        held.close()
     acc.wait_for_everyone()
     if cfg.trackers:
         acc.end_training()

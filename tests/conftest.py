@@ -1,7 +1,10 @@
 """Shared fixtures: one synthetic ImageNet (with every kind of broken file), its store, and views — built once per session."""
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +53,19 @@ def view_near(demo_spec, store, tmp_path_factory):
     from fastft.store import resolve
 
     return resolve(demo_spec, "near", store, tmp_path_factory.mktemp("views") / "near")
+
+
+@pytest.fixture
+def hold_lock():
+    """``with hold_lock(path):`` — another process holds fastft's lock on ``path`` (as a concurrent shard or run would)."""
+    @contextlib.contextmanager
+    def hold(path):
+        code = "import sys, time; from fastft.store import lock_file; f = lock_file(sys.argv[1], 'x'); print('held', flush=True); time.sleep(600)"
+        p = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert p.stdout.readline().strip() == "held"
+            yield p
+        finally:
+            p.kill()
+            p.wait()
+    return hold

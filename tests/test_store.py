@@ -84,7 +84,7 @@ def test_verify_names_corrupt_shard_and_index(store, tmp_path):
     assert e.value.code == 1
 
 
-def test_reshard_is_byte_identical_and_resumes(synth_tree, store, tmp_path):
+def test_reshard_is_byte_identical_and_resumes(synth_tree, store, tmp_path, hold_lock):
     again = tmp_path / "again"
     write_store(synth_tree, again, CFG, workers=2, progress=False)
     assert _digest(again) == _digest(store)
@@ -93,7 +93,10 @@ def test_reshard_is_byte_identical_and_resumes(synth_tree, store, tmp_path):
         write_store(synth_tree, part, CFG, workers=2, progress=False, stop_after_shards=3)
     assert not (part / "manifest.json").exists() and len(list(part.glob("*.json"))) == 4  # settings + 3 shard records
     (part / "train-000003.tar.tmp").write_bytes(b"half a shard")  # what a kill mid-write leaves
-    write_store(synth_tree, part, CFG, workers=2, progress=False)
+    with hold_lock(part / ".lock"):  # another `fastft shard` at work on the same store
+        with pytest.raises(FastFTError, match="being written by another process"):
+            write_store(synth_tree, part, CFG, workers=2, progress=False)
+    write_store(synth_tree, part, CFG, workers=2, progress=False)  # its holder is gone, and so is its lock
     assert _digest(part) == _digest(store)
 
 

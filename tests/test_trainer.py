@@ -103,7 +103,7 @@ def test_two_process_run_stays_in_sync_and_matches(source_run, store):
     assert m[-1]["top1"] > 50 and abs(m[-1]["top1"] - single[-1]["top1"]) < 25
 
 
-def test_sigterm_checkpoints_and_resume_matches_uninterrupted(source_run, store):
+def test_sigterm_checkpoints_and_resume_matches_uninterrupted(source_run, store, hold_lock):
     out, spec, _ = source_run
     args = ["train", f"spec={spec}", "set=far", f"store={store}", "name=far", "epochs=3", "lr=0.005", *SMALL]
     fastft(*args, f"out={out / 'a'}")
@@ -115,6 +115,9 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(source_run, store)
     assert ckpts[-1] == "e0001-s000004" and not any(c.endswith(".tmp") for c in ckpts)  # 10 steps/epoch: step 14 = epoch 1, 4 done
     with open(b / "metrics.jsonl", "a") as f:  # as if killed after writing epoch 2's record, then mid-way through epoch 3's
         f.write(json.dumps({"epoch": 2, "lr": 0.005, "train_loss": 9.0, "img_per_s": 1.0}) + '\n{"epoch": 3, "lr"')
+    with hold_lock(b / ".lock"):  # the same run started twice: the second is refused
+        r = fastft(*args, f"out={out / 'b'}", check=False)
+        assert r.returncode == 2 and "being written by another process" in r.stderr, r.stderr[-2000:]
     fastft(*args, f"out={out / 'b'}")
     strip = lambda ms: [{k: v for k, v in x.items() if k not in ("img_per_s", "train_secs")} for x in ms]  # noqa: E731
     assert strip(metrics(run_dir(out / "a", "far"))) == strip(metrics(b))
