@@ -79,8 +79,11 @@ def features(run: str | Path, view, split: str, layers: tuple[str, ...], *, devi
         outs = {l: np.lib.format.open_memmap(str(paths[l]) + ".tmp.npy", mode="w+", dtype=np.float16, shape=(n, int(np.prod(shapes[l]))))
                 for l in todo}
         rows = 0
-        with torch.no_grad():
-            for step, (x, y, w) in enumerate(loader.epoch(0)):
+        from tqdm import tqdm
+
+        with torch.no_grad():  # a progress bar on a terminal only (disable=None)
+            for x, y, w in tqdm(loader.epoch(0), total=len(loader), desc=f"{Path(run).name}: {split} features ({', '.join(todo)})",
+                                unit="batch", disable=None, leave=False):
                 keep = w > 0
                 feats = model(x[keep], taps=tuple(todo))
                 k = int(keep.sum())

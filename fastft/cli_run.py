@@ -241,7 +241,8 @@ def add_commands(sub) -> None:
     s.add_argument("--store", help="the shard store the runs read")
     s.add_argument("--out", default="runs", help="runs directory (specs, views, claims and run directories)")
     s.add_argument("--seeds", help="comma-separated seeds instead of the plan's (e.g. 0 or 0,1)")
-    s.add_argument("--gpus", help="GPU ids to pack runs onto, e.g. 0,1,2,3 (default: CPU)")
+    s.add_argument("--gpus", help="GPUs to pack runs onto: all, or indices such as 0,1,2,3 (under CUDA_VISIBLE_DEVICES, "
+                                  "indices into it); default: the CPU")
     s.add_argument("--per-gpu", type=int, default=1, help="concurrent runs per GPU (on an H200, 2 runs gave 0.90x the throughput of 1: the step is GPU-bound; "
                                                                  "runs sharing a GPU split its cache memory, and the node's runs split host_cache_gb auto)")
     s.add_argument("--parallel", type=int, default=1, help="concurrent runs without GPUs")

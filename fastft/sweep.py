@@ -429,10 +429,35 @@ def _record_membership(r: RunSpec) -> None:
     os.replace(tmp, p)
 
 
+def gpu_ids(gpus: str) -> list[str]:
+    """``--gpus``: ``all``, or indices into the GPUs this process may use. Under ``CUDA_VISIBLE_DEVICES`` (a SLURM
+    allocation sets it) index i is its i-th entry, as in PyTorch, so a run never lands on a GPU outside the allocation."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = [g.strip() for g in env.split(",") if g.strip()] if env is not None else None
+    if gpus == "all":
+        if visible is None:
+            import torch
+
+            visible = [str(i) for i in range(torch.cuda.device_count())]
+        if not visible:
+            raise FastFTError("--gpus all: no GPU is visible here (leave --gpus out to run on the CPU)")
+        return visible
+    ids = [g.strip() for g in gpus.split(",") if g.strip()]
+    if len(set(ids)) < len(ids):
+        raise FastFTError(f"--gpus {gpus} names a GPU twice; use --per-gpu N to pack N runs on each GPU")
+    if visible is not None:
+        bad = [g for g in ids if not g.isdigit() or int(g) >= len(visible)]
+        if bad:
+            raise FastFTError(f"--gpus {gpus}: CUDA_VISIBLE_DEVICES={env} leaves {len(visible)} GPU(s), so give indices "
+                              f"0..{len(visible) - 1} (or all); {bad} are not")
+        return [visible[int(g)] for g in ids]
+    return ids
+
+
 def slots_for(gpus: str | None, per_gpu: int, parallel: int) -> list[dict]:
     """``--gpus 0,1 --per-gpu 2`` → 4 slots (two runs share each GPU); no GPUs → ``parallel`` CPU slots."""
     if gpus:
-        ids = [g.strip() for g in gpus.split(",") if g.strip()]
+        ids = gpu_ids(gpus)
         # runs sharing a GPU split its memory for the decoded-image cache (see fastft.pipelines._CacheBackend)
         # and the runs on the node split its host memory for the cache's second tier (pipelines.host_cache_budget)
         return [{"CUDA_VISIBLE_DEVICES": g, "FASTFT_GPU_SHARE": str(per_gpu), "FASTFT_NODE_RUNS": str(len(ids) * per_gpu)}

@@ -143,6 +143,27 @@ def test_two_concurrent_sweeps_train_each_run_once(store, tmp_path):
     assert not list((tmp_path / "out" / "claims").iterdir())
 
 
+def test_gpu_selection_respects_the_visible_devices(monkeypatch):
+    import torch
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    n = torch.cuda.device_count()
+    if n:
+        assert sw.gpu_ids("all") == [str(i) for i in range(n)]
+    else:
+        with pytest.raises(FastFTError, match="no GPU is visible"):
+            sw.gpu_ids("all")
+    assert sw.gpu_ids("0,3") == ["0", "3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,7")  # e.g. a SLURM allocation of three GPUs
+    assert sw.gpu_ids("all") == ["4", "5", "7"] and sw.gpu_ids("0,2") == ["4", "7"]
+    slots = sw.slots_for("1,2", per_gpu=2, parallel=1)
+    assert [x["CUDA_VISIBLE_DEVICES"] for x in slots] == ["5", "5", "7", "7"] and {x["FASTFT_NODE_RUNS"] for x in slots} == {"4"}
+    with pytest.raises(FastFTError, match=r"leaves 3 GPU\(s\), so give indices 0..2"):
+        sw.gpu_ids("3")
+    with pytest.raises(FastFTError, match="names a GPU twice"):
+        sw.gpu_ids("1,1")
+
+
 def test_slurm_scripts(store, tmp_path):
     plan = sw.load_plan(tiny_plan(tmp_path, "sl"))
     runs = sw.expand(plan)
