@@ -273,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fastft: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly (before OSError: it is one)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
@@ -280,9 +283,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastft: error: no space left on the device{where}; free space and re-run the same command (it resumes: "
               "finished shards and complete checkpoints are kept)", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     return 0
 
 

@@ -45,6 +45,17 @@ def test_cli_taxonomy_json(capsys):
     assert "unknown synset" in capsys.readouterr().err
 
 
+def test_cli_output_into_a_closed_pipe_stops_quietly():
+    import subprocess
+    import sys
+
+    # the reader (like `head`) is gone before the output is written
+    p = subprocess.Popen([sys.executable, "-m", "fastft", "taxonomy", "n00021939"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait() == 0 and err == "", err
+
+
 @pytest.mark.parametrize("name", list(CONSTRUCTIONS))
 def test_constructions_sizes_disjoint_deterministic(name):
     specs = [make(name, s) for s in range(5)]
