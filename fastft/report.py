@@ -76,11 +76,25 @@ def _is_target_set(name) -> bool:
     return name == "target" or bool(re.fullmatch(r"k\d+_n\d+", str(name)))
 
 
+def _locate(recorded: str | None, run_dir: Path, beside: str = "") -> Path | None:
+    """A path a run recorded (its view, its source run), found again: where it was, else where a sweep puts it beside
+    the run (``<out>/views/<name>``, ``<out>/<source run>``) — for runs directories that were moved or copied, and
+    runs from before paths were recorded absolute."""
+    if not recorded:
+        return None
+    p = Path(recorded)
+    for c in (p, run_dir.parent / beside / p.name):
+        if c.exists():
+            return c
+    return None
+
+
 def _analyses(run_dir: Path, view: str | None, source: str | None) -> dict:
     """Analysis results of a run on its own view (``fastft analyze``): SVM on fc7 (and the source model's SVM on the
     same view = "before fine-tuning", Table 3), probe accuracy per layer, mean filter sensitivity, feature distance."""
     out = {}
-    if not view or not Path(view).exists():
+    view = _locate(view, run_dir, "views")
+    if view is None:
         return out
     from .analysis import view_tag
 
@@ -93,8 +107,9 @@ def _analyses(run_dir: Path, view: str | None, source: str | None) -> dict:
         p = run_dir / "analysis" / f"{name}-{tag}.json"
         if p.exists():
             out.update({f"{pre}{k}": v for k, v in json.loads(p.read_text())["summary"].items()})
-    if source:
-        p = Path(source) / "analysis" / f"svm-{tag}.json"
+    source = _locate(source, run_dir)
+    if source is not None:
+        p = source / "analysis" / f"svm-{tag}.json"
         if p.exists():
             out["svm_before_top1"] = json.loads(p.read_text())["summary"]["svm_top1"]
     return out
@@ -107,7 +122,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     g = done.groupby(["plan", "template", "grid"], sort=False, dropna=False)
     extra = {c: (c, "mean") for c in done.columns if c in ("svm_top1", "svm_before_top1", "mean_sensitivity") or c.startswith("probe_")}
     extra.update({c: (c, "first") for c in done.columns if c.startswith(("paper_svm", "paper_probe_"))})
-    out = g.agg(seeds=("seed", "nunique"), top1_mean=("top1", "mean"), top1_std=("top1", "std"), top5_mean=("top5", "mean"),
+    out = g.agg(tested_on=("set", "first"), seeds=("seed", "nunique"), top1_mean=("top1", "mean"), top1_std=("top1", "std"), top5_mean=("top5", "mean"),
                 distance=("distance", "mean"), paper_top1=("paper_top1", "first"), paper_std=("paper_std", "first"),
                 paper_ref=("paper_ref", "first"), **extra).reset_index()
     out["top1_std"] = out["top1_std"].fillna(0.0)
@@ -152,6 +167,11 @@ def _probe_cols(s: pd.DataFrame) -> list[str]:
                   key=lambda c: LAYERS.index(c[6:]) if c[6:] in LAYERS else len(LAYERS))
 
 
+def _label(r) -> str:
+    """A summary row's name in the analysis tables: its template, and its grid point if it has one."""
+    return f"{r.template} {r.grid or ''}".strip()
+
+
 def _num(x) -> str:
     return "–" if x is None or pd.isna(x) else f"{x:.2f}"
 
@@ -162,18 +182,18 @@ def _ci(x: float) -> str:
 
 def markdown(summary: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame | None = None) -> str:
     lines = ["# fastft report", "", f"{int(runs['finished'].sum())} finished runs, {int(runs['failed'].sum())} failed, "
-             f"{int((~runs['finished'] & ~runs['failed']).sum())} unfinished. Top-1 % on the target's validation set, "
-             "mean ± sample std over seeds, and the 95 % confidence interval of the mean (Student t); "
+             f"{int((~runs['finished'] & ~runs['failed']).sum())} unfinished. Top-1 % on the validation images of the "
+             "set a run trained on (\"tested on\": the target, or a source model's own classes), mean ± sample std over seeds, and the 95 % confidence interval of the mean (Student t); "
              "paper = Li, Herranz, Jiang 2019 (AlexNet on ILSVRC2012 subsets).", ""]
     pairs = paired(runs) if pairs is None else pairs
     for plan, s in summary.groupby("plan", sort=False):
-        lines += [f"## {plan}", "", "| run | grid | seeds | top-1 | 95 % CI | top-5 | WordNet distance | paper top-1 | Δ vs paper |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"## {plan}", "", "| run | tested on | grid | seeds | top-1 | 95 % CI | top-5 | WordNet distance | paper top-1 | Δ vs paper |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in s.itertuples():
             paper = _pm(r.paper_top1, r.paper_std) if pd.notna(r.paper_std) else _num(r.paper_top1)  # Table 3 gives no std
             delta = f"{r.delta_vs_paper:+.2f}" if pd.notna(r.delta_vs_paper) else "–"
             dist = f"{r.distance:.3f}" if pd.notna(r.distance) else "–"
-            lines.append(f"| {r.template} | {r.grid or '–'} | {r.seeds} | {_pm(r.top1_mean, r.top1_std)} | {_ci(r.top1_ci95)} | "
+            lines.append(f"| {r.template} | {r.tested_on} | {r.grid or '–'} | {r.seeds} | {_pm(r.top1_mean, r.top1_std)} | {_ci(r.top1_ci95)} | "
                          f"{r.top5_mean:.2f} | {dist} | {paper} | {delta} |")
         lines.append("")
         pp = pairs[pairs["plan"] == plan]
@@ -189,17 +209,17 @@ def markdown(summary: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame | No
                       "| run | SVM after | SVM before | paper after | paper before |", "|---|---:|---:|---:|---:|"]
             for r in s[s["svm_top1"].notna()].itertuples():
                 cells = [getattr(r, k, float("nan")) for k in ("svm_top1", "svm_before_top1", "paper_svm", "paper_svm_before")]
-                lines.append(f"| {r.template} {r.grid} | " + " | ".join(_num(x) for x in cells) + " |")
+                lines.append(f"| {_label(r)} | " + " | ".join(_num(x) for x in cells) + " |")
             lines.append("")
         probe_cols = _probe_cols(s)
         if probe_cols:
             lines += ["Linear probes per layer (top-1 %, Fig. 10; the paper's values where it states them):", "",
                       "| run | " + " | ".join(c[6:] for c in probe_cols) + " |", "|---|" + "---:|" * len(probe_cols)]
             for r in s[s[probe_cols[0]].notna()].itertuples():
-                lines.append(f"| {r.template} {r.grid} | " + " | ".join(_num(getattr(r, c)) for c in probe_cols) + " |")
+                lines.append(f"| {_label(r)} | " + " | ".join(_num(getattr(r, c)) for c in probe_cols) + " |")
                 paper = [getattr(r, f"paper_{c}", float("nan")) for c in probe_cols]
                 if any(pd.notna(x) for x in paper):
-                    lines.append(f"| {r.template} {r.grid} (paper) | " + " | ".join(_num(x) for x in paper) + " |")
+                    lines.append(f"| {_label(r)} (paper) | " + " | ".join(_num(x) for x in paper) + " |")
             lines.append("")
     return "\n".join(lines) + "\n"
 

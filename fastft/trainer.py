@@ -257,7 +257,9 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
     run_dir = run_dir_for(cfg, rid)
     use_compile = cfg.compile is True or (cfg.compile == "auto" and device == "cuda")
     use_graph = cfg.cuda_graph and device == "cuda" and world == 1
-    resolved = {"run_id": rid, "identity": identity, "config": {**to_dict(cfg), "view": view_path}, "world_size": world,
+    # paths as absolute ones, so that reports and analyses find them from any directory
+    paths = {"view": str(Path(view_path).resolve()), **({"source": str(Path(cfg.source).resolve())} if cfg.source else {})}
+    resolved = {"run_id": rid, "identity": identity, "config": {**to_dict(cfg), **paths}, "world_size": world,
                 "step": {"compile": use_compile, "cuda_graph": use_graph, "fused_sgd": cfg.fused_sgd and device == "cuda",
                          "conv1_pad": cfg.conv1_pad if device == "cuda" else 0},
                 "device": device, "precision": precision, "num_classes": num_classes}

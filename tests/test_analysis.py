@@ -116,3 +116,22 @@ def test_report_shows_analyses(trained, tmp_path):
     assert "Linear SVM on fc7" in md and "| run | conv1 | fc7 |" in md  # network order, whatever order they ran in
     assert pd.read_csv(tmp_path / "runs.csv")["svm_top1"].notna().any()
     assert any(Path(f).name.startswith("probes-") for f in r["figures"])
+
+
+def test_report_finds_analyses_of_a_moved_runs_directory(demo_spec, store, tmp_path):
+    """A run started with a relative out: from another directory, and after its runs directory moved, the report still
+    finds the run's view and so its analyses."""
+    import shutil
+
+    (tmp_path / "a").mkdir()
+    demo_spec.save(tmp_path / "a" / "spec.json")
+    r = subprocess.run([sys.executable, "-m", "fastft", "train", "spec=spec.json", "set=near", f"store={store}", "out=runs", "name=t",
+                        "epochs=1", "width=0.25", "crop=71", "batch_size=32", "init=kaiming", "progress=false", "num_threads=1"],
+                       cwd=tmp_path / "a", capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = next((tmp_path / "a" / "runs").glob("t-*"))
+    an.svm(run, json.loads((run / "config.json").read_text())["config"]["view"])
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    r = subprocess.run([sys.executable, "-m", "fastft", "report", "b/runs", "--out", "rep"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Linear SVM on fc7" in (tmp_path / "rep" / "report.md").read_text()

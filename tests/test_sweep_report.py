@@ -269,7 +269,7 @@ def test_report_tables_from_run_directories(tmp_path):
     assert s.loc["ft-1000", "delta_vs_paper"] == pytest.approx(62.0 - 80.94) and s.loc["scratch", "seeds"] == 3
     md = (tmp_path / "rep" / "report.md").read_text()
     assert s.loc["ft-1000", "top1_ci95"] == pytest.approx(4.303 * 2.0 / 3 ** 0.5, abs=1e-3)  # t(0.975, 2 dof) = 4.303
-    assert "| ft-1000 | – | 3 | 62.00 ± 2.00 | ±4.97 |" in md and "80.94 ± 0.75" in md
+    assert "| ft-1000 | target | – | 3 | 62.00 ± 2.00 | ±4.97 |" in md and "80.94 ± 0.75" in md
     assert {Path(f).name for f in r["figures"]} >= {"curves-p.png", "final-p.png", "distance.png"}
 
 
@@ -294,9 +294,9 @@ def test_report_puts_the_papers_svm_and_probe_numbers_alongside(tmp_path):
         (d / "analysis" / f"probes-{tag}.json").write_text(json.dumps({"summary": {"fc8": fc7 + 1, "fc7": fc7}}))
     r = write_report(tmp_path / "runs", tmp_path / "rep")
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "| ft-near | – | 2 | 68.00 ± 0.00 | ±0.00 | 78.00 | 0.100 | 67.12 | +0.88 |" in md  # no std given: none shown
-    assert "| ft-near  | 71.00 | – | 66.70 | 60.06 |" in md
-    assert "| ft-near  | 62.00 | 63.00 |" in md and "| ft-near  (paper) | 59.08 | 60.86 |" in md
+    assert "| ft-near | target | – | 2 | 68.00 ± 0.00 | ±0.00 | 78.00 | 0.100 | 67.12 | +0.88 |" in md  # no std given: none shown
+    assert "| ft-near | 71.00 | – | 66.70 | 60.06 |" in md
+    assert "| ft-near | 62.00 | 63.00 |" in md and "| ft-near (paper) | 59.08 | 60.86 |" in md
     s = pd.read_csv(tmp_path / "rep" / "summary.csv")
     assert s.loc[0, "paper_svm_before"] == 60.06 and s.loc[0, "paper_probe_fc8"] == 60.86
     assert any(Path(f).name == "probes-p.png" for f in r["figures"])
