@@ -22,11 +22,13 @@ the selected samples, plus the subset's label map (0…C−1) and the selected k
 """
 from __future__ import annotations
 
+import collections
 import csv
 import errno
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import os
 import random
@@ -605,6 +607,22 @@ def _check_space(out: Path, records: list[dict], total: int) -> None:
                           "resumes after the last finished shard")
 
 
+def bounded_imap(pool, fn, jobs, window: int = 2048, chunksize: int = 8):
+    """``pool.imap(fn, jobs)`` (results in order) with at most two windows of jobs submitted ahead of the consumer.
+    ``imap`` alone queues every job at once and keeps every result the consumer has not taken yet: with 1.28M images
+    and a writer slower than the workers (a network file system), finished JPEGs would pile up in memory."""
+    it = iter(jobs)
+    pending: collections.deque = collections.deque()
+    while True:
+        batch = list(itertools.islice(it, window))
+        if batch:
+            pending.append(pool.imap(fn, batch, chunksize))
+        if len(pending) == 2 or (pending and not batch):  # the next window runs while this one is consumed
+            yield from pending.popleft()
+        if not pending:
+            return
+
+
 def _write_shards(root: Path, out: Path, cfg: ShardConfig, h, inputs: list[Input], pool, records: list[dict], pbar,
                   stop_after_shards: int | None) -> None:
     """The shard loop of :func:`write_store`: per split, skip finished shards, then fill shards in the seeded order."""
@@ -625,7 +643,7 @@ def _write_shards(root: Path, out: Path, cfg: ShardConfig, h, inputs: list[Input
         writer = _ShardWriter(out, split, index)
         jobs = ((str(root / (x.archive or x.source)), (x.offset, x.size) if x.archive else None, cfg.resize, cfg.quality)
                 for x in items[pos:])
-        for x, (jpg, info) in zip(items[pos:], pool.imap(_process, jobs, chunksize=8)):
+        for x, (jpg, info) in zip(items[pos:], bounded_imap(pool, _process, jobs)):
             writer.consumed += 1
             if jpg is None:
                 writer.rejected.append({"source": x.source, "split": x.split, "wnid": x.wnid, "reason": info})

@@ -100,6 +100,28 @@ def test_reshard_is_byte_identical_and_resumes(synth_tree, store, tmp_path, hold
     assert _digest(part) == _digest(store)
 
 
+def test_shard_workers_run_at_most_two_windows_ahead_of_the_writer():
+    from multiprocessing import get_context
+
+    from fastft.store import bounded_imap
+
+    drawn = []
+
+    def jobs():
+        for i in range(1000):
+            drawn.append(i)
+            yield -i
+
+    with get_context("fork").Pool(2) as pool:
+        out = []
+        for i, r in enumerate(bounded_imap(pool, abs, jobs(), window=64, chunksize=4)):
+            assert len(drawn) <= (i // 64 + 2) * 64, "jobs submitted beyond the next window"
+            out.append(r)
+    assert out == list(range(1000)), "results come in order"
+    with get_context("fork").Pool(1) as pool:
+        assert list(bounded_imap(pool, abs, [], window=8)) == [] and list(bounded_imap(pool, abs, [-3], window=8)) == [3]
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A real 1 MB file system (tmpfs), grown by ``remount``; skipped where mounting is not permitted."""
