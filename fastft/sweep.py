@@ -360,6 +360,13 @@ def run_local(runs: list[RunSpec], out: Path, slots: list[dict], retries: int = 
                     continue
                 if not _claim(out, r):
                     state[r.key] = "elsewhere"
+                    claim = out / "claims" / r.run_id
+                    try:
+                        holder = "pid {1} on {0}".format(*claim.read_text().split())
+                    except (FileNotFoundError, IndexError):
+                        holder = "another sweep"
+                    bar.write(f"run {r.key} is being trained by {holder} (claim {claim}); waiting for it. If that process "
+                              "is gone (its host died), delete the claim and this sweep takes the run over")
                     continue
                 slot = free.pop(0)
                 _record_membership(r)

@@ -143,6 +143,28 @@ def test_two_concurrent_sweeps_train_each_run_once(store, tmp_path):
     assert not list((tmp_path / "out" / "claims").iterdir())
 
 
+def test_run_claimed_by_a_dead_host_is_named_and_taken_over_once_its_claim_is_gone(store, tmp_path):
+    plan_file = tiny_plan(tmp_path, "dead")
+    plan = sw.load_plan(plan_file)
+    runs = sw.expand(plan)
+    sw.prepare(plan, runs, str(store), tmp_path / "out")
+    claim = tmp_path / "out" / "claims" / runs[0].run_id
+    claim.parent.mkdir(parents=True, exist_ok=True)
+    claim.write_text("gone-host 4242")  # a sweep on another machine that died mid-run
+    cmd = [sys.executable, "-m", "fastft", "sweep", str(plan_file), "--store", str(store), "--out", str(tmp_path / "out"), "--quiet"]
+    p = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    while not any("is being trained by" in x for x in seen) and len(seen) < 50 and (x := p.stdout.readline()):
+        seen.append(x)
+    line = seen[-1] if seen else ""
+    assert f"run {runs[0].key} is being trained by pid 4242 on gone-host" in line and "delete the claim" in line, seen
+    assert p.poll() is None, "the sweep waits for the other host"
+    claim.unlink()
+    rest = p.communicate(timeout=600)[0]
+    assert p.returncode == 0, rest[-2000:]
+    assert all((r.run_dir / "final.json").exists() for r in runs)
+
+
 def test_gpu_selection_respects_the_visible_devices(monkeypatch):
     import torch
 
