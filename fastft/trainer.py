@@ -155,6 +155,8 @@ class _Preempt:
 
     def __enter__(self):
         for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+            if s == signal.SIGINT and signal.getsignal(s) == signal.SIG_IGN:  # started in the background (nohup, a batch job)
+                continue
             try:
                 self._old[s] = signal.signal(s, self._set)
             except ValueError:  # not the main thread

@@ -250,7 +250,9 @@ def test_interrupted_sweep_checkpoints_its_runs_and_resumes(store, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for sig, to_group, code in ((signal.SIGINT, True, 130), (signal.SIGTERM, False, 143)):
         before = runs_mod.latest_checkpoint(near)
-        p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        # as started from a terminal: Ctrl-C is not ignored (a shell ignores it for background jobs, which CI may be)
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         t0 = time.time()
         while runs_mod.latest_checkpoint(near) == before and p.poll() is None and time.time() - t0 < 120:
             time.sleep(0.2)
