@@ -71,9 +71,15 @@ def _launch(a):
     env = dict(os.environ)
     if not _cuda():
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // a.procs)))
-    r = subprocess.run(cmd, env=env)
-    if r.returncode:
-        raise SystemExit(r.returncode)
+    p = subprocess.Popen(cmd, env=env)
+    while True:
+        try:
+            rc = p.wait()
+            break
+        except KeyboardInterrupt:  # Ctrl-C reached torchrun and the ranks too: they checkpoint and stop; wait for them
+            continue
+    if rc:
+        raise SystemExit(rc)
 
 
 def cmd_sweep(a):

@@ -151,6 +151,7 @@ class _Preempt:
     def __init__(self):
         self.flag = False
         self.signum = signal.SIGTERM
+        self.t_int = 0.0
         self._old = {}
 
     def __enter__(self):
@@ -165,9 +166,12 @@ class _Preempt:
 
     def _set(self, signum, _frame):
         if signum == signal.SIGINT:
-            if self.flag:
+            # a launcher (torchrun) passes the terminal's Ctrl-C on: a second SIGINT within 2 s is the same keypress
+            if self.flag and time.monotonic() - self.t_int > 2.0:
                 raise KeyboardInterrupt
-            print("\nfastft: stopping after this step to checkpoint (Ctrl-C again stops at once)", file=sys.stderr, flush=True)
+            if not self.flag:
+                self.t_int = time.monotonic()
+                print("\nfastft: stopping after this step to checkpoint (Ctrl-C again stops at once)", file=sys.stderr, flush=True)
         if not self.flag:
             self.signum = signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM
         self.flag = True
@@ -367,6 +371,7 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
     t_run = time.time()
     # test hook: deliver a real SIGTERM to this process at this global step (exercises the preemption path)
     sigterm_at = int(os.environ.get("FASTFT_TEST_SIGTERM_AT_STEP", "-1"))
+    stop_after_epoch = False
     with _Preempt() as pre:
         for epoch in range(start_epoch, cfg.epochs):
             lr = lr_at(cfg, epoch)
@@ -388,7 +393,11 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
                     pbar.update(cfg.batch_size)
                     if n_steps % 20 == 1:
                         pbar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", lr=lr)
-                if _stop(acc, pre, n_steps):
+                last = train_loader.position[1] == steps
+                if _stop(acc, pre, epoch * steps + train_loader.position[1], last):
+                    if last:  # the epoch ends here (the loop runs out, moving the loader on): it evaluates and
+                        stop_after_epoch = True  # checkpoints as usual, then the run stops
+                        continue
                     progress_now = {"loss_sum": float(loss_sum), "n_steps": n_steps, "secs": secs_before + time.time() - t0}
                     save(f"e{epoch:04d}-s{train_loader.position[1]:06d}")
                     acc.print(f"preempted: checkpointed at epoch {epoch} step {train_loader.position[1]}; re-run to resume")
@@ -409,8 +418,11 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
                     acc.log(rec, step=epoch + 1)
                 if pbar is not None:
                     pbar.set_postfix(epoch=epoch + 1, loss=f"{rec['train_loss']:.3f}", top1=rec.get("top1"))
-            if (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < cfg.epochs:
+            if ((epoch + 1) % cfg.checkpoint_every == 0 or stop_after_epoch) and epoch + 1 < cfg.epochs:
                 save(f"e{epoch + 1:04d}-s000000")
+                if stop_after_epoch:
+                    acc.print(f"preempted: checkpointed at epoch {epoch + 1} step 0; re-run to resume")
+                    raise Preempted(pre.signum)
     if pbar is not None:
         pbar.close()
 
@@ -518,10 +530,12 @@ def _in_sync(acc, model) -> bool:
     return bool((allv == allv[0]).all().item())
 
 
-def _stop(acc, pre: _Preempt, n: int) -> bool:
+def _stop(acc, pre: _Preempt, step: int, last: bool) -> bool:
+    """Whether to stop after this step. Ranks agree (a collective) every 10 global steps and at each epoch's last
+    step, which every rank reaches together: epochs shorter than 10 steps (small §4.4 sets) still stop."""
     if acc.num_processes == 1:
         return pre.flag
-    if n % 10:
+    if step % 10 and not last:
         return False
     flag = torch.tensor([1.0 if pre.flag else 0.0], device=acc.device)
     return bool(acc.reduce(flag, "sum").item() > 0)

@@ -103,6 +103,22 @@ def test_two_process_run_stays_in_sync_and_matches(source_run, store):
     assert m[-1]["top1"] > 50 and abs(m[-1]["top1"] - single[-1]["top1"]) < 25
 
 
+def test_two_process_run_stops_on_sigterm_in_short_epochs_and_resumes_like_uninterrupted(source_run, store):
+    """Epochs of fewer steps than the ranks' agreement interval (small sets, large batches) still stop: at the epoch's
+    end, checkpointed, exit 143; the resumed run then matches an uninterrupted one."""
+    out, spec, _ = source_run
+    args = ["train", f"spec={spec}", "set=near", f"store={store}", "name=ps", "epochs=3", "lr=0.005", *SMALL, "batch_size=64"]
+    procs = ["--procs", "2", "--port", "29563"]
+    fastft(*args, f"out={out / 'pa'}", *procs)
+    r = fastft(*args, f"out={out / 'pb'}", *procs, env={"FASTFT_TEST_SIGTERM_AT_STEP": "2"}, check=False)  # both ranks, as SLURM does
+    b = run_dir(out / "pb", "ps")
+    assert r.returncode != 0 and "preempted: checkpointed at epoch 1 step 0" in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
+    assert not (b / "final.json").exists() and len(metrics(b)) == 1
+    fastft(*args, f"out={out / 'pb'}", *procs)
+    strip = lambda ms: [{k: v for k, v in x.items() if k not in ("img_per_s", "train_secs")} for x in ms]  # noqa: E731
+    assert strip(metrics(run_dir(out / "pa", "ps"))) == strip(metrics(b))
+
+
 def test_sigterm_checkpoints_and_resume_matches_uninterrupted(source_run, store, hold_lock):
     out, spec, _ = source_run
     args = ["train", f"spec={spec}", "set=far", f"store={store}", "name=far", "epochs=3", "lr=0.005", *SMALL]
