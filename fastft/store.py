@@ -551,7 +551,7 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
         t0 = time.time()
         pbar = _progress(len(inputs), progress)
         try:
-            with ctx.Pool(workers) as pool:
+            with ctx.Pool(workers, initializer=_ignore_sigint) as pool:
                 _write_shards(root, out, cfg, h, inputs, pool, records, pbar, stop_after_shards)
             pbar.close()
             return _finish(out, records, settings, scan_info, time.time() - t0)
@@ -565,6 +565,13 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
             raise FastFTError(f"no space left on the device writing the store {out} ({_free(out)} free) after "
                               f"{done:,} of {len(inputs):,} inputs; free space (or use another --out) and re-run the same "
                               "command: it resumes after the last finished shard") from None
+
+
+def _ignore_sigint() -> None:
+    """Pool workers leave Ctrl-C to the main process, which stops them (no traceback from each worker)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def lock_file(path: Path, what: str):
