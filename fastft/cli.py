@@ -74,15 +74,9 @@ def cmd_subsets_list(a):
 def cmd_subsets_make(a):
     from .subsets import make
 
-    params = _params(a.param)
-    if any(v == "store" for v in params.values()):
-        if not a.store:
-            raise FastFTError("a parameter takes its classes from a store (=store): give --store DIR")
-        from .store import open_store
+    from .store import fill_store_params
 
-        held = open_store(a.store).classes
-        params = {k: (held if v == "store" else v) for k, v in params.items()}
-    spec = make(a.construction, a.seed, **params)
+    spec = make(a.construction, a.seed, **fill_store_params(_params(a.param), a.store, f"construction {a.construction!r}"))
     path = spec.save(a.out)
     sets = ", ".join(f"{k}={len(v.classes)}" + (f"x{v.cap}" if v.cap else "") for k, v in spec.sets.items())
     print(f"wrote {path}: {a.construction} seed {a.seed}; sets {sets}; hash {spec.hash[:16]}")

@@ -22,6 +22,7 @@ import pandas as pd
 
 from .errors import FastFTError
 from .runs import read_metrics
+from .subsets import is_target_set
 
 GAIN_PAIRS = (("ft-near", "scratch"), ("ft-far", "scratch"), ("ft-near", "ft-far"))  # the study's comparisons
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")  # probe columns in network order
@@ -69,11 +70,6 @@ def _collect_one(d: Path, cfg: dict, c: dict, sw: dict, fin: dict, rows: list, c
     for m in read_metrics(d):
         curves.append({"run": d.name, "plan": row["plan"], "template": row["template"], "grid": row["grid"],
                        "seed": row["seed"], **{k: m.get(k) for k in ("epoch", "top1", "train_loss", "lr")}})
-
-
-def _is_target_set(name) -> bool:
-    """Target-like sets of a spec (as ``subsets.distances`` reads them): ``target`` and the §4.4 grid's ``k<K>_n<N>``."""
-    return name == "target" or bool(re.fullmatch(r"k\d+_n\d+", str(name)))
 
 
 def _locate(recorded: str | None, run_dir: Path, beside: str = "") -> Path | None:
@@ -253,7 +249,7 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, curves: pd.DataFrame, out
         labels = [f"{t}\n{g}".strip() for t, g in zip(s["template"], s["grid"])]
         # source models are tested on their own classes, not the target's: a lighter bar says so
         sets = runs[runs["plan"] == plan].groupby(["template", "grid"])["set"].first()
-        on_target = [_is_target_set(sets.get((t, g))) for t, g in zip(s["template"], s["grid"])]
+        on_target = [is_target_set(sets.get((t, g))) for t, g in zip(s["template"], s["grid"])]
         ax.bar(range(len(s)), s["top1_mean"], yerr=s["top1_std"], capsize=4, color=["#4c72b0" if x else "#a6bddb" for x in on_target])
         handles = [Patch(color="#4c72b0", label="fastft, on the target")]
         if not all(on_target):

@@ -741,6 +741,16 @@ class Store:
         return pd.read_csv(self.path / "samples.csv.gz", dtype={"label": "int32", "jpg_offset": "int64", "jpg_size": "int64", "cls_offset": "int64"})
 
 
+def fill_store_params(params: dict, store: str | Path | None, what: str) -> dict:
+    """Construction parameters given as ``store`` (e.g. ``within: store``) → the training classes ``store`` holds."""
+    if not any(v == "store" for v in params.values()):
+        return params
+    if not store:
+        raise FastFTError(f"{what} takes classes from a store (a parameter given as store): give --store")
+    held = open_store(store).classes
+    return {k: (held if v == "store" else v) for k, v in params.items()}
+
+
 def open_store(path: str | Path) -> Store:
     path = Path(path)
     mp = path / "manifest.json"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -263,10 +264,15 @@ def make(construction: str, seed: int, **params) -> SubsetSpec:
                       {"version": HIERARCHY_VERSION, "sha256": h.sha256, "rule": "primary", "partition": "natural-vs-made"})
 
 
+def is_target_set(name) -> bool:
+    """Target-like sets of a spec: ``target`` and the §4.4 grid's ``k<K>_n<N>``; the others are sources."""
+    return name == "target" or bool(re.fullmatch(r"k\d+_n\d+", str(name)))
+
+
 def distances(spec: SubsetSpec) -> list[dict]:
     """WordNet distance of every source-like set to every target-like set of a spec (see ``Hierarchy.distance``)."""
     h = load()
-    targets = [k for k in spec.sets if k == "target" or k.startswith("k")]
+    targets = [k for k in spec.sets if is_target_set(k)]
     sources = [k for k in spec.sets if k not in targets]
     if not targets:
         targets, sources = sources[:1], sources[1:]

@@ -143,19 +143,14 @@ def _topo(templates: list[dict]) -> list[dict]:
 def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path) -> dict:
     """Make the specs (one per seed), resolve views, compute run ids and directories. Returns {seed: spec path}."""
     from .config import build
-    from .store import open_store, open_view
+    from .store import fill_store_params, open_view
     from .subsets import load_spec, make
     from .trainer import TrainConfig, resolve_device, run_dir_for, run_identity, view_path_for
     from . import runs as runs_mod
 
     out.mkdir(parents=True, exist_ok=True)
     specs = {}
-    params = dict(plan["params"])
-    if any(v == "store" for v in params.values()):
-        if not store:
-            raise FastFTError(f"plan {plan['name']} takes classes from the store: give --store")
-        held = open_store(store).classes
-        params = {k: (held if v == "store" else v) for k, v in params.items()}
+    params = fill_store_params(dict(plan["params"]), store, f"plan {plan['name']}")
     for seed in sorted({r.seed for r in runs}):
         p = out / "specs" / f"{plan['name']}-seed{seed}.json"
         spec = make(plan["construction"], seed, **params)
