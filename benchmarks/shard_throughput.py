@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     a = ap.parse_args()
-    from fastft.store import ShardConfig, write_store
+    from fastft.shard import ShardConfig, write_store
     from fastft.taxonomy import load
 
     classes = list(load().wnids[:20])

@@ -140,7 +140,7 @@ def cmd_synth(a):
 
 # ---------------------------------------------------------------- store
 def cmd_shard(a):
-    from .store import ShardConfig, write_store
+    from .shard import ShardConfig, write_store
 
     classes = a.classes or []
     if len(classes) == 1 and Path(classes[0]).is_file():

@@ -17,7 +17,8 @@ from .errors import FastFTError
 def demo(out: str | Path = "fastft-demo", seeds: int = 2, parallel: int = 2) -> dict:
     from . import sweep as sw
     from .report import write_report
-    from .store import ShardConfig, verify, write_store
+    from .shard import ShardConfig, write_store
+    from .store import verify
     from .synth import synth
 
     out = Path(out)

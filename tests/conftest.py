@@ -23,7 +23,7 @@ def synth_tree(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def store(synth_tree, tmp_path_factory) -> Path:
-    from fastft.store import ShardConfig, write_store
+    from fastft.shard import ShardConfig, write_store
 
     out = tmp_path_factory.mktemp("store") / "imagenet"
     write_store(synth_tree, out, ShardConfig(resize="80x80", shard_mb=0.25, allow_missing=True), workers=2, progress=False)

@@ -69,7 +69,8 @@ def test_exif_orientation_is_ignored_by_both_backends(tmp_path):
     by the tag) and the PIL fallback (which does not) must still see the same pixels."""
     from PIL import Image
 
-    from fastft.store import ShardConfig, resolve, write_store
+    from fastft.shard import ShardConfig, write_store
+    from fastft.store import resolve
     from fastft.subsets import ClassSet, SubsetSpec
     from fastft.synth import synth
     from fastft.taxonomy import load

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from fastft.errors import FastFTError
-from fastft.store import ShardConfig, dali_index, open_store, resolve, verify, write_store
+from fastft.shard import ShardConfig, write_store
+from fastft.store import dali_index, open_store, resolve, verify
 from fastft.subsets import ClassSet, SubsetSpec
 from fastft.synth import BROKEN, synth
 from fastft.taxonomy import load
@@ -103,7 +104,7 @@ def test_reshard_is_byte_identical_and_resumes(synth_tree, store, tmp_path, hold
 def test_shard_workers_run_at_most_two_windows_ahead_of_the_writer():
     from multiprocessing import get_context
 
-    from fastft.store import bounded_imap
+    from fastft.shard import bounded_imap
 
     drawn = []
 
@@ -170,7 +171,7 @@ def test_val_labels_agree_across_layouts(tmp_path):
 def test_downloaded_archives_shard_like_the_extracted_tree(store, tmp_path):
     """ILSVRC2012_img_train.tar (a tar per class), ILSVRC2012_img_val.tar and the devkit .tar.gz, read in place, give
     byte-identical shards to the extracted tree (broken files rejected alike); damaged archives are named."""
-    from fastft.store import TRAIN_TAR, VAL_TAR
+    from fastft.shard import TRAIN_TAR, VAL_TAR
 
     root = tmp_path / "download"
     synth(root, train_per_class=40, val_per_class=6, size=72, val_layout="devkit", broken=True, seed=0, archives=True)
