@@ -27,11 +27,17 @@ BENCH_ARGS=${BENCH_ARGS:-}; TRAIN_ARGS=${TRAIN_ARGS:-}  # CPU rehearsal: smaller
 STEPS=${STEPS:-graph,compile+graph,compile+graph+fused,compile+graph+fused+pad4,compile+graph+fused+pad8}
 HW=${HW:-1.0}; CPU=${CPU:-0,0.6}  # hardware-decoder shares × host-decoded shares to measure (bench train)
 LCPU=${LCPU:-0,0.2,0.3}           # host-decoded shares for bench loader (the loader alone: the hardware decoder's spare)
-# the loader against fastft's own fallback in the same run
+# what bounds the loader alone: variants and CPU accounting (incl. the host share balancing the two decoders), the
+# fallback in the same run
+step loader-probe 180 sh -c "cd benchmarks && python3 loader_probe.py $W/view --seconds 4 ${LPROBE_ARGS:-} --out '$OUT/loader-probe.json'"
+# the probe's best host-decoded shares join bench loader's (the README's figure: the loader against fastft's own fallback)
+LCPU=$(python3 -c "
+import json, re; p = json.load(open('$OUT/loader-probe.json')); v = p['variants']
+ok = sorted((r['img_s'], k) for k, r in v.items() if isinstance(r, dict) and re.fullmatch(r'cpu\d+', k) and k != 'cpu100')
+print(','.join(sorted({'$LCPU'.split(',')[0]} | {str(int(k[3:]) / 100) for _, k in ok[-2:]}, key=float)) if ok else '$LCPU')" 2>/dev/null || echo "$LCPU")
+echo "bench loader host-decoded shares: $LCPU"
 step bench-loader 70 python3 -m fastft bench loader $W/view ${BENCH_ARGS/--width 0.25/} --seconds 4 --hw-load $HW --cpu-decode $LCPU \
     --out "$OUT/bench-loader.json"
-# what bounds the loader alone: variants and CPU accounting, the fallback in the same run
-step loader-probe 180 sh -c "cd benchmarks && python3 loader_probe.py $W/view --seconds 4 ${LPROBE_ARGS:-} --out '$OUT/loader-probe.json'"
 # the host cores' decoding rate (CPU only; its JSON line stays in session.log: at most 8 files come back)
 step host-decode 40 python3 benchmarks/host_decode.py $W/view --seconds 2
 # the reference baselines (../shared/bench/baselines.py, copied to .dali/c2/ by the operator): PIL DataLoader alone and

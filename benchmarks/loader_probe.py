@@ -8,8 +8,10 @@ feed and hand-off loop is the bottleneck); ``cpu_ms_per_kimg`` = CPU time of the
 
 * ``nocopy``: DALI reads the JPEG bytes in the store's memory maps without a copy (``FEED_NO_COPY = True``);
 * ``threads16`` / ``threads4``: 16 or 4 DALI CPU threads (the default caps a GPU-decoding pipeline at ``MIXED_THREADS``);
-* ``cpu20`` / ``cpu25`` / ``cpu35``: that share of each batch decoded on the host cores next to the hardware decoder
-  (``cpu_decode``); ``cpu100``: every sample decoded on the host cores, i.e. the rate the host share can add;
+* ``cpu20`` / ``cpu25`` / ``cpu35`` (any ``cpuNN``): that share of each batch decoded on the host cores next to the
+  hardware decoder (``cpu_decode``); ``cpu100``: every sample decoded on the host cores, i.e. the rate the host share
+  can add. From ``cpu100`` and ``threads4`` the probe then computes the share that balances the two decoders
+  (``balanced_cpu_share``) and measures it too;
 * ``gpuhuff80`` / ``gpuhuff60``: 80 % / 60 % of the JPEGs on the hardware decoder, the rest decoded wholly on the
   GPU's cores (``GPU_HUFFMAN``: nvJPEG's hybrid Huffman decoder, not the host), which the loader alone leaves idle;
 * ``prefetch4``: a deeper prefetch queue;
@@ -84,7 +86,7 @@ def main():
         return _forever(Loader(a.view, "train", cfg, seed=0))
 
     mods = {"threads16": ({"num_threads": 16}, {"MIXED_THREADS": 16}), "threads4": ({"num_threads": 4}, {}),
-            **{f"cpu{p}": ({"cpu_decode": p / 100}, {}) for p in (20, 25, 35, 100)},
+            **{f"cpu{p}": ({"cpu_decode": p / 100}, {}) for p in range(1, 101)},
             **{f"gpuhuff{p}": ({"hw_decoder_load": p / 100}, {"GPU_HUFFMAN": True}) for p in (80, 60)},
             "prefetch4": ({"prefetch": 4}, {}), "static": ({}, {"EXEC_DYNAMIC": False}), "nocopy": ({}, {"FEED_NO_COPY": True})}
 
@@ -119,6 +121,16 @@ def main():
     for name in a.variants.split(","):
         attempt(name)
     ok = {k: r["img_s"] for k, r in v.items() if isinstance(r, dict)}
+    if "cpu100" in ok and ("threads4" in ok or "dali" in ok):
+        # the host share that balances the two decoders: the host pipeline gets 3/4 of the threads and the hardware
+        # decoder's pipeline 1/4 (pipelines._DaliBackend), so each is expected at its rate measured with those threads
+        host = ok["cpu100"] * 0.75
+        gpu = ok.get("threads4", ok.get("dali"))
+        share = round(100 * host / (host + gpu))
+        res["balanced_cpu_share"] = share / 100
+        if 0 < share < 100 and f"cpu{share}" not in v:
+            attempt(f"cpu{share}")
+            ok = {k: r["img_s"] for k, r in v.items() if isinstance(r, dict)}
     if "dali" in ok:  # then the modifiers that each gained > 3 % together (the fastest of each kind)
         gain = sorted((k for k in ok if k in mods and ok[k] > 1.03 * ok["dali"]), key=ok.get, reverse=True)
         combo, seen = [], set()
