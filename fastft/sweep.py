@@ -17,8 +17,10 @@ Each (template × grid point × seed) is one run; ``source: <template>`` makes i
 the same seed. A run's id is the trainer's (hash of data, model, protocol, seed, source id), computed before anything
 trains, so re-running a sweep skips finished runs, resumes interrupted ones (the trainer resumes from its newest
 complete checkpoint) and retries failed ones up to ``--retries`` times. Two sweeps on the same plan never train the
-same run twice: a run is claimed by creating ``<out>/claims/<id>`` exclusively (a claim whose process is gone is taken
-over). Every run directory gets a ``sweep.json`` listing each (plan, template, grid values, seed, paper reference,
+same run twice: a run is claimed by creating ``<out>/claims/<id>`` exclusively. A claim is a lease: the sweep that holds
+it refreshes its mtime every ``CLAIM_HEARTBEAT_S`` while the run trains, and a claim whose sweep is gone is taken over
+(on the same host: its pid is dead; from another host sharing the runs directory: not refreshed for
+``CLAIM_STALE_S``, by the file system's clock, so the hosts' clocks need not agree). Every run directory gets a ``sweep.json`` listing each (plan, template, grid values, seed, paper reference,
 WordNet distance) it serves — a run shared by two plans (the INSTRU near/far models) is trained once and reported in
 both — all the report needs, so runs gathered from many machines report the same way.
 """
@@ -221,24 +223,90 @@ def cost(runs: list[RunSpec], epochs_default: int = 100, seen: set | None = None
 
 
 # ---------------------------------------------------------------- local execution
+# a sweep refreshes the claims of its running runs this often; a claim from another host not refreshed for
+# CLAIM_STALE_S means that its sweep (or host) is gone. FASTFT_CLAIM_* change them (all sweeps on a runs directory
+# must agree: the stale time must stay well above the heartbeat)
+CLAIM_HEARTBEAT_S = float(os.environ.get("FASTFT_CLAIM_HEARTBEAT_S", 30))
+CLAIM_STALE_S = float(os.environ.get("FASTFT_CLAIM_STALE_S", 600))
+
+
 def _claim(out: Path, r: RunSpec) -> bool:
     d = out / "claims"
     d.mkdir(exist_ok=True)
     f = d / r.run_id
     me = f"{socket.gethostname()} {os.getpid()}"
-    for _ in range(2):
+    for _ in range(3):
         try:
             fd = os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             os.write(fd, me.encode())
             os.close(fd)
             return True
         except FileExistsError:
-            host, _, pid = f.read_text().partition(" ")
-            if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
-                f.unlink(missing_ok=True)  # stale: its sweep is gone
-                continue
-            return False
+            if _stale(f) is None:
+                return False
+            _take_over(f)
     return False
+
+
+def _holder(claim: Path) -> str:
+    try:
+        return "pid {1} on {0}".format(*claim.read_text().split())
+    except (OSError, IndexError):
+        return "another sweep"
+
+
+def _stale(claim: Path, now: float | None = None) -> float | None:
+    """Why a claim no longer holds: -1 if it names a dead process on this host, else the seconds since its sweep
+    last refreshed it if that is over ``CLAIM_STALE_S``; None while it holds (or is gone). ``now``: :func:`_fs_now`."""
+    try:
+        host, _, pid = claim.read_text().partition(" ")
+        if host == socket.gethostname() and pid.isdigit():
+            return -1.0 if not _alive(int(pid)) else None
+        age = (now or _fs_now(claim.parent)) - claim.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    return age if age > CLAIM_STALE_S else None
+
+
+def _fs_now(d: Path) -> float:
+    """The time by the clock that stamps the claims (an NFS server's): the mtime of a file touched now."""
+    d.mkdir(parents=True, exist_ok=True)
+    p = d / f".now-{socket.gethostname()}-{os.getpid()}"
+    p.touch()
+    try:
+        return p.stat().st_mtime
+    finally:
+        p.unlink(missing_ok=True)
+
+
+def _take_over(claim: Path) -> None:
+    """Remove a stale claim so that it can be claimed again. Two sweeps may both find it stale: it is moved aside
+    (only one rename succeeds) and put back if it was refreshed meanwhile (then it was not stale after all)."""
+    aside = claim.with_name(f".{claim.name}.stale-{socket.gethostname()}-{os.getpid()}")
+    try:
+        os.rename(claim, aside)
+    except FileNotFoundError:
+        return
+    try:
+        if _fs_now(claim.parent) - aside.stat().st_mtime <= CLAIM_STALE_S and not _dead_here(aside):
+            os.link(aside, claim)  # a fresh claim (taken over by another sweep just now): put it back
+    except FileExistsError:
+        pass
+    finally:
+        aside.unlink(missing_ok=True)
+
+
+def _dead_here(claim: Path) -> bool:
+    host, _, pid = claim.read_text().partition(" ")
+    return host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+
+
+def _heartbeat(out: Path, runs) -> None:
+    for r in runs:
+        try:
+            os.utime(out / "claims" / r.run_id)  # no times given: the file system's clock (an NFS server's)
+        except FileNotFoundError:
+            pass
 
 
 def _alive(pid: int) -> bool:
@@ -262,10 +330,9 @@ def state(out: Path, r: RunSpec) -> str:
     if (r.run_dir / "final.json").exists():
         return "finished"
     claim = out / "claims" / (r.run_id or "")
-    if r.run_id and claim.exists():
-        host, _, pid = claim.read_text().partition(" ")
-        if host != socket.gethostname() or not pid.isdigit() or _alive(int(pid)):
-            return "running" if host == socket.gethostname() else f"running on {host}"
+    if r.run_id and claim.exists() and _stale(claim) is None:
+        host = claim.read_text().partition(" ")[0]
+        return "running" if host == socket.gethostname() else f"running on {host}"
     if (r.run_dir / "failed.json").exists():
         return "failed"
     return "interrupted" if complete_checkpoints(r.run_dir) else "to run"
@@ -291,7 +358,7 @@ def run_local(runs: list[RunSpec], out: Path, slots: list[dict], retries: int = 
             _record_membership(r)
     bar = tqdm(total=len(runs), initial=sum(s == "done" for s in state.values()), unit="run", desc="sweep", disable=not progress,
                dynamic_ncols=True)
-    t0 = time.time()
+    t0 = beat = time.time()
 
     last = {}
 
@@ -330,15 +397,25 @@ def run_local(runs: list[RunSpec], out: Path, slots: list[dict], retries: int = 
                     tail = (r.run_dir / "sweep.log").read_text()[-3000:] if (r.run_dir / "sweep.log").exists() else ""
                     (r.run_dir / "failed.json").write_text(json.dumps({"exit_code": rc, "attempts": attempts[key], "log_tail": tail}, indent=1))
                     bar.write(f"run {key} FAILED (exit {rc}) after {attempts[key]} attempts — log {r.run_dir / 'sweep.log'}")
+            now = None  # every CLAIM_HEARTBEAT_S: refresh this sweep's claims, look for others' stale ones
+            if time.time() - beat > CLAIM_HEARTBEAT_S:
+                _heartbeat(out, (by_key[k] for k in running))
+                beat, now = time.time(), _fs_now(out / "claims")
             # runs trained by another sweep process
             for key, s in state.items():
                 if s == "elsewhere":
                     r = by_key[key]
+                    claim = out / "claims" / r.run_id
                     if (r.run_dir / "final.json").exists():
                         state[key] = "done"
                         bar.update(1)
-                    elif not (out / "claims" / r.run_id).exists():
+                    elif not claim.exists():
                         state[key] = "pending"
+                    elif now and (age := _stale(claim, now)) is not None:
+                        state[key] = "pending"
+                        if age > 0:
+                            bar.write(f"run {key}: its claim ({_holder(claim)}) was not refreshed for {age / 60:.0f} min: "
+                                      "that sweep is gone; taking the run over (it resumes from its last checkpoint)")
             # dependents of failed runs
             for r in runs:
                 if state[r.key] == "pending" and any(state[d] in ("failed", "skipped") for d in r.deps):
@@ -356,12 +433,9 @@ def run_local(runs: list[RunSpec], out: Path, slots: list[dict], retries: int = 
                 if not _claim(out, r):
                     state[r.key] = "elsewhere"
                     claim = out / "claims" / r.run_id
-                    try:
-                        holder = "pid {1} on {0}".format(*claim.read_text().split())
-                    except (FileNotFoundError, IndexError):
-                        holder = "another sweep"
-                    bar.write(f"run {r.key} is being trained by {holder} (claim {claim}); waiting for it. If that process "
-                              "is gone (its host died), delete the claim and this sweep takes the run over")
+                    bar.write(f"run {r.key} is being trained by {_holder(claim)} (claim {claim}); waiting for it. If that "
+                              f"sweep is gone (its host died), this sweep takes the run over once the claim has not been "
+                              f"refreshed for {CLAIM_STALE_S / 60:.0f} min (or at once if you delete the claim)")
                     continue
                 slot = free.pop(0)
                 _record_membership(r)

@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -143,26 +144,61 @@ def test_two_concurrent_sweeps_train_each_run_once(store, tmp_path):
     assert not list((tmp_path / "out" / "claims").iterdir())
 
 
-def test_run_claimed_by_a_dead_host_is_named_and_taken_over_once_its_claim_is_gone(store, tmp_path):
+def test_run_claimed_by_a_dead_host_is_waited_for_then_taken_over_once_its_claim_goes_stale(store, tmp_path):
     plan_file = tiny_plan(tmp_path, "dead")
     plan = sw.load_plan(plan_file)
     runs = sw.expand(plan)
-    sw.prepare(plan, runs, str(store), tmp_path / "out")
-    claim = tmp_path / "out" / "claims" / runs[0].run_id
+    out = tmp_path / "out"
+    sw.prepare(plan, runs, str(store), out)
+    claim = out / "claims" / runs[0].run_id
     claim.parent.mkdir(parents=True, exist_ok=True)
-    claim.write_text("gone-host 4242")  # a sweep on another machine that died mid-run
-    cmd = [sys.executable, "-m", "fastft", "sweep", str(plan_file), "--store", str(store), "--out", str(tmp_path / "out"), "--quiet"]
-    p = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    claim.write_text("gone-host 4242")  # a sweep on another machine sharing the runs directory, refreshed just now
+    assert sw.state(out, runs[0]) == "running on gone-host"
+    cmd = [sys.executable, "-m", "fastft", "sweep", str(plan_file), "--store", str(store), "--out", str(out), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FASTFT_CLAIM_HEARTBEAT_S": "0.3", "FASTFT_CLAIM_STALE_S": "5"}
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
     while not any("is being trained by" in x for x in seen) and len(seen) < 50 and (x := p.stdout.readline()):
         seen.append(x)
     line = seen[-1] if seen else ""
-    assert f"run {runs[0].key} is being trained by pid 4242 on gone-host" in line and "delete the claim" in line, seen
-    assert p.poll() is None, "the sweep waits for the other host"
-    claim.unlink()
+    assert f"run {runs[0].key} is being trained by pid 4242 on gone-host" in line and "not been refreshed" in line, seen
+    for _ in range(8):  # the other host keeps refreshing its claim: the sweep keeps waiting
+        os.utime(claim)
+        time.sleep(0.5)
+        assert p.poll() is None and claim.read_text() == "gone-host 4242"
+    # the other host died: its claim stops being refreshed, and once it is CLAIM_STALE_S old the run is taken over
+    old = time.time() - 60
+    os.utime(claim, (old, old))
+    mine, beats, t = f"{socket.gethostname()} {p.pid}", set(), time.time()
+    while len(beats) < 3 and p.poll() is None and time.time() - t < 120:  # its own claim, refreshed while the run trains
+        try:
+            if claim.read_text() == mine:
+                beats.add(claim.stat().st_mtime)
+        except FileNotFoundError:
+            pass
+        time.sleep(0.05)
+    assert len(beats) >= 3, f"the sweep's own claim was not refreshed: {sorted(beats)}"
     rest = p.communicate(timeout=600)[0]
     assert p.returncode == 0, rest[-2000:]
+    assert "was not refreshed for 1 min: that sweep is gone; taking the run over" in rest, rest[-2000:]
     assert all((r.run_dir / "final.json").exists() for r in runs)
+    assert not list(claim.parent.iterdir()), "no claim, moved-aside claim or clock file is left behind"
+
+
+def test_a_refreshed_claim_is_not_taken_over_by_a_sweep_that_saw_it_stale(tmp_path, monkeypatch):
+    monkeypatch.setattr(sw, "CLAIM_STALE_S", 5.0)
+    claim = tmp_path / "claims" / "run1"
+    claim.parent.mkdir()
+    claim.write_text("other-host 7")
+    old = time.time() - 60
+    os.utime(claim, (old, old))
+    assert sw._stale(claim) > 55
+    os.utime(claim)  # ... and the other host refreshes it (or another sweep just took it over) before the move
+    sw._take_over(claim)
+    assert claim.read_text() == "other-host 7", "a fresh claim is put back"
+    os.utime(claim, (old, old))
+    sw._take_over(claim)
+    assert not claim.exists() and not list(claim.parent.iterdir())
 
 
 def test_gpu_selection_respects_the_visible_devices(monkeypatch):
