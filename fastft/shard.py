@@ -470,14 +470,14 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
     settings = {"store_version": STORE_VERSION, **asdict(cfg), "classes": list(cfg.classes), "val_layout_found": scan_info["val_layout"],
                 "class_list_sha256": hashlib.sha256("\n".join(h.wnids).encode()).hexdigest(), "inputs": len(inputs)}
     out.mkdir(parents=True, exist_ok=True)
+    sp = out / "settings.json"
+    if (out / "manifest.json").exists() and sp.exists():  # finished: confirmed, nothing written (read-only stores too)
+        _same_settings(out, settings)
+        return json.loads((out / "manifest.json").read_text())
     with lock_file(out / ".lock", f"the store {out}"):  # two `fastft shard` on one store would interleave shards
-        sp = out / "settings.json"
         if sp.exists():
-            old = json.loads(sp.read_text())
-            if old != settings:
-                diff = sorted(k for k in settings if old.get(k) != settings.get(k))
-                raise FastFTError(f"{out} holds a store made with different settings ({', '.join(diff)}); use a new --out or the same settings")
-            if (out / "manifest.json").exists():
+            _same_settings(out, settings)
+            if (out / "manifest.json").exists():  # finished by the writer that held the lock before us
                 return json.loads((out / "manifest.json").read_text())
         else:
             if any(p.name != ".lock" for p in out.iterdir()):
@@ -509,6 +509,13 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
             raise FastFTError(f"no space left on the device writing the store {out} ({_free(out)} free) after "
                               f"{done:,} of {len(inputs):,} inputs; free space (or use another --out) and re-run the same "
                               "command: it resumes after the last finished shard") from None
+
+
+def _same_settings(out: Path, settings: dict) -> None:
+    old = json.loads((out / "settings.json").read_text())
+    if old != settings:
+        diff = sorted(k for k in settings if old.get(k) != settings.get(k))
+        raise FastFTError(f"{out} holds a store made with different settings ({', '.join(diff)}); use a new --out or the same settings")
 
 
 def _ignore_sigint() -> None:

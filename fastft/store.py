@@ -18,6 +18,7 @@ writer and the readers agree on) and never imports the writer.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -93,7 +94,13 @@ def lock_file(path: Path, what: str):
     process however that ends. A second process asking for it gets a :class:`FastFTError` naming ``what``."""
     import fcntl
 
-    f = open(path, "a")
+    try:
+        f = open(path, "a")
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise FastFTError(f"{what} cannot be written: {path.parent} is read-only ({e.strerror}); use a writable "
+                          "directory") from None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

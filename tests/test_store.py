@@ -13,7 +13,7 @@ import pytest
 
 from fastft.errors import FastFTError
 from fastft.shard import ShardConfig, write_store
-from fastft.store import dali_index, open_store, resolve, verify
+from fastft.store import dali_index, open_store, open_view, resolve, verify
 from fastft.subsets import ClassSet, SubsetSpec
 from fastft.synth import BROKEN, synth
 from fastft.taxonomy import load
@@ -124,6 +124,27 @@ def test_shard_workers_run_at_most_two_windows_ahead_of_the_writer():
 
 
 @pytest.fixture
+def read_only(tmp_path):
+    """``read_only(src)``: a read-only bind mount of the directory ``src`` (even root cannot write to it); skipped where
+    mounting is not permitted."""
+    mounts = []
+
+    def make(src: Path) -> Path:
+        d = tmp_path / f"ro{len(mounts)}"
+        d.mkdir()
+        if subprocess.run(["mount", "--bind", str(src), str(d)], capture_output=True).returncode:
+            pytest.skip("needs permission to bind-mount")
+        mounts.append(d)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(d)], check=True)
+        return d
+    try:
+        yield make
+    finally:
+        for d in mounts:
+            subprocess.run(["umount", str(d)], check=False)
+
+
+@pytest.fixture
 def small_disk(tmp_path):
     """A real 1 MB file system (tmpfs), grown by ``remount``; skipped where mounting is not permitted."""
     d = tmp_path / "disk"
@@ -148,6 +169,20 @@ def test_full_disk_is_named_early_and_the_store_resumes(synth_tree, store, small
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     write_store(synth_tree, small_disk / "a", CFG, workers=2, progress=False)  # resumes after its first shard
     assert _digest(small_disk / "a") == _digest(store)
+
+
+def test_read_only_store_is_confirmed_verified_and_read_and_an_unfinished_one_named(synth_tree, store, tmp_path, read_only):
+    ro = read_only(store)  # e.g. a finished store shared read-only across a cluster
+    assert write_store(synth_tree, ro, CFG, workers=2, progress=False) == json.loads((store / "manifest.json").read_text())
+    assert verify(ro) == []
+    spec = SubsetSpec("custom", 0, {}, {"t": ClassSet(tuple(open_store(ro).classes[:3]))}, {})
+    view = resolve(spec, "t", ro, tmp_path / "view")  # views live elsewhere; the store is only read
+    assert len(open_view(view.path).keys("train")) == view.meta["splits"]["train"]["samples"] > 0
+    part = tmp_path / "part"
+    shutil.copytree(store, part)
+    (part / "manifest.json").unlink()  # an unfinished store, mounted read-only: named, not an OSError
+    with pytest.raises(FastFTError, match=r"the store .* cannot be written: .* is read-only"):
+        write_store(synth_tree, read_only(part), CFG, workers=2, progress=False)
 
 
 def test_val_labels_agree_across_layouts(tmp_path):
