@@ -19,6 +19,7 @@ writer and the readers agree on) and never imports the writer.
 from __future__ import annotations
 
 import errno
+import gzip
 import hashlib
 import json
 import os
@@ -127,10 +128,26 @@ class Store:
         """The wnids this store holds training images of, sorted (a partial store's class universe)."""
         return sorted({w for s in self.shards if s["split"] == "train" for w in s["classes"]})
 
-    def samples(self):
+    def samples(self, columns: list[str] | None = None):
+        """The sample index as a DataFrame (``columns``: only these, which reads faster)."""
         import pandas as pd
 
-        return pd.read_csv(self.path / "samples.csv.gz", dtype={"label": "int32", "jpg_offset": "int64", "jpg_size": "int64", "cls_offset": "int64"})
+        return pd.read_csv(self.path / "samples.csv.gz", usecols=columns,
+                           dtype={"label": "int32", "jpg_offset": "int64", "jpg_size": "int64", "cls_offset": "int64"})
+
+
+_INDEX_COLUMNS = ["key", "wnid", "label", "split", "shard", "jpg_offset", "jpg_size", "cls_offset"]
+_index_cache: dict = {}
+
+
+def _index(st: Store):
+    """The columns of a store's sample index that views need, read once per process and store version: a sweep
+    resolves hundreds of views of one store (1.33 M rows for ILSVRC2012)."""
+    key = (str(st.path.resolve()), st.sha256)
+    if key not in _index_cache:
+        _index_cache.clear()
+        _index_cache[key] = st.samples(_INDEX_COLUMNS)
+    return _index_cache[key]
 
 
 def fill_store_params(params: dict, store: str | Path | None, what: str) -> dict:
@@ -143,17 +160,29 @@ def fill_store_params(params: dict, store: str | Path | None, what: str) -> dict
     return {k: (held if v == "store" else v) for k, v in params.items()}
 
 
+_manifest_cache: dict = {}
+
+
 def open_store(path: str | Path) -> Store:
+    """A finished store. Its manifest is parsed once per process while the file stays the same (ILSVRC2012's is a few
+    MB, and a sweep opens its store for each of hundreds of runs)."""
     path = Path(path)
     mp = path / "manifest.json"
     if not mp.exists():
         hint = " (an unfinished `fastft shard`: re-run it to complete)" if (path / "settings.json").exists() else ""
         raise FastFTError(f"{path} is not a fastft store: no manifest.json{hint}")
-    raw = mp.read_bytes()
-    m = json.loads(raw)
-    if m.get("format") != "fastft-store":
-        raise FastFTError(f"{mp} is not a fastft store manifest")
-    return Store(path, m, hashlib.sha256(raw).hexdigest())
+    stat = mp.stat()
+    key = (str(mp.resolve()), stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    if key not in _manifest_cache:
+        raw = mp.read_bytes()
+        m = json.loads(raw)
+        if m.get("format") != "fastft-store":
+            raise FastFTError(f"{mp} is not a fastft store manifest")
+        if len(_manifest_cache) >= 8:
+            _manifest_cache.clear()
+        _manifest_cache[key] = (m, hashlib.sha256(raw).hexdigest())
+    m, digest = _manifest_cache[key]
+    return Store(path, m, digest)
 
 
 def _sha256_many(paths: list[Path], progress: bool = False) -> list[str]:
@@ -352,13 +381,41 @@ def shared_view(spec_path: str | Path, set_name: str, store_path: str | Path, vi
     return path
 
 
+_KEY_COLUMNS = ["key", "wnid", "label", "view_label", "shard", "jpg_offset", "jpg_size"]
+
+
+def _write_split(g, out: Path, split: str) -> dict:
+    """One split of a view: a DALI index per shard it reads (samples in tar order) and ``<split>.csv.gz`` (the
+    samples sorted by key). Built from plain lists: pandas' per-cell formatting and string sorts took most of a
+    sweep's preparation at ILSVRC2012 scale."""
+    import pandas as pd
+
+    codes, names = pd.factorize(g["shard"], sort=True)
+    order = np.lexsort((g["jpg_offset"].to_numpy(), codes))  # by shard, then offset
+    col = {c: g[c].to_numpy()[order].tolist() for c in ("key", "jpg_offset", "jpg_size", "cls_offset")}
+    codes = codes[order]
+    lines = [f"jpg {o} {n} {k}.jpg cls {c} 4 {k}.cls" for o, n, k, c in zip(col["jpg_offset"], col["jpg_size"], col["key"], col["cls_offset"])]
+    bounds = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1], True])
+    shards = []
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        shards.append(str(names[codes[a]]))
+        (out / split / f"{shards[-1]}.idx").write_text(f"v1.2 {b - a}\n" + "\n".join(lines[a:b]) + "\n")
+    by_key = order[sorted(range(len(order)), key=col["key"].__getitem__)]
+    k, w, lab, vl, sh, o, n = (g[c].to_numpy()[by_key].tolist() for c in _KEY_COLUMNS)
+    text = "".join([",".join(_KEY_COLUMNS) + "\n"] + [f"{a},{b},{c},{d},{e},{f},{h}\n" for a, b, c, d, e, f, h in zip(k, w, lab, vl, sh, o, n)])
+    with gzip.GzipFile(out / f"{split}.csv.gz", "wb", compresslevel=1, mtime=0) as f:  # keys hold no commas or quotes
+        f.write(text.encode())
+    return {"samples": len(g), "shards": shards, "per_class_min": int(g.groupby("wnid").size().min()),
+            "keys_sha256": hashlib.sha256("\n".join(k).encode()).hexdigest()}
+
+
 def resolve(spec, set_name: str, store_path: str | Path, out: str | Path) -> View:
     """Turn one class set of a subset spec into a view of a store: filtered index files, label map, keys. No copy."""
     import pandas as pd
 
     st = open_store(store_path)
     cs = spec.set(set_name)
-    df = st.samples()
+    df = _index(st)
     have = set(df["wnid"].unique())
     missing = [w for w in cs.classes if w not in have]
     if missing:
@@ -385,16 +442,7 @@ def resolve(spec, set_name: str, store_path: str | Path, out: str | Path) -> Vie
     splits = {}
     for split, g in sub.groupby("split", sort=True):
         (out / split).mkdir(exist_ok=True)
-        shards = []
-        for shard, gs in g.groupby("shard", sort=True):
-            gs = gs.sort_values("jpg_offset")  # DALI reads in index order; keep tar order
-            lines = [f"v1.2 {len(gs)}"] + [f"jpg {r.jpg_offset} {r.jpg_size} {r.key}.jpg cls {r.cls_offset} 4 {r.key}.cls" for r in gs.itertuples()]
-            (out / split / f"{shard}.idx").write_text("\n".join(lines) + "\n")
-            shards.append(shard)
-        keys = g[["key", "wnid", "label", "view_label", "shard", "jpg_offset", "jpg_size"]].sort_values("key")
-        keys.to_csv(out / f"{split}.csv.gz", index=False, compression={"method": "gzip", "mtime": 0})
-        splits[split] = {"samples": len(g), "shards": shards, "per_class_min": int(g.groupby("wnid").size().min()),
-                         "keys_sha256": hashlib.sha256("\n".join(keys["key"]).encode()).hexdigest()}
+        splits[split] = _write_split(g, out, split)
     meta = {"format": "fastft-view", "store": str(st.path.resolve()), "manifest_sha256": st.sha256, "spec_hash": spec.hash,
             "construction": spec.construction, "seed": spec.seed, "set": set_name, "cap": cs.cap, "classes": list(cs.classes),
             "short_classes": short, "splits": splits}

@@ -26,6 +26,7 @@ both — all the report needs, so runs gathered from many machines report the sa
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -204,9 +205,15 @@ def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path) -> di
 
 
 def _distance(spec, source_set: str, target_set: str) -> float:
+    return _wup_nearest(tuple(spec.sets[target_set].classes), tuple(spec.sets[source_set].classes))
+
+
+@functools.lru_cache(maxsize=256)
+def _wup_nearest(targets: tuple, sources: tuple) -> float:
+    """Once per class sets: a §4.4 grid fine-tunes the same classes from the same source at many image counts."""
     from .taxonomy import load
 
-    return round(load().distance(list(spec.sets[target_set].classes), list(spec.sets[source_set].classes))["wup_nearest"], 4)
+    return round(load().distance(list(targets), list(sources))["wup_nearest"], 4)
 
 
 def cost(runs: list[RunSpec], epochs_default: int = 100, seen: set | None = None) -> dict:
