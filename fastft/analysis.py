@@ -30,6 +30,7 @@ import torch
 
 from .errors import FastFTError
 from .model import LAYERS, AlexNet, ModelConfig
+from .store import view_tag
 
 
 def load_model(run: str | Path, device: str = "cpu") -> tuple[AlexNet, dict]:
@@ -326,14 +327,6 @@ def feature_distance(run, source_view, target_view, device: str = "auto", layer:
            "summary": {"feature_cosine_nearest": round(feat, 4), "wordnet_wup_nearest": round(wn, 4)}}
     _save(run, "distance", res, tv)
     return res
-
-
-def view_tag(view) -> str:
-    """Names a view by its samples (not its path), so results computed on equal views on different machines match."""
-    from .store import View, open_view
-
-    v = view if isinstance(view, View) else open_view(view, check_store=False)
-    return hashlib.sha256(json.dumps([v.meta["manifest_sha256"], v.meta["splits"]["val"]["keys_sha256"], v.classes]).encode()).hexdigest()[:10]
 
 
 def _save(run, name: str, res: dict, view=None) -> None:

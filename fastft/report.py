@@ -92,7 +92,7 @@ def _analyses(run_dir: Path, view: str | None, source: str | None) -> dict:
     view = _locate(view, run_dir, "views")
     if view is None:
         return out
-    from .analysis import view_tag
+    from .store import view_tag
 
     try:
         tag = view_tag(view)

@@ -296,6 +296,13 @@ class View:
         return pd.read_csv(self.path / f"{split}.csv.gz")
 
 
+def view_tag(view) -> str:
+    """Names a view by its samples (not its path), so results computed on equal views on different machines match
+    (analysis results carry it; the report pairs them by it)."""
+    v = view if isinstance(view, View) else open_view(view, check_store=False)
+    return hashlib.sha256(json.dumps([v.meta["manifest_sha256"], v.meta["splits"]["val"]["keys_sha256"], v.classes]).encode()).hexdigest()[:10]
+
+
 def verify_shards(store: str | Path, names: list[str], st: Store | None = None) -> list[str]:
     """Full (sha256) verification of some shards, remembered per shard in ``<store>/.verified/`` with the file's size
     and mtime, so each shard is hashed once however many runs read it; a changed file is hashed again."""

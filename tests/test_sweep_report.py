@@ -336,7 +336,7 @@ def test_report_tables_from_run_directories(tmp_path):
 def test_report_puts_the_papers_svm_and_probe_numbers_alongside(tmp_path):
     """Table 3's SVM on fc7 (after / before fine-tuning) and Fig. 10's probe accuracies, given as a plan's ``paper``
     values, appear next to fastft's own analysis results in the tables and the probes figure."""
-    from fastft.analysis import view_tag
+    from fastft.store import view_tag
 
     view = tmp_path / "view"
     view.mkdir()
