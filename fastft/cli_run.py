@@ -94,7 +94,7 @@ def cmd_sweep(a):
         seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else None
         runs = sw.expand(plan, seeds)
         out = Path(a.out)
-        sw.prepare(plan, runs, a.store, out)
+        sw.prepare(plan, runs, a.store, out, progress=not a.quiet)
         c = sw.cost(runs, seen=seen)
         total["runs"] += c["runs"]
         total["image_iterations"] += c["image_iterations"]

@@ -143,7 +143,7 @@ def _topo(templates: list[dict]) -> list[dict]:
 
 
 # ---------------------------------------------------------------- binding a plan to a store
-def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path) -> dict:
+def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path, progress: bool = False) -> dict:
     """Make the specs (one per seed), resolve views, compute run ids and directories. Returns {seed: spec path}."""
     from .config import build
     from .store import fill_store_params, open_view
@@ -161,6 +161,8 @@ def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path) -> di
             raise FastFTError(f"{p} exists with different content (plan changed?); use a new --out")
         spec.save(p)
         specs[seed] = p
+    if store:
+        _resolve_views(specs, {(r.seed, r.overrides["set"]) for r in runs}, store, out / "views", progress, plan["name"])
     by_key = {r.key: r for r in runs}
     for r in runs:
         spec = load_spec(specs[r.seed])
@@ -202,6 +204,44 @@ def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path) -> di
             r.run_dir = existing[0]
             r.overrides["name"] = existing[0].name[: -len(r.run_id) - 1]
     return specs
+
+
+POOL_AFTER_S = 2.0  # views are resolved by several processes when the first took this long
+
+
+def _resolve_views(specs: dict, pairs: set, store: str, views_dir: Path, progress: bool, plan: str) -> None:
+    """Resolve the views a plan needs that do not exist yet (each (seed, set) once), with a progress bar. Where one
+    takes seconds (ILSVRC2012: a 500-class view is 640k samples), the rest are resolved by several processes."""
+    import time
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    from tqdm import tqdm
+
+    from .store import shared_view
+
+    todo = []
+    for seed, name in sorted(pairs):
+        if name in json.loads(Path(specs[seed]).read_text())["sets"]:  # else prepare names the mistake below
+            if not (shared_view(specs[seed], name, store, views_dir, existing_only=True) / "view.json").exists():
+                todo.append((str(specs[seed]), name))
+    if not todo:
+        return
+    with tqdm(total=len(todo), unit="view", desc=f"{plan}: resolve views", disable=not progress, dynamic_ncols=True) as bar:
+        t = time.time()
+        shared_view(*todo[0], store, views_dir)
+        bar.update()
+        rest = todo[1:]
+        workers = min(len(rest), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
+        if workers < 2 or time.time() - t < POOL_AFTER_S:  # small views: a process pool would cost more than it saves
+            for sp, name in rest:
+                shared_view(sp, name, store, views_dir)
+                bar.update()
+            return
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:  # spawn: this process has torch loaded
+            for f in as_completed([ex.submit(shared_view, sp, name, store, views_dir) for sp, name in rest]):
+                f.result()
+                bar.update()
 
 
 def _distance(spec, source_set: str, target_set: str) -> float:

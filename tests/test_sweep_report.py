@@ -74,6 +74,22 @@ def test_plan_mistakes_are_named(tmp_path):
         sw.prepare(sw.load_plan(p), sw.expand(sw.load_plan(p)), None, tmp_path)
 
 
+def test_views_resolved_by_several_processes_equal_those_resolved_in_one(store, tmp_path, monkeypatch):
+    plan = sw.load_plan(tiny_plan(tmp_path, "pool"))
+    plan["seeds"] = [0, 1]
+    one = sw.expand(plan)
+    sw.prepare(plan, one, str(store), tmp_path / "a")
+    monkeypatch.setattr(sw, "POOL_AFTER_S", 0.0)  # as for ILSVRC2012-sized views: after the first, a process pool
+    pool = sw.expand(plan)
+    sw.prepare(plan, pool, str(store), tmp_path / "b")
+    assert [r.run_id for r in pool] == [r.run_id for r in one]
+    views = sorted(p.name for p in (tmp_path / "a" / "views").iterdir())
+    assert len(views) == 4 and views == sorted(p.name for p in (tmp_path / "b" / "views").iterdir())
+    for v in views:
+        a, b = (json.loads((tmp_path / d / "views" / v / "view.json").read_text()) for d in ("a", "b"))
+        assert a["splits"] == b["splits"] and a["classes"] == b["classes"]
+
+
 def test_sweep_runs_skips_and_retries(store, tmp_path):
     plan = sw.load_plan(tiny_plan(tmp_path))
     runs = sw.expand(plan)
