@@ -18,6 +18,7 @@ writer and the readers agree on) and never imports the writer.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import hashlib
@@ -304,39 +305,86 @@ def view_tag(view) -> str:
 
 
 def verify_shards(store: str | Path, names: list[str], st: Store | None = None) -> list[str]:
-    """Full (sha256) verification of some shards, remembered per shard in ``<store>/.verified/`` with the file's size
-    and mtime, so each shard is hashed once however many runs read it; a changed file is hashed again."""
+    """Full (sha256) verification of some shards, remembered per shard (a stamp: the file's sha256, size and mtime)
+    so that each shard is hashed once however many runs read it; a changed file is hashed again. Stamps live in
+    ``<store>/.verified/``, or for a read-only store in ``$XDG_CACHE_HOME/fastft/verified/<manifest hash>/``. Runs
+    starting together on a node share the work: each shard is hashed under a lock, by one of them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
     st = st or open_store(store)
     by_name = {s["name"]: s for s in st.shards}
-    stamp_dir = st.path / ".verified"
+    stamps = _stamp_dir(st)
     mismatch = f"does not match the manifest (corrupted or truncated); run `fastft verify {st.path}`"
     problems, todo = [], []
     for n in names:
         tar = st.path / f"{n}.tar"
         if not tar.exists():
             problems.append(f"{tar.name}: missing")
-            continue
-        stat = tar.stat()
-        stamp = f"{by_name[n]['sha256']} {stat.st_size} {stat.st_mtime_ns}"
-        sp = stamp_dir / n
-        if sp.exists() and sp.read_text() == stamp:
-            continue
-        if stat.st_size != by_name[n]["bytes"]:
+        elif tar.stat().st_size != by_name[n]["bytes"]:
             problems.append(f"{tar.name}: {mismatch}")
-            continue
-        todo.append((n, tar, stamp, sp))
-    for (n, tar, stamp, sp), digest in zip(todo, _sha256_many([t[1] for t in todo], progress=len(todo) > 8)):
-        if digest != by_name[n]["sha256"]:
-            problems.append(f"{tar.name}: {mismatch}")
-            continue
-        try:
-            stamp_dir.mkdir(exist_ok=True)
-            tmp = sp.with_name(f"{n}.{os.getpid()}.tmp")
-            tmp.write_text(stamp)
-            os.replace(tmp, sp)
-        except OSError:  # a read-only store is still usable; it is just hashed again next time
-            pass
+        elif not _stamped(stamps, n, by_name[n]["sha256"], tar):
+            todo.append(n)
+
+    def check(n: str, bar) -> str | None:
+        tar = st.path / f"{n}.tar"
+        with _stamp_lock(stamps, n):  # another run on this node may be hashing it now: wait, then use its stamp
+            if _stamped(stamps, n, by_name[n]["sha256"], tar):
+                bar.update(tar.stat().st_size)
+                return None
+            if sha256_file(tar, bar.update) != by_name[n]["sha256"]:
+                return f"{tar.name}: {mismatch}"
+            if stamps is not None:
+                stat = tar.stat()
+                tmp = stamps / f"{n}.{os.getpid()}.tmp"
+                tmp.write_text(f"{by_name[n]['sha256']} {stat.st_size} {stat.st_mtime_ns}")
+                os.replace(tmp, stamps / n)
+        return None
+    if todo:
+        total = sum((st.path / f"{n}.tar").stat().st_size for n in todo)
+        with tqdm(total=total, unit="B", unit_scale=True, desc="sha256", disable=len(todo) <= 8) as bar, \
+                ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+            problems += [p for p in pool.map(lambda n: check(n, bar), todo) if p]
     return problems
+
+
+def _stamp_dir(st: Store) -> Path | None:
+    """Where shard stamps go: the store, or a per-user cache for a read-only store (None: nowhere writable)."""
+    for where in (lambda: st.path / ".verified",
+                  lambda: Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fastft" / "verified" / st.sha256[:16]):
+        try:
+            d = where()
+            d.mkdir(parents=True, exist_ok=True)
+            probe = d / f".probe-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+            return d
+        except (OSError, RuntimeError):  # RuntimeError: no home directory
+            continue
+    return None
+
+
+def _stamped(stamps: Path | None, name: str, sha: str, tar: Path) -> bool:
+    if stamps is None:
+        return False
+    try:
+        stat = tar.stat()
+        return (stamps / name).read_text() == f"{sha} {stat.st_size} {stat.st_mtime_ns}"
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _stamp_lock(stamps: Path | None, name: str):
+    if stamps is None:
+        yield
+        return
+    import fcntl
+
+    with open(stamps / f"{name}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def open_view(path: str | Path, check_store: bool = True) -> View:

@@ -185,6 +185,38 @@ def test_read_only_store_is_confirmed_verified_and_read_and_an_unfinished_one_na
         write_store(synth_tree, read_only(part), CFG, workers=2, progress=False)
 
 
+def test_shards_are_hashed_once_also_for_a_read_only_store_and_by_runs_starting_together(store, view_near, tmp_path,
+                                                                                       read_only, monkeypatch):
+    import threading
+    import time
+
+    from fastft import store as store_mod
+    from fastft.store import verify_shards
+
+    hashed = []
+    real = store_mod.sha256_file
+    monkeypatch.setattr(store_mod, "sha256_file", lambda p, progress=None: hashed.append(Path(p).name) or real(p, progress))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    names = view_near.meta["splits"]["train"]["shards"] + view_near.meta["splits"]["val"]["shards"]
+    ro = read_only(store)
+    assert verify_shards(ro, names) == [] and sorted(hashed) == sorted(f"{n}.tar" for n in names)
+    assert verify_shards(ro, names) == [] and len(hashed) == len(names), "stamped in the user's cache: not hashed again"
+    assert {p.name for p in (tmp_path / "cache" / "fastft" / "verified").glob("*/*") if "." not in p.name} == set(names)
+    # two runs starting together on a fresh copy (hashing slowed so that both find every shard unstamped): each shard is
+    # hashed by one of them
+    fresh = tmp_path / "fresh"
+    shutil.copytree(store, fresh, ignore=shutil.ignore_patterns(".verified"))
+    hashed.clear()
+    monkeypatch.setattr(store_mod, "sha256_file", lambda p, progress=None: hashed.append(Path(p).name) or time.sleep(0.3) or real(p, progress))
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(verify_shards(fresh, names))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [[], []] and sorted(hashed) == sorted(f"{n}.tar" for n in names)
+
+
 def test_val_labels_agree_across_layouts(tmp_path):
     """Each val layout, as a tree and as the downloaded archives (devkit: its .tar.gz), gives the same labels."""
     h = load()
