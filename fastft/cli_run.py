@@ -89,6 +89,12 @@ def cmd_sweep(a):
     states: collections.Counter = collections.Counter()
     seen: set = set()
     seen_left: set = set()
+    if not a.store and not a.dry_run:
+        raise FastFTError("fastft sweep needs --store DIR (the shard store the runs read) to run or to write SLURM jobs; "
+                          "only --dry-run works without one (an estimate from ILSVRC2012's class sizes)")
+    levels: list = []     # SLURM job arrays of every plan, submitted together at the end
+    placed = None         # run id -> the array task that trains it (shared runs are listed once)
+    queued = 0
     for plan_path in a.plans:
         plan = sw.load_plan(plan_path)
         seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else None
@@ -112,12 +118,16 @@ def cmd_sweep(a):
             total["left"] += sw.cost([r for r in runs if st[r.key] != "finished"], seen=seen_left)["image_iterations"]
             continue
         if a.backend == "slurm":
-            scripts = sw.write_slurm(runs, out, plan, a.partition, a.time)
-            print(f"wrote {len(scripts)} job-array scripts: " + " ".join(str(s) for s in scripts))
-            if a.submit:
-                print("submitted jobs " + ", ".join(sw.submit_slurm(scripts)))
-            else:
-                print("submit with: " + " && ".join(f"sbatch {s}" for s in scripts[:1]) + " (later levels with --dependency=afterok:<id>), or pass --submit")
+            if placed is None:  # runs of earlier submissions still queued: waited for, not listed again
+                placed = sw.queued_submissions(out)
+                queued = len(placed)
+            new = sw.write_slurm(runs, out, plan, a.partition, a.time, placed=placed)
+            levels += new
+            listed = sum(len(L.runs) for L in new)
+            finished = sum((r.run_dir / "final.json").exists() for r in runs)
+            print(f"plan {plan['name']}: {len(new)} job arrays, {listed} runs" +
+                  (f" ({len(runs) - listed - finished} trained by tasks of other arrays)" if len(runs) - listed - finished else "") +
+                  (f", {finished} finished" if finished else "") + ": " + " ".join(L.script.name for L in new))
             continue
         summary = sw.run_local(runs, out, sw.slots_for(a.gpus, a.per_gpu, a.parallel), retries=a.retries, progress=not a.quiet)
         print(f"plan {plan['name']}: {len(summary['done'])} done, {len(summary['failed'])} failed, {len(summary['skipped'])} skipped "
@@ -126,6 +136,18 @@ def cmd_sweep(a):
             print(f"  FAILED {k}: see its sweep.log and failed.json")
         if summary["failed"] or summary["skipped"]:
             raise SystemExit(1)
+    if a.backend == "slurm" and not a.dry_run:
+        if queued:
+            print(f"{queued} runs of earlier submissions are still queued or running: their arrays are waited for")
+        if not levels:
+            print("nothing to submit: every run is finished or queued")
+        elif a.submit:
+            ids = sw.submit_slurm(levels, Path(a.out))
+            print(f"submitted {len(ids)} job arrays: " + ", ".join(f"{k} = {v}" for k, v in ids.items()))
+        else:
+            print(f"submit with: bash {sw.write_submit(levels, Path(a.out))}  (or pass --submit); it submits each array "
+                  "with afterok on the tasks it waits for")
+        return
     if a.dry_run:
         line = f"total: {total['runs']} runs, {total['image_iterations'] / 1e9:.2f} G image-iterations"
         if a.img_per_s:

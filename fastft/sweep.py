@@ -27,6 +27,7 @@ both — all the report needs, so runs gathered from many machines report the sa
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import json
 import os
@@ -592,26 +593,43 @@ def slots_for(gpus: str | None, per_gpu: int, parallel: int) -> list[dict]:
 
 
 # ---------------------------------------------------------------- SLURM
+@dataclass
+class SlurmLevel:
+    """One job array: the runs of one dependency level of a plan, one per task."""
+    name: str        # "<plan>-level<k>-<hash of its runs>": the array's job name and its files'
+    script: Path
+    runs: list
+    after: list      # (level name, or "job:<id>" of an earlier submission; task index): tasks it waits for (afterok)
+
+
 def write_slurm(runs: list[RunSpec], out: Path, plan: dict, partition: str | None = None, time_limit: str = "24:00:00",
-                extra: list[str] = ()) -> list[Path]:
-    """One job array per dependency level; level k+1 starts after level k succeeded (``afterok``). Returns the scripts."""
-    level = {}
+                extra: list[str] = (), placed: dict | None = None) -> list[SlurmLevel]:
+    """One job array per dependency level of a plan (a GPU per task). A run that is finished, or already placed —
+    ``placed``: run id → (level name or ``job:<id>``, task), shared by the plans of one sweep, pre-filled with the
+    tasks of earlier submissions still queued (:func:`queued_submissions`), and filled here — is not listed again:
+    the arrays that need it wait for the one task that trains it (``afterok`` on that task). So a run shared by plans
+    (the INSTRU near/far models) is trained by one task, never by two at once. Files are named by their runs' ids:
+    a later sweep never rewrites the list a queued array reads."""
+    placed = {} if placed is None else placed
+    level: dict[str, int] = {}
     for r in runs:
         level[r.key] = 1 + max((level[d] for d in r.deps), default=-1)
     by_key = {r.key: r for r in runs}
     d = out / "slurm"
     d.mkdir(parents=True, exist_ok=True)
-    scripts = []
+    levels = []
     for lv in sorted(set(level.values())):
-        members = [r for r in runs if level[r.key] == lv]
-        lines = []
-        for r in members:
-            src = by_key[r.deps[0]].run_dir if r.deps else None
-            lines.append(shlex.join(["train", *r.args(src), "progress=false"]))
-        lst = d / f"{plan['name']}-level{lv}.txt"
-        lst.write_text("\n".join(lines) + "\n")
-        sh = d / f"{plan['name']}-level{lv}.sbatch"
-        head = ["#!/bin/bash", f"#SBATCH --job-name=fastft-{plan['name']}-L{lv}", f"#SBATCH --array=0-{len(members) - 1}",
+        members = [r for r in runs if level[r.key] == lv and r.run_id not in placed and not (r.run_dir / "final.json").exists()]
+        if not members:
+            continue
+        name = f"{plan['name']}-level{lv}-{hashlib.sha256(' '.join(r.run_id for r in members).encode()).hexdigest()[:8]}"
+        after = sorted({placed[by_key[x].run_id] for r in members for x in r.deps if by_key[x].run_id in placed})
+        for i, r in enumerate(members):
+            placed[r.run_id] = (name, i)
+        lst = d / f"{name}.txt"
+        lst.write_text("\n".join(shlex.join(["train", *r.args(by_key[r.deps[0]].run_dir if r.deps else None), "progress=false"])
+                                 for r in members) + "\n")
+        head = ["#!/bin/bash", f"#SBATCH --job-name=fastft-{name}", f"#SBATCH --array=0-{len(members) - 1}",
                 "#SBATCH --gres=gpu:1", "#SBATCH --cpus-per-task=16", f"#SBATCH --time={time_limit}", "#SBATCH --requeue",
                 "#SBATCH --signal=B:TERM@120", f"#SBATCH --output={d}/%x-%A_%a.out"]
         if partition:
@@ -633,20 +651,65 @@ def write_slurm(runs: list[RunSpec], out: Path, plan: dict, partition: str | Non
                 f'{shlex.quote(sys.executable)} -m fastft "$@" &',
                 "child=$!",
                 'wait "$child"']
+        sh = d / f"{name}.sbatch"
         sh.write_text("\n".join(head + [""] + body) + "\n")
-        scripts.append(sh)
-    return scripts
+        levels.append(SlurmLevel(name, sh, members, after))
+    return levels
 
 
-def submit_slurm(scripts: list[Path]) -> list[str]:
-    ids: list[str] = []
-    for s in scripts:
-        cmd = ["sbatch", "--parsable"] + ([f"--dependency=afterok:{ids[-1]}"] if ids else []) + [str(s)]
-        try:
-            r = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        except FileNotFoundError:
-            raise FastFTError("sbatch not found: run on a SLURM login node, or use --no-submit and submit the scripts yourself") from None
-        except subprocess.CalledProcessError as e:
-            raise FastFTError(f"sbatch failed for {s}: {e.stderr.strip()}") from None
-        ids.append(r.stdout.strip().split(";")[0])
+def write_submit(levels: list[SlurmLevel], out: Path) -> Path:
+    """``<out>/slurm/submit-<hash>.sh``: ``sbatch`` for each array in order, each with ``afterok`` on exactly the tasks
+    it waits for; prints ``<level> <job id>`` per array (what ``--submit`` records)."""
+    var = {L.name: f"J{i}" for i, L in enumerate(levels)}
+    lines = ["#!/bin/bash", "# written by fastft sweep --backend slurm; run it once (or pass --submit)", "set -euo pipefail"]
+    for L in levels:
+        deps = ":".join(f"{ref[4:]}_{t}" if ref.startswith("job:") else f"${{{var[ref]}}}_{t}" for ref, t in L.after)
+        dep = f"--dependency=afterok:{deps} " if deps else ""
+        lines += [f"{var[L.name]}=$(sbatch --parsable {dep}{shlex.quote(str(L.script))} | cut -d';' -f1)",
+                  f'echo "{L.name} ${{{var[L.name]}}}"']
+    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:8]
+    p = out / "slurm" / f"submit-{digest}.sh"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def submit_slurm(levels: list[SlurmLevel], out: Path) -> dict[str, str]:
+    """Run the submit script; record each run's task (``<out>/slurm/submitted.json``: run id → ``<job id>_<task>``)
+    so that a later sweep makes its arrays wait for these tasks instead of listing their runs again."""
+    script = write_submit(levels, out)
+    try:
+        r = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise FastFTError("bash not found") from None
+    ids = dict(line.split() for line in r.stdout.splitlines() if len(line.split()) == 2)
+    reg_path = out / "slurm" / "submitted.json"
+    reg = json.loads(reg_path.read_text()) if reg_path.exists() else {}
+    for L in levels:
+        if L.name in ids:
+            reg.update({run.run_id: f"{ids[L.name]}_{i}" for i, run in enumerate(L.runs)})
+    reg_path.write_text(json.dumps(reg, indent=1) + "\n")
+    if r.returncode:
+        err = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
+        if "sbatch: command not found" in r.stderr or "sbatch: not found" in r.stderr:
+            err = "sbatch not found: run on a SLURM login node, or submit later with bash " + str(script)
+        raise FastFTError(f"submitting {script} failed after {len(ids)} of {len(levels)} job arrays: {err}")
     return ids
+
+
+def queued_submissions(out: Path) -> dict:
+    """Runs of earlier ``--submit`` sweeps whose task is still queued or running (``squeue``): run id → ("job:<id>",
+    task). Empty where there is no record or no ``squeue``."""
+    reg_path = out / "slurm" / "submitted.json"
+    if not reg_path.exists():
+        return {}
+    try:
+        r = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-u", os.environ.get("USER", "")], capture_output=True, text=True)
+    except FileNotFoundError:
+        return {}
+    live = set(r.stdout.split()) if r.returncode == 0 else set()
+    out_ = {}
+    for run_id, task in json.loads(reg_path.read_text()).items():
+        if task in live:
+            job, _, t = task.rpartition("_")
+            out_[run_id] = (f"job:{job}", int(t))
+    return out_
