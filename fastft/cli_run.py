@@ -93,6 +93,7 @@ def cmd_sweep(a):
         raise FastFTError("fastft sweep needs --store DIR (the shard store the runs read) to run or to write SLURM jobs; "
                           "only --dry-run works without one (an estimate from ILSVRC2012's class sizes)")
     levels: list = []     # SLURM job arrays of every plan, submitted together at the end
+    local: list = []      # each plan's prepared runs, run together at the end
     placed = None         # run id -> the array task that trains it (shared runs are listed once)
     queued = 0
     for plan_path in a.plans:
@@ -129,9 +130,18 @@ def cmd_sweep(a):
                   (f" ({len(runs) - listed - finished} trained by tasks of other arrays)" if len(runs) - listed - finished else "") +
                   (f", {finished} finished" if finished else "") + ": " + " ".join(L.script.name for L in new))
             continue
-        summary = sw.run_local(runs, out, sw.slots_for(a.gpus, a.per_gpu, a.parallel), retries=a.retries, progress=not a.quiet)
-        print(f"plan {plan['name']}: {len(summary['done'])} done, {len(summary['failed'])} failed, {len(summary['skipped'])} skipped "
-              f"(dependency failed) in {summary['secs']:.0f} s; runs in {out}")
+        local.append(runs)
+    if local:  # every plan's runs in one DAG: the GPUs are shared across plans, and a shared run trains once
+        merged = sw.merge(local)
+        summary = sw.run_local(merged, Path(a.out), sw.slots_for(a.gpus, a.per_gpu, a.parallel), retries=a.retries,
+                               progress=not a.quiet)
+        for runs in local:
+            name = runs[0].labels["plan"] if runs else "?"
+            n = {k: sum(x.startswith(f"{name}/") for x in summary[k]) for k in ("done", "failed", "skipped")}
+            shared = len(runs) - sum(r.key.startswith(f"{name}/") for r in merged)
+            print(f"plan {name}: {n['done']} done, {n['failed']} failed, {n['skipped']} skipped (dependency failed)" +
+                  (f", {shared} shared with plans above" if shared else "") + f"; runs in {a.out}")
+        print(f"{len(merged)} runs in {summary['secs']:.0f} s")
         for k in summary["failed"]:
             print(f"  FAILED {k}: see its sweep.log and failed.json")
         if summary["failed"] or summary["skipped"]:

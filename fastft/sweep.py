@@ -38,7 +38,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -64,6 +64,7 @@ class RunSpec:
     pseudo_id: str | None = None  # dry runs without a store
     run_dir: Path | None = None
     images_per_epoch: float = 0.0
+    also: list = field(default_factory=list)  # the same run in other plans (see merge): it serves them too
 
     def args(self, source_dir: Path | None = None) -> list[str]:
         kv = dict(self.overrides)
@@ -296,6 +297,10 @@ def _claim(out: Path, r: RunSpec) -> bool:
     return False
 
 
+def _dur(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
 def _holder(claim: Path) -> str:
     try:
         return "pid {1} on {0}".format(*claim.read_text().split())
@@ -462,7 +467,7 @@ def run_local(runs: list[RunSpec], out: Path, slots: list[dict], retries: int = 
                     elif now and (age := _stale(claim, now)) is not None:
                         state[key] = "pending"
                         if age > 0:
-                            bar.write(f"run {key}: its claim ({_holder(claim)}) was not refreshed for {age / 60:.0f} min: "
+                            bar.write(f"run {key}: its claim ({_holder(claim)}) was not refreshed for {_dur(age)}: "
                                       "that sweep is gone; taking the run over (it resumes from its last checkpoint)")
             # dependents of failed runs
             for r in runs:
@@ -483,7 +488,7 @@ def run_local(runs: list[RunSpec], out: Path, slots: list[dict], retries: int = 
                     claim = out / "claims" / r.run_id
                     bar.write(f"run {r.key} is being trained by {_holder(claim)} (claim {claim}); waiting for it. If that "
                               f"sweep is gone (its host died), this sweep takes the run over once the claim has not been "
-                              f"refreshed for {CLAIM_STALE_S / 60:.0f} min (or at once if you delete the claim)")
+                              f"refreshed for {_dur(CLAIM_STALE_S)} (or at once if you delete the claim)")
                     continue
                 slot = free.pop(0)
                 _record_membership(r)
@@ -540,14 +545,34 @@ def _stop_runs(running: dict, out: Path, by_key: dict, bar) -> None:
         del running[key]
 
 
+def merge(plans_runs: list[list[RunSpec]]) -> list[RunSpec]:
+    """The prepared runs of several plans as one DAG, so that one local sweep packs every plan's runs onto its GPUs
+    at once (plan after plan, each plan's last runs would leave GPUs idle). Keys become ``<plan>/<key>``; a run that
+    several plans share (same id) appears once and serves each of them (``also``)."""
+    merged, canon = [], {}
+    for runs in plans_runs:
+        plan = runs[0].labels["plan"] if runs else ""
+        rename = {r.key: canon[r.run_id].key if r.run_id in canon else f"{plan}/{r.key}" for r in runs}
+        for r in runs:
+            if r.run_id in canon:
+                c = canon[r.run_id]
+                c.also.append(replace(r, run_dir=c.run_dir))
+                continue
+            m = replace(r, key=rename[r.key], deps=[rename[d] for d in r.deps], also=[])
+            canon[r.run_id] = m
+            merged.append(m)
+    return merged
+
+
 def _record_membership(r: RunSpec) -> None:
     """``sweep.json`` lists every (plan, template, grid, seed) a run serves: one run can belong to several plans."""
     r.run_dir.mkdir(parents=True, exist_ok=True)
     p = r.run_dir / "sweep.json"
-    entry = {**r.labels, "key": r.key}
     d = json.loads(p.read_text()) if p.exists() else {"run_id": r.run_id, "memberships": []}
-    others = [m for m in d["memberships"] if (m["plan"], m["key"]) != (entry["plan"], entry["key"])]
-    d["memberships"] = others + [entry]
+    for x in [r, *r.also]:
+        plan = x.labels["plan"]
+        entry = {**x.labels, "key": x.key[len(plan) + 1:] if x.key.startswith(f"{plan}/") else x.key}
+        d["memberships"] = [m for m in d["memberships"] if (m["plan"], m["key"]) != (entry["plan"], entry["key"])] + [entry]
     tmp = p.with_name(f"sweep.json.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(d, indent=1) + "\n")
     os.replace(tmp, p)
