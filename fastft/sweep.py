@@ -17,11 +17,13 @@ Each (template × grid point × seed) is one run; ``source: <template>`` makes i
 the same seed. A run's id is the trainer's (hash of data, model, protocol, seed, source id), computed before anything
 trains, so re-running a sweep skips finished runs, resumes interrupted ones (the trainer resumes from its newest
 complete checkpoint) and retries failed ones up to ``--retries`` times. Two sweeps on the same plan never train the
-same run twice: a run is claimed by creating ``<out>/claims/<id>`` exclusively. A claim is a lease: the sweep that holds
-it refreshes its mtime every ``CLAIM_HEARTBEAT_S`` while the run trains, and a claim whose sweep is gone is taken over
-(on the same host: its pid is dead; from another host sharing the runs directory: not refreshed for
-``CLAIM_STALE_S``, by the file system's clock, so the hosts' clocks need not agree). Every run directory gets a ``sweep.json`` listing each (plan, template, grid values, seed, paper reference,
-WordNet distance) it serves — a run shared by two plans (the INSTRU near/far models) is trained once and reported in
+same run twice: a run is claimed by creating ``<out>/claims/<id>`` exclusively. A claim is a lease: the sweep that
+holds it refreshes its mtime every ``CLAIM_HEARTBEAT_S`` while the run trains, and a claim whose sweep is gone is
+taken over (on the same host: its pid is dead; from another host sharing the runs directory: not refreshed for
+``CLAIM_STALE_S``, by the file system's clock, so the hosts' clocks need not agree). The plans of one sweep run as one
+DAG (``merge``); on SLURM a run shared by plans is one array task the others wait for (``write_slurm``). Every run
+directory gets a ``sweep.json`` listing each (plan, template, grid values, seed, paper reference, WordNet distance) it
+serves — a run shared by two plans (the INSTRU near/far models) is trained once and reported in
 both — all the report needs, so runs gathered from many machines report the same way.
 """
 from __future__ import annotations
@@ -214,7 +216,6 @@ POOL_AFTER_S = 2.0  # views are resolved by several processes when the first too
 def _resolve_views(specs: dict, pairs: set, store: str, views_dir: Path, progress: bool, plan: str) -> None:
     """Resolve the views a plan needs that do not exist yet (each (seed, set) once), with a progress bar. Where one
     takes seconds (ILSVRC2012: a 500-class view is 640k samples), the rest are resolved by several processes."""
-    import time
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
