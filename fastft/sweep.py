@@ -185,7 +185,7 @@ def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path, progr
 
             cfg = build(TrainConfig, r.overrides, f"run {r.key}")
             ident = {k: getattr(cfg, k) for k in IDENTITY_KEYS}
-            ident.update(lr=cfg.base_lr, classes=list(cs.classes), cap=cs.cap, capset=r.overrides["set"] if cs.cap else None,
+            ident.update(lr=cfg.base_lr, classes=list(cs.classes), cap=cs.cap,
                          source=by_key[r.deps[0]].pseudo_id if r.deps else None)
             r.pseudo_id = runs_mod.run_id(ident)
             continue
