@@ -186,15 +186,16 @@ def open_store(path: str | Path) -> Store:
     return Store(path, m, digest)
 
 
-def _sha256_many(paths: list[Path], progress: bool = False) -> list[str]:
-    """sha256 of each file, several at a time (hashlib releases the GIL on large reads), with a progress bar in bytes."""
+def _each_file(paths: list[Path], fn, progress: bool = False) -> list:
+    """``fn(path, update)`` for each file, several at a time (hashlib releases the GIL on large reads), with a progress
+    bar in bytes that ``update(n)`` advances."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
 
     with tqdm(total=sum(p.stat().st_size for p in paths), unit="B", unit_scale=True, desc="sha256", disable=not progress) as bar, \
             ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
-        return list(pool.map(lambda p: sha256_file(p, bar.update), paths))
+        return list(pool.map(lambda p: fn(p, bar.update), paths))
 
 
 def verify(path: str | Path, full: bool = True, progress: bool = False) -> list[str]:
@@ -223,7 +224,7 @@ def verify(path: str | Path, full: bool = True, progress: bool = False) -> list[
             problems.append(f"{name}: missing")
         elif full:
             to_hash.append((p, digest, f"{name}: sha256 mismatch"))
-    for (_, want, msg), got in zip(to_hash, _sha256_many([p for p, _, _ in to_hash], progress)):
+    for (_, want, msg), got in zip(to_hash, _each_file([p for p, _, _ in to_hash], sha256_file, progress)):
         if got != want:
             problems.append(msg)
     return problems
@@ -309,10 +310,6 @@ def verify_shards(store: str | Path, names: list[str], st: Store | None = None) 
     so that each shard is hashed once however many runs read it; a changed file is hashed again. Stamps live in
     ``<store>/.verified/``, or for a read-only store in ``$XDG_CACHE_HOME/fastft/verified/<manifest hash>/``. Runs
     starting together on a node share the work: each shard is hashed under a lock, by one of them."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm import tqdm
-
     st = st or open_store(store)
     by_name = {s["name"]: s for s in st.shards}
     stamps = _stamp_dir(st)
@@ -327,13 +324,13 @@ def verify_shards(store: str | Path, names: list[str], st: Store | None = None) 
         elif not _stamped(stamps, n, by_name[n]["sha256"], tar):
             todo.append(n)
 
-    def check(n: str, bar) -> str | None:
-        tar = st.path / f"{n}.tar"
+    def check(tar: Path, update) -> str | None:
+        n = tar.stem
         with _stamp_lock(stamps, n):  # another run on this node may be hashing it now: wait, then use its stamp
             if _stamped(stamps, n, by_name[n]["sha256"], tar):
-                bar.update(tar.stat().st_size)
+                update(tar.stat().st_size)
                 return None
-            if sha256_file(tar, bar.update) != by_name[n]["sha256"]:
+            if sha256_file(tar, update) != by_name[n]["sha256"]:
                 return f"{tar.name}: {mismatch}"
             if stamps is not None:
                 stat = tar.stat()
@@ -341,11 +338,8 @@ def verify_shards(store: str | Path, names: list[str], st: Store | None = None) 
                 tmp.write_text(f"{by_name[n]['sha256']} {stat.st_size} {stat.st_mtime_ns}")
                 os.replace(tmp, stamps / n)
         return None
-    if todo:
-        total = sum((st.path / f"{n}.tar").stat().st_size for n in todo)
-        with tqdm(total=total, unit="B", unit_scale=True, desc="sha256", disable=len(todo) <= 8) as bar, \
-                ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
-            problems += [p for p in pool.map(lambda n: check(n, bar), todo) if p]
+    if todo:  # (the common case, every shard stamped, needs no pool)
+        problems += [p for p in _each_file([st.path / f"{n}.tar" for n in todo], check, progress=len(todo) > 8) if p]
     return problems
 
 

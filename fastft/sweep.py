@@ -221,6 +221,7 @@ def _resolve_views(specs: dict, pairs: set, store: str, views_dir: Path, progres
 
     from tqdm import tqdm
 
+    from .pipelines import usable_cores
     from .store import shared_view
 
     todo = []
@@ -235,7 +236,7 @@ def _resolve_views(specs: dict, pairs: set, store: str, views_dir: Path, progres
         shared_view(*todo[0], store, views_dir)
         bar.update()
         rest = todo[1:]
-        workers = min(len(rest), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
+        workers = min(len(rest), usable_cores(), 8)
         if workers < 2 or time.time() - t < POOL_AFTER_S:  # small views: a process pool would cost more than it saves
             for sp, name in rest:
                 shared_view(sp, name, store, views_dir)
@@ -342,17 +343,12 @@ def _take_over(claim: Path) -> None:
     except FileNotFoundError:
         return
     try:
-        if _fs_now(claim.parent) - aside.stat().st_mtime <= CLAIM_STALE_S and not _dead_here(aside):
+        if _stale(aside) is None:
             os.link(aside, claim)  # a fresh claim (taken over by another sweep just now): put it back
     except FileExistsError:
         pass
     finally:
         aside.unlink(missing_ok=True)
-
-
-def _dead_here(claim: Path) -> bool:
-    host, _, pid = claim.read_text().partition(" ")
-    return host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
 
 
 def _heartbeat(out: Path, runs) -> None:
