@@ -35,8 +35,15 @@ def main():
     p.add_argument("--out")
     a = p.parse_args()
     b = json.loads(Path(a.bench_json).read_text())
+    if a.fill_img_s:
+        b["cache_fill_img_s"] = a.fill_img_s
+    need = ["fastft_cached_e2e_img_s", "fastft_host_cached_e2e_img_s", "fastft_e2e_img_s", "cache_fill_img_s",
+            "fastft_half_device_half_host_e2e_img_s", "fastft_half_cached_e2e_img_s"]
+    if missing := [k for k in need if not b.get(k)]:
+        p.error(f"{a.bench_json} lacks {', '.join(missing)}: it must come from `fastft bench train --cache` "
+                "(files before 2026-11-26b have no host tier; an old file's fill rate can be given with --fill-img-s)")
     A, H, B = b["fastft_cached_e2e_img_s"], b["fastft_host_cached_e2e_img_s"], b["fastft_e2e_img_s"]
-    F = a.fill_img_s or b["cache_fill_img_s"]
+    F = b["cache_fill_img_s"]
     lin = lambda fd, fh: 1 / (fd / A + fh / H + (1 - fd - fh) / B)  # noqa: E731
     worst = min(b["fastft_half_device_half_host_e2e_img_s"] / lin(0.5, 0.5), b["fastft_half_cached_e2e_img_s"] / lin(0.5, 0))
     dev_budget, host_budget = 0.8 * a.gpu_mem_gb * 1e9, 0.5 * a.host_mem_gb * 1e9 / a.gpus

@@ -5,9 +5,13 @@ Reads only run directories (``config.json``, ``final.json``, ``metrics.jsonl``, 
 runs gathered from many machines report the same. Figures (PNG):
 
 * ``curves-<plan>.png`` — test top-1 and train loss per epoch, mean over seeds, one line per run template / grid point
-  (the paper's Fig. 4 for the LR plan, Fig. 5 for the source-size plan);
-* ``final-<plan>.png`` — final top-1, mean ± std over seeds, paper values as markers (Tables 2 and 3);
-* ``grid-<plan>-<key>.png`` — top-1 against a grid key (freeze → Fig. 13, images per class → Fig. 12, lr → Fig. 4);
+  (the paper's Fig. 4 for the LR plan, Fig. 5 for the source-size plan); a grid plan gets a row of panels per
+  template, its grid points shaded in order;
+* ``final-<plan>.png`` — final top-1, mean ± std over seeds, paper values as markers (Tables 2 and 3); a bar per row
+  of the table, horizontal when there are more than ``MAX_COLUMNS``;
+* ``grid-<plan>-<key>.png`` — top-1 against a grid key (freeze → Fig. 13, images per class → Fig. 12, lr → Fig. 4),
+  a hue per template shaded by the other grid key (classes, augmentation);
+* ``gains-<plan>.png`` — per images per class: fine-tuned − scratch, near − far (Fig. 12 e/f), augmented − not (Fig. 14);
 * ``probes-<plan>.png`` — linear-probe accuracy per layer, one line per model (Fig. 10; after ``fastft analyze probes``);
 * ``distance.png`` — fine-tuned top-1 against the WordNet source→target distance.
 """
@@ -111,6 +115,20 @@ def _analyses(run_dir: Path, view: str | None, source: str | None) -> dict:
     return out
 
 
+def _natural(text) -> tuple:
+    """Sort key reading the numbers in a label as numbers: ``set=k100_n30`` before ``set=k100_n120``."""
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(text or "")) if t)
+
+
+def _in_order(df: pd.DataFrame, *cols: str) -> pd.DataFrame:
+    """Rows by plan (in the order first seen), then ``cols``, names read naturally (see :func:`_natural`)."""
+    if df.empty:
+        return df
+    plans = {p: i for i, p in enumerate(dict.fromkeys(df["plan"]))}
+    key = lambda c: c.map(plans) if c.name == "plan" else c.map(_natural) if c.name in ("template", "grid") else c  # noqa: E731
+    return df.sort_values(["plan", *cols], key=key, kind="stable").reset_index(drop=True)
+
+
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     done = runs[runs["finished"]]
     if done.empty:
@@ -125,7 +143,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     n = g["top1"].count().to_numpy()
     out["top1_ci95"] = [_t95(k) * sd / math.sqrt(k) for k, sd in zip(n, out["top1_std"])]
     out["delta_vs_paper"] = out["top1_mean"] - out["paper_top1"]
-    return out
+    return _in_order(out, "template", "grid")
 
 
 def _t95(n: int) -> float:
@@ -150,7 +168,9 @@ def paired(runs: pd.DataFrame) -> pd.DataFrame:
                     sd = d.std() if len(d) > 1 else float("nan")
                     rows.append({"plan": plan, "grid": grid, "a": a, "b": b, "seeds": len(d), "delta_mean": d.mean(),
                                  "delta_ci95": _t95(len(d)) * sd / math.sqrt(len(d)), "a_wins": int((d > 0).sum())})
-    return pd.DataFrame(rows, columns=["plan", "grid", "a", "b", "seeds", "delta_mean", "delta_ci95", "a_wins"])
+    out = pd.DataFrame(rows, columns=["plan", "grid", "a", "b", "seeds", "delta_mean", "delta_ci95", "a_wins"])
+    out["pair"] = [GAIN_PAIRS.index((a, b)) for a, b in zip(out["a"], out["b"])]
+    return _in_order(out, "pair", "grid").drop(columns="pair")  # a comparison's rows together, along the grid
 
 
 def _pm(m, s) -> str:
@@ -231,34 +251,33 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, curves: pd.DataFrame, out
     for plan in summary["plan"].unique():
         c = curves[curves["plan"] == plan]
         if not c.empty:
-            fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-            for (t, g), cc in c.groupby(["template", "grid"], sort=False):
-                by = cc.groupby("epoch")
-                m, sd = by[["top1", "train_loss"]].mean(), by[["top1", "train_loss"]].std().fillna(0)
-                for a, k, hi in zip(ax, ("top1", "train_loss"), (100, None)):  # mean over seeds, ± std shaded (within 0-100 %, loss >= 0)
-                    (line,) = a.plot(m.index, m[k], label=f"{t} {g}".strip())
-                    a.fill_between(m.index, (m[k] - sd[k]).clip(0, hi), (m[k] + sd[k]).clip(0, hi), color=line.get_color(),
-                                   alpha=0.15, linewidth=0)
-            ax[0].set(xlabel="epoch", ylabel="test top-1 (%)", title=f"{plan}: test accuracy (mean ± std over seeds)")
-            ax[1].set(xlabel="epoch", ylabel="train loss", title=f"{plan}: training loss")
-            ax[0].legend(fontsize=7)
-            fig.tight_layout()
-            made.append(_save(fig, out / f"curves-{plan}.png"))
+            made.append(_curves_figure(c, plan, out, plt))
         s = summary[summary["plan"] == plan]
-        fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(s) + 2), 4))
-        labels = [f"{t}\n{g}".strip() for t, g in zip(s["template"], s["grid"])]
         # source models are tested on their own classes, not the target's: a lighter bar says so
         sets = runs[runs["plan"] == plan].groupby(["template", "grid"])["set"].first()
         on_target = [is_target_set(sets.get((t, g))) for t, g in zip(s["template"], s["grid"])]
-        ax.bar(range(len(s)), s["top1_mean"], yerr=s["top1_std"], capsize=4, color=["#4c72b0" if x else "#a6bddb" for x in on_target])
+        colors = ["#4c72b0" if x else "#a6bddb" for x in on_target]
+        pos = range(len(s))
+        if len(s) <= MAX_COLUMNS:
+            fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(s) + 2), 4))
+            ax.bar(pos, s["top1_mean"], yerr=s["top1_std"], capsize=4, color=colors)
+            ax.set_xticks(pos, [f"{t}\n{g}".strip() for t, g in zip(s["template"], s["grid"])], fontsize=7)
+            ax.set(ylabel="top-1 (%)")
+        else:  # a grid plan: one row per template × grid point, read top to bottom like the table
+            fig, ax = plt.subplots(figsize=(7, 0.2 * len(s) + 1.2))
+            ax.barh(pos, s["top1_mean"], xerr=s["top1_std"], capsize=2, color=colors, height=0.7)
+            ax.set_yticks(pos, [f"{t}  {g}".strip() for t, g in zip(s["template"], s["grid"])], fontsize=6)
+            ax.set_ylim(len(s) - 0.5, -0.5)
+            ax.set(xlabel="top-1 (%)")
         handles = [Patch(color="#4c72b0", label="fastft, on the target")]
         if not all(on_target):
             handles.append(Patch(color="#a6bddb", label="fastft, source model on its own classes"))
         if s["paper_top1"].notna().any():
-            handles.append(ax.scatter(range(len(s)), s["paper_top1"], color="#dd8452", zorder=3, label="paper", marker="D"))
-        ax.set_xticks(range(len(s)), labels, fontsize=7)
-        ax.set(ylabel="top-1 (%)", title=f"{plan}: final accuracy (mean ± std over seeds)")
-        ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=len(handles), frameon=False)
+            xy = (pos, s["paper_top1"]) if len(s) <= MAX_COLUMNS else (s["paper_top1"], pos)
+            handles.append(ax.scatter(*xy, color="#dd8452", zorder=3, label="paper", marker="D"))
+        ax.set_title(f"{plan}: final accuracy (mean ± std over seeds)")
+        below = 0.14 if len(s) <= MAX_COLUMNS else 0.55 / (0.2 * len(s))  # under the x label (axes fraction)
+        ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -below), ncol=len(handles), frameon=False)
         fig.tight_layout()
         made.append(_save(fig, out / f"final-{plan}.png"))
         r = runs[(runs["plan"] == plan) & runs["finished"]]
@@ -290,6 +309,50 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, curves: pd.DataFrame, out
     return made
 
 
+MAX_COLUMNS = 16  # bars side by side in final-<plan>.png; a plan with more (a grid) gets one row per bar
+MAX_LINES = 10    # lines on one curves panel; a plan with more (a grid) gets a row of panels per template
+
+
+def _curves_figure(c: pd.DataFrame, plan: str, out: Path, plt) -> Path:
+    """Test top-1 and train loss per epoch, mean over seeds with ± std shaded. A grid plan (more than ``MAX_LINES``
+    lines) gets one row per template, its grid points coloured in order (light → dark), the legend beside."""
+    import matplotlib
+
+    lines = list(c.groupby(["template", "grid"], sort=False).size().index)
+    if len(lines) <= MAX_LINES:
+        rows = [(None, lines)]
+    else:  # templates without a grid (a plan's sources) share a row; each other template has its own
+        per = {t: sorted([x for x in lines if x[0] == t], key=lambda x: _natural(x[1])) for t in sorted({x[0] for x in lines})}
+        rows = [("", [x[0] for x in per.values() if len(x) == 1])] + [(t, x) for t, x in per.items() if len(x) > 1]
+        rows = [r for r in rows if r[1]]
+    fig, axes = plt.subplots(len(rows), 2, figsize=(11, 4 if len(rows) == 1 else 2.8 * len(rows)), squeeze=False)
+    for ax, (t, keys) in zip(axes, rows):
+        cmap = matplotlib.colormaps["viridis_r"]
+        for i, (tt, g) in enumerate(keys):
+            by = c[(c["template"] == tt) & (c["grid"] == g)].groupby("epoch")
+            m, sd = by[["top1", "train_loss"]].mean(), by[["top1", "train_loss"]].std().fillna(0)
+            color = cmap(0.15 + 0.85 * i / max(1, len(keys) - 1)) if t else None  # a template's grid: light → dark
+            for a, k, hi in zip(ax, ("top1", "train_loss"), (100, None)):  # ± std within 0-100 %, loss >= 0
+                (line,) = a.plot(m.index, m[k], color=color, lw=1.2, label=(g if t else f"{tt} {g}").strip())
+                a.fill_between(m.index, (m[k] - sd[k]).clip(0, hi), (m[k] + sd[k]).clip(0, hi), color=line.get_color(),
+                               alpha=0.15, linewidth=0)
+        name = f"{plan}: " if t is None else f"{t}: " if t else "sources: "
+        ax[0].set(xlabel="epoch", ylabel="test top-1 (%)", title=f"{name}test accuracy (mean ± std over seeds)")
+        ax[1].set(xlabel="epoch", ylabel="train loss", title=f"{name}training loss")
+        if t is None:
+            ax[0].legend(fontsize=7)
+        else:
+            ax[1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, ncol=1 + len(keys) // 16)
+    if len(rows) > 1:
+        fig.suptitle(plan)
+    fig.tight_layout()
+    return _save(fig, out / f"curves-{plan}.png")
+
+
+def _legend_beside(ax) -> None:
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+
+
 def _grid_figures(r: pd.DataFrame, plan: str, out: Path, plt) -> list[Path]:
     """Accuracy against each numeric grid key, one line per template (and per value of the other grid keys);
     gains between templates (Fig. 12 e/f) and from augmentation (Fig. 14) against images per class."""
@@ -298,17 +361,19 @@ def _grid_figures(r: pd.DataFrame, plan: str, out: Path, plt) -> list[Path]:
             and pd.api.types.is_numeric_dtype(r[k])]
     for key in [k for k in keys if r[k].nunique() >= 2 and k != "grid_classes"]:
         rr = r[r[key].notna()]
-        others = [k for k in keys if k != key]
+        others = [k for k in keys if k != key and rr[k].nunique() >= 2]  # a constant key (classes=100) names nothing
         fig, ax = plt.subplots(figsize=(6.5, 4))
-        for lab, g in rr.groupby(["template"] + others, sort=False, dropna=False):
+        templates = sorted(set(rr["template"]))
+        for lab, g in rr.groupby(["template"] + others, sort=True, dropna=False):
             lab = lab if isinstance(lab, tuple) else (lab,)
             name = " ".join([str(lab[0])] + [f"{o[5:]}={v:g}" for o, v in zip(others, lab[1:]) if pd.notna(v)])
             m = g.groupby(key)["top1"].agg(["mean", "std"]).fillna(0)
-            ax.errorbar(m.index, m["mean"], yerr=m["std"], marker="o", capsize=3, label=name)
+            ax.errorbar(m.index, m["mean"], yerr=m["std"], capsize=3, label=name,
+                        **{"marker": "o", **_grid_style(rr, others, templates.index(lab[0]), lab[1:])})
         ax.set(xlabel=key[5:], ylabel="top-1 (%)", title=f"{plan}: accuracy vs {key[5:]}")
         if key in ("grid_lr", "grid_images"):
             ax.set_xscale("log")
-        ax.legend(fontsize=6)
+        _legend_beside(ax)
         fig.tight_layout()
         made.append(_save(fig, out / f"grid-{plan}-{key[5:]}.png"))
     x = "grid_images" if "grid_images" in keys else None
@@ -320,29 +385,55 @@ def _grid_figures(r: pd.DataFrame, plan: str, out: Path, plt) -> list[Path]:
     for a, b in GAIN_PAIRS:
         if a in templates and b in templates:
             lines.append((f"{a} − {b}", means.xs(a, level="template") - means.xs(b, level="template")))
-    if "grid_augment_to" in keys and r["grid_augment_to"].nunique() == 2:
-        lo, hi = sorted(r["grid_augment_to"].unique())
-        for t in sorted(templates):
-            if t in means.index.get_level_values("template"):
+    if "grid_augment_to" in keys:  # templates run with and without augmentation (a plan's sources have no grid)
+        for t, g in r[r["grid_augment_to"].notna()].groupby("template"):
+            if g["grid_augment_to"].nunique() == 2:
+                lo, hi = sorted(g["grid_augment_to"].unique())
                 mt = means.xs(t, level="template")
                 lines.append((f"{t}: augmented − not", mt.xs(hi, level="grid_augment_to") - mt.xs(lo, level="grid_augment_to")))
     if not lines:
         return made
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for name, gain in lines:
+    for i, (name, gain) in enumerate(lines):
         gain = gain.dropna()
+        constant = [n for n in gain.index.names if n != x and gain.index.get_level_values(n).nunique() <= 1]
+        gain = gain.droplevel(constant) if constant else gain  # classes=100 throughout names nothing
         extra = [n for n in gain.index.names if n != x]
-        for lab, g in (gain.groupby(level=extra, dropna=False) if extra else [((), gain)]):
+        groups = list(gain.groupby(level=extra, dropna=False)) if extra else [((), gain)]
+        for j, (lab, g) in enumerate(groups):
             lab = lab if isinstance(lab, tuple) else (lab,)
             suffix = " ".join(f"{n[5:]}={v:g}" for n, v in zip(extra, lab) if pd.notna(v))
             g = g.droplevel(extra) if extra else g
-            ax.plot(g.index, g.values, marker="o", label=f"{name} {suffix}".strip())
+            ax.plot(g.index, g.values, marker="o", color=_family(i, j, len(groups)), label=f"{name} {suffix}".strip())
     ax.axhline(0, color="grey", lw=0.8)
     ax.set(xlabel="training images per class", ylabel="top-1 gain (points)", xscale="log", title=f"{plan}: gains")
-    ax.legend(fontsize=6)
+    _legend_beside(ax)
     fig.tight_layout()
     made.append(_save(fig, out / f"gains-{plan}.png"))
     return made
+
+
+FAMILIES = ("Blues", "Oranges", "Greens", "Reds", "Purples", "Greys")  # one hue per template / comparison
+
+
+def _family(i: int, j: int = 0, n: int = 1):
+    """Colour ``j`` of ``n`` in hue family ``i``: a template's (or a comparison's) lines read as one family, the
+    values of its other grid keys as shades, light → dark."""
+    import matplotlib
+
+    return matplotlib.colormaps[FAMILIES[i % len(FAMILIES)]](0.75 if n <= 1 else 0.3 + 0.7 * (j + 1) / n)
+
+
+def _grid_style(rr: pd.DataFrame, others: list[str], t: int, values: tuple) -> dict:
+    """A grid figure's line style: template ``t``'s hue, shaded by the first other grid key's value; a second key's
+    value as the marker."""
+    if not others:
+        return {"color": _family(t)}
+    levels = sorted(rr[others[0]].dropna().unique())
+    style = {"color": _family(t, levels.index(values[0]) if pd.notna(values[0]) else len(levels) - 1, len(levels))}
+    if len(others) > 1 and pd.notna(values[1]):
+        style["marker"] = "osD^v<>"[sorted(rr[others[1]].dropna().unique()).index(values[1]) % 7]
+    return style
 
 
 def _save(fig, path: Path) -> Path:

@@ -411,9 +411,11 @@ def open_view(path: str | Path, check_store: bool = True) -> View:
 def shared_view(spec_path: str | Path, set_name: str, store_path: str | Path, views_dir: str | Path,
                 existing_only: bool = False) -> Path:
     """The view of one set of a spec file on a store, resolved once into ``<views_dir>/<spec hash>-<set>-<manifest>``
-    and reused by every run that asks for it (concurrent resolvers race safely: write to a temp dir, rename)."""
-    import shutil
+    and reused by every run that asks for it (concurrent resolvers race safely: write to a temp dir, rename).
 
+    Sets of different specs often select the same samples (the INSTRU far set of §4.3, §4.4 and §4.5; a §4.4 grid
+    cell of two plans): their index files are written once, in ``<views_dir>/by-content/`` (see
+    :func:`view_content`), and each spec's view holds its own ``view.json`` and relative links to them."""
     from .subsets import load_spec
 
     spec = load_spec(spec_path)
@@ -421,13 +423,40 @@ def shared_view(spec_path: str | Path, set_name: str, store_path: str | Path, vi
     path = Path(views_dir) / f"{spec.hash[:12]}-{set_name}-{st.sha256[:8]}"
     if existing_only or (path / "view.json").exists():
         return path
+    data = view_content(spec, set_name, st, views_dir)
+    if not (data / "view.json").exists():
+        data.parent.mkdir(parents=True, exist_ok=True)
+        tmp = data.with_name(data.name + f".tmp{os.getpid()}")
+        resolve(spec, set_name, store_path, tmp)
+        _publish(tmp, data)
+    meta = json.loads((data / "view.json").read_text())
+    meta.update(spec_hash=spec.hash, construction=spec.construction, seed=spec.seed, set=set_name, content=data.name)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    resolve(spec, set_name, store_path, tmp)
+    tmp.mkdir(parents=True)
+    for entry in sorted(data.iterdir()):
+        if entry.name != "view.json":
+            (tmp / entry.name).symlink_to(Path("..") / data.parent.name / data.name / entry.name)
+    (tmp / "view.json").write_text(json.dumps(meta, indent=1) + "\n")
+    _publish(tmp, path)
+    return path
+
+
+def view_content(spec, set_name: str, st: Store, views_dir: str | Path) -> Path:
+    """Where :func:`shared_view` keeps the files of a set's view: named by all they depend on — the store's manifest,
+    the classes in label order, the per-class cap and, with a cap, the seed that orders each class's images."""
+    cs = spec.set(set_name)
+    key = json.dumps([st.sha256, list(cs.classes), cs.cap, spec.seed if cs.cap is not None else None])
+    return Path(views_dir) / "by-content" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}-{st.sha256[:8]}"
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Rename a finished temp dir into place; if another process published it first, keep theirs."""
+    import shutil
+
     try:
         os.replace(tmp, path)
-    except OSError:  # another process resolved it first
+    except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
-    return path
 
 
 _KEY_COLUMNS = ["key", "wnid", "label", "view_label", "shard", "jpg_offset", "jpg_size"]

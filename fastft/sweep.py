@@ -222,7 +222,8 @@ def _resolve_views(specs: dict, pairs: set, store: str, views_dir: Path, progres
     from tqdm import tqdm
 
     from .pipelines import usable_cores
-    from .store import shared_view
+    from .store import open_store, shared_view, view_content
+    from .subsets import load_spec
 
     todo = []
     for seed, name in sorted(pairs):
@@ -231,21 +232,33 @@ def _resolve_views(specs: dict, pairs: set, store: str, views_dir: Path, progres
                 todo.append((str(specs[seed]), name))
     if not todo:
         return
-    with tqdm(total=len(todo), unit="view", desc=f"{plan}: resolve views", disable=not progress, dynamic_ncols=True) as bar:
+    # views of equal content share their files (store.view_content): one of each is resolved, the others then link
+    st, unique, same = open_store(store), {}, []
+    for sp, name in todo:
+        content = view_content(load_spec(sp), name, st, views_dir)
+        if content in unique:
+            same.append((sp, name))
+        else:
+            unique[content] = (sp, name)
+    todo = list(unique.values())
+    with tqdm(total=len(todo) + len(same), unit="view", desc=f"{plan}: resolve views", disable=not progress,
+              dynamic_ncols=True) as bar:
         t = time.time()
         shared_view(*todo[0], store, views_dir)
         bar.update()
         rest = todo[1:]
         workers = min(len(rest), usable_cores(), 8)
         if workers < 2 or time.time() - t < POOL_AFTER_S:  # small views: a process pool would cost more than it saves
-            for sp, name in rest:
-                shared_view(sp, name, store, views_dir)
-                bar.update()
-            return
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:  # spawn: this process has torch loaded
-            for f in as_completed([ex.submit(shared_view, sp, name, store, views_dir) for sp, name in rest]):
-                f.result()
-                bar.update()
+            rest, same = rest + same, []
+        else:
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:  # spawn: this process has torch loaded
+                for f in as_completed([ex.submit(shared_view, sp, name, store, views_dir) for sp, name in rest]):
+                    f.result()
+                    bar.update()
+            rest = []
+        for sp, name in rest + same:
+            shared_view(sp, name, store, views_dir)
+            bar.update()
 
 
 def _distance(spec, source_set: str, target_set: str) -> float:

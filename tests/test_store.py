@@ -316,6 +316,31 @@ def test_view_with_cap_reads_exactly_through_dali_and_webdataset(store, store_cl
     assert {s["__key__"] for s in ds} == want
 
 
+def test_sets_selecting_the_same_samples_share_their_files_and_keep_their_own_identity(store, store_classes, tmp_path):
+    from fastft.store import shared_view
+    from fastft.subsets import make
+
+    # the same universe with another target cap: a different spec, equal near/far sets (their seed draws the classes,
+    # the cap applies to the target only)
+    a, b = (make("near-far", 0, within=store_classes, cap=c) for c in (10, 20))
+    assert a.hash != b.hash and a.sets["near"] == b.sets["near"]
+    views = tmp_path / "views"
+    got = {(s.hash, n): shared_view(s.save(tmp_path / f"{s.hash}.json"), n, store, views) for s in (a, b) for n in ("near", "target")}
+    near_a, near_b = (open_view(got[s.hash, "near"]) for s in (a, b))
+    assert near_a.path != near_b.path and near_a.meta["spec_hash"] == a.hash and near_b.meta["spec_hash"] == b.hash
+    assert (near_a.path / "train").resolve() == (near_b.path / "train").resolve()  # one copy of the index files
+    assert (got[a.hash, "target"] / "train").resolve() != (got[b.hash, "target"] / "train").resolve()  # caps differ
+    assert len(list((views / "by-content").iterdir())) == 3
+    plain = resolve(a, "near", store, tmp_path / "plain")
+    for v in (near_a, near_b):
+        assert v.meta["splits"] == plain.meta["splits"] and v.classes == plain.classes
+        assert v.keys("train").equals(plain.keys("train"))
+        assert [Path(i).read_text() for i in v.files("train")[1]] == [Path(i).read_text() for i in plain.files("train")[1]]
+    moved = tmp_path / "moved"
+    views.rename(moved)  # the links are relative: a runs directory can move
+    assert open_view(moved / got[b.hash, "near"].name).keys("val").equals(plain.keys("val"))
+
+
 def _key(t) -> str:
     # DALI's source_info for a webdataset sample: "<tar path>:<index>:<key>.jpg" style; the key is the last field
     s = bytes(np.array(t)).decode()
