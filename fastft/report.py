@@ -299,11 +299,15 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, curves: pd.DataFrame, out
     ft = runs[runs["finished"] & runs["distance"].notna()]
     if len(ft):
         fig, ax = plt.subplots(figsize=(6, 4))
-        for (p, t), g in ft.groupby(["plan", "template"], sort=False):
-            ax.scatter(g["distance"], g["top1"], label=f"{p}: {t}")
+        plans = list(dict.fromkeys(ft["plan"]))
+        for p, g in ft.groupby("plan", sort=False):  # a hue per plan, a shade per template (a run per point)
+            templates = sorted(set(g["template"]), key=_natural)
+            for j, (t, gt) in enumerate(sorted(g.groupby("template"), key=lambda x: _natural(x[0]))):
+                ax.scatter(gt["distance"], gt["top1"], s=14, alpha=0.7, color=_family(plans.index(p), j, len(templates)),
+                           label=f"{p}: {t}")
         ax.set(xlabel="WordNet distance source→target (1 − Wu-Palmer to nearest source class)", ylabel="fine-tuned top-1 (%)",
                title="accuracy vs source–target distance")
-        ax.legend(fontsize=7)
+        _legend_beside(ax)
         fig.tight_layout()
         made.append(_save(fig, out / "distance.png"))
     return made
@@ -413,7 +417,7 @@ def _grid_figures(r: pd.DataFrame, plan: str, out: Path, plt) -> list[Path]:
     return made
 
 
-FAMILIES = ("Blues", "Oranges", "Greens", "Reds", "Purples", "Greys")  # one hue per template / comparison
+FAMILIES = ("Blues", "Oranges", "Greens", "Reds", "Purples", "Greys", "RdPu", "YlOrBr")  # one hue per template / comparison
 
 
 def _family(i: int, j: int = 0, n: int = 1):
