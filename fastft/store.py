@@ -423,19 +423,26 @@ def shared_view(spec_path: str | Path, set_name: str, store_path: str | Path, vi
     path = Path(views_dir) / f"{spec.hash[:12]}-{set_name}-{st.sha256[:8]}"
     if existing_only or (path / "view.json").exists():
         return path
+    import shutil
+    import socket
+
+    suffix = f".tmp-{socket.gethostname()}-{os.getpid()}"  # unique across the hosts of a shared runs directory
     data = view_content(spec, set_name, st, views_dir)
     if not (data / "view.json").exists():
         data.parent.mkdir(parents=True, exist_ok=True)
-        tmp = data.with_name(data.name + f".tmp{os.getpid()}")
+        tmp = data.with_name(data.name + suffix)
         resolve(spec, set_name, store_path, tmp)
         _publish(tmp, data)
     meta = json.loads((data / "view.json").read_text())
     meta.update(spec_hash=spec.hash, construction=spec.construction, seed=spec.seed, set=set_name, content=data.name)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp = path.with_name(path.name + suffix)
     tmp.mkdir(parents=True)
     for entry in sorted(data.iterdir()):
         if entry.name != "view.json":
-            (tmp / entry.name).symlink_to(Path("..") / data.parent.name / data.name / entry.name)
+            try:
+                (tmp / entry.name).symlink_to(Path("..") / data.parent.name / data.name / entry.name)
+            except OSError:  # a file system without symbolic links: a copy
+                (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
     (tmp / "view.json").write_text(json.dumps(meta, indent=1) + "\n")
     _publish(tmp, path)
     return path

@@ -316,7 +316,7 @@ def test_view_with_cap_reads_exactly_through_dali_and_webdataset(store, store_cl
     assert {s["__key__"] for s in ds} == want
 
 
-def test_sets_selecting_the_same_samples_share_their_files_and_keep_their_own_identity(store, store_classes, tmp_path):
+def test_sets_selecting_the_same_samples_share_their_files_and_keep_their_own_identity(store, store_classes, tmp_path, monkeypatch):
     from fastft.store import shared_view
     from fastft.subsets import make
 
@@ -339,6 +339,13 @@ def test_sets_selecting_the_same_samples_share_their_files_and_keep_their_own_id
     moved = tmp_path / "moved"
     views.rename(moved)  # the links are relative: a runs directory can move
     assert open_view(moved / got[b.hash, "near"].name).keys("val").equals(plain.keys("val"))
+
+    def no_links(self, target):
+        raise OSError(95, "Operation not supported", str(self))
+
+    monkeypatch.setattr(Path, "symlink_to", no_links)  # a file system without symbolic links: the files are copied
+    v = open_view(shared_view(tmp_path / f"{a.hash}.json", "far", store, moved))
+    assert not (v.path / "train").is_symlink() and v.keys("train").equals(resolve(a, "far", store, tmp_path / "pf").keys("train"))
 
 
 def _key(t) -> str:
