@@ -197,8 +197,9 @@ def _ci(x: float) -> str:
 
 
 def markdown(summary: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame | None = None) -> str:
-    lines = ["# fastft report", "", f"{int(runs['finished'].sum())} finished runs, {int(runs['failed'].sum())} failed, "
-             f"{int((~runs['finished'] & ~runs['failed']).sum())} unfinished. Top-1 % on the validation images of the "
+    one = runs.drop_duplicates("run_id")  # a run serving several plans has a row in each
+    lines = ["# fastft report", "", f"{int(one['finished'].sum())} finished runs, {int(one['failed'].sum())} failed, "
+             f"{int((~one['finished'] & ~one['failed']).sum())} unfinished. Top-1 % on the validation images of the "
              "set a run trained on (\"tested on\": the target, or a source model's own classes), mean ± sample std over seeds, and the 95 % confidence interval of the mean (Student t); "
              "paper = Li, Herranz, Jiang 2019 (AlexNet on ILSVRC2012 subsets).", ""]
     pairs = paired(runs) if pairs is None else pairs
@@ -459,6 +460,7 @@ def write_report(runs_dir: str | Path, out: str | Path) -> dict:
     pairs.to_csv(out / "paired.csv", index=False)
     (out / "report.md").write_text(markdown(summary, runs, pairs) if not summary.empty else "# fastft report\n\nno finished runs yet\n")
     figs = figures(summary, runs, curves, out) if not summary.empty else []
-    return {"runs": len(runs), "finished": int(runs["finished"].sum()),
+    one = runs.drop_duplicates("run_id")  # runs, not (run, plan) rows
+    return {"runs": len(one), "finished": int(one["finished"].sum()),
             "tables": [str(out / "report.md"), str(out / "summary.csv"), str(out / "paired.csv"), str(out / "runs.csv")],
             "figures": [str(f) for f in figs], "summary": summary}

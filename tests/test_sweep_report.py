@@ -126,6 +126,7 @@ def test_run_shared_by_two_plans_trains_once_and_reports_in_both(store, tmp_path
     assert {m["plan"] for m in json.loads((d / "sweep.json").read_text())["memberships"]} == {"plana", "planb"}
     rep = write_report(out, tmp_path / "rep")
     assert set(rep["summary"]["plan"]) == {"plana", "planb"}
+    assert rep["runs"] == rep["finished"] == 1 and "1 finished runs, 0 failed" in (tmp_path / "rep" / "report.md").read_text()
 
 
 def test_one_sweep_runs_several_plans_as_one_dag_and_a_shared_run_once(store, tmp_path):
