@@ -33,6 +33,79 @@ from .model import LAYERS, AlexNet, ModelConfig
 from .store import view_tag
 
 
+# ---------------------------------------------------------------- which runs, on which views
+def analysis_targets(paths: list, view=None, plan: str | None = None) -> list[tuple[Path, list[Path]]]:
+    """What ``fastft analyze`` works on: ``(view, runs)`` groups, in the order the runs come.
+
+    ``paths`` are run directories, or directories of runs (their finished runs; only ``plan``'s if given). With
+    ``view``, every run on it. Without, each run on its target view(s), as ``fastft report`` pairs results: a run
+    trained on a target set on its own view; a source model on the views of the runs fine-tuned from it, found beside
+    it (Table 3's "before fine-tuning"; with ``plan``, that plan's fine-tunes). So one call analyses a five-seed
+    study, each seed's models on that seed's target, and ``filters`` / ``probes`` compare the models of one view."""
+    from .runs import locate
+    from .subsets import is_target_set
+
+    runs, roots = [], []
+    for p in map(Path, paths):
+        if (p / "config.json").exists():
+            runs.append(p)
+            roots.append(p.parent)
+        elif p.is_dir():
+            found = [d for d in _run_dirs(p) if (d / "final.json").exists() and (plan is None or plan in _plans(d))]
+            if not found:
+                raise FastFTError(f"{p} holds no finished runs" + (f" of plan {plan!r}" if plan else "") +
+                                  (f" (its plans: {', '.join(sorted({q for d in _run_dirs(p) for q in _plans(d)}))})" if plan else ""))
+            runs += found
+            roots.append(p)
+        else:
+            raise FastFTError(f"{p} is neither a run directory (config.json) nor a directory of runs")
+    if view is not None:
+        return [(Path(view), runs)]
+    tuned: dict | None = None  # source run -> views of the runs fine-tuned from it
+    groups: dict = {}
+    for r in runs:
+        c = json.loads((r / "config.json").read_text())["config"]
+        if is_target_set(c.get("set")):
+            views = [locate(c.get("view"), r, "views")]
+        else:
+            if tuned is None:
+                tuned = {}
+                for d in {d for root in roots for d in _run_dirs(root)}:
+                    cd = json.loads((d / "config.json").read_text())["config"]
+                    src, v = locate(cd.get("source"), d), locate(cd.get("view"), d, "views")
+                    if src is not None and v is not None and (plan is None or plan in _plans(d)):
+                        tuned.setdefault(src.resolve(), []).append(v)
+            views = sorted(set(tuned.get(r.resolve(), [])))
+        views = [v for v in views if v is not None]
+        if not views:
+            raise FastFTError(f"{r} was trained on set {c.get('set')!r} and no run beside it was fine-tuned from it, "
+                              "so its target view is unknown: give --view")
+        for v in views:
+            groups.setdefault(v.resolve(), []).append(r)
+    return list(groups.items())
+
+
+def _run_dirs(root: Path) -> list[Path]:
+    """Run directories under ``root`` (a ``config.json`` with a run id), sorted."""
+    out = []
+    for f in sorted(Path(root).rglob("config.json")):
+        try:
+            if "run_id" in json.loads(f.read_text()):
+                out.append(f.parent)
+        except (json.JSONDecodeError, OSError):
+            continue
+    return out
+
+
+def _plans(run: Path) -> set[str]:
+    """The plans a run serves (its ``sweep.json``)."""
+    p = run / "sweep.json"
+    if not p.exists():
+        return set()
+    d = json.loads(p.read_text())
+    return {m.get("plan") for m in d.get("memberships") or [d]}
+
+
 def load_model(run: str | Path, device: str = "cpu") -> tuple[AlexNet, dict]:
     run = Path(run)
     f = run / "model.pt" if run.is_dir() else run

@@ -6,7 +6,6 @@ a scaled configuration (see ``_data/demo_plan.yaml``).
 """
 from __future__ import annotations
 
-import json
 import time
 from importlib import resources
 from pathlib import Path
@@ -46,12 +45,11 @@ def demo(out: str | Path = "fastft-demo", seeds: int = 2, parallel: int = 2) -> 
     if summary["failed"] or summary["skipped"]:
         raise FastFTError(f"demo runs failed: {summary['failed'] + summary['skipped']}; see their sweep.log under {runs}")
     say("5/6 fastft analyze svm: linear SVM on fc7 of every model, on each seed's target view (Table 3's before/after)")
-    from .analysis import svm
+    from .analysis import analysis_targets, svm
 
-    for r_ in runs_list:
-        target_run = next(x for x in runs_list if x.seed == r_.seed and x.template == "scratch")
-        view = json.loads((target_run.run_dir / "config.json").read_text())["config"]["view"]
-        svm(r_.run_dir, view)
+    for view, group in analysis_targets([runs], plan=plan["name"]):  # as `fastft analyze svm RUNS --plan demo-near-far`
+        for run in group:
+            svm(run, view)
     r = write_report(runs, rep)
     say(f"6/6 fastft report -> {rep}")
     print()

@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import FastFTError
-from .runs import read_metrics
+from .runs import locate, read_metrics
 from .subsets import is_target_set
 
 GAIN_PAIRS = (("ft-near", "scratch"), ("ft-far", "scratch"), ("ft-near", "ft-far"))  # the study's comparisons
@@ -76,24 +76,11 @@ def _collect_one(d: Path, cfg: dict, c: dict, sw: dict, fin: dict, rows: list, c
                        "seed": row["seed"], **{k: m.get(k) for k in ("epoch", "top1", "train_loss", "lr")}})
 
 
-def _locate(recorded: str | None, run_dir: Path, beside: str = "") -> Path | None:
-    """A path a run recorded (its view, its source run), found again: where it was, else where a sweep puts it beside
-    the run (``<out>/views/<name>``, ``<out>/<source run>``) — for runs directories that were moved or copied, and
-    runs from before paths were recorded absolute."""
-    if not recorded:
-        return None
-    p = Path(recorded)
-    for c in (p, run_dir.parent / beside / p.name):
-        if c.exists():
-            return c
-    return None
-
-
 def _analyses(run_dir: Path, view: str | None, source: str | None) -> dict:
     """Analysis results of a run on its own view (``fastft analyze``): SVM on fc7 (and the source model's SVM on the
     same view = "before fine-tuning", Table 3), probe accuracy per layer, mean filter sensitivity, feature distance."""
     out = {}
-    view = _locate(view, run_dir, "views")
+    view = locate(view, run_dir, "views")
     if view is None:
         return out
     from .store import view_tag
@@ -107,7 +94,7 @@ def _analyses(run_dir: Path, view: str | None, source: str | None) -> dict:
         p = run_dir / "analysis" / f"{name}-{tag}.json"
         if p.exists():
             out.update({f"{pre}{k}": v for k, v in json.loads(p.read_text())["summary"].items()})
-    source = _locate(source, run_dir)
+    source = locate(source, run_dir)
     if source is not None:
         p = source / "analysis" / f"svm-{tag}.json"
         if p.exists():

@@ -33,6 +33,19 @@ def is_finished(run_dir: Path) -> bool:
     return (Path(run_dir) / "final.json").exists()
 
 
+def locate(recorded: str | None, run_dir: Path, beside: str = "") -> Path | None:
+    """A path a run recorded (its view, its source run), found again: where it was, else where a sweep puts it beside
+    the run (``<out>/views/<name>``, ``<out>/<source run>``) — for runs directories that were moved or copied, and
+    runs from before paths were recorded absolute."""
+    if not recorded:
+        return None
+    p = Path(recorded)
+    for c in (p, run_dir.parent / beside / p.name):
+        if c.exists():
+            return c
+    return None
+
+
 def environment() -> dict:
     import torch
 

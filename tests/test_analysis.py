@@ -135,3 +135,42 @@ def test_report_finds_analyses_of_a_moved_runs_directory(demo_spec, store, tmp_p
     r = subprocess.run([sys.executable, "-m", "fastft", "report", "b/runs", "--out", "rep"], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Linear SVM on fc7" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_analyze_a_runs_directory_puts_each_seeds_models_on_that_seeds_target(store, tmp_path):
+    """`fastft analyze svm RUNS --plan P`: fine-tunes on their own view, each source model on the view of the runs
+    fine-tuned from it (its seed's target), as the report pairs Table 3's "before" with "after"."""
+    import pandas as pd
+    import yaml
+
+    from fastft.report import write_report
+    from fastft.store import view_tag
+
+    plan = {"name": "p", "construction": "near-far", "params": {"within": "store", "target": 4, "source": 8},
+            "seeds": [0, 1], "defaults": {"width": 0.25, "crop": 71, "batch_size": 32, "init": "kaiming", "epochs": 1, "num_threads": 1},
+            "runs": [{"name": "near", "set": "near"}, {"name": "ft", "set": "target", "mode": "finetune", "source": "near"}]}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(plan))
+    out, env = tmp_path / "runs", {**os.environ, "OMP_NUM_THREADS": "1"}
+    cli = [sys.executable, "-m", "fastft"]
+    r = subprocess.run(cli + ["sweep", str(tmp_path / "p.yaml"), "--store", str(store), "--out", str(out), "--parallel", "2", "--quiet"],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run(cli + ["analyze", "svm", str(out), "--plan", "p"], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "4 analyses of 4 runs on 2 target views" in r.stdout
+    for seed in (0, 1):
+        (near,), (ft,) = out.glob(f"near-s{seed}-*"), out.glob(f"ft-s{seed}-*")
+        tag = view_tag(json.loads((ft / "config.json").read_text())["config"]["view"])
+        assert [p.name for p in (ft / "analysis").glob("svm-*.json")] == [f"svm-{tag}.json"]
+        assert [p.name for p in (near / "analysis").glob("svm-*.json")] == [f"svm-{tag}.json"]  # not the other seed's
+    write_report(out, tmp_path / "rep")
+    rows = pd.read_csv(tmp_path / "rep" / "runs.csv")
+    assert rows.loc[rows["template"] == "ft", "svm_before_top1"].notna().sum() == 2
+    r = subprocess.run(cli + ["analyze", "svm", str(out), "--plan", "q"], env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and "no finished runs of plan 'q' (its plans: p)" in r.stderr
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (near,) = out.glob("near-s0-*")
+    (alone / near.name).symlink_to(near)  # a source model with no fine-tune beside it: its target is unknown
+    r = subprocess.run(cli + ["analyze", "svm", str(alone / near.name)], env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and "give --view" in r.stderr
