@@ -65,6 +65,8 @@ def _collect_one(d: Path, cfg: dict, c: dict, sw: dict, fin: dict, rows: list, c
            "paper_top1": paper.get("top1"), "paper_std": paper.get("std"), "paper_ref": paper.get("ref"),
            "paper_svm": paper.get("svm"), "paper_svm_before": paper.get("svm_before")}
     row.update({f"paper_probe_{k}": v for k, v in (paper.get("probes") or {}).items()})
+    row.update({f"paper_probe_before_{k}": v for k, v in (paper.get("probes_before") or {}).items()})
+    row["source_template"] = sw.get("source_template")
     row.update({f"grid_{k}": v for k, v in grid.items()})
     m = re.fullmatch(r"k(\d+)_n(\d+)", str(grid.get("set", "")))
     if m:  # instru-grid sets: classes x images per class (Fig. 12, 14)
@@ -77,8 +79,9 @@ def _collect_one(d: Path, cfg: dict, c: dict, sw: dict, fin: dict, rows: list, c
 
 
 def _analyses(run_dir: Path, view: str | None, source: str | None) -> dict:
-    """Analysis results of a run on its own view (``fastft analyze``): SVM on fc7 (and the source model's SVM on the
-    same view = "before fine-tuning", Table 3), probe accuracy per layer, mean filter sensitivity, feature distance."""
+    """Analysis results of a run on its own view (``fastft analyze``): SVM on fc7 and probe accuracy per layer (and
+    the source model's on the same view = "before fine-tuning": Table 3, Fig. 10's dashed lines), mean filter
+    sensitivity, feature distance."""
     out = {}
     view = locate(view, run_dir, "views")
     if view is None:
@@ -99,6 +102,9 @@ def _analyses(run_dir: Path, view: str | None, source: str | None) -> dict:
         p = source / "analysis" / f"svm-{tag}.json"
         if p.exists():
             out["svm_before_top1"] = json.loads(p.read_text())["summary"]["svm_top1"]
+        p = source / "analysis" / f"probes-{tag}.json"
+        if p.exists():
+            out.update({f"probe_before_{k}": v for k, v in json.loads(p.read_text())["summary"].items()})
     return out
 
 
@@ -122,7 +128,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     g = done.groupby(["plan", "template", "grid"], sort=False, dropna=False)
     extra = {c: (c, "mean") for c in done.columns if c in ("svm_top1", "svm_before_top1", "mean_sensitivity") or c.startswith("probe_")}
-    extra.update({c: (c, "first") for c in done.columns if c.startswith(("paper_svm", "paper_probe_"))})
+    extra.update({c: (c, "first") for c in done.columns if c.startswith(("paper_svm", "paper_probe_")) or c == "source_template"})
     out = g.agg(tested_on=("set", "first"), seeds=("seed", "nunique"), top1_mean=("top1", "mean"), top1_std=("top1", "std"), top5_mean=("top5", "mean"),
                 distance=("distance", "mean"), paper_top1=("paper_top1", "first"), paper_std=("paper_std", "first"),
                 paper_ref=("paper_ref", "first"), **extra).reset_index()
@@ -164,10 +170,13 @@ def _pm(m, s) -> str:
     return "–" if m is None or (isinstance(m, float) and math.isnan(m)) else f"{m:.2f} ± {0 if s is None or math.isnan(s) else s:.2f}"
 
 
-def _probe_cols(s: pd.DataFrame) -> list[str]:
-    """The summary's probe accuracy columns that hold values, in network order (conv1 … fc8)."""
-    return sorted((c for c in s.columns if c.startswith("probe_") and s[c].notna().any()),
-                  key=lambda c: LAYERS.index(c[6:]) if c[6:] in LAYERS else len(LAYERS))
+def _probe_layers(s: pd.DataFrame) -> list[str]:
+    """The layers with probe accuracies in the summary (after or before fine-tuning), in network order."""
+    return [l for l in LAYERS if any(c in s and s[c].notna().any() for c in (f"probe_{l}", f"probe_before_{l}"))]
+
+
+def _values(row, prefix: str, layers: list[str]) -> list[float]:
+    return [getattr(row, f"{prefix}{l}", float("nan")) for l in layers]
 
 
 def _label(r) -> str:
@@ -215,15 +224,17 @@ def markdown(summary: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame | No
                 cells = [getattr(r, k, float("nan")) for k in ("svm_top1", "svm_before_top1", "paper_svm", "paper_svm_before")]
                 lines.append(f"| {_label(r)} | " + " | ".join(_num(x) for x in cells) + " |")
             lines.append("")
-        probe_cols = _probe_cols(s)
-        if probe_cols:
-            lines += ["Linear probes per layer (top-1 %, Fig. 10; the paper's values where it states them):", "",
-                      "| run | " + " | ".join(c[6:] for c in probe_cols) + " |", "|---|" + "---:|" * len(probe_cols)]
-            for r in s[s[probe_cols[0]].notna()].itertuples():
-                lines.append(f"| {_label(r)} | " + " | ".join(_num(getattr(r, c)) for c in probe_cols) + " |")
-                paper = [getattr(r, f"paper_{c}", float("nan")) for c in probe_cols]
-                if any(pd.notna(x) for x in paper):
-                    lines.append(f"| {_label(r)} (paper) | " + " | ".join(_num(x) for x in paper) + " |")
+        layers = _probe_layers(s)
+        if layers:
+            lines += ["Linear probes per layer (top-1 %, Fig. 10; \"before fine-tuning\" = the source model's features on the "
+                      "same target; the paper's values where it states them):", "",
+                      "| run | " + " | ".join(layers) + " |", "|---|" + "---:|" * len(layers)]
+            for r in s.itertuples():
+                for prefix, name in (("probe_", _label(r)), ("probe_before_", f"{_label(r)}, before fine-tuning ({r.source_template or 'source'})")):
+                    for pre, suffix in ((prefix, ""), (f"paper_{prefix}", " (paper)")):
+                        vals = _values(r, pre, layers)
+                        if any(pd.notna(x) for x in vals):
+                            lines.append(f"| {name}{suffix} | " + " | ".join(_num(x) for x in vals) + " |")
             lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -270,20 +281,8 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, curves: pd.DataFrame, out
         made.append(_save(fig, out / f"final-{plan}.png"))
         r = runs[(runs["plan"] == plan) & runs["finished"]]
         made += _grid_figures(r, plan, out, plt)
-        probe_cols = _probe_cols(s)
-        if probe_cols:  # Fig. 10: linear-probe accuracy per layer, one line per model
-            fig, ax = plt.subplots(figsize=(6.5, 4))
-            for row in s[s[probe_cols].notna().any(axis=1)].itertuples():
-                (line,) = ax.plot([c[6:] for c in probe_cols], [getattr(row, c) for c in probe_cols], marker="o",
-                                  label=f"{row.template} {row.grid}".strip())
-                paper = [getattr(row, f"paper_{c}", float("nan")) for c in probe_cols]
-                if any(pd.notna(x) for x in paper):  # the paper's stated values: hollow markers, same colour
-                    ax.plot([c[6:] for c in probe_cols], paper, linestyle="none", marker="D", mfc="none",
-                            color=line.get_color(), label=f"{row.template} (paper)")
-            ax.set(xlabel="layer", ylabel="linear probe top-1 (%)", title=f"{plan}: layer probes (Fig. 10)")
-            ax.legend(fontsize=7)
-            fig.tight_layout()
-            made.append(_save(fig, out / f"probes-{plan}.png"))
+        if _probe_layers(s):
+            made.append(_probes_figure(s, plan, out, plt))
     ft = runs[runs["finished"] & runs["distance"].notna()]
     if len(ft):
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -299,6 +298,45 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, curves: pd.DataFrame, out
         fig.tight_layout()
         made.append(_save(fig, out / "distance.png"))
     return made
+
+
+def _probes_figure(s: pd.DataFrame, plan: str, out: Path, plt) -> Path:
+    """Fig. 10. (a) Linear-probe accuracy per layer: a solid line per model on its target, dashed in the same colour
+    for its source model before fine-tuning, the paper's values as hollow markers. (b) Where the plan has ft-near and
+    ft-far with both: near − far before and after fine-tuning, and after − before for each."""
+    layers = _probe_layers(s)
+    rows = {r.template: r for r in s.itertuples() if not r.grid}
+    gains = [] if not {"ft-near", "ft-far"} <= set(rows) else [
+        (label, [a - b for a, b in zip(_values(rows[x], px, layers), _values(rows[y], py, layers))], style)
+        for label, x, px, y, py, style in (
+            ("near − far, after fine-tuning", "ft-near", "probe_", "ft-far", "probe_", "-"),
+            ("near − far, before fine-tuning", "ft-near", "probe_before_", "ft-far", "probe_before_", "--"),
+            ("near: after − before", "ft-near", "probe_", "ft-near", "probe_before_", ":"),
+            ("far: after − before", "ft-far", "probe_", "ft-far", "probe_before_", "-."))]
+    gains = [g for g in gains if any(pd.notna(v) for v in g[1])]
+    fig, axes = plt.subplots(1, 2 if gains else 1, figsize=(12 if gains else 6.5, 4), squeeze=False)
+    ax = axes[0][0]
+    for r in s.itertuples():
+        line = None
+        for prefix, style, name in (("probe_", "-", _label(r)), ("probe_before_", "--", f"{r.source_template or 'source'} (before {r.template})")):
+            vals = _values(r, prefix, layers)
+            if any(pd.notna(x) for x in vals):
+                (line,) = ax.plot(layers, vals, linestyle=style, marker="o", label=name, **({"color": line.get_color()} if line else {}))
+            paper = _values(r, f"paper_{prefix}", layers)
+            if line is not None and any(pd.notna(x) for x in paper):
+                ax.plot(layers, paper, linestyle="none", marker="D" if prefix == "probe_" else "s", mfc="none",
+                        color=line.get_color(), label=f"{name} (paper)")
+    ax.set(xlabel="layer", ylabel="linear probe top-1 (%)", title=f"{plan}: layer probes (Fig. 10 a)")
+    _legend_beside(ax) if gains else ax.legend(fontsize=7)
+    if gains:
+        ax = axes[0][1]
+        for label, vals, style in gains:
+            ax.plot(layers, vals, linestyle=style, marker="o", label=label)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set(xlabel="layer", ylabel="gain (points)", title=f"{plan}: gains per layer (Fig. 10 b)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out / f"probes-{plan}.png")
 
 
 MAX_COLUMNS = 16  # bars side by side in final-<plan>.png; a plan with more (a grid) gets one row per bar

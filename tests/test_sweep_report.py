@@ -422,24 +422,35 @@ def test_report_puts_the_papers_svm_and_probe_numbers_alongside(tmp_path):
     view.mkdir()
     (view / "view.json").write_text(json.dumps({"manifest_sha256": "m", "splits": {"val": {"keys_sha256": "k"}}, "classes": ["n01"]}))
     tag = view_tag(str(view))
-    paper = {"top1": 67.12, "svm": 66.70, "svm_before": 60.06, "probes": {"fc7": 59.08, "fc8": 60.86}}
+    paper = {"top1": 67.12, "svm": 66.70, "svm_before": 60.06, "probes": {"fc7": 59.08, "fc8": 60.86}, "probes_before": {"fc8": 57.78}}
+    src = tmp_path / "near"  # the source model, probed on the same target view (Fig. 10's dashed lines)
+    (src / "analysis").mkdir(parents=True)
+    (src / "analysis" / f"probes-{tag}.json").write_text(json.dumps({"summary": {"fc7": 50.0, "fc8": 48.0}}))
     for seed, (svm, fc7) in enumerate(((70.0, 61.0), (72.0, 63.0))):
-        _fake_run(tmp_path / "runs", f"ft{seed}", "ft-near", seed, 68.0, paper=paper)
-        d = tmp_path / "runs" / f"ft{seed}"
-        cfg = json.loads((d / "config.json").read_text())
-        cfg["config"]["view"] = str(view)
-        (d / "config.json").write_text(json.dumps(cfg))
-        (d / "analysis").mkdir()
-        (d / "analysis" / f"svm-{tag}.json").write_text(json.dumps({"summary": {"svm_top1": svm}}))
-        (d / "analysis" / f"probes-{tag}.json").write_text(json.dumps({"summary": {"fc8": fc7 + 1, "fc7": fc7}}))
+        for t, src_dir in (("ft-near", src), ("ft-far", None)):
+            name = f"{t}{seed}"
+            _fake_run(tmp_path / "runs", name, t, seed, 68.0, paper=paper if t == "ft-near" else None)
+            d = tmp_path / "runs" / name
+            cfg = json.loads((d / "config.json").read_text())
+            cfg["config"].update(view=str(view), source=str(src_dir) if src_dir else None)
+            (d / "config.json").write_text(json.dumps(cfg))
+            (d / "analysis").mkdir()
+            (d / "analysis" / f"svm-{tag}.json").write_text(json.dumps({"summary": {"svm_top1": svm}}))
+            (d / "analysis" / f"probes-{tag}.json").write_text(json.dumps({"summary": {"fc8": fc7 + 1, "fc7": fc7}}))
     r = write_report(tmp_path / "runs", tmp_path / "rep")
     md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| ft-near, before fine-tuning (source) | 50.00 | 48.00 |" in md
+    assert "| ft-near, before fine-tuning (source) (paper) | – | 57.78 |" in md
     assert "| ft-near | target | – | 2 | 68.00 ± 0.00 | ±0.00 | 78.00 | 0.100 | 67.12 | +0.88 |" in md  # no std given: none shown
     assert "| ft-near | 71.00 | – | 66.70 | 60.06 |" in md
     assert "| ft-near | 62.00 | 63.00 |" in md and "| ft-near (paper) | 59.08 | 60.86 |" in md
-    s = pd.read_csv(tmp_path / "rep" / "summary.csv")
-    assert s.loc[0, "paper_svm_before"] == 60.06 and s.loc[0, "paper_probe_fc8"] == 60.86
+    s = pd.read_csv(tmp_path / "rep" / "summary.csv").set_index("template")
+    assert s.loc["ft-near", "paper_svm_before"] == 60.06 and s.loc["ft-near", "paper_probe_fc8"] == 60.86
     assert any(Path(f).name == "probes-p.png" for f in r["figures"])
+    from PIL import Image  # ft-near and ft-far: a second panel, Fig. 10 (b)'s gains per layer
+
+    w, h = Image.open(tmp_path / "rep" / "probes-p.png").size
+    assert w > 2.2 * h
 
 
 def test_demo_end_to_end(tmp_path):
