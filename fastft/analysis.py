@@ -30,6 +30,7 @@ import torch
 
 from .errors import FastFTError
 from .model import LAYERS, AlexNet, ModelConfig
+from .report import beats_figure
 from .store import view_tag
 
 
@@ -252,34 +253,9 @@ def filters(runs: list, view, device: str = "auto", out: str | Path | None = Non
         out.mkdir(parents=True, exist_ok=True)
         (out / "filters.json").write_text(json.dumps(res, indent=1))
         _pr_figure(aps, view, out / "filters-pr.png", pr_classes)
-        _beats_figure(beats, names, out / "filters-beats.png")
+        beats_figure(beats, names, out / "filters-beats.png")
         res["figure"], res["beats_figure"] = str(out / "filters-pr.png"), str(out / "filters-beats.png")
     return res
-
-
-def _beats_figure(beats: dict, names: list[str], path: Path) -> None:
-    """Fig. 9: percentage of the target's classes where model A (row) has the higher filter sensitivity than B."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    m = np.array([[beats[a].get(b, np.nan) for b in names] for a in names], dtype=float)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(names) + 2.5), 1.0 * len(names) + 1.8))
-    im = ax.imshow(m, vmin=0, vmax=100, cmap="RdBu_r")
-    for i in range(len(names)):
-        for j in range(len(names)):
-            if i != j:
-                ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=9)
-    short = [n[:20] for n in names]
-    ax.set_xticks(range(len(names)), short, rotation=30, ha="right", fontsize=8)
-    ax.set_yticks(range(len(names)), short, fontsize=8)
-    ax.set(xlabel="model B", ylabel="model A")
-    ax.set_title("% of classes where A's conv5 filters are more sensitive (Fig. 9)", fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _pr_figure(aps: dict, view, path: Path, k: int) -> None:

@@ -12,7 +12,10 @@ runs gathered from many machines report the same. Figures (PNG):
 * ``grid-<plan>-<key>.png`` — top-1 against a grid key (freeze → Fig. 13, images per class → Fig. 12, lr → Fig. 4),
   a hue per template shaded by the other grid key (classes, augmentation);
 * ``gains-<plan>.png`` — per images per class: fine-tuned − scratch, near − far (Fig. 12 e/f), augmented − not (Fig. 14);
-* ``probes-<plan>.png`` — linear-probe accuracy per layer, one line per model (Fig. 10; after ``fastft analyze probes``);
+* ``probes-<plan>.png`` — linear-probe accuracy per layer, one line per model, source models before fine-tuning
+  dashed, and the per-layer gains (Fig. 10; after ``fastft analyze probes``);
+* ``filters-<plan>.png`` (and ``filters.csv``) — % of classes where model A's conv5 filters are more sensitive than
+  B's, mean over seeds (Fig. 9; after ``fastft analyze filters``);
 * ``distance.png`` — fine-tuned top-1 against the WordNet source→target distance.
 """
 from __future__ import annotations
@@ -67,6 +70,7 @@ def _collect_one(d: Path, cfg: dict, c: dict, sw: dict, fin: dict, rows: list, c
     row.update({f"paper_probe_{k}": v for k, v in (paper.get("probes") or {}).items()})
     row.update({f"paper_probe_before_{k}": v for k, v in (paper.get("probes_before") or {}).items()})
     row["source_template"] = sw.get("source_template")
+    row["paper_filters_beats"] = json.dumps(paper["filters_beats"]) if paper.get("filters_beats") else None
     row.update({f"grid_{k}": v for k, v in grid.items()})
     m = re.fullmatch(r"k(\d+)_n(\d+)", str(grid.get("set", "")))
     if m:  # instru-grid sets: classes x images per class (Fig. 12, 14)
@@ -92,6 +96,9 @@ def _analyses(run_dir: Path, view: str | None, source: str | None) -> dict:
         tag = view_tag(view)
     except (FastFTError, KeyError, OSError):
         return out
+    out["view_tag"] = tag
+    if (run_dir / "analysis" / f"filters-{tag}.json").exists():  # per-class sensitivities: Fig. 9 pairs models by seed
+        out["filters_file"] = str(run_dir / "analysis" / f"filters-{tag}.json")
     prefixes = {"svm": "", "probes": "probe_", "filters": "", "distance": ""}
     for name, pre in prefixes.items():
         p = run_dir / "analysis" / f"{name}-{tag}.json"
@@ -105,6 +112,8 @@ def _analyses(run_dir: Path, view: str | None, source: str | None) -> dict:
         p = source / "analysis" / f"probes-{tag}.json"
         if p.exists():
             out.update({f"probe_before_{k}": v for k, v in json.loads(p.read_text())["summary"].items()})
+        if (source / "analysis" / f"filters-{tag}.json").exists():
+            out["filters_before_file"] = str(source / "analysis" / f"filters-{tag}.json")
     return out
 
 
@@ -166,6 +175,71 @@ def paired(runs: pd.DataFrame) -> pd.DataFrame:
     return _in_order(out, "pair", "grid").drop(columns="pair")  # a comparison's rows together, along the grid
 
 
+MODEL_ORDER = ("ft-near", "ft-far", "near", "far", "scratch")  # Fig. 9's models: A before B in a pair
+
+
+def filter_beats(runs: pd.DataFrame) -> pd.DataFrame:
+    """Fig. 9: for each pair of models on one target — the fine-tuned ones, their source models before fine-tuning
+    (``fastft analyze filters`` on the target) and scratch — the percentage of the target's classes where A's conv5
+    filters are more sensitive than B's (mean AP of the top-5 filters), per seed, then mean ± std over seeds."""
+    import numpy as np
+
+    cols = ["plan", "grid", "a", "b", "seeds", "beats_mean", "beats_std", "b_beats_mean", "paper"]
+    done = runs[runs["finished"]] if "filters_file" in runs or "filters_before_file" in runs else runs.iloc[:0]
+    groups: dict = {}  # (plan, seed, target view) -> (grid, {model: per-class sensitivity})
+    for r in done.itertuples():
+        for f, name in ((getattr(r, "filters_file", None), r.template),
+                        (getattr(r, "filters_before_file", None), r.source_template)):
+            if isinstance(f, str) and isinstance(name, str):
+                grid, models = groups.setdefault((r.plan, r.seed, r.view_tag), (r.grid, {}))
+                models.setdefault(name, np.array(json.loads(Path(f).read_text())["sensitivity"], dtype=float))
+    rank = lambda m: (MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER), _natural(m))  # noqa: E731
+    values: dict = {}
+    for (plan, _, _), (grid, models) in groups.items():
+        names = sorted(models, key=rank)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                values.setdefault((plan, grid, a, b), []).append((100 * float(np.mean(models[a] > models[b])),
+                                                                 100 * float(np.mean(models[b] > models[a]))))  # ties: neither
+    paper = {(r.plan, r.template): json.loads(r.paper_filters_beats) for r in runs.itertuples()
+             if isinstance(getattr(r, "paper_filters_beats", None), str)}
+    rows = []
+    for (plan, grid, a, b), v in values.items():
+        pa, pb = paper.get((plan, a), {}).get(b), paper.get((plan, b), {}).get(a)
+        ab = [x for x, _ in v]
+        rows.append([plan, grid, a, b, len(v), float(np.mean(ab)), float(np.std(ab, ddof=1)) if len(v) > 1 else float("nan"),
+                     float(np.mean([y for _, y in v])), pa if pa is not None else (100 - pb if pb is not None else float("nan"))])
+    out = pd.DataFrame(rows, columns=cols)
+    out["ra"], out["rb"] = out["a"].map(rank), out["b"].map(rank)
+    return _in_order(out, "grid", "ra", "rb").drop(columns=["ra", "rb"])
+
+
+def beats_figure(beats: dict, names: list[str], path: Path, title: str = "") -> Path:
+    """Fig. 9 as a matrix: the percentage of the target's classes where model A (row) has the more sensitive conv5
+    filters than model B (column)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    m = np.array([[beats.get(a, {}).get(b, np.nan) for b in names] for a in names], dtype=float)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(names) + 2.5), 1.0 * len(names) + 1.8))
+    im = ax.imshow(m, vmin=0, vmax=100, cmap="RdBu_r")
+    for i in range(len(names)):
+        for j in range(len(names)):
+            if i != j and not np.isnan(m[i, j]):
+                ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=9)
+    short = [n[:20] for n in names]
+    ax.set_xticks(range(len(names)), short, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), short, fontsize=8)
+    ax.set(xlabel="model B", ylabel="model A")
+    ax.set_title(title or "% of classes where A's conv5 filters are more sensitive (Fig. 9)", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _pm(m, s) -> str:
     return "–" if m is None or (isinstance(m, float) and math.isnan(m)) else f"{m:.2f} ± {0 if s is None or math.isnan(s) else s:.2f}"
 
@@ -192,7 +266,7 @@ def _ci(x: float) -> str:
     return "–" if pd.isna(x) else f"±{x:.2f}"
 
 
-def markdown(summary: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame | None = None) -> str:
+def markdown(summary: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame | None = None, beats: pd.DataFrame | None = None) -> str:
     one = runs.drop_duplicates("run_id")  # a run serving several plans has a row in each
     lines = ["# fastft report", "", f"{int(one['finished'].sum())} finished runs, {int(one['failed'].sum())} failed, "
              f"{int((~one['finished'] & ~one['failed']).sum())} unfinished. Top-1 % on the validation images of the "
@@ -223,6 +297,14 @@ def markdown(summary: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame | No
             for r in s[s["svm_top1"].notna()].itertuples():
                 cells = [getattr(r, k, float("nan")) for k in ("svm_top1", "svm_before_top1", "paper_svm", "paper_svm_before")]
                 lines.append(f"| {_label(r)} | " + " | ".join(_num(x) for x in cells) + " |")
+            lines.append("")
+        fb = beats[beats["plan"] == plan] if beats is not None else []
+        if len(fb):
+            lines += ["conv5 filter sensitivity (Fig. 9): the % of the target's classes where A's top-5 filters have the higher "
+                      "mean AP than B's (source models: before fine-tuning, on the same target), mean ± std over seeds:", "",
+                      "| A | B | grid | seeds | A more sensitive (%) | paper |", "|---|---|---|---:|---:|---:|"]
+            for r in fb.itertuples():
+                lines.append(f"| {r.a} | {r.b} | {r.grid or '–'} | {r.seeds} | {_pm(r.beats_mean, r.beats_std)} | {_num(r.paper)} |")
             lines.append("")
         layers = _probe_layers(s)
         if layers:
@@ -483,9 +565,21 @@ def write_report(runs_dir: str | Path, out: str | Path) -> dict:
     summary.to_csv(out / "summary.csv", index=False)
     pairs = paired(runs)
     pairs.to_csv(out / "paired.csv", index=False)
-    (out / "report.md").write_text(markdown(summary, runs, pairs) if not summary.empty else "# fastft report\n\nno finished runs yet\n")
+    tables = [out / "report.md", out / "summary.csv", out / "paired.csv", out / "runs.csv"]
+    beats = filter_beats(runs)
+    if len(beats):
+        beats.to_csv(out / "filters.csv", index=False)
+        tables.append(out / "filters.csv")
+    (out / "report.md").write_text(markdown(summary, runs, pairs, beats) if not summary.empty else "# fastft report\n\nno finished runs yet\n")
     figs = figures(summary, runs, curves, out) if not summary.empty else []
+    for (plan, grid), b in beats.groupby(["plan", "grid"], sort=False):  # Fig. 9 as a matrix, mean over seeds
+        names = sorted(set(b["a"]) | set(b["b"]), key=lambda m: (MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER), _natural(m)))
+        m = {a: {} for a in names}
+        for r in b.itertuples():
+            m[r.a][r.b], m[r.b][r.a] = r.beats_mean, r.b_beats_mean
+        name = f"filters-{plan}" + (f"-{re.sub(r'[^A-Za-z0-9_.=-]+', '_', grid)}" if grid else "")
+        figs.append(beats_figure(m, names, out / f"{name}.png", f"{plan}{' ' + grid if grid else ''}: % of classes where A's conv5 "
+                                                                 f"filters are more sensitive (Fig. 9; mean over {b['seeds'].max()} seeds)"))
     one = runs.drop_duplicates("run_id")  # runs, not (run, plan) rows
-    return {"runs": len(one), "finished": int(one["finished"].sum()),
-            "tables": [str(out / "report.md"), str(out / "summary.csv"), str(out / "paired.csv"), str(out / "runs.csv")],
+    return {"runs": len(one), "finished": int(one["finished"].sum()), "tables": [str(t) for t in tables],
             "figures": [str(f) for f in figs], "summary": summary}

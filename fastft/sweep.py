@@ -49,7 +49,8 @@ from .errors import FastFTError
 
 PLAN_KEYS = {"name", "construction", "params", "seeds", "defaults", "runs", "description"}
 RUN_KEYS = {"name", "set", "mode", "source", "grid", "paper", "overrides"}
-PAPER_KEYS = {"top1", "std", "ref", "svm", "svm_before", "probes", "probes_before"}  # the paper's numbers a run is reported next to
+PAPER_KEYS = {"top1", "std", "ref", "svm", "svm_before", "probes", "probes_before",  # the paper's numbers a run is reported next to
+              "filters_beats"}  # Fig. 9: {other template: % of classes where this model's conv5 filters are more sensitive}
 ILSVRC_TRAIN_PER_CLASS = 1281167 / 1000  # nominal, for cost estimates without a store
 
 

@@ -386,13 +386,13 @@ def test_interrupted_sweep_checkpoints_its_runs_and_resumes(store, tmp_path):
     assert (near / "sweep.log").read_text().count("resuming") == 2
 
 
-def _fake_run(root: Path, name: str, template: str, seed: int, top1: float, paper=None, grid=None):
+def _fake_run(root: Path, name: str, template: str, seed: int, top1: float, paper=None, grid=None, source_template=None, **config):
     d = root / name
     d.mkdir(parents=True)
-    (d / "config.json").write_text(json.dumps({"run_id": name, "config": {"seed": seed, "mode": "finetune", "set": "target", "name": name},
-                                               "num_classes": 100}))
+    (d / "config.json").write_text(json.dumps({"run_id": name, "config": {"seed": seed, "mode": "finetune", "set": "target", "name": name,
+                                                                          **config}, "num_classes": 100}))
     (d / "sweep.json").write_text(json.dumps({"plan": "p", "template": template, "seed": seed, "paper": paper, "grid": grid or {},
-                                              "distance": 0.1}))
+                                              "distance": 0.1, "source_template": source_template}))
     (d / "final.json").write_text(json.dumps({"top1": top1, "top5": top1 + 10, "epochs": 2}))
     (d / "metrics.jsonl").write_text("\n".join(json.dumps({"epoch": e, "top1": top1 * e / 2, "train_loss": 2 - e / 2, "lr": 0.01}) for e in (1, 2)))
 
@@ -451,6 +451,39 @@ def test_report_puts_the_papers_svm_and_probe_numbers_alongside(tmp_path):
 
     w, h = Image.open(tmp_path / "rep" / "probes-p.png").size
     assert w > 2.2 * h
+
+
+def test_report_fig9_pairs_each_seeds_models_on_its_target(tmp_path):
+    """Fig. 9 from `fastft analyze filters` results: per seed, on that seed's target, the % of classes where A's conv5
+    filters are more sensitive than B's — fine-tuned models, their sources before fine-tuning, scratch — then mean ±
+    std over seeds, ties counted for neither side, the paper's percentages alongside."""
+    from fastft.store import view_tag
+
+    sens = {0: {"ft-near": [0.9, 0.9, 0.9, 0.1], "scratch": [0.5] * 4, "near": [0.5, 0.5, 0.6, 0.4]},
+            1: {"ft-near": [0.9, 0.9, 0.1, 0.1], "scratch": [0.5] * 4, "near": [0.5, 0.5, 0.6, 0.4]}}
+    runs = tmp_path / "runs"
+    for seed, models in sens.items():
+        view = tmp_path / f"view{seed}"  # each seed its own target classes
+        view.mkdir()
+        (view / "view.json").write_text(json.dumps({"manifest_sha256": "m", "splits": {"val": {"keys_sha256": f"k{seed}"}}, "classes": ["n01"]}))
+        tag = view_tag(str(view))
+        near = runs / f"near{seed}"
+        _fake_run(runs, near.name, "near", seed, 50.0, paper={"filters_beats": {"scratch": 51}}, set="near")
+        (near / "analysis").mkdir()
+        (near / "analysis" / f"filters-{tag}.json").write_text(json.dumps({"summary": {}, "sensitivity": models["near"]}))
+        for t in ("ft-near", "scratch"):
+            _fake_run(runs, f"{t}{seed}", t, seed, 60.0, paper={"filters_beats": {"scratch": 61, "near": 75}} if t == "ft-near" else None,
+                      view=str(view), **({"source": str(near), "source_template": "near"} if t == "ft-near" else {}))
+            (runs / f"{t}{seed}" / "analysis").mkdir()
+            (runs / f"{t}{seed}" / "analysis" / f"filters-{tag}.json").write_text(json.dumps({"summary": {}, "sensitivity": models[t]}))
+    r = write_report(runs, tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| ft-near | scratch | – | 2 | 62.50 ± 17.68 | 61.00 |" in md  # 75 % and 50 %
+    assert "| ft-near | near | – | 2 | 62.50 ± 17.68 | 75.00 |" in md
+    assert "| near | scratch | – | 2 | 25.00 ± 0.00 | 51.00 |" in md  # and scratch beats near on 25 %: two ties
+    b = pd.read_csv(tmp_path / "rep" / "filters.csv").set_index(["a", "b"])
+    assert b.loc[("near", "scratch"), "b_beats_mean"] == 25.0 and len(b) == 3
+    assert any(Path(f).name == "filters-p.png" for f in r["figures"]) and str(tmp_path / "rep" / "filters.csv") in r["tables"]
 
 
 def test_demo_end_to_end(tmp_path):
