@@ -409,7 +409,10 @@ def _probes_figure(s: pd.DataFrame, plan: str, out: Path, plt) -> Path:
                 ax.plot(layers, paper, linestyle="none", marker="D" if prefix == "probe_" else "s", mfc="none",
                         color=line.get_color(), label=f"{name} (paper)")
     ax.set(xlabel="layer", ylabel="linear probe top-1 (%)", title=f"{plan}: layer probes (Fig. 10 a)")
-    _legend_beside(ax) if gains else ax.legend(fontsize=7)
+    if gains:
+        _legend_beside(ax)
+    else:
+        ax.legend(fontsize=7)
     if gains:
         ax = axes[0][1]
         for label, vals, style in gains:
