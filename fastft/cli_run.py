@@ -308,7 +308,8 @@ def add_commands(sub) -> None:
 
     s = sub.add_parser("report", help="tables (mean +- std over seeds, paper numbers alongside) and figures from run directories",
                        description="Tables: report.md (per plan: mean ± std and 95 % CI over seeds, the paper's numbers and "
-                                   "the difference; comparisons paired by seed; SVM and probe results of `fastft analyze`), "
+                                   "the difference; comparisons paired by seed; the paper's findings checked (claims.csv); SVM and probe "
+                                   "results of `fastft analyze`), "
                                    "summary.csv, paired.csv, runs.csv (one row per run and plan, finished or not), filters.csv (Fig. 9). "
                                    "Figures (PNG): curves-<plan>, final-<plan>, grid-<plan>-<key>, gains-<plan>, probes-<plan>, "
                                    "filters-<plan>, distance. "

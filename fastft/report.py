@@ -71,6 +71,7 @@ def _collect_one(d: Path, cfg: dict, c: dict, sw: dict, fin: dict, rows: list, c
     row.update({f"paper_probe_before_{k}": v for k, v in (paper.get("probes_before") or {}).items()})
     row["source_template"] = sw.get("source_template")
     row["paper_filters_beats"] = json.dumps(paper["filters_beats"]) if paper.get("filters_beats") else None
+    row["claims"] = json.dumps(sw["claims"]) if sw.get("claims") else None
     row.update({f"grid_{k}": v for k, v in grid.items()})
     m = re.fullmatch(r"k(\d+)_n(\d+)", str(grid.get("set", "")))
     if m:  # instru-grid sets: classes x images per class (Fig. 12, 14)
@@ -175,6 +176,78 @@ def paired(runs: pd.DataFrame) -> pd.DataFrame:
     return _in_order(out, "pair", "grid").drop(columns="pair")  # a comparison's rows together, along the grid
 
 
+def claims(runs: pd.DataFrame) -> pd.DataFrame:
+    """The paper's findings a plan lists (``claims:``), checked on its finished runs, paired by seed:
+
+    * ``{a, b}``: a beats b at each grid point both have — "holds" where every 95 % interval of the paired difference
+      is above 0, "not significant" where the means are but an interval is not, else how many points it holds at;
+    * ``{best, key, value}``: along grid key ``key`` (averaged over any other keys), ``value`` has the best mean top-1;
+    * ``{gain, key, from, to}``: the template at ``key=to`` beats itself at ``key=from`` (the other keys fixed)."""
+    import numpy as np
+
+    cols = ["plan", "claim", "ref", "fastft", "verdict"]
+    done = runs[runs["finished"]]
+    out = []
+    if "claims" not in done:
+        return pd.DataFrame(out, columns=cols)
+    for plan, g in done.groupby("plan", sort=False):
+        listed = g["claims"].dropna()
+        for c in json.loads(listed.iloc[0]) if len(listed) else []:
+            grid = g["grid_" + c["key"]] if "key" in c and "grid_" + c["key"] in g else None
+            others = [k for k in g.columns if k.startswith("grid_") and k not in ("grid_" + c.get("key", ""), "grid_classes", "grid_images")]
+            if "a" in c:
+                pivot = g[g["template"].isin([c["a"], c["b"]])].pivot_table(index=["grid", "seed"], columns="template", values="top1")
+                points = [pt[c["a"]] - pt[c["b"]] for _, pt in pivot.groupby(level="grid")] if {c["a"], c["b"]} <= set(pivot) else []
+                fastft, verdict = _paired_verdict([d.dropna() for d in points])
+            elif "gain" in c:
+                t = g[g["template"] == c["gain"]]
+                rows = t[grid.loc[t.index].isin([c["from"], c["to"]])] if grid is not None else t.iloc[:0]
+                pivot = rows.pivot_table(index=[k for k in others if rows[k].notna().any()] + ["seed"], columns="grid_" + c["key"], values="top1") \
+                    if len(rows) else pd.DataFrame()
+                d = pivot[c["to"]] - pivot[c["from"]] if {c["from"], c["to"]} <= set(pivot) else pd.Series(dtype=float)
+                levels = [n for n in d.index.names if n != "seed"]
+                fastft, verdict = _paired_verdict([x.dropna() for _, x in d.groupby(level=levels)] if levels else [d.dropna()])
+            else:
+                t = g[g["template"] == c["best"]]
+                means = t.groupby("grid_" + c["key"])["top1"].mean() if grid is not None and len(t) else pd.Series(dtype=float)
+                if means.empty:
+                    fastft, verdict = "no finished runs", "no data"
+                else:
+                    by_seed = t.pivot_table(index="seed", columns="grid_" + c["key"], values="top1").dropna()
+                    wins = int((by_seed.idxmax(axis=1) == c["value"]).sum()) if len(by_seed) else 0
+                    best = means.idxmax()
+                    fastft = (f"best {c['key']}={_g(best)} ({means[best]:.2f}); {c['key']}={_g(c['value'])}: "
+                              f"{means.get(c['value'], np.nan):.2f}; best in {wins}/{len(by_seed)} seeds")
+                    verdict = "holds" if best == c["value"] else "does not hold"
+            out.append([plan, c["text"], c.get("ref", ""), fastft, verdict])
+    return pd.DataFrame(out, columns=cols)
+
+
+def _g(v) -> str:
+    return f"{v:g}" if isinstance(v, (int, float)) else str(v)
+
+
+def _paired_verdict(points: list) -> tuple[str, str]:
+    """Per grid point, the per-seed differences a − b → (what fastft found, the verdict)."""
+    points = [d for d in points if len(d)]
+    if not points:
+        return "no seed with both finished", "no data"
+    stats = [(d.mean(), _t95(len(d)) * d.std() / math.sqrt(len(d)) if len(d) > 1 else float("nan"), int((d > 0).sum()), len(d))
+             for d in points]
+    up = sum(m > 0 for m, *_ in stats)
+    sig = sum(m - ci > 0 for m, ci, *_ in stats)  # nan intervals (one seed) are never significant
+    if len(stats) == 1:
+        m, ci, wins, n = stats[0]
+        fastft = f"{m:+.2f} ({_ci(ci)}, 95 % CI), ahead in {wins}/{n} seeds"
+    else:
+        fastft = f"{min(x[0] for x in stats):+.2f} … {max(x[0] for x in stats):+.2f} over {len(stats)} grid points; above 0 at {up}, significantly at {sig}"
+    against = sum(m + ci < 0 for m, ci, *_ in stats)  # significantly the other way
+    verdict = ("holds" if sig == len(stats) else "same direction, not significant" if up == len(stats)
+               else f"holds at {up}/{len(stats)} grid points" if up
+               else "does not hold" + (" (significantly the other way)" if against == len(stats) else ""))
+    return fastft, verdict
+
+
 MODEL_ORDER = ("ft-near", "ft-far", "near", "far", "scratch")  # Fig. 9's models: A before B in a pair
 
 
@@ -266,7 +339,8 @@ def _ci(x: float) -> str:
     return "–" if pd.isna(x) else f"±{x:.2f}"
 
 
-def markdown(summary: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame | None = None, beats: pd.DataFrame | None = None) -> str:
+def markdown(summary: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame | None = None, beats: pd.DataFrame | None = None,
+             found: pd.DataFrame | None = None) -> str:
     one = runs.drop_duplicates("run_id")  # a run serving several plans has a row in each
     lines = ["# fastft report", "", f"{int(one['finished'].sum())} finished runs, {int(one['failed'].sum())} failed, "
              f"{int((~one['finished'] & ~one['failed']).sum())} unfinished. Top-1 % on the validation images of the "
@@ -283,6 +357,12 @@ def markdown(summary: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame | No
             lines.append(f"| {r.template} | {r.tested_on} | {r.grid or '–'} | {r.seeds} | {_pm(r.top1_mean, r.top1_std)} | {_ci(r.top1_ci95)} | "
                          f"{r.top5_mean:.2f} | {dist} | {paper} | {delta} |")
         lines.append("")
+        cl = found[found["plan"] == plan] if found is not None else []
+        if len(cl):
+            lines += ["The paper's findings, checked on these runs (paired by seed):", "",
+                      "| paper finds | ref | fastft | verdict |", "|---|---|---|---|"]
+            lines += [f"| {r.claim} | {r.ref or '–'} | {r.fastft} | **{r.verdict}** |" for r in cl.itertuples()]
+            lines.append("")
         pp = pairs[pairs["plan"] == plan]
         if len(pp):
             lines += ["Paired by seed (the same class draw): difference in top-1, its 95 % CI, seeds where the first wins:", "",
@@ -573,7 +653,11 @@ def write_report(runs_dir: str | Path, out: str | Path) -> dict:
     if len(beats):
         beats.to_csv(out / "filters.csv", index=False)
         tables.append(out / "filters.csv")
-    (out / "report.md").write_text(markdown(summary, runs, pairs, beats) if not summary.empty else "# fastft report\n\nno finished runs yet\n")
+    found = claims(runs)
+    if len(found):
+        found.to_csv(out / "claims.csv", index=False)
+        tables.append(out / "claims.csv")
+    (out / "report.md").write_text(markdown(summary, runs, pairs, beats, found) if not summary.empty else "# fastft report\n\nno finished runs yet\n")
     figs = figures(summary, runs, curves, out) if not summary.empty else []
     for (plan, grid), b in beats.groupby(["plan", "grid"], sort=False):  # Fig. 9 as a matrix, mean over seeds
         names = sorted(set(b["a"]) | set(b["b"]), key=lambda m: (MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER), _natural(m)))

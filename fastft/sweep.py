@@ -12,6 +12,8 @@ A plan (YAML) names a subset construction, the seeds, shared training settings a
       - {name: ft-near, set: target, mode: finetune, source: near,        # paper: the numbers it is reported next to
          paper: {top1: 67.12, svm: 66.70, svm_before: 60.06, probes: {fc7: 59.08, fc8: 60.86}, ref: "Table 3"}}
       - {name: freeze, set: target, mode: finetune, source: near, grid: {freeze: [1, 2, 3]}}
+    claims:                             # the paper's findings, checked by fastft report (see CLAIM_KINDS)
+      - {a: ft-near, b: ft-far, text: "the near source fine-tunes better", ref: "§4.3"}
 
 Each (template × grid point × seed) is one run; ``source: <template>`` makes it depend on that template's run of
 the same seed. A run's id is the trainer's (hash of data, model, protocol, seed, source id), computed before anything
@@ -47,7 +49,10 @@ import yaml
 
 from .errors import FastFTError
 
-PLAN_KEYS = {"name", "construction", "params", "seeds", "defaults", "runs", "description"}
+PLAN_KEYS = {"name", "construction", "params", "seeds", "defaults", "runs", "description", "claims"}
+# the paper's findings a plan checks (fastft report): a beats b, paired by seed at each common grid point; ``value``
+# of grid key ``key`` is ``best`` for a template; or grid key ``key`` going ``from`` → ``to`` is a ``gain`` for a template
+CLAIM_KINDS = {("a", "b"), ("best", "key", "value"), ("gain", "key", "from", "to")}
 RUN_KEYS = {"name", "set", "mode", "source", "grid", "paper", "overrides"}
 PAPER_KEYS = {"top1", "std", "ref", "svm", "svm_before", "probes", "probes_before",  # the paper's numbers a run is reported next to
               "filters_beats"}  # Fig. 9: {other template: % of classes where this model's conv5 filters are more sensitive}
@@ -99,11 +104,32 @@ def load_plan(path: str | Path) -> dict:
             raise FastFTError(f"plan {p}: run {r['name']!r} has unknown paper key(s) {sorted(bad)}; valid: {sorted(PAPER_KEYS)}")
         if r.get("source") and r["source"] not in names:
             raise FastFTError(f"plan {p}: run {r['name']!r} has source {r['source']!r}, which is not a run of the plan")
+    for c in plan.get("claims") or []:
+        _check_claim(c, plan, p)
     plan.setdefault("seeds", [0, 1, 2, 3, 4])
     plan.setdefault("params", {})
     plan.setdefault("defaults", {})
     plan["_path"] = str(p)
     return plan
+
+
+def _check_claim(c, plan: dict, p: Path) -> None:
+    """A claim names templates of the plan and, for ``best`` / ``gain``, one of their grid keys and its values."""
+    kind = next((k for k in CLAIM_KINDS if isinstance(c, dict) and set(c) - {"text", "ref"} == set(k)), None)
+    if kind is None or not isinstance(c.get("text"), str):
+        raise FastFTError(f"plan {p}: claim {c!r} must have a text and one of the key sets {sorted(sorted(k) for k in CLAIM_KINDS)}")
+    runs = {r["name"]: r for r in plan["runs"]}
+    for t in (c[k] for k in ("a", "b", "best", "gain") if k in c):
+        if t not in runs:
+            raise FastFTError(f"plan {p}: claim {c['text']!r} names {t!r}, which is not a run of the plan")
+    if "key" in c:
+        grid = runs[c.get("best") or c["gain"]].get("grid") or {}
+        values = grid.get(c["key"])
+        if values is None:
+            raise FastFTError(f"plan {p}: claim {c['text']!r}: {c['key']!r} is not a grid key of {c.get('best') or c['gain']!r}")
+        for v in (c[k] for k in ("value", "from", "to") if k in c):
+            if v not in values:
+                raise FastFTError(f"plan {p}: claim {c['text']!r}: {c['key']}={v!r} is not in its grid {values}")
 
 
 def expand(plan: dict, seeds: list[int] | None = None) -> list[RunSpec]:
@@ -121,7 +147,8 @@ def expand(plan: dict, seeds: list[int] | None = None) -> list[RunSpec]:
                 ov = {**plan["defaults"], **(t.get("overrides") or {}), "set": t["set"], "mode": t.get("mode", "scratch"), "seed": seed, **g}
                 rs = RunSpec(key=f"{t['name']}{suffix}-s{seed}", template=t["name"], seed=seed, overrides=ov, grid=g,
                              labels={"plan": plan["name"], "template": t["name"], "grid": g, "seed": seed, "set": t["set"],
-                                     "mode": ov["mode"], "source_template": t.get("source"), "paper": t.get("paper")})
+                                     "mode": ov["mode"], "source_template": t.get("source"), "paper": t.get("paper"),
+                                     "claims": plan.get("claims")})
                 if t.get("source"):
                     srcs = by_template[t["source"]]
                     if len(srcs) != 1:

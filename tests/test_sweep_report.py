@@ -73,6 +73,14 @@ def test_plan_mistakes_are_named(tmp_path):
     p.write_text("name: x\nconstruction: dog\nruns: [{name: a, set: nearr}]\n")
     with pytest.raises(FastFTError, match="no set 'nearr'"):
         sw.prepare(sw.load_plan(p), sw.expand(sw.load_plan(p)), None, tmp_path)
+    runs = "runs: [{name: a, set: near}, {name: f, set: target, grid: {freeze: [0, 1]}}]\n"
+    for claim, message in (("{a: a, b: zz, text: t}", "names 'zz'"), ("{a: a, text: t}", "must have a text and one of"),
+                           ("{best: a, key: freeze, value: 0, text: t}", "'freeze' is not a grid key of 'a'"),
+                           ("{best: f, key: freeze, value: 3, text: t}", r"freeze=3 is not in its grid \[0, 1\]"),
+                           ("{gain: f, key: freeze, from: 0, to: 1}", "must have a text")):
+        p.write_text(f"name: x\nconstruction: dog\nclaims: [{claim}]\n{runs}")
+        with pytest.raises(FastFTError, match=message):
+            sw.load_plan(p)
 
 
 def test_views_resolved_by_several_processes_equal_those_resolved_in_one(store, tmp_path, monkeypatch):
@@ -386,13 +394,14 @@ def test_interrupted_sweep_checkpoints_its_runs_and_resumes(store, tmp_path):
     assert (near / "sweep.log").read_text().count("resuming") == 2
 
 
-def _fake_run(root: Path, name: str, template: str, seed: int, top1: float, paper=None, grid=None, source_template=None, **config):
+def _fake_run(root: Path, name: str, template: str, seed: int, top1: float, paper=None, grid=None, source_template=None, claims=None,
+              **config):
     d = root / name
     d.mkdir(parents=True)
     (d / "config.json").write_text(json.dumps({"run_id": name, "config": {"seed": seed, "mode": "finetune", "set": "target", "name": name,
                                                                           **config}, "num_classes": 100}))
     (d / "sweep.json").write_text(json.dumps({"plan": "p", "template": template, "seed": seed, "paper": paper, "grid": grid or {},
-                                              "distance": 0.1, "source_template": source_template}))
+                                              "distance": 0.1, "source_template": source_template, "claims": claims}))
     (d / "final.json").write_text(json.dumps({"top1": top1, "top5": top1 + 10, "epochs": 2}))
     (d / "metrics.jsonl").write_text("\n".join(json.dumps({"epoch": e, "top1": top1 * e / 2, "train_loss": 2 - e / 2, "lr": 0.01}) for e in (1, 2)))
 
@@ -486,11 +495,42 @@ def test_report_fig9_pairs_each_seeds_models_on_its_target(tmp_path):
     assert any(Path(f).name == "filters-p.png" for f in r["figures"]) and str(tmp_path / "rep" / "filters.csv") in r["tables"]
 
 
+def test_report_checks_the_papers_findings_paired_by_seed(tmp_path):
+    """A plan's claims, checked on its runs: a beats b (one point: its paired 95 % interval; a grid: per point),
+    the best value of a grid key, and a gain along a grid key — with the evidence and a verdict."""
+    claims = [{"a": "ft", "b": "scratch", "text": "ft beats scratch"},
+              {"a": "scratch", "b": "ft", "text": "scratch beats ft"},
+              {"a": "ft", "b": "noisy", "text": "ft beats noisy"},
+              {"best": "fz", "key": "freeze", "value": 0, "text": "freeze 0 is best"},
+              {"gain": "aug", "key": "augment_to", "from": 0, "to": 1200, "text": "augmentation helps", "ref": "§4.6"}]
+    runs = tmp_path / "runs"
+    for seed in range(3):
+        for t, top1 in (("ft", 60.0 + seed), ("scratch", 50.0 + seed), ("noisy", 60.0 + (-5, 4, 3)[seed])):
+            _fake_run(runs, f"{t}{seed}", t, seed, top1, claims=claims)
+        for fz, top1 in ((0, 62.0), (3, 61.0 + (0, 2, 0)[seed])):  # freeze 0 best on average, not in seed 1
+            _fake_run(runs, f"fz{fz}-{seed}", "fz", seed, top1, grid={"freeze": fz}, claims=claims)
+        for n in (30, 960):
+            for aug in (0, 1200):
+                _fake_run(runs, f"aug{n}-{aug}-{seed}", "aug", seed, 40.0 + seed + (10 if aug and n == 30 else 0.1 * seed if aug else 0),
+                          grid={"set": f"k100_n{n}", "augment_to": aug}, claims=claims)
+    write_report(runs, tmp_path / "rep")
+    c = pd.read_csv(tmp_path / "rep" / "claims.csv").set_index("claim")
+    assert c.loc["ft beats scratch", "verdict"] == "holds" and c.loc["ft beats scratch", "fastft"].startswith("+10.00 (±0.00")
+    assert c.loc["scratch beats ft", "verdict"] == "does not hold (significantly the other way)"
+    assert c.loc["ft beats noisy", "verdict"] == "same direction, not significant"  # +1.33, seeds 1 and 2 differ in sign
+    assert c.loc["freeze 0 is best", "verdict"] == "holds" and "best in 2/3 seeds" in c.loc["freeze 0 is best", "fastft"]
+    # at 30 images +10 in every seed; at 960, +0, +0.1, +0.2: above 0 on average, not significantly
+    assert c.loc["augmentation helps", "verdict"] == "same direction, not significant"
+    assert "over 2 grid points; above 0 at 2, significantly at 1" in c.loc["augmentation helps", "fastft"]
+    assert "| augmentation helps | §4.6 |" in (tmp_path / "rep" / "report.md").read_text()
+
+
 def test_demo_end_to_end(tmp_path):
     r = subprocess.run([sys.executable, "-m", "fastft", "demo", "--out", str(tmp_path / "demo"), "--seeds", "1"],
                        capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "6/6 fastft report" in r.stdout and "target accuracy:" in r.stdout and "SVM after" in r.stdout
+    assert "| fine-tuning from the near source beats training from scratch | §4.3 |" in r.stdout  # the plan's claims, checked
     assert (tmp_path / "demo/report/report.md").exists() and (tmp_path / "demo/report/final-demo-near-far.png").exists()
     runs = pd.read_csv(tmp_path / "demo/report/runs.csv")
     assert runs["finished"].all() and len(runs) == 5
