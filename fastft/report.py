@@ -574,18 +574,7 @@ def _grid_figures(r: pd.DataFrame, plan: str, out: Path, plt) -> list[Path]:
     x = "grid_images" if "grid_images" in keys else None
     if x is None:
         return made
-    means = r.groupby(["template"] + [k for k in keys if k != x] + [x], dropna=False)["top1"].mean()
-    lines = []
-    templates = set(r["template"])
-    for a, b in GAIN_PAIRS:
-        if a in templates and b in templates:
-            lines.append((f"{a} − {b}", means.xs(a, level="template") - means.xs(b, level="template")))
-    if "grid_augment_to" in keys:  # templates run with and without augmentation (a plan's sources have no grid)
-        for t, g in r[r["grid_augment_to"].notna()].groupby("template"):
-            if g["grid_augment_to"].nunique() == 2:
-                lo, hi = sorted(g["grid_augment_to"].unique())
-                mt = means.xs(t, level="template")
-                lines.append((f"{t}: augmented − not", mt.xs(hi, level="grid_augment_to") - mt.xs(lo, level="grid_augment_to")))
+    lines = gain_lines(r, keys, x)
     if not lines:
         return made
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -617,6 +606,28 @@ def _family(i: int, j: int = 0, n: int = 1):
     import matplotlib
 
     return matplotlib.colormaps[FAMILIES[i % len(FAMILIES)]](0.75 if n <= 1 else 0.3 + 0.7 * (j + 1) / n)
+
+
+def gain_lines(r: pd.DataFrame, keys: list[str], x: str) -> list[tuple[str, pd.Series]]:
+    """The gains figure's lines: (name, mean gain indexed by the other grid keys and ``x``) for the study's
+    comparisons (``GAIN_PAIRS``) and, for templates run with and without it, augmented − not. Each gain is paired by
+    seed (the same class draw), then averaged: while seeds are still training, a difference of means over different
+    seeds would mix draws."""
+    by_seed = r.groupby(["template"] + [k for k in keys if k != x] + [x, "seed"], dropna=False)["top1"].mean()
+    mean_over_seeds = lambda d: d.dropna().groupby(level=[n for n in d.index.names if n != "seed"], dropna=False).mean()  # noqa: E731
+    lines = []
+    templates = set(r["template"])
+    for a, b in GAIN_PAIRS:
+        if a in templates and b in templates:
+            lines.append((f"{a} − {b}", mean_over_seeds(by_seed.xs(a, level="template") - by_seed.xs(b, level="template"))))
+    if "grid_augment_to" in keys:  # templates run with and without augmentation (a plan's sources have no grid)
+        for t, g in r[r["grid_augment_to"].notna()].groupby("template"):
+            if g["grid_augment_to"].nunique() == 2:
+                lo, hi = sorted(g["grid_augment_to"].unique())
+                mt = by_seed.xs(t, level="template")
+                lines.append((f"{t}: augmented − not",
+                              mean_over_seeds(mt.xs(hi, level="grid_augment_to") - mt.xs(lo, level="grid_augment_to"))))
+    return lines
 
 
 def _grid_style(rr: pd.DataFrame, others: list[str], t: int, values: tuple) -> dict:

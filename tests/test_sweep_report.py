@@ -495,6 +495,16 @@ def test_report_fig9_pairs_each_seeds_models_on_its_target(tmp_path):
     assert any(Path(f).name == "filters-p.png" for f in r["figures"]) and str(tmp_path / "rep" / "filters.csv") in r["tables"]
 
 
+def test_gains_are_paired_by_seed_while_seeds_are_unfinished():
+    from fastft.report import gain_lines
+
+    rows = [("ft-near", 0, 70.0), ("scratch", 0, 60.0), ("ft-near", 1, 50.0), ("scratch", 1, 40.0),
+            ("ft-near", 2, 90.0)]  # seed 2's scratch is still training: an unpaired mean would give 70 - 50 = +20
+    r = pd.DataFrame([{"template": t, "seed": s, "top1": v, "grid_images": 30} for t, s, v in rows])
+    ((name, gain),) = gain_lines(r, ["grid_images"], "grid_images")
+    assert name == "ft-near − scratch" and gain.to_dict() == {30: 10.0}
+
+
 def test_report_checks_the_papers_findings_paired_by_seed(tmp_path):
     """A plan's claims, checked on its runs: a beats b (one point: its paired 95 % interval; a grid: per point),
     the best value of a grid key, and a gain along a grid key — with the evidence and a verdict."""
