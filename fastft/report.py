@@ -2,7 +2,8 @@
 the study's comparisons paired by seed) and figures.
 
 Reads only run directories (``config.json``, ``final.json``, ``metrics.jsonl``, ``sweep.json``), found recursively, so
-runs gathered from many machines report the same. Figures (PNG):
+runs gathered from many machines report the same. Plans come in the paper's order (the sections their ``claims:``
+cite); each plan's findings are checked on its runs (:func:`claims`). Figures (PNG):
 
 * ``curves-<plan>.png`` — test top-1 and train loss per epoch, mean over seeds, one line per run template / grid point
   (the paper's Fig. 4 for the LR plan, Fig. 5 for the source-size plan); a grid plan gets a row of panels per
@@ -53,7 +54,18 @@ def collect(runs_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             _collect_one(d, cfg, c, sw, fin, rows, curves)
     if not rows:
         raise FastFTError(f"no run directories (config.json) under {runs_dir}")
-    return pd.DataFrame(rows), pd.DataFrame(curves)
+    runs = pd.DataFrame(rows)
+    return runs.sort_values("plan", key=lambda c: c.map(_plan_sections(runs)), kind="stable").reset_index(drop=True), pd.DataFrame(curves)
+
+
+def _plan_sections(runs: pd.DataFrame) -> dict:
+    """Plans in the paper's order: each by the first section (``§4.3``) its claims cite; others after, as found."""
+    out = {}
+    for plan, g in runs.groupby("plan", sort=False):
+        refs = [c.get("ref", "") for x in g.get("claims", pd.Series(dtype=object)).dropna()[:1] for c in json.loads(x)]
+        secs = [tuple(int(n) for n in m.split(".")) for ref in refs for m in re.findall(r"§(\d+(?:\.\d+)*)", ref)]
+        out[plan] = min(secs) if secs else (float("inf"),)
+    return out
 
 
 def _collect_one(d: Path, cfg: dict, c: dict, sw: dict, fin: dict, rows: list, curves: list) -> None:

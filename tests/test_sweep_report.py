@@ -395,12 +395,12 @@ def test_interrupted_sweep_checkpoints_its_runs_and_resumes(store, tmp_path):
 
 
 def _fake_run(root: Path, name: str, template: str, seed: int, top1: float, paper=None, grid=None, source_template=None, claims=None,
-              **config):
+              plan="p", **config):
     d = root / name
     d.mkdir(parents=True)
     (d / "config.json").write_text(json.dumps({"run_id": name, "config": {"seed": seed, "mode": "finetune", "set": "target", "name": name,
                                                                           **config}, "num_classes": 100}))
-    (d / "sweep.json").write_text(json.dumps({"plan": "p", "template": template, "seed": seed, "paper": paper, "grid": grid or {},
+    (d / "sweep.json").write_text(json.dumps({"plan": plan, "template": template, "seed": seed, "paper": paper, "grid": grid or {},
                                               "distance": 0.1, "source_template": source_template, "claims": claims}))
     (d / "final.json").write_text(json.dumps({"top1": top1, "top5": top1 + 10, "epochs": 2}))
     (d / "metrics.jsonl").write_text("\n".join(json.dumps({"epoch": e, "top1": top1 * e / 2, "train_loss": 2 - e / 2, "lr": 0.01}) for e in (1, 2)))
@@ -508,7 +508,7 @@ def test_gains_are_paired_by_seed_while_seeds_are_unfinished():
 def test_report_checks_the_papers_findings_paired_by_seed(tmp_path):
     """A plan's claims, checked on its runs: a beats b (one point: its paired 95 % interval; a grid: per point),
     the best value of a grid key, and a gain along a grid key — with the evidence and a verdict."""
-    claims = [{"a": "ft", "b": "scratch", "text": "ft beats scratch"},
+    claims = [{"a": "ft", "b": "scratch", "text": "ft beats scratch", "ref": "§4.6"},
               {"a": "scratch", "b": "ft", "text": "scratch beats ft"},
               {"a": "ft", "b": "noisy", "text": "ft beats noisy"},
               {"best": "fz", "key": "freeze", "value": 0, "text": "freeze 0 is best"},
@@ -533,6 +533,10 @@ def test_report_checks_the_papers_findings_paired_by_seed(tmp_path):
     assert c.loc["augmentation helps", "verdict"] == "same direction, not significant"
     assert "over 2 grid points; above 0 at 2, significantly at 1" in c.loc["augmentation helps", "fastft"]
     assert "| augmentation helps | §4.6 |" in (tmp_path / "rep" / "report.md").read_text()
+    for seed in range(2):  # a plan citing §4.1 comes before one citing §4.6, whatever the run directories' names
+        _fake_run(runs, f"zz-lr{seed}", "ft", seed, 60.0, plan="lr", claims=[{"a": "ft", "b": "ft", "text": "x", "ref": "§4.1, Fig. 4"}])
+    md = (write_report(runs, tmp_path / "rep2"), (tmp_path / "rep2" / "report.md").read_text())[1]
+    assert md.index("## lr") < md.index("## p")
 
 
 def test_demo_end_to_end(tmp_path):
