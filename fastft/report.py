@@ -131,8 +131,9 @@ def _analyses(run_dir: Path, view: str | None, source: str | None) -> dict:
 
 
 def _natural(text) -> tuple:
-    """Sort key reading the numbers in a label as numbers: ``set=k100_n30`` before ``set=k100_n120``."""
-    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(text or "")) if t)
+    """Sort key reading the numbers in a label as numbers: ``set=k100_n30`` before ``set=k100_n120``, ``lr=0.0005``
+    before ``lr=0.001``."""
+    return tuple((0, float(t), "") if t[0].isdigit() else (1, 0, t) for t in re.split(r"(\d+(?:\.\d+)?)", str(text or "")) if t)
 
 
 def _in_order(df: pd.DataFrame, *cols: str) -> pd.DataFrame:

@@ -495,6 +495,13 @@ def test_report_fig9_pairs_each_seeds_models_on_its_target(tmp_path):
     assert any(Path(f).name == "filters-p.png" for f in r["figures"]) and str(tmp_path / "rep" / "filters.csv") in r["tables"]
 
 
+def test_report_rows_read_numbers_as_numbers(tmp_path):
+    for lr in (0.01, 0.0001, 0.001, 0.0005):
+        _fake_run(tmp_path / "runs", f"ft-lr{lr}", "ft", 0, 60.0, grid={"lr": lr})
+    md = (write_report(tmp_path / "runs", tmp_path / "rep"), (tmp_path / "rep" / "report.md").read_text())[1]
+    assert [md.index(f"| lr={lr} |") for lr in ("0.0001", "0.0005", "0.001", "0.01")] == sorted(md.index(f"| lr={lr} |") for lr in ("0.0001", "0.0005", "0.001", "0.01"))
+
+
 def test_gains_are_paired_by_seed_while_seeds_are_unfinished():
     from fastft.report import gain_lines
 
