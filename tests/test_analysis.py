@@ -46,6 +46,20 @@ def test_svm_and_probe_on_separable_data():
     assert an.probe_accuracy(rng.normal(size=(45, 5)), y[::2], rng.normal(size=(45, 5)), y[1::2], 3) < 0.7
 
 
+def test_svm_one_problem_per_thread_equals_linear_svc():
+    """The threaded one-vs-rest SVM gives LinearSVC's own predictions (same problems, same solver and seed)."""
+    from sklearn.svm import LinearSVC
+
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(6), 40)
+    x = np.maximum(rng.normal(size=(240, 64)) + 1.2 * np.eye(6, 64)[y], 0)  # overlapping classes, ReLU-like zeros
+    xte, yte = x[1::2], y[1::2]
+    norm = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    want = (LinearSVC(C=1.0, max_iter=5000, random_state=0).fit(norm(x[::2]), y[::2]).predict(norm(xte)) == yte).mean()
+    assert 0.3 < want < 1.0 and an.svm_accuracy(x[::2], y[::2], xte, yte) == pytest.approx(want)
+    assert an._svm_threads(x) >= 1
+
+
 @pytest.fixture(scope="module")
 def trained(demo_spec, store, view_near, tmp_path_factory):
     out = tmp_path_factory.mktemp("arun")
