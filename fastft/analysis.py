@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -205,6 +206,8 @@ def svm_accuracy(xtr, ytr, xte, yte, C: float = 1.0) -> float:
     norm = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # noqa: E731
     x = np.ascontiguousarray(norm(np.asarray(xtr, np.float64)))  # liblinear's dtype: converted once, shared by the threads
     jobs = _svm_threads(x)
+    if sys.stderr.isatty():  # minutes at study size, with no progress of its own
+        print(f"linear SVM: {x.shape[0]} x {x.shape[1]} features, {len(np.unique(ytr))} classes, {jobs} threads", file=sys.stderr)
     with parallel_config(backend="threading"):
         clf = OneVsRestClassifier(LinearSVC(C=C, max_iter=5000, random_state=0), n_jobs=jobs).fit(x, ytr)
     return float((clf.predict(norm(np.asarray(xte, np.float64))) == yte).mean())
