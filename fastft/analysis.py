@@ -37,14 +37,15 @@ from .store import view_tag
 
 
 # ---------------------------------------------------------------- which runs, on which views
-def analysis_targets(paths: list, view=None, plan: str | None = None) -> list[tuple[Path, list[Path]]]:
+def analysis_targets(paths: list, view=None, plan: str | None = None, sources: bool = True) -> list[tuple[Path, list[Path]]]:
     """What ``fastft analyze`` works on: ``(view, runs)`` groups, in the order the runs come.
 
     ``paths`` are run directories, or directories of runs (their finished runs; only ``plan``'s if given). With
     ``view``, every run on it. Without, each run on its target view(s), as ``fastft report`` pairs results: a run
     trained on a target set on its own view; a source model on the views of the runs fine-tuned from it, found beside
-    it (Table 3's "before fine-tuning"; with ``plan``, that plan's fine-tunes). So one call analyses a five-seed
-    study, each seed's models on that seed's target, and ``filters`` / ``probes`` compare the models of one view."""
+    it (Table 3's "before fine-tuning"; with ``plan``, that plan's fine-tunes; ``sources=False``: left out). So one
+    call analyses a five-seed study, each seed's models on that seed's target, and ``filters`` / ``probes`` compare
+    the models of one view."""
     from .runs import locate
     from .subsets import is_target_set
 
@@ -68,6 +69,8 @@ def analysis_targets(paths: list, view=None, plan: str | None = None) -> list[tu
     groups: dict = {}
     for r in runs:
         c = json.loads((r / "config.json").read_text())["config"]
+        if not sources and not is_target_set(c.get("set")):
+            continue
         if is_target_set(c.get("set")):
             views = [locate(c.get("view"), r, "views")]
         else:
@@ -86,6 +89,30 @@ def analysis_targets(paths: list, view=None, plan: str | None = None) -> list[tu
         for v in views:
             groups.setdefault(v.resolve(), []).append(r)
     return list(groups.items())
+
+
+def distance_targets(paths: list, plan: str | None = None) -> list[tuple[Path, Path, Path]]:
+    """``(source model, source view, target view)`` for each fine-tuned run among ``paths`` (as in
+    :func:`analysis_targets`): the feature distance of a study's source→target pairs, measured in the source model's
+    fc7 — what fine-tuning starts from. Each pair once."""
+    from .runs import locate
+
+    out = {}
+    for _, runs in analysis_targets(paths, view=None, plan=plan, sources=False):
+        for r in runs:
+            c = json.loads((r / "config.json").read_text())["config"]
+            src = locate(c.get("source"), r)
+            if src is None:
+                continue
+            sview = locate(json.loads((src / "config.json").read_text())["config"].get("view"), src, "views") \
+                if (src / "config.json").exists() else None
+            tview = locate(c.get("view"), r, "views")
+            if sview is not None and tview is not None:
+                out.setdefault((src.resolve(), tview.resolve()), (src, sview, tview))
+    if not out:
+        raise FastFTError("no fine-tuned runs with their source runs and views among " + ", ".join(map(str, paths)) +
+                          "; for other pairs give --view (target) and --source-view")
+    return list(out.values())
 
 
 def _run_dirs(root: Path) -> list[Path]:

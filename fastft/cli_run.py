@@ -245,10 +245,14 @@ def cmd_analyze(a):
                             out=a.out or str(Path(a.runs[0]) / "analysis" / "classviz.png"))
         print(f"class-model images: {r['image']} (class scores {['%.2f' % x for x in r['score_before']]} -> {['%.2f' % x for x in r['score_after']]})")
     elif a.what == "distance":
-        if not (a.source_view and a.view):
-            raise FastFTError("analyze distance needs --view (the target) and --source-view")
-        r = an.feature_distance(a.runs[0], a.source_view, a.view, a.device)
-        print(json.dumps(r["summary"]))
+        if bool(a.source_view) != bool(a.view):
+            raise FastFTError("analyze distance takes both --view (the target) and --source-view, or neither (each "
+                              "fine-tuned run's source and target, measured in the source model)")
+        pairs = [(a.runs[0], a.source_view, a.view)] if a.view else an.distance_targets(a.runs, a.plan)
+        for model, sview, tview in pairs:
+            r = an.feature_distance(model, sview, tview, a.device)["summary"]
+            print(f"{Path(model).name}: {Path(sview).name} -> {Path(tview).name}: feature (fc7 cosine, nearest) "
+                  f"{r['feature_cosine_nearest']:.4f}, WordNet {r['wordnet_wup_nearest']:.4f}")
 
 
 def cmd_demo(a):

@@ -127,6 +127,9 @@ def _analyses(run_dir: Path, view: str | None, source: str | None) -> dict:
             out.update({f"probe_before_{k}": v for k, v in json.loads(p.read_text())["summary"].items()})
         if (source / "analysis" / f"filters-{tag}.json").exists():
             out["filters_before_file"] = str(source / "analysis" / f"filters-{tag}.json")
+        p = source / "analysis" / f"distance-{tag}.json"  # measured in the source model (fastft analyze distance)
+        if p.exists() and "feature_cosine_nearest" not in out:
+            out["feature_cosine_nearest"] = json.loads(p.read_text())["summary"]["feature_cosine_nearest"]
     return out
 
 
@@ -150,7 +153,8 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     if done.empty:
         return pd.DataFrame()
     g = done.groupby(["plan", "template", "grid"], sort=False, dropna=False)
-    extra = {c: (c, "mean") for c in done.columns if c in ("svm_top1", "svm_before_top1", "mean_sensitivity") or c.startswith("probe_")}
+    extra = {c: (c, "mean") for c in done.columns
+             if c in ("svm_top1", "svm_before_top1", "mean_sensitivity", "feature_cosine_nearest") or c.startswith("probe_")}
     extra.update({c: (c, "first") for c in done.columns if c.startswith(("paper_svm", "paper_probe_")) or c == "source_template"})
     out = g.agg(tested_on=("set", "first"), seeds=("seed", "nunique"), top1_mean=("top1", "mean"), top1_std=("top1", "std"), top5_mean=("top5", "mean"),
                 distance=("distance", "mean"), paper_top1=("paper_top1", "first"), paper_std=("paper_std", "first"),
@@ -391,6 +395,13 @@ def markdown(summary: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame | No
                 cells = [getattr(r, k, float("nan")) for k in ("svm_top1", "svm_before_top1", "paper_svm", "paper_svm_before")]
                 lines.append(f"| {_label(r)} | " + " | ".join(_num(x) for x in cells) + " |")
             lines.append("")
+        if "feature_cosine_nearest" in s and s["feature_cosine_nearest"].notna().any():
+            lines += ["Source → target distance (WordNet: 1 − Wu-Palmer to the nearest source class; features: 1 − cosine of "
+                      "class-mean fc7 to the nearest source class, in the source model), mean over seeds:", "",
+                      "| run | WordNet | features | top-1 |", "|---|---:|---:|---:|"]
+            lines += [f"| {_label(r)} | {r.distance:.3f} | {r.feature_cosine_nearest:.4f} | {_num(r.top1_mean)} |"
+                      for r in s[s["feature_cosine_nearest"].notna()].itertuples()]
+            lines.append("")
         fb = beats[beats["plan"] == plan] if beats is not None else []
         if len(fb):
             lines += ["conv5 filter sensitivity (Fig. 9): the % of the target's classes where A's top-5 filters have the higher "
@@ -459,17 +470,20 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, curves: pd.DataFrame, out
         if _probe_layers(s):
             made.append(_probes_figure(s, plan, out, plt))
     ft = runs[runs["finished"] & runs["distance"].notna()]
-    if len(ft):
-        fig, ax = plt.subplots(figsize=(6, 4))
+    if len(ft):  # WordNet distance; and the feature distance where `fastft analyze distance` measured it
+        axes_x = [("distance", "WordNet distance source→target (1 − Wu-Palmer to nearest source class)")]
+        if "feature_cosine_nearest" in ft and ft["feature_cosine_nearest"].notna().any():
+            axes_x.append(("feature_cosine_nearest", "feature distance (1 − cosine of fc7 class means, source model)"))
+        fig, axes = plt.subplots(1, len(axes_x), figsize=(6 * len(axes_x), 4), squeeze=False)
         plans = list(dict.fromkeys(ft["plan"]))
-        for p, g in ft.groupby("plan", sort=False):  # a hue per plan, a shade per template (a run per point)
-            templates = sorted(set(g["template"]), key=_natural)
-            for j, (t, gt) in enumerate(sorted(g.groupby("template"), key=lambda x: _natural(x[0]))):
-                ax.scatter(gt["distance"], gt["top1"], s=14, alpha=0.7, color=_family(plans.index(p), j, len(templates)),
-                           label=f"{p}: {t}")
-        ax.set(xlabel="WordNet distance source→target (1 − Wu-Palmer to nearest source class)", ylabel="fine-tuned top-1 (%)",
-               title="accuracy vs source–target distance")
-        _legend_beside(ax)
+        for ax, (col, label) in zip(axes[0], axes_x):
+            for p, g in ft.groupby("plan", sort=False):  # a hue per plan, a shade per template (a run per point)
+                templates = sorted(set(g["template"]), key=_natural)
+                for j, (t, gt) in enumerate(sorted(g.groupby("template"), key=lambda x: _natural(x[0]))):
+                    ax.scatter(gt[col], gt["top1"], s=14, alpha=0.7, color=_family(plans.index(p), j, len(templates)),
+                               label=f"{p}: {t}")
+            ax.set(xlabel=label, ylabel="fine-tuned top-1 (%)", title="accuracy vs source–target distance")
+        _legend_beside(axes[0][-1])
         fig.tight_layout()
         made.append(_save(fig, out / "distance.png"))
     return made

@@ -177,9 +177,15 @@ def test_analyze_a_runs_directory_puts_each_seeds_models_on_that_seeds_target(st
         tag = view_tag(json.loads((ft / "config.json").read_text())["config"]["view"])
         assert [p.name for p in (ft / "analysis").glob("svm-*.json")] == [f"svm-{tag}.json"]
         assert [p.name for p in (near / "analysis").glob("svm-*.json")] == [f"svm-{tag}.json"]  # not the other seed's
+    r = subprocess.run(cli + ["analyze", "distance", str(out), "--plan", "p"], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.count("feature (fc7 cosine, nearest)") == 2, r.stdout + r.stderr  # a pair per seed
     write_report(out, tmp_path / "rep")
     rows = pd.read_csv(tmp_path / "rep" / "runs.csv")
     assert rows.loc[rows["template"] == "ft", "svm_before_top1"].notna().sum() == 2
+    assert rows.loc[rows["template"] == "ft", "feature_cosine_nearest"].notna().sum() == 2  # measured in each seed's source
+    assert "Source → target distance" in (tmp_path / "rep" / "report.md").read_text()
+    r = subprocess.run(cli + ["analyze", "distance", str(out), "--view", str(out)], env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and "or neither" in r.stderr
     r = subprocess.run(cli + ["analyze", "svm", str(out), "--plan", "q"], env=env, capture_output=True, text=True)
     assert r.returncode != 0 and "no finished runs of plan 'q' (its plans: p)" in r.stderr
     alone = tmp_path / "alone"
