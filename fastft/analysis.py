@@ -37,48 +37,54 @@ from .store import view_tag
 
 
 # ---------------------------------------------------------------- which runs, on which views
-def analysis_targets(paths: list, view=None, plan: str | None = None, sources: bool = True) -> list[tuple[Path, list[Path]]]:
+def _expand(paths: list, plan: str | None) -> tuple[list[tuple[Path, dict]], list[tuple[Path, dict]]]:
+    """(the runs ``paths`` name, with their configs; every run beside them). ``paths`` are run directories, or
+    directories of runs — their finished runs, only ``plan``'s if given."""
+    from .runs import run_dirs
+
+    runs, beside = [], {}
+    for p in map(Path, paths):
+        if (p / "config.json").exists():
+            runs.append((p, json.loads((p / "config.json").read_text())))
+            beside.update(run_dirs(p.parent))
+        elif p.is_dir():
+            here = run_dirs(p)
+            found = [(d, cfg) for d, cfg in here if (d / "final.json").exists() and (plan is None or plan in _plans(d))]
+            if not found:
+                raise FastFTError(f"{p} holds no finished runs" + (f" of plan {plan!r}" if plan else "") +
+                                  (f" (its plans: {', '.join(sorted({q for d, _ in here for q in _plans(d)}))})" if plan else ""))
+            runs += found
+            beside.update(here)
+        else:
+            raise FastFTError(f"{p} is neither a run directory (config.json) nor a directory of runs")
+    return runs, list(beside.items())
+
+
+def analysis_targets(paths: list, view=None, plan: str | None = None) -> list[tuple[Path, list[Path]]]:
     """What ``fastft analyze`` works on: ``(view, runs)`` groups, in the order the runs come.
 
     ``paths`` are run directories, or directories of runs (their finished runs; only ``plan``'s if given). With
     ``view``, every run on it. Without, each run on its target view(s), as ``fastft report`` pairs results: a run
     trained on a target set on its own view; a source model on the views of the runs fine-tuned from it, found beside
-    it (Table 3's "before fine-tuning"; with ``plan``, that plan's fine-tunes; ``sources=False``: left out). So one
-    call analyses a five-seed study, each seed's models on that seed's target, and ``filters`` / ``probes`` compare
-    the models of one view."""
+    it (Table 3's "before fine-tuning"; with ``plan``, that plan's fine-tunes). So one call analyses a five-seed
+    study, each seed's models on that seed's target, and ``filters`` / ``probes`` compare the models of one view."""
     from .runs import locate
     from .subsets import is_target_set
 
-    runs, roots = [], []
-    for p in map(Path, paths):
-        if (p / "config.json").exists():
-            runs.append(p)
-            roots.append(p.parent)
-        elif p.is_dir():
-            found = [d for d in _run_dirs(p) if (d / "final.json").exists() and (plan is None or plan in _plans(d))]
-            if not found:
-                raise FastFTError(f"{p} holds no finished runs" + (f" of plan {plan!r}" if plan else "") +
-                                  (f" (its plans: {', '.join(sorted({q for d in _run_dirs(p) for q in _plans(d)}))})" if plan else ""))
-            runs += found
-            roots.append(p)
-        else:
-            raise FastFTError(f"{p} is neither a run directory (config.json) nor a directory of runs")
+    runs, beside = _expand(paths, plan)
     if view is not None:
-        return [(Path(view), runs)]
+        return [(Path(view), [r for r, _ in runs])]
     tuned: dict | None = None  # source run -> views of the runs fine-tuned from it
     groups: dict = {}
-    for r in runs:
-        c = json.loads((r / "config.json").read_text())["config"]
-        if not sources and not is_target_set(c.get("set")):
-            continue
+    for r, cfg in runs:
+        c = cfg["config"]
         if is_target_set(c.get("set")):
             views = [locate(c.get("view"), r, "views")]
         else:
             if tuned is None:
                 tuned = {}
-                for d in {d for root in roots for d in _run_dirs(root)}:
-                    cd = json.loads((d / "config.json").read_text())["config"]
-                    src, v = locate(cd.get("source"), d), locate(cd.get("view"), d, "views")
+                for d, cd in beside:
+                    src, v = locate(cd["config"].get("source"), d), locate(cd["config"].get("view"), d, "views")
                     if src is not None and v is not None and (plan is None or plan in _plans(d)):
                         tuned.setdefault(src.resolve(), []).append(v)
             views = sorted(set(tuned.get(r.resolve(), [])))
@@ -97,43 +103,29 @@ def distance_targets(paths: list, plan: str | None = None) -> list[tuple[Path, P
     fc7 — what fine-tuning starts from. Each pair once."""
     from .runs import locate
 
+    runs, beside = _expand(paths, plan)
+    configs = {d.resolve(): cfg for d, cfg in beside}
     out = {}
-    for _, runs in analysis_targets(paths, view=None, plan=plan, sources=False):
-        for r in runs:
-            c = json.loads((r / "config.json").read_text())["config"]
-            src = locate(c.get("source"), r)
-            if src is None:
-                continue
-            sview = locate(json.loads((src / "config.json").read_text())["config"].get("view"), src, "views") \
-                if (src / "config.json").exists() else None
-            tview = locate(c.get("view"), r, "views")
-            if sview is not None and tview is not None:
-                out.setdefault((src.resolve(), tview.resolve()), (src, sview, tview))
+    for r, cfg in runs:
+        src = locate(cfg["config"].get("source"), r)
+        scfg = configs.get(src.resolve()) if src is not None else None
+        if scfg is None and src is not None and (src / "config.json").exists():  # a source kept elsewhere
+            scfg = json.loads((src / "config.json").read_text())
+        sview = locate(scfg["config"].get("view"), src, "views") if scfg else None
+        tview = locate(cfg["config"].get("view"), r, "views")
+        if sview is not None and tview is not None:
+            out.setdefault((src.resolve(), tview.resolve()), (src, sview, tview))
     if not out:
         raise FastFTError("no fine-tuned runs with their source runs and views among " + ", ".join(map(str, paths)) +
                           "; for other pairs give --view (target) and --source-view")
     return list(out.values())
 
 
-def _run_dirs(root: Path) -> list[Path]:
-    """Run directories under ``root`` (a ``config.json`` with a run id), sorted."""
-    out = []
-    for f in sorted(Path(root).rglob("config.json")):
-        try:
-            if "run_id" in json.loads(f.read_text()):
-                out.append(f.parent)
-        except (json.JSONDecodeError, OSError):
-            continue
-    return out
-
-
 def _plans(run: Path) -> set[str]:
     """The plans a run serves (its ``sweep.json``)."""
-    p = run / "sweep.json"
-    if not p.exists():
-        return set()
-    d = json.loads(p.read_text())
-    return {m.get("plan") for m in d.get("memberships") or [d]}
+    from .runs import memberships
+
+    return {m["plan"] for m in memberships(run) if m.get("plan")}
 
 
 def load_model(run: str | Path, device: str = "cpu") -> tuple[AlexNet, dict]:

@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import FastFTError
-from .runs import locate, read_metrics
+from .runs import locate, memberships, read_metrics, run_dirs
 from .subsets import is_target_set
 
 GAIN_PAIRS = (("ft-near", "scratch"), ("ft-far", "scratch"), ("ft-near", "ft-far"))  # the study's comparisons
@@ -39,19 +39,10 @@ LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")  # p
 def collect(runs_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per run, one row per run × epoch)."""
     rows, curves = [], []
-    for cfgp in sorted(Path(runs_dir).rglob("config.json")):
-        d = cfgp.parent
-        try:
-            cfg = json.loads(cfgp.read_text())
-        except json.JSONDecodeError:
-            continue
-        if "run_id" not in cfg:
-            continue
-        swf = json.loads((d / "sweep.json").read_text()) if (d / "sweep.json").exists() else {}
+    for d, cfg in run_dirs(runs_dir):
         fin = json.loads((d / "final.json").read_text()) if (d / "final.json").exists() else {}
-        c = cfg["config"]
-        for sw in swf.get("memberships") or [swf]:  # one row per plan the run serves
-            _collect_one(d, cfg, c, sw, fin, rows, curves)
+        for sw in memberships(d):  # one row per plan the run serves
+            _collect_one(d, cfg, cfg["config"], sw, fin, rows, curves)
     if not rows:
         raise FastFTError(f"no run directories (config.json) under {runs_dir}")
     runs = pd.DataFrame(rows)

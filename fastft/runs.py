@@ -46,6 +46,27 @@ def locate(recorded: str | None, run_dir: Path, beside: str = "") -> Path | None
     return None
 
 
+def run_dirs(root: str | Path) -> list[tuple[Path, dict]]:
+    """The run directories under ``root``, found recursively (a ``config.json`` with a run id), with their config."""
+    out = []
+    for f in sorted(Path(root).rglob("config.json")):
+        try:
+            cfg = json.loads(f.read_text())
+        except (json.JSONDecodeError, OSError):
+            continue
+        if isinstance(cfg, dict) and "run_id" in cfg:
+            out.append((f.parent, cfg))
+    return out
+
+
+def memberships(run_dir: Path) -> list[dict]:
+    """What a run serves: one entry per (plan, template, grid point) from its ``sweep.json`` (``[{}]`` for a run
+    trained outside a sweep)."""
+    p = Path(run_dir) / "sweep.json"
+    d = json.loads(p.read_text()) if p.exists() else {}
+    return d.get("memberships") or [d]
+
+
 def environment() -> dict:
     import torch
 
