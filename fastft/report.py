@@ -30,7 +30,7 @@ import pandas as pd
 
 from .errors import FastFTError
 from .runs import locate, memberships, read_metrics, run_dirs
-from .subsets import is_target_set
+from .subsets import grid_set, is_target_set
 
 GAIN_PAIRS = (("ft-near", "scratch"), ("ft-far", "scratch"), ("ft-near", "ft-far"))  # the study's comparisons
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")  # probe columns in network order
@@ -76,9 +76,8 @@ def _collect_one(d: Path, cfg: dict, c: dict, sw: dict, fin: dict, rows: list, c
     row["paper_filters_beats"] = json.dumps(paper["filters_beats"]) if paper.get("filters_beats") else None
     row["claims"] = json.dumps(sw["claims"]) if sw.get("claims") else None
     row.update({f"grid_{k}": v for k, v in grid.items()})
-    m = re.fullmatch(r"k(\d+)_n(\d+)", str(grid.get("set", "")))
-    if m:  # instru-grid sets: classes x images per class (Fig. 12, 14)
-        row.update(grid_classes=int(m[1]), grid_images=int(m[2]))
+    if (ki := grid_set(grid.get("set"))) is not None:  # instru-grid sets: classes x images per class (Fig. 12, 14)
+        row.update(grid_classes=ki[0], grid_images=ki[1])
     row.update(_analyses(d, c.get("view"), c.get("source")))
     rows.append(row)
     for m in read_metrics(d):
@@ -190,7 +189,12 @@ def claims(runs: pd.DataFrame) -> pd.DataFrame:
     * ``{a, b}``: a beats b at each grid point both have — "holds" where every 95 % interval of the paired difference
       is above 0, "not significant" where the means are but an interval is not, else how many points it holds at;
     * ``{best, key, value}``: along grid key ``key`` (averaged over any other keys), ``value`` has the best mean top-1;
-    * ``{gain, key, from, to}``: the template at ``key=to`` beats itself at ``key=from`` (the other keys fixed)."""
+    * ``{gain, key, from, to}``: the template at ``key=to`` beats itself at ``key=from`` (the other keys fixed); with
+      ``vs``: by more than ``vs`` gains from the same change (§4.6: augmentation helps scratch more than fine-tuning);
+    * ``{trend, [vs,] key, direction}``: the template's top-1 (or its gain over ``vs``, paired by seed) goes ``up`` or
+      ``down`` along ``key``: per seed and series (the other keys fixed), Spearman's ρ between the key and the value;
+      "holds" where the mean ρ of every series is significantly in that direction (§4.4: the gain of fine-tuning over
+      scratch shrinks with more images per class)."""
     import numpy as np
 
     cols = ["plan", "claim", "ref", "fastft", "verdict"]
@@ -208,13 +212,13 @@ def claims(runs: pd.DataFrame) -> pd.DataFrame:
                 points = [pt[c["a"]] - pt[c["b"]] for _, pt in pivot.groupby(level="grid")] if {c["a"], c["b"]} <= set(pivot) else []
                 fastft, verdict = _paired_verdict([d.dropna() for d in points])
             elif "gain" in c:
-                t = g[g["template"] == c["gain"]]
-                rows = t[grid.loc[t.index].isin([c["from"], c["to"]])] if grid is not None else t.iloc[:0]
-                pivot = rows.pivot_table(index=[k for k in others if rows[k].notna().any()] + ["seed"], columns="grid_" + c["key"], values="top1") \
-                    if len(rows) else pd.DataFrame()
-                d = pivot[c["to"]] - pivot[c["from"]] if {c["from"], c["to"]} <= set(pivot) else pd.Series(dtype=float)
+                d = _gain(g, c["gain"], c, grid, others)
+                if c.get("vs"):  # the gain exceeds the other template's, paired by seed and grid point
+                    d = (d - _gain(g, c["vs"], c, grid, others)).dropna()
                 levels = [n for n in d.index.names if n != "seed"]
                 fastft, verdict = _paired_verdict([x.dropna() for _, x in d.groupby(level=levels)] if levels else [d.dropna()])
+            elif "trend" in c:
+                fastft, verdict = _trend(g, c)
             else:
                 t = g[g["template"] == c["best"]]
                 means = t.groupby("grid_" + c["key"])["top1"].mean() if grid is not None and len(t) else pd.Series(dtype=float)
@@ -235,23 +239,60 @@ def _g(v) -> str:
     return f"{v:g}" if isinstance(v, (int, float)) else str(v)
 
 
-def _paired_verdict(points: list) -> tuple[str, str]:
-    """Per grid point, the per-seed differences a − b → (what fastft found, the verdict)."""
-    points = [d for d in points if len(d)]
+def _gain(g: pd.DataFrame, template: str, c: dict, grid: pd.Series | None, others: list[str]) -> pd.Series:
+    """A template's top-1 at ``key=to`` minus at ``key=from``, per seed and setting of the other grid keys."""
+    t = g[g["template"] == template]
+    rows = t[grid.loc[t.index].isin([c["from"], c["to"]])] if grid is not None else t.iloc[:0]
+    pivot = rows.pivot_table(index=[k for k in others if rows[k].notna().any()] + ["seed"], columns="grid_" + c["key"], values="top1") \
+        if len(rows) else pd.DataFrame()
+    return pivot[c["to"]] - pivot[c["from"]] if {c["from"], c["to"]} <= set(pivot) else pd.Series(dtype=float)
+
+
+def _trend(g: pd.DataFrame, c: dict) -> tuple[str, str]:
+    """A ``trend`` claim on one plan's finished runs → (what fastft found, the verdict); see :func:`claims`."""
+    key = "grid_" + c["key"]
+    t = g[g["template"].isin([c["trend"], c.get("vs")])]
+    if key not in t or t[key].isna().all():
+        return "no finished runs along " + c["key"], "no data"
+    derived = ["grid_classes", "grid_images"] if c["key"] in ("classes", "images") else []
+    others = [k for k in t.columns if k.startswith("grid_") and k != key and t[k].notna().any()
+              and not (derived and k == "grid_set") and (k in derived or k not in ("grid_classes", "grid_images"))]
+    idx = t[others].astype(str) if others else pd.DataFrame(index=t.index)
+    v = t.assign(_series=idx.apply(", ".join, axis=1) if others else "").pivot_table(
+        index=["_series", "seed", key], columns="template", values="top1")
+    if c["trend"] not in v or (c.get("vs") and c["vs"] not in v):
+        return "no finished runs of " + " and ".join(x for x in (c["trend"], c.get("vs")) if x), "no data"
+    y = (v[c["trend"]] - v[c["vs"]] if c.get("vs") else v[c["trend"]]).dropna()
+    points = []
+    for _, series in y.groupby(level="_series", sort=False):
+        rho = [s.droplevel(["_series", "seed"]).reset_index().corr(method="spearman").iloc[0, 1]
+               for _, s in series.groupby(level="seed") if s.index.get_level_values(key).nunique() >= 2]
+        points.append(pd.Series([r for r in rho if r == r], dtype=float))
+    word = "increasing" if c["direction"] == "up" else "decreasing"
+    return _paired_verdict(points, sign=1 if c["direction"] == "up" else -1, name="ρ ", ahead=(word, word), unit="series",
+                           empty=f"no seed with two values of {c['key']}")
+
+
+def _paired_verdict(points: list, sign: int = 1, name: str = "", ahead: tuple[str, str] = ("ahead", "above 0"),
+                    unit: str = "grid points", empty: str = "no seed with both finished") -> tuple[str, str]:
+    """Per grid point (or series), the per-seed values (differences a − b; a trend's ρ) → (what fastft found, the
+    verdict): significant where the 95 % t-interval is on the claimed side of 0 (above it; below it for ``sign=-1``)."""
+    points = [d * sign for d in points if len(d)]
     if not points:
-        return "no seed with both finished", "no data"
+        return empty, "no data"
     stats = [(d.mean(), _t95(len(d)) * d.std() / math.sqrt(len(d)) if len(d) > 1 else float("nan"), int((d > 0).sum()), len(d))
              for d in points]
     up = sum(m > 0 for m, *_ in stats)
     sig = sum(m - ci > 0 for m, ci, *_ in stats)  # nan intervals (one seed) are never significant
     if len(stats) == 1:
         m, ci, wins, n = stats[0]
-        fastft = f"{m:+.2f} ({_ci(ci)}, 95 % CI), ahead in {wins}/{n} seeds"
+        fastft = f"{name}{sign * m:+.2f} ({_ci(ci)}, 95 % CI), {ahead[0]} in {wins}/{n} seeds"
     else:
-        fastft = f"{min(x[0] for x in stats):+.2f} … {max(x[0] for x in stats):+.2f} over {len(stats)} grid points; above 0 at {up}, significantly at {sig}"
+        lo, hi = sorted((sign * min(x[0] for x in stats), sign * max(x[0] for x in stats)))
+        fastft = f"{name}{lo:+.2f} … {hi:+.2f} over {len(stats)} {unit}; {ahead[1]} at {up}, significantly at {sig}"
     against = sum(m + ci < 0 for m, ci, *_ in stats)  # significantly the other way
     verdict = ("holds" if sig == len(stats) else "same direction, not significant" if up == len(stats)
-               else f"holds at {up}/{len(stats)} grid points" if up
+               else f"holds at {up}/{len(stats)} {unit}" if up
                else "does not hold" + (" (significantly the other way)" if against == len(stats) else ""))
     return fastft, verdict
 

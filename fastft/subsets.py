@@ -264,9 +264,15 @@ def make(construction: str, seed: int, **params) -> SubsetSpec:
                       {"version": HIERARCHY_VERSION, "sha256": h.sha256, "rule": "primary", "partition": "natural-vs-made"})
 
 
+def grid_set(name) -> tuple[int, int] | None:
+    """(classes, images per class) of an instru-grid set name ``k<K>_n<N>`` (§4.4, §4.6), else None."""
+    m = re.fullmatch(r"k(\d+)_n(\d+)", str(name))
+    return (int(m[1]), int(m[2])) if m else None
+
+
 def is_target_set(name) -> bool:
     """Target-like sets of a spec: ``target`` and the §4.4 grid's ``k<K>_n<N>``; the others are sources."""
-    return name == "target" or bool(re.fullmatch(r"k\d+_n\d+", str(name)))
+    return name == "target" or grid_set(name) is not None
 
 
 def distances(spec: SubsetSpec) -> list[dict]:

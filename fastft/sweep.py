@@ -14,6 +14,7 @@ A plan (YAML) names a subset construction, the seeds, shared training settings a
       - {name: freeze, set: target, mode: finetune, source: near, grid: {freeze: [1, 2, 3]}}
     claims:                             # the paper's findings, checked by fastft report (see CLAIM_KINDS)
       - {a: ft-near, b: ft-far, text: "the near source fine-tunes better", ref: "§4.3"}
+      - {trend: ft-near, vs: scratch, key: images, direction: down, text: "the gain shrinks with more images"}
 
 Each (template × grid point × seed) is one run; ``source: <template>`` makes it depend on that template's run of
 the same seed. A run's id is the trainer's (hash of data, model, protocol, seed, source id), computed before anything
@@ -52,7 +53,9 @@ from .errors import FastFTError
 PLAN_KEYS = {"name", "construction", "params", "seeds", "defaults", "runs", "description", "claims"}
 # the paper's findings a plan checks (fastft report): a beats b, paired by seed at each common grid point; ``value``
 # of grid key ``key`` is ``best`` for a template; or grid key ``key`` going ``from`` → ``to`` is a ``gain`` for a template
-CLAIM_KINDS = {("a", "b"), ("best", "key", "value"), ("gain", "key", "from", "to")}
+CLAIM_KINDS = {("a", "b"), ("best", "key", "value"), ("gain", "key", "from", "to"), ("gain", "vs", "key", "from", "to"),
+               ("trend", "key", "direction"), ("trend", "vs", "key", "direction")}
+SET_KEYS = ("classes", "images")  # trend keys read from instru-grid set names k<classes>_n<images> (Fig. 12, 14)
 RUN_KEYS = {"name", "set", "mode", "source", "grid", "paper", "overrides"}
 PAPER_KEYS = {"top1", "std", "ref", "svm", "svm_before", "probes", "probes_before",  # the paper's numbers a run is reported next to
               "filters_beats"}  # Fig. 9: {other template: % of classes where this model's conv5 filters are more sensitive}
@@ -114,19 +117,33 @@ def load_plan(path: str | Path) -> dict:
 
 
 def _check_claim(c, plan: dict, p: Path) -> None:
-    """A claim names templates of the plan and, for ``best`` / ``gain``, one of their grid keys and its values."""
+    """A claim names templates of the plan and, for ``best`` / ``gain`` / ``trend``, one of their grid keys (a trend:
+    a numeric one, or ``classes`` / ``images`` of instru-grid set names) and its values."""
     kind = next((k for k in CLAIM_KINDS if isinstance(c, dict) and set(c) - {"text", "ref"} == set(k)), None)
     if kind is None or not isinstance(c.get("text"), str):
         raise FastFTError(f"plan {p}: claim {c!r} must have a text and one of the key sets {sorted(sorted(k) for k in CLAIM_KINDS)}")
     runs = {r["name"]: r for r in plan["runs"]}
-    for t in (c[k] for k in ("a", "b", "best", "gain") if k in c):
+    for t in (c[k] for k in ("a", "b", "best", "gain", "trend", "vs") if k in c):
         if t not in runs:
             raise FastFTError(f"plan {p}: claim {c['text']!r} names {t!r}, which is not a run of the plan")
-    if "key" in c:
-        grid = runs[c.get("best") or c["gain"]].get("grid") or {}
+    if "trend" in c and c["direction"] not in ("up", "down"):
+        raise FastFTError(f"plan {p}: claim {c['text']!r}: direction must be 'up' or 'down', not {c['direction']!r}")
+    from .subsets import grid_set
+
+    for t in (c[k] for k in ("best", "gain", "trend", "vs") if k in c):
+        grid = runs[t].get("grid") or {}
+        if "trend" in c and c["key"] in SET_KEYS and "set" in grid:
+            bad = [v for v in grid["set"] if grid_set(v) is None]
+            if bad:
+                raise FastFTError(f"plan {p}: claim {c['text']!r}: {c['key']!r} is read from set names k<classes>_n<images>, "
+                                  f"and the grid of {t!r} has set(s) {bad}")
+            continue
         values = grid.get(c["key"])
         if values is None:
-            raise FastFTError(f"plan {p}: claim {c['text']!r}: {c['key']!r} is not a grid key of {c.get('best') or c['gain']!r}")
+            raise FastFTError(f"plan {p}: claim {c['text']!r}: {c['key']!r} is not a grid key of {t!r}"
+                              + (f" (nor {' / '.join(SET_KEYS)} of a set grid)" if "trend" in c else ""))
+        if "trend" in c and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise FastFTError(f"plan {p}: claim {c['text']!r}: a trend needs numbers along {c['key']!r}; the grid of {t!r} has {values}")
         for v in (c[k] for k in ("value", "from", "to") if k in c):
             if v not in values:
                 raise FastFTError(f"plan {p}: claim {c['text']!r}: {c['key']}={v!r} is not in its grid {values}")

@@ -73,11 +73,16 @@ def test_plan_mistakes_are_named(tmp_path):
     p.write_text("name: x\nconstruction: dog\nruns: [{name: a, set: nearr}]\n")
     with pytest.raises(FastFTError, match="no set 'nearr'"):
         sw.prepare(sw.load_plan(p), sw.expand(sw.load_plan(p)), None, tmp_path)
-    runs = "runs: [{name: a, set: near}, {name: f, set: target, grid: {freeze: [0, 1]}}]\n"
+    runs = "runs: [{name: a, set: near}, {name: f, set: target, grid: {freeze: [0, 1]}}, {name: g, set: target, grid: {set: [target, near]}}]\n"
     for claim, message in (("{a: a, b: zz, text: t}", "names 'zz'"), ("{a: a, text: t}", "must have a text and one of"),
                            ("{best: a, key: freeze, value: 0, text: t}", "'freeze' is not a grid key of 'a'"),
                            ("{best: f, key: freeze, value: 3, text: t}", r"freeze=3 is not in its grid \[0, 1\]"),
-                           ("{gain: f, key: freeze, from: 0, to: 1}", "must have a text")):
+                           ("{gain: f, key: freeze, from: 0, to: 1}", "must have a text"),
+                           ("{trend: f, key: freeze, direction: sideways, text: t}", "direction must be 'up' or 'down'"),
+                           ("{gain: f, vs: g, key: freeze, from: 0, to: 1, text: t}", "'freeze' is not a grid key of 'g'"),
+                           ("{trend: f, vs: a, key: freeze, direction: up, text: t}", "'freeze' is not a grid key of 'a'"),
+                           ("{trend: g, key: set, direction: up, text: t}", r"a trend needs numbers along 'set'"),
+                           ("{trend: g, key: images, direction: up, text: t}", r"read from set names k<classes>_n<images>.*\['target', 'near'\]")):
         p.write_text(f"name: x\nconstruction: dog\nclaims: [{claim}]\n{runs}")
         with pytest.raises(FastFTError, match=message):
             sw.load_plan(p)
@@ -519,7 +524,8 @@ def test_report_checks_the_papers_findings_paired_by_seed(tmp_path):
               {"a": "scratch", "b": "ft", "text": "scratch beats ft"},
               {"a": "ft", "b": "noisy", "text": "ft beats noisy"},
               {"best": "fz", "key": "freeze", "value": 0, "text": "freeze 0 is best"},
-              {"gain": "aug", "key": "augment_to", "from": 0, "to": 1200, "text": "augmentation helps", "ref": "§4.6"}]
+              {"gain": "aug", "key": "augment_to", "from": 0, "to": 1200, "text": "augmentation helps", "ref": "§4.6"},
+              {"gain": "aug", "vs": "aug-ft", "key": "augment_to", "from": 0, "to": 1200, "text": "augmentation helps aug more"}]
     runs = tmp_path / "runs"
     for seed in range(3):
         for t, top1 in (("ft", 60.0 + seed), ("scratch", 50.0 + seed), ("noisy", 60.0 + (-5, 4, 3)[seed])):
@@ -530,6 +536,8 @@ def test_report_checks_the_papers_findings_paired_by_seed(tmp_path):
             for aug in (0, 1200):
                 _fake_run(runs, f"aug{n}-{aug}-{seed}", "aug", seed, 40.0 + seed + (10 if aug and n == 30 else 0.1 * seed if aug else 0),
                           grid={"set": f"k100_n{n}", "augment_to": aug}, claims=claims)
+                _fake_run(runs, f"augft{n}-{aug}-{seed}", "aug-ft", seed, 60.0 + seed - (1 if aug else 0),  # loses 1 with augmentation
+                          grid={"set": f"k100_n{n}", "augment_to": aug}, claims=claims)
     write_report(runs, tmp_path / "rep")
     c = pd.read_csv(tmp_path / "rep" / "claims.csv").set_index("claim")
     assert c.loc["ft beats scratch", "verdict"] == "holds" and c.loc["ft beats scratch", "fastft"].startswith("+10.00 (±0.00")
@@ -539,11 +547,47 @@ def test_report_checks_the_papers_findings_paired_by_seed(tmp_path):
     # at 30 images +10 in every seed; at 960, +0, +0.1, +0.2: above 0 on average, not significantly
     assert c.loc["augmentation helps", "verdict"] == "same direction, not significant"
     assert "over 2 grid points; above 0 at 2, significantly at 1" in c.loc["augmentation helps", "fastft"]
+    # minus aug-ft's gain (−1): +11 at 30 images, +1.0 … +1.2 at 960: significantly above 0 at both
+    assert c.loc["augmentation helps aug more", "verdict"] == "holds"
+    assert "+1.10 … +11.00 over 2 grid points" in c.loc["augmentation helps aug more", "fastft"]
     assert "| augmentation helps | §4.6 |" in (tmp_path / "rep" / "report.md").read_text()
     for seed in range(2):  # a plan citing §4.1 comes before one citing §4.6, whatever the run directories' names
         _fake_run(runs, f"zz-lr{seed}", "ft", seed, 60.0, plan="lr", claims=[{"a": "ft", "b": "ft", "text": "x", "ref": "§4.1, Fig. 4"}])
     md = (write_report(runs, tmp_path / "rep2"), (tmp_path / "rep2" / "report.md").read_text())[1]
     assert md.index("## lr") < md.index("## p")
+
+
+def test_report_checks_trends_along_a_grid_key_and_of_gains_paired_by_seed(tmp_path):
+    """§4.4: accuracy rises with images per class, falls with more classes, and the gain of fine-tuning over scratch
+    shrinks with more images — Spearman's ρ per seed and series (the other keys fixed), read from k<K>_n<N> set names."""
+    import numpy as np
+
+    claims = [{"trend": "ft-near", "key": "images", "direction": "up", "text": "more images help"},
+              {"trend": "scratch", "key": "classes", "direction": "down", "text": "fewer classes are easier", "ref": "§4.4"},
+              {"trend": "ft-near", "vs": "scratch", "key": "images", "direction": "down", "text": "the gain shrinks"},
+              {"trend": "ft-near", "vs": "scratch", "key": "images", "direction": "up", "text": "the gain grows"},
+              {"trend": "noisy", "key": "images", "direction": "up", "text": "noisy rises"}]
+    rng = np.random.default_rng(0)
+    for seed in range(3):
+        for k in (100, 20):
+            for n in (30, 240, 1200):
+                scratch = 20 + 10 * np.log10(n) + (10 if k == 20 else 0) + rng.normal(0, 0.3)
+                near = scratch + 30 - 8 * np.log10(n) + rng.normal(0, 0.3)
+                noisy = 50 + (n if seed < 2 else -n) / 100 if k == 100 else 50 + n / 100  # rises in 2 of 3 seeds at k=100
+                for t, top1 in (("scratch", scratch), ("ft-near", near), ("noisy", noisy)):
+                    _fake_run(tmp_path / "runs", f"{t}-{k}-{n}-{seed}", t, seed, float(top1), grid={"set": f"k{k}_n{n}"}, claims=claims)
+        _fake_run(tmp_path / "runs", f"near-{seed}", "near", seed, 45.0, claims=claims)  # a source: no grid
+    write_report(tmp_path / "runs", tmp_path / "rep")
+    c = pd.read_csv(tmp_path / "rep" / "claims.csv").set_index("claim")
+    assert c.loc["more images help", "verdict"] == "holds"
+    assert c.loc["more images help", "fastft"] == "ρ +1.00 … +1.00 over 2 series; increasing at 2, significantly at 2"
+    assert c.loc["fewer classes are easier", "verdict"] == "holds" and "over 3 series; decreasing at 3" in c.loc["fewer classes are easier", "fastft"]
+    assert c.loc["the gain shrinks", "verdict"] == "holds" and c.loc["the gain shrinks", "fastft"].startswith("ρ -1.00 … -1.00 over 2 series")
+    assert c.loc["the gain grows", "verdict"] == "does not hold (significantly the other way)"
+    # k=20: ρ +1 in every seed; k=100: +1, +1, −1 (mean +1/3, its interval spans 0)
+    assert c.loc["noisy rises", "verdict"] == "same direction, not significant"
+    assert c.loc["noisy rises", "fastft"] == "ρ +0.33 … +1.00 over 2 series; increasing at 2, significantly at 1"
+    assert "| fewer classes are easier | §4.4 |" in (tmp_path / "rep" / "report.md").read_text()
 
 
 def test_demo_end_to_end(tmp_path):
