@@ -188,6 +188,7 @@ def claims(runs: pd.DataFrame) -> pd.DataFrame:
 
     * ``{a, b}``: a beats b at each grid point both have — "holds" where every 95 % interval of the paired difference
       is above 0, "not significant" where the means are but an interval is not, else how many points it holds at;
+      a side may name a measure other than top-1 (``ft-near:svm`` vs ``ft-near:svm_before``: ``sweep.claim_metrics``);
     * ``{best, key, value}``: along grid key ``key`` (averaged over any other keys), ``value`` has the best mean top-1;
     * ``{gain, key, from, to}``: the template at ``key=to`` beats itself at ``key=from`` (the other keys fixed); with
       ``vs``: by more than ``vs`` gains from the same change (§4.6: augmentation helps scratch more than fine-tuning);
@@ -208,9 +209,14 @@ def claims(runs: pd.DataFrame) -> pd.DataFrame:
             grid = g["grid_" + c["key"]] if "key" in c and "grid_" + c["key"] in g else None
             others = [k for k in g.columns if k.startswith("grid_") and k not in ("grid_" + c.get("key", ""), "grid_classes", "grid_images")]
             if "a" in c:
-                pivot = g[g["template"].isin([c["a"], c["b"]])].pivot_table(index=["grid", "seed"], columns="template", values="top1")
-                points = [pt[c["a"]] - pt[c["b"]] for _, pt in pivot.groupby(level="grid")] if {c["a"], c["b"]} <= set(pivot) else []
-                fastft, verdict = _paired_verdict([d.dropna() for d in points])
+                a, b = _measure(g, c["a"]), _measure(g, c["b"])
+                d = (a - b).dropna()
+                missing = [x for x, v in ((c["a"], a), (c["b"], b)) if re.search(r":(svm|probe)", x) and v.isna().all()]
+                run = " and ".join(f"fastft analyze {k} RUNS_DIR --plan {plan}"
+                                   for k in sorted({"svm" if ":svm" in x else "probes" for x in missing}))
+                fastft, verdict = _paired_verdict([x for _, x in d.groupby(level="grid")],
+                                                  empty=f"no analysis results for {', '.join(missing)}: run {run}" if missing else
+                                                  "no seed with both finished")
             elif "gain" in c:
                 d = _gain(g, c["gain"], c, grid, others)
                 if c.get("vs"):  # the gain exceeds the other template's, paired by seed and grid point
@@ -237,6 +243,15 @@ def claims(runs: pd.DataFrame) -> pd.DataFrame:
 
 def _g(v) -> str:
     return f"{v:g}" if isinstance(v, (int, float)) else str(v)
+
+
+def _measure(g: pd.DataFrame, term: str) -> pd.Series:
+    """An ``{a, b}`` claim's side ``template[:measure]`` (``sweep.claim_metrics``) per (grid point, seed)."""
+    t, _, m = term.partition(":")
+    col = {"": "top1", "svm": "svm_top1", "svm_before": "svm_before_top1"}.get(m, m)
+    rows = g[g["template"] == t]
+    values = rows[col] if col in rows else pd.Series(float("nan"), index=rows.index)
+    return pd.Series(values.to_numpy(dtype=float), index=pd.MultiIndex.from_arrays([rows["grid"], rows["seed"]])).groupby(level=[0, 1]).mean()
 
 
 def _gain(g: pd.DataFrame, template: str, c: dict, grid: pd.Series | None, others: list[str]) -> pd.Series:

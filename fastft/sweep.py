@@ -116,16 +116,30 @@ def load_plan(path: str | Path) -> dict:
     return plan
 
 
+def claim_metrics() -> tuple[str, ...]:
+    """What an ``{a, b}`` claim may compare (``ft-near:svm``; top-1 by default): the run's top-1 / top-5, the
+    ``fastft analyze`` results on its view (SVM on fc7, a layer's probe) and, ``_before``, its source model's on the
+    same view (Table 3's "before fine-tuning", Fig. 10's dashed lines)."""
+    from .model import LAYERS
+
+    return ("top1", "top5", "svm", "svm_before", *(f"probe_{x}" for x in LAYERS), *(f"probe_before_{x}" for x in LAYERS))
+
+
 def _check_claim(c, plan: dict, p: Path) -> None:
-    """A claim names templates of the plan and, for ``best`` / ``gain`` / ``trend``, one of their grid keys (a trend:
-    a numeric one, or ``classes`` / ``images`` of instru-grid set names) and its values."""
+    """A claim names templates of the plan (``a`` / ``b``: with a measure, ``ft-near:svm``) and, for ``best`` /
+    ``gain`` / ``trend``, one of their grid keys (a trend: a numeric one, or ``classes`` / ``images`` of instru-grid
+    set names) and its values."""
     kind = next((k for k in CLAIM_KINDS if isinstance(c, dict) and set(c) - {"text", "ref"} == set(k)), None)
     if kind is None or not isinstance(c.get("text"), str):
         raise FastFTError(f"plan {p}: claim {c!r} must have a text and one of the key sets {sorted(sorted(k) for k in CLAIM_KINDS)}")
     runs = {r["name"]: r for r in plan["runs"]}
     for t in (c[k] for k in ("a", "b", "best", "gain", "trend", "vs") if k in c):
+        t, _, metric = str(t).partition(":") if "a" in c else (t, "", "")
         if t not in runs:
             raise FastFTError(f"plan {p}: claim {c['text']!r} names {t!r}, which is not a run of the plan")
+        if metric and metric not in claim_metrics():
+            raise FastFTError(f"plan {p}: claim {c['text']!r}: {metric!r} is not a measure of a run; "
+                              f"measures: {', '.join(claim_metrics())}")
     if "trend" in c and c["direction"] not in ("up", "down"):
         raise FastFTError(f"plan {p}: claim {c['text']!r}: direction must be 'up' or 'down', not {c['direction']!r}")
     from .subsets import grid_set

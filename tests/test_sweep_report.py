@@ -79,6 +79,8 @@ def test_plan_mistakes_are_named(tmp_path):
                            ("{best: f, key: freeze, value: 3, text: t}", r"freeze=3 is not in its grid \[0, 1\]"),
                            ("{gain: f, key: freeze, from: 0, to: 1}", "must have a text"),
                            ("{trend: f, key: freeze, direction: sideways, text: t}", "direction must be 'up' or 'down'"),
+                           ("{a: 'a:svm', b: 'f:svm2', text: t}", "'svm2' is not a measure of a run; measures: top1, top5, svm, "),
+                           ("{a: 'zz:svm', b: f, text: t}", "names 'zz'"),
                            ("{gain: f, vs: g, key: freeze, from: 0, to: 1, text: t}", "'freeze' is not a grid key of 'g'"),
                            ("{trend: f, vs: a, key: freeze, direction: up, text: t}", "'freeze' is not a grid key of 'a'"),
                            ("{trend: g, key: set, direction: up, text: t}", r"a trend needs numbers along 'set'"),
@@ -440,10 +442,15 @@ def test_report_puts_the_papers_svm_and_probe_numbers_alongside(tmp_path):
     src = tmp_path / "near"  # the source model, probed on the same target view (Fig. 10's dashed lines)
     (src / "analysis").mkdir(parents=True)
     (src / "analysis" / f"probes-{tag}.json").write_text(json.dumps({"summary": {"fc7": 50.0, "fc8": 48.0}}))
+    (src / "analysis" / f"svm-{tag}.json").write_text(json.dumps({"summary": {"svm_top1": 60.0}}))
+    claims = [{"a": "ft-near:svm", "b": "ft-near:svm_before", "text": "fine-tuning improves the fc7 SVM", "ref": "Table 3"},
+              {"a": "ft-near:probe_before_fc7", "b": "ft-near:probe_before_fc8", "text": "transferred, fc7 beats fc8"},
+              {"a": "ft-near:probe_fc8", "b": "ft-far:probe_fc8", "text": "near's fc8 beats far's"},
+              {"a": "ft-far:svm", "b": "ft-far:svm_before", "text": "fine-tuning improves far's fc7 SVM"}]
     for seed, (svm, fc7) in enumerate(((70.0, 61.0), (72.0, 63.0))):
         for t, src_dir in (("ft-near", src), ("ft-far", None)):
             name = f"{t}{seed}"
-            _fake_run(tmp_path / "runs", name, t, seed, 68.0, paper=paper if t == "ft-near" else None)
+            _fake_run(tmp_path / "runs", name, t, seed, 68.0, paper=paper if t == "ft-near" else None, claims=claims)
             d = tmp_path / "runs" / name
             cfg = json.loads((d / "config.json").read_text())
             cfg["config"].update(view=str(view), source=str(src_dir) if src_dir else None)
@@ -456,7 +463,7 @@ def test_report_puts_the_papers_svm_and_probe_numbers_alongside(tmp_path):
     assert "| ft-near, before fine-tuning (source) | 50.00 | 48.00 |" in md
     assert "| ft-near, before fine-tuning (source) (paper) | – | 57.78 |" in md
     assert "| ft-near | target | – | 2 | 68.00 ± 0.00 | ±0.00 | 78.00 | 0.100 | 67.12 | +0.88 |" in md  # no std given: none shown
-    assert "| ft-near | 71.00 | – | 66.70 | 60.06 |" in md
+    assert "| ft-near | 71.00 | 60.00 | 66.70 | 60.06 |" in md
     assert "| ft-near | 62.00 | 63.00 |" in md and "| ft-near (paper) | 59.08 | 60.86 |" in md
     s = pd.read_csv(tmp_path / "rep" / "summary.csv").set_index("template")
     assert s.loc["ft-near", "paper_svm_before"] == 60.06 and s.loc["ft-near", "paper_probe_fc8"] == 60.86
@@ -465,6 +472,13 @@ def test_report_puts_the_papers_svm_and_probe_numbers_alongside(tmp_path):
 
     w, h = Image.open(tmp_path / "rep" / "probes-p.png").size
     assert w > 2.2 * h
+    c = pd.read_csv(tmp_path / "rep" / "claims.csv").set_index("claim")  # claims on the analyses, paired by seed
+    assert c.loc["fine-tuning improves the fc7 SVM", "fastft"] == "+11.00 (±12.71, 95 % CI), ahead in 2/2 seeds"
+    assert c.loc["fine-tuning improves the fc7 SVM", "verdict"] == "same direction, not significant"
+    assert c.loc["transferred, fc7 beats fc8", "verdict"] == "holds"
+    assert c.loc["near's fc8 beats far's", "verdict"] == "does not hold"
+    assert c.loc["fine-tuning improves far's fc7 SVM", "verdict"] == "no data"  # ft-far has no source model here
+    assert c.loc["fine-tuning improves far's fc7 SVM", "fastft"] == "no analysis results for ft-far:svm_before: run fastft analyze svm RUNS_DIR --plan p"
 
 
 def test_report_fig9_pairs_each_seeds_models_on_its_target(tmp_path):
