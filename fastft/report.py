@@ -188,7 +188,8 @@ def claims(runs: pd.DataFrame) -> pd.DataFrame:
 
     * ``{a, b}``: a beats b at each grid point both have — "holds" where every 95 % interval of the paired difference
       is above 0, "not significant" where the means are but an interval is not, else how many points it holds at;
-      a side may name a measure other than top-1 (``ft-near:svm`` vs ``ft-near:svm_before``: ``sweep.claim_metrics``);
+      a side may name a measure other than top-1 (``ft-near:svm`` vs ``ft-near:svm_before``: ``sweep.claim_metrics``)
+      or be a difference (near's lead over far before fine-tuning vs after: Fig. 10 (b));
     * ``{best, key, value}``: along grid key ``key`` (averaged over any other keys), ``value`` has the best mean top-1;
     * ``{gain, key, from, to}``: the template at ``key=to`` beats itself at ``key=from`` (the other keys fixed); with
       ``vs``: by more than ``vs`` gains from the same change (§4.6: augmentation helps scratch more than fine-tuning);
@@ -211,7 +212,8 @@ def claims(runs: pd.DataFrame) -> pd.DataFrame:
             if "a" in c:
                 a, b = _measure(g, c["a"]), _measure(g, c["b"])
                 d = (a - b).dropna()
-                missing = [x for x, v in ((c["a"], a), (c["b"], b)) if re.search(r":(svm|probe)", x) and v.isna().all()]
+                missing = [x.strip() for side in (c["a"], c["b"]) for x in side.split(" - ")
+                           if re.search(r":(svm|probe)", x) and _measure(g, x.strip()).isna().all()]
                 run = " and ".join(f"fastft analyze {k} RUNS_DIR --plan {plan}"
                                    for k in sorted({"svm" if ":svm" in x else "probes" for x in missing}))
                 fastft, verdict = _paired_verdict([x for _, x in d.groupby(level="grid")],
@@ -246,7 +248,11 @@ def _g(v) -> str:
 
 
 def _measure(g: pd.DataFrame, term: str) -> pd.Series:
-    """An ``{a, b}`` claim's side ``template[:measure]`` (``sweep.claim_metrics``) per (grid point, seed)."""
+    """An ``{a, b}`` claim's side ``template[:measure]`` (``sweep.claim_metrics``), or the difference of two
+    (``near:x - far:x``), per (grid point, seed)."""
+    if " - " in term:
+        left, right = (_measure(g, x.strip()) for x in term.split(" - ", 1))
+        return left - right
     t, _, m = term.partition(":")
     col = {"": "top1", "svm": "svm_top1", "svm_before": "svm_before_top1"}.get(m, m)
     rows = g[g["template"] == t]

@@ -126,14 +126,16 @@ def claim_metrics() -> tuple[str, ...]:
 
 
 def _check_claim(c, plan: dict, p: Path) -> None:
-    """A claim names templates of the plan (``a`` / ``b``: with a measure, ``ft-near:svm``) and, for ``best`` /
+    """A claim names templates of the plan (``a`` / ``b``: with a measure, ``ft-near:svm``, or the difference of two
+    such terms, ``ft-near:svm - ft-far:svm``) and, for ``best`` /
     ``gain`` / ``trend``, one of their grid keys (a trend: a numeric one, or ``classes`` / ``images`` of instru-grid
     set names) and its values."""
     kind = next((k for k in CLAIM_KINDS if isinstance(c, dict) and set(c) - {"text", "ref"} == set(k)), None)
     if kind is None or not isinstance(c.get("text"), str):
         raise FastFTError(f"plan {p}: claim {c!r} must have a text and one of the key sets {sorted(sorted(k) for k in CLAIM_KINDS)}")
     runs = {r["name"]: r for r in plan["runs"]}
-    for t in (c[k] for k in ("a", "b", "best", "gain", "trend", "vs") if k in c):
+    terms = [x.strip() for k in ("a", "b") if k in c for x in str(c[k]).split(" - ")]  # a side: one term, or a difference
+    for t in terms + [c[k] for k in ("best", "gain", "trend", "vs") if k in c]:
         t, _, metric = str(t).partition(":") if "a" in c else (t, "", "")
         if t not in runs:
             raise FastFTError(f"plan {p}: claim {c['text']!r} names {t!r}, which is not a run of the plan")

@@ -81,6 +81,7 @@ def test_plan_mistakes_are_named(tmp_path):
                            ("{trend: f, key: freeze, direction: sideways, text: t}", "direction must be 'up' or 'down'"),
                            ("{a: 'a:svm', b: 'f:svm2', text: t}", "'svm2' is not a measure of a run; measures: top1, top5, svm, "),
                            ("{a: 'zz:svm', b: f, text: t}", "names 'zz'"),
+                           ("{a: 'a:svm - zz:svm', b: f, text: t}", "names 'zz'"),
                            ("{gain: f, vs: g, key: freeze, from: 0, to: 1, text: t}", "'freeze' is not a grid key of 'g'"),
                            ("{trend: f, vs: a, key: freeze, direction: up, text: t}", "'freeze' is not a grid key of 'a'"),
                            ("{trend: g, key: set, direction: up, text: t}", r"a trend needs numbers along 'set'"),
@@ -446,7 +447,9 @@ def test_report_puts_the_papers_svm_and_probe_numbers_alongside(tmp_path):
     claims = [{"a": "ft-near:svm", "b": "ft-near:svm_before", "text": "fine-tuning improves the fc7 SVM", "ref": "Table 3"},
               {"a": "ft-near:probe_before_fc7", "b": "ft-near:probe_before_fc8", "text": "transferred, fc7 beats fc8"},
               {"a": "ft-near:probe_fc8", "b": "ft-far:probe_fc8", "text": "near's fc8 beats far's"},
-              {"a": "ft-far:svm", "b": "ft-far:svm_before", "text": "fine-tuning improves far's fc7 SVM"}]
+              {"a": "ft-far:svm", "b": "ft-far:svm_before", "text": "fine-tuning improves far's fc7 SVM"},
+              {"a": "ft-near:svm - ft-near:svm_before", "b": "ft-near:probe_fc7 - ft-near:probe_before_fc7",
+               "text": "fine-tuning helps the SVM more than the fc7 probe"}]
     for seed, (svm, fc7) in enumerate(((70.0, 61.0), (72.0, 63.0))):
         for t, src_dir in (("ft-near", src), ("ft-far", None)):
             name = f"{t}{seed}"
@@ -478,6 +481,8 @@ def test_report_puts_the_papers_svm_and_probe_numbers_alongside(tmp_path):
     assert c.loc["transferred, fc7 beats fc8", "verdict"] == "holds"
     assert c.loc["near's fc8 beats far's", "verdict"] == "does not hold"
     assert c.loc["fine-tuning improves far's fc7 SVM", "verdict"] == "no data"  # ft-far has no source model here
+    # differences of measures, per seed: SVM +10, +12 with fine-tuning; fc7 probe +11, +13
+    assert c.loc["fine-tuning helps the SVM more than the fc7 probe", "fastft"] == "-1.00 (±0.00, 95 % CI), ahead in 0/2 seeds"
     assert c.loc["fine-tuning improves far's fc7 SVM", "fastft"] == "no analysis results for ft-far:svm_before: run fastft analyze svm RUNS_DIR --plan p"
 
 
