@@ -115,8 +115,10 @@ def _analyses(run_dir: Path, view: str | None, source: str | None) -> dict:
         p = source / "analysis" / f"probes-{tag}.json"
         if p.exists():
             out.update({f"probe_before_{k}": v for k, v in json.loads(p.read_text())["summary"].items()})
-        if (source / "analysis" / f"filters-{tag}.json").exists():
-            out["filters_before_file"] = str(source / "analysis" / f"filters-{tag}.json")
+        p = source / "analysis" / f"filters-{tag}.json"
+        if p.exists():
+            out["filters_before_file"] = str(p)
+            out["filters_before_mean_sensitivity"] = json.loads(p.read_text())["summary"].get("mean_sensitivity")
         p = source / "analysis" / f"distance-{tag}.json"  # measured in the source model (fastft analyze distance)
         if p.exists() and "feature_cosine_nearest" not in out:
             out["feature_cosine_nearest"] = json.loads(p.read_text())["summary"]["feature_cosine_nearest"]
@@ -144,7 +146,8 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     g = done.groupby(["plan", "template", "grid"], sort=False, dropna=False)
     extra = {c: (c, "mean") for c in done.columns
-             if c in ("svm_top1", "svm_before_top1", "mean_sensitivity", "feature_cosine_nearest") or c.startswith("probe_")}
+             if c in ("svm_top1", "svm_before_top1", "mean_sensitivity", "filters_before_mean_sensitivity", "feature_cosine_nearest")
+             or c.startswith("probe_")}
     extra.update({c: (c, "first") for c in done.columns if c.startswith(("paper_svm", "paper_probe_")) or c == "source_template"})
     out = g.agg(tested_on=("set", "first"), seeds=("seed", "nunique"), top1_mean=("top1", "mean"), top1_std=("top1", "std"), top5_mean=("top5", "mean"),
                 distance=("distance", "mean"), paper_top1=("paper_top1", "first"), paper_std=("paper_std", "first"),
@@ -213,12 +216,13 @@ def claims(runs: pd.DataFrame) -> pd.DataFrame:
                 a, b = _measure(g, c["a"]), _measure(g, c["b"])
                 d = (a - b).dropna()
                 missing = [x.strip() for side in (c["a"], c["b"]) for x in side.split(" - ")
-                           if re.search(r":(svm|probe)", x) and _measure(g, x.strip()).isna().all()]
+                           if re.search(r":(svm|probe|filters)", x) and _measure(g, x.strip()).isna().all()]
                 run = " and ".join(f"fastft analyze {k} RUNS_DIR --plan {plan}"
-                                   for k in sorted({"svm" if ":svm" in x else "probes" for x in missing}))
+                                   for k in sorted({re.search(r":(svm|probe|filters)", x)[1].replace("probe", "probes") for x in missing}))
                 fastft, verdict = _paired_verdict([x for _, x in d.groupby(level="grid")],
                                                   empty=f"no analysis results for {', '.join(missing)}: run {run}" if missing else
-                                                  "no seed with both finished")
+                                                  "no seed with both finished",
+                                                  digits=3 if ":filters" in c["a"] + c["b"] else 2)  # an AP in [0, 1]
             elif "gain" in c:
                 d = _gain(g, c["gain"], c, grid, others)
                 if c.get("vs"):  # the gain exceeds the other template's, paired by seed and grid point
@@ -254,7 +258,8 @@ def _measure(g: pd.DataFrame, term: str) -> pd.Series:
         left, right = (_measure(g, x.strip()) for x in term.split(" - ", 1))
         return left - right
     t, _, m = term.partition(":")
-    col = {"": "top1", "svm": "svm_top1", "svm_before": "svm_before_top1"}.get(m, m)
+    col = {"": "top1", "svm": "svm_top1", "svm_before": "svm_before_top1", "filters": "mean_sensitivity",
+           "filters_before": "filters_before_mean_sensitivity"}.get(m, m)
     rows = g[g["template"] == t]
     values = rows[col] if col in rows else pd.Series(float("nan"), index=rows.index)
     return pd.Series(values.to_numpy(dtype=float), index=pd.MultiIndex.from_arrays([rows["grid"], rows["seed"]])).groupby(level=[0, 1]).mean()
@@ -295,7 +300,7 @@ def _trend(g: pd.DataFrame, c: dict) -> tuple[str, str]:
 
 
 def _paired_verdict(points: list, sign: int = 1, name: str = "", ahead: tuple[str, str] = ("ahead", "above 0"),
-                    unit: str = "grid points", empty: str = "no seed with both finished") -> tuple[str, str]:
+                    unit: str = "grid points", empty: str = "no seed with both finished", digits: int = 2) -> tuple[str, str]:
     """Per grid point (or series), the per-seed values (differences a − b; a trend's ρ) → (what fastft found, the
     verdict): significant where the 95 % t-interval is on the claimed side of 0 (above it; below it for ``sign=-1``)."""
     points = [d * sign for d in points if len(d)]
@@ -307,10 +312,10 @@ def _paired_verdict(points: list, sign: int = 1, name: str = "", ahead: tuple[st
     sig = sum(m - ci > 0 for m, ci, *_ in stats)  # nan intervals (one seed) are never significant
     if len(stats) == 1:
         m, ci, wins, n = stats[0]
-        fastft = f"{name}{sign * m:+.2f} ({_ci(ci)}, 95 % CI), {ahead[0]} in {wins}/{n} seeds"
+        fastft = f"{name}{sign * m:+.{digits}f} ({_ci(ci, digits)}, 95 % CI), {ahead[0]} in {wins}/{n} seeds"
     else:
         lo, hi = sorted((sign * min(x[0] for x in stats), sign * max(x[0] for x in stats)))
-        fastft = f"{name}{lo:+.2f} … {hi:+.2f} over {len(stats)} {unit}; {ahead[1]} at {up}, significantly at {sig}"
+        fastft = f"{name}{lo:+.{digits}f} … {hi:+.{digits}f} over {len(stats)} {unit}; {ahead[1]} at {up}, significantly at {sig}"
     against = sum(m + ci < 0 for m, ci, *_ in stats)  # significantly the other way
     verdict = ("holds" if sig == len(stats) else "same direction, not significant" if up == len(stats)
                else f"holds at {up}/{len(stats)} {unit}" if up
@@ -405,8 +410,8 @@ def _num(x) -> str:
     return "–" if x is None or pd.isna(x) else f"{x:.2f}"
 
 
-def _ci(x: float) -> str:
-    return "–" if pd.isna(x) else f"±{x:.2f}"
+def _ci(x: float, digits: int = 2) -> str:
+    return "–" if pd.isna(x) else f"±{x:.{digits}f}"
 
 
 def markdown(summary: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame | None = None, beats: pd.DataFrame | None = None,

@@ -118,11 +118,13 @@ def load_plan(path: str | Path) -> dict:
 
 def claim_metrics() -> tuple[str, ...]:
     """What an ``{a, b}`` claim may compare (``ft-near:svm``; top-1 by default): the run's top-1 / top-5, the
-    ``fastft analyze`` results on its view (SVM on fc7, a layer's probe) and, ``_before``, its source model's on the
-    same view (Table 3's "before fine-tuning", Fig. 10's dashed lines)."""
+    ``fastft analyze`` results on its view (SVM on fc7, a layer's probe, conv5 filters' mean sensitivity: the mean
+    AP of each class's top-5 filters) and, ``_before``, its source model's on the same view (Table 3's "before
+    fine-tuning", Fig. 10's dashed lines)."""
     from .model import LAYERS
 
-    return ("top1", "top5", "svm", "svm_before", *(f"probe_{x}" for x in LAYERS), *(f"probe_before_{x}" for x in LAYERS))
+    return ("top1", "top5", "svm", "svm_before", "filters", "filters_before", *(f"probe_{x}" for x in LAYERS),
+            *(f"probe_before_{x}" for x in LAYERS))
 
 
 def _check_claim(c, plan: dict, p: Path) -> None:

@@ -444,12 +444,15 @@ def test_report_puts_the_papers_svm_and_probe_numbers_alongside(tmp_path):
     (src / "analysis").mkdir(parents=True)
     (src / "analysis" / f"probes-{tag}.json").write_text(json.dumps({"summary": {"fc7": 50.0, "fc8": 48.0}}))
     (src / "analysis" / f"svm-{tag}.json").write_text(json.dumps({"summary": {"svm_top1": 60.0}}))
+    (src / "analysis" / f"filters-{tag}.json").write_text(json.dumps({"summary": {"mean_sensitivity": 0.30}, "sensitivity": [0.30]}))
     claims = [{"a": "ft-near:svm", "b": "ft-near:svm_before", "text": "fine-tuning improves the fc7 SVM", "ref": "Table 3"},
               {"a": "ft-near:probe_before_fc7", "b": "ft-near:probe_before_fc8", "text": "transferred, fc7 beats fc8"},
               {"a": "ft-near:probe_fc8", "b": "ft-far:probe_fc8", "text": "near's fc8 beats far's"},
               {"a": "ft-far:svm", "b": "ft-far:svm_before", "text": "fine-tuning improves far's fc7 SVM"},
               {"a": "ft-near:svm - ft-near:svm_before", "b": "ft-near:probe_fc7 - ft-near:probe_before_fc7",
-               "text": "fine-tuning helps the SVM more than the fc7 probe"}]
+               "text": "fine-tuning helps the SVM more than the fc7 probe"},
+              {"a": "ft-near:filters", "b": "ft-near:filters_before", "text": "fine-tuning sharpens the conv5 filters"},
+              {"a": "ft-far:filters", "b": "ft-far:filters_before", "text": "fine-tuning sharpens far's conv5 filters"}]
     for seed, (svm, fc7) in enumerate(((70.0, 61.0), (72.0, 63.0))):
         for t, src_dir in (("ft-near", src), ("ft-far", None)):
             name = f"{t}{seed}"
@@ -461,6 +464,8 @@ def test_report_puts_the_papers_svm_and_probe_numbers_alongside(tmp_path):
             (d / "analysis").mkdir()
             (d / "analysis" / f"svm-{tag}.json").write_text(json.dumps({"summary": {"svm_top1": svm}}))
             (d / "analysis" / f"probes-{tag}.json").write_text(json.dumps({"summary": {"fc8": fc7 + 1, "fc7": fc7}}))
+            (d / "analysis" / f"filters-{tag}.json").write_text(json.dumps({"summary": {"mean_sensitivity": 0.35 + 0.01 * seed},
+                                                                                 "sensitivity": [0.35 + 0.01 * seed]}))
     r = write_report(tmp_path / "runs", tmp_path / "rep")
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| ft-near, before fine-tuning (source) | 50.00 | 48.00 |" in md
@@ -483,6 +488,9 @@ def test_report_puts_the_papers_svm_and_probe_numbers_alongside(tmp_path):
     assert c.loc["fine-tuning improves far's fc7 SVM", "verdict"] == "no data"  # ft-far has no source model here
     # differences of measures, per seed: SVM +10, +12 with fine-tuning; fc7 probe +11, +13
     assert c.loc["fine-tuning helps the SVM more than the fc7 probe", "fastft"] == "-1.00 (±0.00, 95 % CI), ahead in 0/2 seeds"
+    assert c.loc["fine-tuning sharpens the conv5 filters", "fastft"] == "+0.055 (±0.064, 95 % CI), ahead in 2/2 seeds"
+    assert c.loc["fine-tuning sharpens far's conv5 filters", "fastft"] == \
+        "no analysis results for ft-far:filters_before: run fastft analyze filters RUNS_DIR --plan p"
     assert c.loc["fine-tuning improves far's fc7 SVM", "fastft"] == "no analysis results for ft-far:svm_before: run fastft analyze svm RUNS_DIR --plan p"
 
 
