@@ -28,6 +28,7 @@ import shutil
 import tarfile
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -495,8 +496,15 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
         t0 = time.time()
         pbar = _progress(len(inputs), progress)
         try:
-            with ctx.Pool(workers, initializer=_ignore_sigint) as pool:
-                _write_shards(root, out, cfg, h, inputs, pool, records, pbar, stop_after_shards)
+            # an executor, not multiprocessing.Pool: on an error or Ctrl-C, Pool.terminate() kills workers that may be
+            # writing a result (a JPEG chunk) to the result pipe, and its result thread then waits forever for the
+            # rest of that message (seen as a hang after "disk full"); shutdown() cancels the queued chunks and lets
+            # the running ones finish (a chunk each). A worker that dies (OOM) raises BrokenProcessPool, not a hang.
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_sigint) as pool:
+                try:
+                    _write_shards(root, out, cfg, h, inputs, pool, records, pbar, stop_after_shards)
+                finally:
+                    pool.shutdown(wait=True, cancel_futures=True)
             pbar.close()
             return _finish(out, records, settings, scan_info, time.time() - t0)
         except OSError as e:
@@ -553,15 +561,16 @@ def _check_space(out: Path, records: list[dict], total: int) -> None:
 
 
 def bounded_imap(pool, fn, jobs, window: int = 2048, chunksize: int = 8):
-    """``pool.imap(fn, jobs)`` (results in order) with at most two windows of jobs submitted ahead of the consumer.
-    ``imap`` alone queues every job at once and keeps every result the consumer has not taken yet: with 1.28M images
-    and a writer slower than the workers (a network file system), finished JPEGs would pile up in memory."""
+    """``pool.map(fn, jobs)`` of a ``ProcessPoolExecutor`` (results in order) with at most two windows of jobs
+    submitted ahead of the consumer. ``map`` alone submits every job at once and keeps every result the consumer has
+    not taken yet: with 1.28M images and a writer slower than the workers (a network file system), finished JPEGs
+    would pile up in memory."""
     it = iter(jobs)
     pending: collections.deque = collections.deque()
     while True:
         batch = list(itertools.islice(it, window))
         if batch:
-            pending.append(pool.imap(fn, batch, chunksize))
+            pending.append(pool.map(fn, batch, chunksize=chunksize))
         if len(pending) == 2 or (pending and not batch):  # the next window runs while this one is consumed
             yield from pending.popleft()
         if not pending:
@@ -599,7 +608,6 @@ def _write_shards(root: Path, out: Path, cfg: ShardConfig, h, inputs: list[Input
                 records.append(writer.close())
                 written_new += 1
                 if stop_after_shards is not None and written_new >= stop_after_shards:
-                    pool.terminate()
                     pbar.close()
                     raise KeyboardInterrupt(f"stopped after {written_new} shards (test hook)")
                 _check_space(out, records, len(inputs))

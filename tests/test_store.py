@@ -102,6 +102,7 @@ def test_reshard_is_byte_identical_and_resumes(synth_tree, store, tmp_path, hold
 
 
 def test_shard_workers_run_at_most_two_windows_ahead_of_the_writer():
+    from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
     from fastft.shard import bounded_imap
@@ -113,13 +114,13 @@ def test_shard_workers_run_at_most_two_windows_ahead_of_the_writer():
             drawn.append(i)
             yield -i
 
-    with get_context("fork").Pool(2) as pool:
+    with ProcessPoolExecutor(2, mp_context=get_context("fork")) as pool:
         out = []
         for i, r in enumerate(bounded_imap(pool, abs, jobs(), window=64, chunksize=4)):
             assert len(drawn) <= (i // 64 + 2) * 64, "jobs submitted beyond the next window"
             out.append(r)
     assert out == list(range(1000)), "results come in order"
-    with get_context("fork").Pool(1) as pool:
+    with ProcessPoolExecutor(1, mp_context=get_context("fork")) as pool:
         assert list(bounded_imap(pool, abs, [], window=8)) == [] and list(bounded_imap(pool, abs, [-3], window=8)) == [3]
 
 
