@@ -184,6 +184,8 @@ def cmd_report(a):
     if not r["summary"].empty:
         print()
         print(Path(r["tables"][0]).read_text())
+    if r["findings"]:
+        print(r["findings"].replace("**", "") + f" See {Path(a.out) / 'claims.csv'}.")
 
 
 def _floats(csv: str) -> tuple[float, ...]:

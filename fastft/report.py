@@ -251,6 +251,15 @@ def _g(v) -> str:
     return f"{v:g}" if isinstance(v, (int, float)) else str(v)
 
 
+def scoreboard(found: pd.DataFrame) -> str:
+    """One line over all plans' claims: how many get each verdict (as the tables word them)."""
+    v = found["verdict"]
+    parts = [("holds", v == "holds"), ("same direction, not significant", v == "same direction, not significant"),
+             ("holds at some grid points", v.str.startswith("holds at")), ("does not hold", v.str.startswith("does not hold")),
+             ("no data yet", v == "no data")]
+    return f"**The paper's findings, checked: {len(found)}** — " + " · ".join(f"{w}: {int(m.sum())}" for w, m in parts if m.any()) + "."
+
+
 def _measure(g: pd.DataFrame, term: str) -> pd.Series:
     """An ``{a, b}`` claim's side ``template[:measure]`` (``sweep.claim_metrics``), or the difference of two
     (``near:x - far:x``), per (grid point, seed)."""
@@ -421,6 +430,8 @@ def markdown(summary: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame | No
              f"{int((~one['finished'] & ~one['failed']).sum())} unfinished. Top-1 % on the validation images of the "
              "set a run trained on (\"tested on\": the target, or a source model's own classes), mean ± sample std over seeds, and the 95 % confidence interval of the mean (Student t); "
              "paper = Li, Herranz, Jiang 2019 (AlexNet on ILSVRC2012 subsets).", ""]
+    if found is not None and len(found):
+        lines += [scoreboard(found) + " Each plan's are listed under it; `claims.csv` has them all.", ""]
     pairs = paired(runs) if pairs is None else pairs
     for plan, s in summary.groupby("plan", sort=False):
         lines += [f"## {plan}", "", "| run | tested on | grid | seeds | top-1 | 95 % CI | top-5 | WordNet distance | paper top-1 | Δ vs paper |",
@@ -765,4 +776,4 @@ def write_report(runs_dir: str | Path, out: str | Path) -> dict:
                                                                  f"filters are more sensitive (Fig. 9; mean over {b['seeds'].max()} seeds)"))
     one = runs.drop_duplicates("run_id")  # runs, not (run, plan) rows
     return {"runs": len(one), "finished": int(one["finished"].sum()), "tables": [str(t) for t in tables],
-            "figures": [str(f) for f in figs], "summary": summary}
+            "figures": [str(f) for f in figs], "summary": summary, "findings": scoreboard(found) if len(found) else None}

@@ -577,7 +577,9 @@ def test_report_checks_the_papers_findings_paired_by_seed(tmp_path):
     # minus aug-ft's gain (−1): +11 at 30 images, +1.0 … +1.2 at 960: significantly above 0 at both
     assert c.loc["augmentation helps aug more", "verdict"] == "holds"
     assert "+1.10 … +11.00 over 2 grid points" in c.loc["augmentation helps aug more", "fastft"]
-    assert "| augmentation helps | §4.6 |" in (tmp_path / "rep" / "report.md").read_text()
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| augmentation helps | §4.6 |" in md
+    assert "**The paper's findings, checked: 6** — holds: 3 · same direction, not significant: 2 · does not hold: 1." in md
     for seed in range(2):  # a plan citing §4.1 comes before one citing §4.6, whatever the run directories' names
         _fake_run(runs, f"zz-lr{seed}", "ft", seed, 60.0, plan="lr", claims=[{"a": "ft", "b": "ft", "text": "x", "ref": "§4.1, Fig. 4"}])
     md = (write_report(runs, tmp_path / "rep2"), (tmp_path / "rep2" / "report.md").read_text())[1]
