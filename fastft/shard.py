@@ -29,6 +29,7 @@ import tarfile
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -497,9 +498,10 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
         pbar = _progress(len(inputs), progress)
         try:
             # an executor, not multiprocessing.Pool: on an error or Ctrl-C, Pool.terminate() kills workers that may be
-            # writing a result (a JPEG chunk) to the result pipe, and its result thread then waits forever for the
-            # rest of that message (seen as a hang after "disk full"); shutdown() cancels the queued chunks and lets
-            # the running ones finish (a chunk each). A worker that dies (OOM) raises BrokenProcessPool, not a hang.
+            # writing a result to the result pipe, and its result thread then waits forever for the rest of that
+            # message (seen as a hang after "disk full"), and a worker killed by the OOM killer loses its task and
+            # hangs imap. shutdown() cancels the queued chunks and lets the running ones finish (a chunk each); a
+            # dead worker raises BrokenProcessPool (results come through files: see bounded_imap).
             with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_sigint) as pool:
                 try:
                     _write_shards(root, out, cfg, h, inputs, pool, records, pbar, stop_after_shards)
@@ -507,6 +509,14 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
                     pool.shutdown(wait=True, cancel_futures=True)
             pbar.close()
             return _finish(out, records, settings, scan_info, time.time() - t0)
+        except BrokenProcessPool:  # a worker was killed (the out-of-memory killer, an admin): nothing hangs, nothing is lost
+            pbar.close()
+            for tmp in out.glob("*.tmp"):
+                tmp.unlink(missing_ok=True)
+            done = sum(r["consumed"] for r in records)
+            raise FastFTError(f"a worker process died while writing the store {out} (killed, e.g. for memory: fewer "
+                              f"--workers need less) after {done:,} of {len(inputs):,} inputs; re-run the same command: "
+                              "it resumes after the last finished shard") from None
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
@@ -561,20 +571,48 @@ def _check_space(out: Path, records: list[dict], total: int) -> None:
 
 
 def bounded_imap(pool, fn, jobs, window: int = 2048, chunksize: int = 8):
-    """``pool.map(fn, jobs)`` of a ``ProcessPoolExecutor`` (results in order) with at most two windows of jobs
-    submitted ahead of the consumer. ``map`` alone submits every job at once and keeps every result the consumer has
-    not taken yet: with 1.28M images and a writer slower than the workers (a network file system), finished JPEGs
-    would pile up in memory."""
+    """``map(fn, jobs)`` on a ``ProcessPoolExecutor`` (results in order), with at most two windows of jobs submitted
+    ahead of the consumer: submitting every job at once keeps every result the consumer has not taken yet, and with
+    1.28M images and a writer slower than the workers (a network file system), finished JPEGs would pile up.
+
+    Each chunk's results travel through a file in a local spool directory; the pipe carries only its name. A worker
+    killed (out of memory) while writing a large result into the pipe leaves half a message there, which the
+    executor's result thread then waits on forever: the run hangs instead of failing. A message this small is
+    written by one atomic ``write``, so a killed worker is always seen (``BrokenProcessPool``)."""
+    import pickle
+    import tempfile
+
     it = iter(jobs)
     pending: collections.deque = collections.deque()
-    while True:
-        batch = list(itertools.islice(it, window))
-        if batch:
-            pending.append(pool.map(fn, batch, chunksize=chunksize))
-        if len(pending) == 2 or (pending and not batch):  # the next window runs while this one is consumed
-            yield from pending.popleft()
-        if not pending:
-            return
+    with tempfile.TemporaryDirectory(prefix="fastft-spool-") as spool:
+        n = 0
+        while True:
+            batch = list(itertools.islice(it, window))
+            if batch:
+                futures = []
+                for i in range(0, len(batch), chunksize):
+                    futures.append(pool.submit(_spooled, fn, batch[i:i + chunksize], os.path.join(spool, str(n))))
+                    n += 1
+                pending.append(futures)
+            if len(pending) == 2 or (pending and not batch):  # the next window runs while this one is consumed
+                for f in pending.popleft():
+                    path = f.result()
+                    with open(path, "rb") as fh:
+                        results = pickle.load(fh)
+                    os.unlink(path)
+                    yield from results
+            if not pending:
+                return
+
+
+def _spooled(fn, items: list, path: str) -> str:
+    """In a worker: ``fn`` of each item, the results pickled to ``path`` (see :func:`bounded_imap`)."""
+    import pickle
+
+    results = [fn(x) for x in items]
+    with open(path, "wb") as fh:
+        pickle.dump(results, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    return path
 
 
 def _write_shards(root: Path, out: Path, cfg: ShardConfig, h, inputs: list[Input], pool, records: list[dict], pbar,

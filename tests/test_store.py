@@ -172,6 +172,58 @@ def test_full_disk_is_named_early_and_the_store_resumes(synth_tree, store, small
     assert _digest(small_disk / "a") == _digest(store)
 
 
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for st in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = st.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(st.parent.name))
+    return out
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # it exited
+        return b""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker processes in /proc")
+def test_a_killed_shard_worker_stops_the_run_with_a_clear_error_and_the_store_resumes(synth_tree, store, tmp_path):
+    """A worker killed mid-run (the out-of-memory killer) ends `fastft shard` with an error naming what to do — not a
+    hang (multiprocessing.Pool lost the task and waited forever; a worker killed while writing a large result into the
+    executor's pipe left half a message that its result thread waited on) — and the re-run gives the same bytes as an
+    uninterrupted run."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "s"
+    cmd = [sys.executable, "-m", "fastft", "shard", str(synth_tree), "--out", str(out), "--resize", "80x80", "--shard-mb", "0.25",
+           "--allow-missing", "--workers", "2", "--quiet"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    own = Path(f"/proc/{p.pid}/cmdline").read_bytes()
+    killed, t = None, time.time()
+    while killed is None and p.poll() is None and time.time() - t < 60:
+        if list(out.glob("train-*.tmp")):  # shards are being written: kill a worker (same command line: a fork)
+            workers = [c for c in _children(p.pid) if _cmdline(c) == own]
+            if workers:
+                os.kill(workers[0], signal.SIGKILL)
+                killed = workers[0]
+        time.sleep(0.005)
+    stdout, stderr = p.communicate(timeout=120)
+    assert killed, "the run finished before a worker could be killed"
+    assert p.returncode != 0 and "a worker process died while writing the store" in stderr and "it resumes" in stderr, stderr[-2000:]
+    assert not list(out.glob("*.tmp")) and not (out / "manifest.json").exists()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _digest(out) == _digest(store)
+
+
 def test_read_only_store_is_confirmed_verified_and_read_and_an_unfinished_one_named(synth_tree, store, tmp_path, read_only):
     ro = read_only(store)  # e.g. a finished store shared read-only across a cluster
     assert write_store(synth_tree, ro, CFG, workers=2, progress=False) == json.loads((store / "manifest.json").read_text())
