@@ -215,10 +215,11 @@ def claims(runs: pd.DataFrame) -> pd.DataFrame:
             if "a" in c:
                 a, b = _measure(g, c["a"]), _measure(g, c["b"])
                 d = (a - b).dropna()
-                missing = [x.strip() for side in (c["a"], c["b"]) for x in side.split(" - ")
-                           if re.search(r":(svm|probe|filters)", x) and _measure(g, x.strip()).isna().all()]
-                run = " and ".join(f"fastft analyze {k} RUNS_DIR --plan {plan}"
-                                   for k in sorted({re.search(r":(svm|probe|filters)", x)[1].replace("probe", "probes") for x in missing}))
+                analysis = {x.strip(): m[1] for side in (c["a"], c["b"]) for x in side.split(" - ")
+                            if (m := re.search(r":(svm|probe|filters)", x))}  # terms from `fastft analyze`: which one
+                missing = [x for x in analysis if _measure(g, x).isna().all()]
+                run = " and ".join(f"fastft analyze {k.replace('probe', 'probes')} RUNS_DIR --plan {plan}"
+                                   for k in sorted({analysis[x] for x in missing}))
                 fastft, verdict = _paired_verdict([x for _, x in d.groupby(level="grid")],
                                                   empty=f"no analysis results for {', '.join(missing)}: run {run}" if missing else
                                                   "no seed with both finished",
@@ -263,8 +264,8 @@ def scoreboard(found: pd.DataFrame) -> str:
 def _measure(g: pd.DataFrame, term: str) -> pd.Series:
     """An ``{a, b}`` claim's side ``template[:measure]`` (``sweep.claim_metrics``), or the difference of two
     (``near:x - far:x``), per (grid point, seed)."""
-    if " - " in term:
-        left, right = (_measure(g, x.strip()) for x in term.split(" - ", 1))
+    if " - " in term:  # a - b - c = (a - b) - c
+        left, right = (_measure(g, x.strip()) for x in term.rsplit(" - ", 1))
         return left - right
     t, _, m = term.partition(":")
     col = {"": "top1", "svm": "svm_top1", "svm_before": "svm_before_top1", "filters": "mean_sensitivity",

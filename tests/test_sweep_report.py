@@ -552,7 +552,8 @@ def test_report_checks_the_papers_findings_paired_by_seed(tmp_path):
               {"a": "ft", "b": "noisy", "text": "ft beats noisy"},
               {"best": "fz", "key": "freeze", "value": 0, "text": "freeze 0 is best"},
               {"gain": "aug", "key": "augment_to", "from": 0, "to": 1200, "text": "augmentation helps", "ref": "§4.6"},
-              {"gain": "aug", "vs": "aug-ft", "key": "augment_to", "from": 0, "to": 1200, "text": "augmentation helps aug more"}]
+              {"gain": "aug", "vs": "aug-ft", "key": "augment_to", "from": 0, "to": 1200, "text": "augmentation helps aug more"},
+              {"a": "ft - scratch - ft", "b": "scratch", "text": "three terms"}]  # (ft − scratch) − ft = −scratch
     runs = tmp_path / "runs"
     for seed in range(3):
         for t, top1 in (("ft", 60.0 + seed), ("scratch", 50.0 + seed), ("noisy", 60.0 + (-5, 4, 3)[seed])):
@@ -576,10 +577,11 @@ def test_report_checks_the_papers_findings_paired_by_seed(tmp_path):
     assert "over 2 grid points; above 0 at 2, significantly at 1" in c.loc["augmentation helps", "fastft"]
     # minus aug-ft's gain (−1): +11 at 30 images, +1.0 … +1.2 at 960: significantly above 0 at both
     assert c.loc["augmentation helps aug more", "verdict"] == "holds"
+    assert c.loc["three terms", "fastft"] == "-102.00 (±4.97, 95 % CI), ahead in 0/3 seeds"  # −2 × scratch: −100, −102, −104
     assert "+1.10 … +11.00 over 2 grid points" in c.loc["augmentation helps aug more", "fastft"]
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| augmentation helps | §4.6 |" in md
-    assert "**The paper's findings, checked: 6** — holds: 3 · same direction, not significant: 2 · does not hold: 1." in md
+    assert "**The paper's findings, checked: 7** — holds: 3 · same direction, not significant: 2 · does not hold: 2." in md
     for seed in range(2):  # a plan citing §4.1 comes before one citing §4.6, whatever the run directories' names
         _fake_run(runs, f"zz-lr{seed}", "ft", seed, 60.0, plan="lr", claims=[{"a": "ft", "b": "ft", "text": "x", "ref": "§4.1, Fig. 4"}])
     md = (write_report(runs, tmp_path / "rep2"), (tmp_path / "rep2" / "report.md").read_text())[1]
