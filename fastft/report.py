@@ -191,7 +191,7 @@ def claims(runs: pd.DataFrame) -> pd.DataFrame:
 
     * ``{a, b}``: a beats b at each grid point both have — "holds" where every 95 % interval of the paired difference
       is above 0, "not significant" where the means are but an interval is not, else how many points it holds at;
-      a side may name a measure other than top-1 (``ft-near:svm`` vs ``ft-near:svm_before``: ``sweep.claim_metrics``)
+      a side may name a measure other than top-1 (``ft-near:svm`` vs ``ft-near:svm_before``: ``sweep.claim_measures``)
       or be a difference (near's lead over far before fine-tuning vs after: Fig. 10 (b));
     * ``{best, key, value}``: along grid key ``key`` (averaged over any other keys), ``value`` has the best mean top-1;
     * ``{gain, key, from, to}``: the template at ``key=to`` beats itself at ``key=from`` (the other keys fixed); with
@@ -262,14 +262,15 @@ def scoreboard(found: pd.DataFrame) -> str:
 
 
 def _measure(g: pd.DataFrame, term: str) -> pd.Series:
-    """An ``{a, b}`` claim's side ``template[:measure]`` (``sweep.claim_metrics``), or the difference of two
+    """An ``{a, b}`` claim's side ``template[:measure]`` (``sweep.claim_measures``), or the difference of two
     (``near:x - far:x``), per (grid point, seed)."""
     if " - " in term:  # a - b - c = (a - b) - c
         left, right = (_measure(g, x.strip()) for x in term.rsplit(" - ", 1))
         return left - right
+    from .sweep import claim_measures
+
     t, _, m = term.partition(":")
-    col = {"": "top1", "svm": "svm_top1", "svm_before": "svm_before_top1", "filters": "mean_sensitivity",
-           "filters_before": "filters_before_mean_sensitivity"}.get(m, m)
+    col = claim_measures()[m or "top1"]
     rows = g[g["template"] == t]
     values = rows[col] if col in rows else pd.Series(float("nan"), index=rows.index)
     return pd.Series(values.to_numpy(dtype=float), index=pd.MultiIndex.from_arrays([rows["grid"], rows["seed"]])).groupby(level=[0, 1]).mean()

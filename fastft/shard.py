@@ -22,10 +22,12 @@ import io
 import itertools
 import json
 import os
+import pickle
 import random
 import re
 import shutil
 import tarfile
+import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -502,11 +504,11 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
             # message (seen as a hang after "disk full"), and a worker killed by the OOM killer loses its task and
             # hangs imap. shutdown() cancels the queued chunks and lets the running ones finish (a chunk each); a
             # dead worker raises BrokenProcessPool (results come through files: see bounded_imap).
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_sigint) as pool:
-                try:
-                    _write_shards(root, out, cfg, h, inputs, pool, records, pbar, stop_after_shards)
-                finally:
-                    pool.shutdown(wait=True, cancel_futures=True)
+            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_sigint)
+            try:
+                _write_shards(root, out, cfg, h, inputs, pool, records, pbar, stop_after_shards)
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
             pbar.close()
             return _finish(out, records, settings, scan_info, time.time() - t0)
         except BrokenProcessPool:  # a worker was killed (the out-of-memory killer, an admin): nothing hangs, nothing is lost
@@ -579,9 +581,6 @@ def bounded_imap(pool, fn, jobs, window: int = 2048, chunksize: int = 8):
     killed (out of memory) while writing a large result into the pipe leaves half a message there, which the
     executor's result thread then waits on forever: the run hangs instead of failing. A message this small is
     written by one atomic ``write``, so a killed worker is always seen (``BrokenProcessPool``)."""
-    import pickle
-    import tempfile
-
     it = iter(jobs)
     pending: collections.deque = collections.deque()
     with tempfile.TemporaryDirectory(prefix="fastft-spool-") as spool:
@@ -607,8 +606,6 @@ def bounded_imap(pool, fn, jobs, window: int = 2048, chunksize: int = 8):
 
 def _spooled(fn, items: list, path: str) -> str:
     """In a worker: ``fn`` of each item, the results pickled to ``path`` (see :func:`bounded_imap`)."""
-    import pickle
-
     results = [fn(x) for x in items]
     with open(path, "wb") as fh:
         pickle.dump(results, fh, protocol=pickle.HIGHEST_PROTOCOL)

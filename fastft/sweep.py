@@ -51,8 +51,9 @@ import yaml
 from .errors import FastFTError
 
 PLAN_KEYS = {"name", "construction", "params", "seeds", "defaults", "runs", "description", "claims"}
-# the paper's findings a plan checks (fastft report): a beats b, paired by seed at each common grid point; ``value``
-# of grid key ``key`` is ``best`` for a template; or grid key ``key`` going ``from`` → ``to`` is a ``gain`` for a template
+# the paper's findings a plan checks (fastft report.claims): a beats b, paired by seed at each common grid point;
+# ``value`` of grid key ``key`` is ``best`` for a template; grid key ``key`` going ``from`` → ``to`` is a ``gain`` for
+# a template (more than for ``vs``); a template's top-1 (or its gain over ``vs``) has a ``trend`` up / down along ``key``
 CLAIM_KINDS = {("a", "b"), ("best", "key", "value"), ("gain", "key", "from", "to"), ("gain", "vs", "key", "from", "to"),
                ("trend", "key", "direction"), ("trend", "vs", "key", "direction")}
 SET_KEYS = ("classes", "images")  # trend keys read from instru-grid set names k<classes>_n<images> (Fig. 12, 14)
@@ -116,22 +117,22 @@ def load_plan(path: str | Path) -> dict:
     return plan
 
 
-def claim_metrics() -> tuple[str, ...]:
-    """What an ``{a, b}`` claim may compare (``ft-near:svm``; top-1 by default): the run's top-1 / top-5, the
-    ``fastft analyze`` results on its view (SVM on fc7, a layer's probe, conv5 filters' mean sensitivity: the mean
-    AP of each class's top-5 filters) and, ``_before``, its source model's on the same view (Table 3's "before
-    fine-tuning", Fig. 10's dashed lines)."""
+def claim_measures() -> dict[str, str]:
+    """What an ``{a, b}`` claim may compare (``ft-near:svm``; top-1 by default) → the report's column holding it: the
+    run's top-1 / top-5, the ``fastft analyze`` results on its view (SVM on fc7, a layer's probe, conv5 filters' mean
+    sensitivity: the mean AP of each class's top-5 filters) and, ``_before``, its source model's on the same view
+    (Table 3's "before fine-tuning", Fig. 10's dashed lines)."""
     from .model import LAYERS
 
-    return ("top1", "top5", "svm", "svm_before", "filters", "filters_before", *(f"probe_{x}" for x in LAYERS),
-            *(f"probe_before_{x}" for x in LAYERS))
+    return {"top1": "top1", "top5": "top5", "svm": "svm_top1", "svm_before": "svm_before_top1",
+            "filters": "mean_sensitivity", "filters_before": "filters_before_mean_sensitivity",
+            **{f"probe_{x}": f"probe_{x}" for x in LAYERS}, **{f"probe_before_{x}": f"probe_before_{x}" for x in LAYERS}}
 
 
 def _check_claim(c, plan: dict, p: Path) -> None:
-    """A claim names templates of the plan (``a`` / ``b``: with a measure, ``ft-near:svm``, or the difference of two
-    such terms, ``ft-near:svm - ft-far:svm``) and, for ``best`` /
-    ``gain`` / ``trend``, one of their grid keys (a trend: a numeric one, or ``classes`` / ``images`` of instru-grid
-    set names) and its values."""
+    """A claim names templates of the plan (``a`` / ``b``: with a measure, ``ft-near:svm``, or the difference of such
+    terms, ``ft-near:svm - ft-far:svm``) and, for ``best`` / ``gain`` / ``trend``, one of their grid keys (a trend: a
+    numeric one, or ``classes`` / ``images`` of instru-grid set names) and its values."""
     kind = next((k for k in CLAIM_KINDS if isinstance(c, dict) and set(c) - {"text", "ref"} == set(k)), None)
     if kind is None or not isinstance(c.get("text"), str):
         raise FastFTError(f"plan {p}: claim {c!r} must have a text and one of the key sets {sorted(sorted(k) for k in CLAIM_KINDS)}")
@@ -141,9 +142,9 @@ def _check_claim(c, plan: dict, p: Path) -> None:
         t, _, metric = str(t).partition(":") if "a" in c else (t, "", "")
         if t not in runs:
             raise FastFTError(f"plan {p}: claim {c['text']!r} names {t!r}, which is not a run of the plan")
-        if metric and metric not in claim_metrics():
+        if metric and metric not in claim_measures():
             raise FastFTError(f"plan {p}: claim {c['text']!r}: {metric!r} is not a measure of a run; "
-                              f"measures: {', '.join(claim_metrics())}")
+                              f"measures: {', '.join(claim_measures())}")
     if "trend" in c and c["direction"] not in ("up", "down"):
         raise FastFTError(f"plan {p}: claim {c['text']!r}: direction must be 'up' or 'down', not {c['direction']!r}")
     from .subsets import grid_set
