@@ -504,11 +504,12 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
             # message (seen as a hang after "disk full"), and a worker killed by the OOM killer loses its task and
             # hangs imap. shutdown() cancels the queued chunks and lets the running ones finish (a chunk each); a
             # dead worker raises BrokenProcessPool (results come through files: see bounded_imap).
-            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_sigint)
-            try:
-                _write_shards(root, out, cfg, h, inputs, pool, records, pbar, stop_after_shards)
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
+            with tempfile.TemporaryDirectory(prefix="fastft-spool-") as spool:  # removed once no worker can write to it
+                pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_sigint)
+                try:
+                    _write_shards(root, out, cfg, h, inputs, pool, spool, records, pbar, stop_after_shards)
+                finally:
+                    pool.shutdown(wait=True, cancel_futures=True)
             pbar.close()
             return _finish(out, records, settings, scan_info, time.time() - t0)
         except BrokenProcessPool:  # a worker was killed (the out-of-memory killer, an admin): nothing hangs, nothing is lost
@@ -572,36 +573,36 @@ def _check_space(out: Path, records: list[dict], total: int) -> None:
                           "resumes after the last finished shard")
 
 
-def bounded_imap(pool, fn, jobs, window: int = 2048, chunksize: int = 8):
+def bounded_imap(pool, fn, jobs, spool: str | Path, window: int = 2048, chunksize: int = 8):
     """``map(fn, jobs)`` on a ``ProcessPoolExecutor`` (results in order), with at most two windows of jobs submitted
     ahead of the consumer: submitting every job at once keeps every result the consumer has not taken yet, and with
     1.28M images and a writer slower than the workers (a network file system), finished JPEGs would pile up.
 
-    Each chunk's results travel through a file in a local spool directory; the pipe carries only its name. A worker
-    killed (out of memory) while writing a large result into the pipe leaves half a message there, which the
+    Each chunk's results travel through a file in the local directory ``spool``; the pipe carries only its name. A
+    worker killed (out of memory) while writing a large result into the pipe leaves half a message there, which the
     executor's result thread then waits on forever: the run hangs instead of failing. A message this small is
-    written by one atomic ``write``, so a killed worker is always seen (``BrokenProcessPool``)."""
+    written by one atomic ``write``, so a killed worker is always seen (``BrokenProcessPool``). The caller removes
+    ``spool`` after shutting the pool down (a chunk still running when the consumer stops writes its file later)."""
     it = iter(jobs)
     pending: collections.deque = collections.deque()
-    with tempfile.TemporaryDirectory(prefix="fastft-spool-") as spool:
-        n = 0
-        while True:
-            batch = list(itertools.islice(it, window))
-            if batch:
-                futures = []
-                for i in range(0, len(batch), chunksize):
-                    futures.append(pool.submit(_spooled, fn, batch[i:i + chunksize], os.path.join(spool, str(n))))
-                    n += 1
-                pending.append(futures)
-            if len(pending) == 2 or (pending and not batch):  # the next window runs while this one is consumed
-                for f in pending.popleft():
-                    path = f.result()
-                    with open(path, "rb") as fh:
-                        results = pickle.load(fh)
-                    os.unlink(path)
-                    yield from results
-            if not pending:
-                return
+    n = 0
+    while True:
+        batch = list(itertools.islice(it, window))
+        if batch:
+            futures = []
+            for i in range(0, len(batch), chunksize):
+                futures.append(pool.submit(_spooled, fn, batch[i:i + chunksize], os.path.join(spool, str(n))))
+                n += 1
+            pending.append(futures)
+        if len(pending) == 2 or (pending and not batch):  # the next window runs while this one is consumed
+            for f in pending.popleft():
+                path = f.result()
+                with open(path, "rb") as fh:
+                    results = pickle.load(fh)
+                os.unlink(path)
+                yield from results
+        if not pending:
+            return
 
 
 def _spooled(fn, items: list, path: str) -> str:
@@ -612,7 +613,7 @@ def _spooled(fn, items: list, path: str) -> str:
     return path
 
 
-def _write_shards(root: Path, out: Path, cfg: ShardConfig, h, inputs: list[Input], pool, records: list[dict], pbar,
+def _write_shards(root: Path, out: Path, cfg: ShardConfig, h, inputs: list[Input], pool, spool: str, records: list[dict], pbar,
                   stop_after_shards: int | None) -> None:
     """The shard loop of :func:`write_store`: per split, skip finished shards, then fill shards in the seeded order."""
     limit = cfg.shard_mb * 1e6
@@ -632,7 +633,7 @@ def _write_shards(root: Path, out: Path, cfg: ShardConfig, h, inputs: list[Input
         writer = _ShardWriter(out, split, index)
         jobs = ((str(root / (x.archive or x.source)), (x.offset, x.size) if x.archive else None, cfg.resize, cfg.quality)
                 for x in items[pos:])
-        for x, (jpg, info) in zip(items[pos:], bounded_imap(pool, _process, jobs)):
+        for x, (jpg, info) in zip(items[pos:], bounded_imap(pool, _process, jobs, spool)):
             writer.consumed += 1
             if jpg is None:
                 writer.rejected.append({"source": x.source, "split": x.split, "wnid": x.wnid, "reason": info})

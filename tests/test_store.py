@@ -101,7 +101,7 @@ def test_reshard_is_byte_identical_and_resumes(synth_tree, store, tmp_path, hold
     assert _digest(part) == _digest(store)
 
 
-def test_shard_workers_run_at_most_two_windows_ahead_of_the_writer():
+def test_shard_workers_run_at_most_two_windows_ahead_of_the_writer(tmp_path):
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
@@ -116,12 +116,13 @@ def test_shard_workers_run_at_most_two_windows_ahead_of_the_writer():
 
     with ProcessPoolExecutor(2, mp_context=get_context("fork")) as pool:
         out = []
-        for i, r in enumerate(bounded_imap(pool, abs, jobs(), window=64, chunksize=4)):
+        for i, r in enumerate(bounded_imap(pool, abs, jobs(), tmp_path, window=64, chunksize=4)):
             assert len(drawn) <= (i // 64 + 2) * 64, "jobs submitted beyond the next window"
             out.append(r)
     assert out == list(range(1000)), "results come in order"
+    assert not list(tmp_path.iterdir()), "each chunk's spool file is removed once read"
     with ProcessPoolExecutor(1, mp_context=get_context("fork")) as pool:
-        assert list(bounded_imap(pool, abs, [], window=8)) == [] and list(bounded_imap(pool, abs, [-3], window=8)) == [3]
+        assert list(bounded_imap(pool, abs, [], tmp_path, window=8)) == [] and list(bounded_imap(pool, abs, [-3], tmp_path, window=8)) == [3]
 
 
 @pytest.fixture
