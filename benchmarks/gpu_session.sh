@@ -30,14 +30,21 @@ LCPU=${LCPU:-0,0.2,0.3}           # host-decoded shares for bench loader (the lo
 # what bounds the loader alone: variants and CPU accounting (incl. the host share balancing the two decoders), the
 # fallback in the same run
 step loader-probe 180 sh -c "cd benchmarks && python3 loader_probe.py $W/view --seconds 4 ${LPROBE_ARGS:-} --out '$OUT/loader-probe.json'"
-# the probe's best host-decoded shares join bench loader's (the README's figure: the loader against fastft's own fallback)
-LCPU=$(python3 -c "
-import json, re; p = json.load(open('$OUT/loader-probe.json')); v = p['variants']
-ok = sorted((r['img_s'], k) for k, r in v.items() if isinstance(r, dict) and re.fullmatch(r'cpu\d+', k) and k != 'cpu100')
-print(','.join(sorted({'$LCPU'.split(',')[0]} | {str(int(k[3:]) / 100) for _, k in ok[-2:]}, key=float)) if ok else '$LCPU')" 2>/dev/null || echo "$LCPU")
-echo "bench loader host-decoded shares: $LCPU"
-step bench-loader 70 python3 -m fastft bench loader $W/view ${BENCH_ARGS/--width 0.25/} --seconds 4 --hw-load $HW --cpu-decode $LCPU \
-    --out "$OUT/bench-loader.json"
+# the probe's best settings join bench loader's (the README's figure: the loader against fastft's own fallback): its
+# best hardware-decoder share with GPU Huffman (gpuhuffNN) and its two best host-decoded shares (cpuNN), alone or combined
+read LHW LCPU LHUFF < <(python3 -c "
+import json, re; v = json.load(open('$OUT/loader-probe.json'))['variants']
+ok = sorted((r['img_s'], k) for k, r in v.items() if isinstance(r, dict) and k not in ('reader', 'cpu100'))
+hw, cpu = [], []
+for _, k in reversed(ok):
+    for m in k.split('+'):
+        if m.startswith('gpuhuff') and len(hw) < 1: hw.append(int(m[7:]) / 100)
+        if m.startswith('cpu') and len(cpu) < 2 and int(m[3:]) / 100 not in cpu: cpu.append(int(m[3:]) / 100)
+print(','.join(map(str, sorted({1.0, *hw}))), ','.join(map(str, sorted({0.0, *cpu}))), '--gpu-huffman' if hw else '')" 2>/dev/null ||
+  echo "$HW $LCPU")
+echo "bench loader settings: hw $LHW, host $LCPU $LHUFF"
+step bench-loader 110 python3 -m fastft bench loader $W/view ${BENCH_ARGS/--width 0.25/} --seconds 4 --hw-load $LHW --cpu-decode $LCPU \
+    $LHUFF --out "$OUT/bench-loader.json"
 # the host cores' decoding rate (CPU only; its JSON line stays in session.log: at most 8 files come back)
 step host-decode 40 python3 benchmarks/host_decode.py $W/view --seconds 2
 # the reference baselines (../shared/bench/baselines.py, copied to .dali/c2/ by the operator): PIL DataLoader alone and

@@ -13,7 +13,7 @@ feed and hand-off loop is the bottleneck); ``cpu_ms_per_kimg`` = CPU time of the
   can add. From ``cpu100`` and ``threads4`` the probe then computes the share that balances the two decoders
   (``balanced_cpu_share``) and measures it too;
 * ``gpuhuff80`` / ``gpuhuff60``: 80 % / 60 % of the JPEGs on the hardware decoder, the rest decoded wholly on the
-  GPU's cores (``GPU_HUFFMAN``: nvJPEG's hybrid Huffman decoder, not the host), which the loader alone leaves idle;
+  GPU's cores (``LoaderConfig.gpu_huffman``: nvJPEG's GPU Huffman decoder, not the host; any ``gpuhuffNN``), which the loader alone leaves idle;
 * ``prefetch4``: a deeper prefetch queue;
 * ``static``: DALI's classic executor;
 * ``reader``: DALI's C++ webdataset reader on the view's shards (no Python feed at all; its own shuffle and crops):
@@ -69,7 +69,7 @@ def main():
     ap.add_argument("view")
     ap.add_argument("--seconds", type=float, default=4)
     ap.add_argument("--hw-load", type=float, default=1.0)
-    ap.add_argument("--variants", default="dali,nocopy,threads4,cpu100,cpu20,cpu25,cpu35,gpuhuff80,gpuhuff60,reader")
+    ap.add_argument("--variants", default="dali,cpu100,cpu30,cpu45,gpuhuff90,gpuhuff75,gpuhuff60,reader")
     ap.add_argument("--device", default="cuda", help="cpu: a smoke test of the script (with --batch, --crop)")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--crop", type=int, default=227)
@@ -87,7 +87,7 @@ def main():
 
     mods = {"threads16": ({"num_threads": 16}, {"MIXED_THREADS": 16}), "threads4": ({"num_threads": 4}, {}),
             **{f"cpu{p}": ({"cpu_decode": p / 100}, {}) for p in range(1, 101)},
-            **{f"gpuhuff{p}": ({"hw_decoder_load": p / 100}, {"GPU_HUFFMAN": True}) for p in (80, 60)},
+            **{f"gpuhuff{p}": ({"hw_decoder_load": p / 100, "gpu_huffman": True}, {}) for p in range(1, 100)},
             "prefetch4": ({"prefetch": 4}, {}), "static": ({}, {"EXEC_DYNAMIC": False}), "nocopy": ({}, {"FEED_NO_COPY": True})}
 
     def run(variant: str) -> dict:

@@ -74,19 +74,21 @@ def _scan(measure, hw_loads, cpu_shares, dev: str, res: dict, key: str) -> None:
 
 
 def bench_loader(view: str, batch: int = 256, device: str = "auto", seconds: float = 10.0, threads: int = 0,
-                 crop: int = 227, hw_loads: tuple[float, ...] = (1.0,), cpu_shares: tuple[float, ...] = (0.0,)) -> dict:
+                 crop: int = 227, hw_loads: tuple[float, ...] = (1.0,), cpu_shares: tuple[float, ...] = (0.0,),
+                 gpu_huffman: bool = False) -> dict:
     """The fallback (PIL DataLoader) and the DALI pipeline for each hardware-decoder share × host-decoded share
-    (``cpu_decode``), emitting what training consumes (:func:`~fastft.pipelines.batch_format`)."""
+    (``cpu_decode``), emitting what training consumes (:func:`~fastft.pipelines.batch_format`). ``gpu_huffman``: the
+    JPEGs beyond the hardware decoder's share are decoded wholly on the GPU (``LoaderConfig.gpu_huffman``)."""
     from .pipelines import Loader, LoaderConfig, batch_format
 
     dev = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     fmt = batch_format(dev, "bf16" if dev == "cuda" else "fp32")
-    res = {"bench": "loader", "view": str(view), "batch": batch, "device": dev, **fmt}
+    res = {"bench": "loader", "view": str(view), "batch": batch, "device": dev, **fmt, "gpu_huffman": gpu_huffman}
 
     def rate(backend: str, hw: float = 1.0, cpu: float = 0.0) -> float:
         L = Loader(view, "train", LoaderConfig(batch_size=batch, crop=crop, backend=backend, device=dev, num_threads=threads,
-                                               hw_decoder_load=hw, cpu_decode=cpu, **fmt), seed=0)
+                                               hw_decoder_load=hw, cpu_decode=cpu, gpu_huffman=gpu_huffman, **fmt), seed=0)
         return _rate(_forever(L), seconds, 3, sync)[0]
     res["pytorch_img_s"] = round(rate("pytorch"), 1)  # first: its workers fork before DALI's thread pools exist
     _scan(lambda h, c: rate("dali", h, c), hw_loads, cpu_shares, dev, res, "dali")

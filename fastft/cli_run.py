@@ -200,7 +200,7 @@ def cmd_bench(a):
 
     if a.what == "loader":
         res = bench.bench_loader(a.view, a.batch, a.device, a.seconds, a.threads, a.crop, hw_loads=_floats(a.hw_load),
-                                 cpu_shares=_floats(a.cpu_decode))
+                                 cpu_shares=_floats(a.cpu_decode), gpu_huffman=a.gpu_huffman)
     elif a.what == "train":
         steps = tuple(a.steps.split(",")) if a.steps else None
         res = bench.bench_train(a.view, a.batch, a.device, a.seconds, steps, a.width, a.crop, a.threads, cache=a.cache,
@@ -343,6 +343,8 @@ def add_commands(sub) -> None:
                                                      "(loader, train: each is measured; the best is reported)")
     s.add_argument("--cpu-decode", default="0", help="share(s) of each batch DALI decodes on the host cores instead of the GPU, "
                                                      "e.g. 0,0.25,0.4 (loader, train: each × each --hw-load; the best is reported)")
+    s.add_argument("--gpu-huffman", action="store_true", help="loader: the JPEGs beyond the hardware decoder's share (--hw-load "
+                                                               "below 1) are decoded wholly on the GPU's cores, not partly on the host")
     s.add_argument("--cache", action="store_true", help="train: also measure the decoded-image cache (decode once, crop on the "
                                                         "device): whole view, half on the device, and on GPUs the host tier")
     s.add_argument("--runs", default="1,2", help="pack: numbers of concurrent runs to measure")

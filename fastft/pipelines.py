@@ -40,8 +40,6 @@ from .store import View, open_view
 EXEC_DYNAMIC = True   # DALI's dynamic executor (the classic one: same rate)
 FEED_NO_COPY = False  # True: DALI reads the JPEG bytes in the store's memory maps without a copy
 MIXED_THREADS = 8     # at most this many CPU threads for a GPU-decoding pipeline (more contend for the cores)
-GPU_HUFFMAN = False   # True: JPEGs beyond the hardware decoder's share (hw_decoder_load < 1) are entropy-decoded on the
-                      # GPU's cores too (nvJPEG's hybrid Huffman decoder), not on the host: spare GPU for the loader alone
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
 
@@ -184,6 +182,8 @@ class LoaderConfig:
     num_threads: int = 0           # DALI threads / DataLoader workers (0 = usable cores / (ranks × runs) on the node)
     hw_decoder_load: float = 1.0   # share of JPEG decoding on the hardware decoder (A100/H100/H200)
     cpu_decode: float = 0.0        # share of each batch DALI decodes on the host cores instead of the GPU (dali backend)
+    gpu_huffman: bool = False      # JPEGs beyond the hardware decoder's share decoded wholly on the GPU's cores (nvJPEG's GPU
+                                   # Huffman), not Huffman on the host: for the loader alone, when no training uses the GPU
     prefetch: int = 2
     fp16: bool = False             # emit float16 images (GPU training in bf16/fp16 autocast)
     channels_last: bool = False    # emit NCHW-shaped batches in NHWC memory (what GPU convolutions read; no re-layout)
@@ -261,13 +261,13 @@ class Loader:
 
 
 def _dali_graph(jpegs, cx, cy, mirror, *, device: str, crop: int, fixed_size: bool, hw_decoder_load: float, fp16: bool,
-                channels_last: bool = False, aug=None, image_size=None, host_decode: bool = False):
+                channels_last: bool = False, aug=None, image_size=None, host_decode: bool = False, gpu_huffman: bool = False):
     """The one augmentation graph: decode → (§4.6 transforms of augmented copies) → (resize shorter side if the store
     is not fixed-size) → crop/mirror/normalise. Training feeds random crop positions and mirror flags; evaluation
     feeds 0.5, 0.5, 0. ``host_decode`` on a GPU: decode on the host cores, then the same graph on the GPU."""
     from nvidia.dali import fn, types
 
-    img = _dali_decode(jpegs, device, hw_decoder_load, aug, image_size, host_decode=host_decode)
+    img = _dali_decode(jpegs, device, hw_decoder_load, aug, image_size, host_decode=host_decode, gpu_huffman=gpu_huffman)
     if not fixed_size:
         img = fn.resize(img, resize_shorter=round(crop * 256 / 227))
     return fn.crop_mirror_normalize(img, crop=(crop, crop), crop_pos_x=cx, crop_pos_y=cy, mirror=mirror, out_of_bounds_policy="pad",
@@ -275,7 +275,8 @@ def _dali_graph(jpegs, cx, cy, mirror, *, device: str, crop: int, fixed_size: bo
                                     output_layout="HWC" if channels_last else "CHW")
 
 
-def _dali_decode(jpegs, device: str, hw_decoder_load: float, aug=None, image_size=None, host_decode: bool = False):
+def _dali_decode(jpegs, device: str, hw_decoder_load: float, aug=None, image_size=None, host_decode: bool = False,
+                 gpu_huffman: bool = False):
     """JPEG → RGB uint8 (``mixed`` decoder on a GPU), then the §4.6 transforms of augmented copies (see
     :meth:`SampleSource.augment_to`; originals pass with identity values). Shared by training and the cache fill.
 
@@ -289,7 +290,7 @@ def _dali_decode(jpegs, device: str, hw_decoder_load: float, aug=None, image_siz
 
     if device == "cuda" and not host_decode:
         img = fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=hw_decoder_load,
-                                adjust_orientation=False, **({"hybrid_huffman_threshold": 0} if GPU_HUFFMAN else {}))
+                                adjust_orientation=False, **({"hybrid_huffman_threshold": 0} if gpu_huffman else {}))
     else:
         img = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB, adjust_orientation=False)
         if device == "cuda":
@@ -341,7 +342,8 @@ class _DaliPipe:
                 dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.INT32] + [types.FLOAT] * n_aug)
             return _dali_graph(jpegs, cx, cy, mirror, device=cfg.device, crop=cfg.crop, fixed_size=loader.fixed_size,
                                hw_decoder_load=cfg.hw_decoder_load, fp16=cfg.fp16, channels_last=cfg.channels_last,
-                               aug=aug or None, image_size=loader.image_size, host_decode=host_decode)
+                               aug=aug or None, image_size=loader.image_size, host_decode=host_decode,
+                               gpu_huffman=cfg.gpu_huffman)
 
         self.pipe = pipe()
         self.pipe.build()
@@ -630,7 +632,7 @@ class _CacheBackend:
                 idx = order[i * bs:(i + 1) * bs]
                 return (src.jpegs(idx),) + tuple(src.aug[k][idx] for k in SampleSource.AUG[:n_aug])
             jpegs, *aug = fn.external_source(source=feed, num_outputs=1 + n_aug, batch=True, dtype=[types.UINT8] + [types.FLOAT] * n_aug)
-            return _dali_decode(jpegs, self.dev.type, cfg.hw_decoder_load, aug, (w, h))
+            return _dali_decode(jpegs, self.dev.type, cfg.hw_decoder_load, aug, (w, h), gpu_huffman=cfg.gpu_huffman)
 
         p = decode()
         p.build()

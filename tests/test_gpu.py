@@ -7,9 +7,10 @@ from fastft.pipelines import Loader, LoaderConfig
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
-def test_gpu_decode_matches_cpu_backend(view_near):
+@pytest.mark.parametrize("decoders", [{}, {"hw_decoder_load": 0.5, "gpu_huffman": True}], ids=["hardware", "half-gpu-huffman"])
+def test_gpu_decode_matches_cpu_backend(view_near, decoders):
     cpu = list(Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71), seed=1).epoch(0))
-    gpu = list(Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, device="cuda"), seed=1).epoch(0))
+    gpu = list(Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, device="cuda", **decoders), seed=1).epoch(0))
     assert len(cpu) == len(gpu)
     for (xc, yc, _), (xg, yg, _) in zip(cpu, gpu):
         assert xg.is_cuda and torch.equal(yc, yg.cpu())
