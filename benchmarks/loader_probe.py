@@ -6,7 +6,7 @@ feed and hand-off loop is the bottleneck); ``cpu_ms_per_kimg`` = CPU time of the
 (all DALI threads; the fallback's worker processes are not counted). Variants change one thing against ``dali``
 (the loader as ``fastft train`` builds it):
 
-* ``nocopy``: DALI reads the JPEG bytes in the store's memory maps without a copy (``FEED_NO_COPY = True``);
+* ``copy``: DALI copies the fed JPEG bytes (``FEED_NO_COPY = False``; by default it reads them in the store's memory maps);
 * ``threads16`` / ``threads4``: 16 or 4 DALI CPU threads (the default caps a GPU-decoding pipeline at ``MIXED_THREADS``);
 * ``cpu20`` / ``cpu25`` / ``cpu35`` (any ``cpuNN``): that share of each batch decoded on the host cores next to the
   hardware decoder (``cpu_decode``); ``cpu100``: every sample decoded on the host cores, i.e. the rate the host share
@@ -26,6 +26,9 @@ On one H200 with 16 cores (2026-11-26, when the default was 16 threads) the fall
 28.2k (main thread busy 50 %), without the copy 34.6k, with 8 threads 34.6k, both + prefetch 4 34.2k, and DALI's
 C++ reader 34.5k: the feed then keeps up with the hardware decoder, which bounds the loader at 3.45x the fallback
 (``benchmarks/results/loader-probe-h200-2026-11-26d.json``). 8 threads (``MIXED_THREADS``) is the default now.
+On another H200 (2026-11-27, ``loader-probe-h200-2026-11-27*.json``) the fallback ran 7.7-8.2k, the loader 22.2k /
+27.5k (two runs), without the copy 29.5k (since the default), 75 % on the hardware decoder and the rest on the GPU's
+cores 28.8k, host shares 30 / 45 / 100 % 24.4k / 21.1k / 13.2k, and DALI's C++ reader 31.6k (3.85x the fallback).
 
 Usage: python benchmarks/loader_probe.py VIEW [--seconds 4] [--variants dali,threads8,...] [--hw-load 1.0] [--out F]
 """
@@ -88,7 +91,7 @@ def main():
     mods = {"threads16": ({"num_threads": 16}, {"MIXED_THREADS": 16}), "threads4": ({"num_threads": 4}, {}),
             **{f"cpu{p}": ({"cpu_decode": p / 100}, {}) for p in range(1, 101)},
             **{f"gpuhuff{p}": ({"hw_decoder_load": p / 100, "gpu_huffman": True}, {}) for p in range(1, 100)},
-            "prefetch4": ({"prefetch": 4}, {}), "static": ({}, {"EXEC_DYNAMIC": False}), "nocopy": ({}, {"FEED_NO_COPY": True})}
+            "prefetch4": ({"prefetch": 4}, {}), "static": ({}, {"EXEC_DYNAMIC": False}), "copy": ({}, {"FEED_NO_COPY": False})}
 
     def run(variant: str) -> dict:
         """``dali``, ``reader``, or modifiers of ``dali`` joined by ``+`` (e.g. ``static+prefetch4``)."""

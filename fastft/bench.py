@@ -29,6 +29,9 @@ def hardware() -> dict:
     from .runs import environment
 
     hw["dali"] = environment()["dali"]
+    from . import pipelines  # the module-level DALI settings the figures were measured with
+
+    hw["dali_settings"] = {k.lower(): getattr(pipelines, k) for k in ("EXEC_DYNAMIC", "FEED_NO_COPY", "MIXED_THREADS")}
     return hw
 
 

@@ -36,9 +36,10 @@ from .store import View, open_view
 
 # DALI settings measured by benchmarks/e2e_probe.py and benchmarks/loader_probe.py (H200, 16 cores, 256x256 JPEGs): the
 # loader alone ran 28.2k img/s with 16 threads, 34.6k with 8 — the rate of DALI's own C++ reader (34.5k), i.e. of
-# the hardware decoder, in the same run. Not copying the feed gave the same 34.6k; it stays off (not GPU-tested).
+# the hardware decoder, in the same run. Not copying the feed: 34.6k there too; 29.5k vs 27.5k on another H200
+# (2026-11-27, where DALI's reader ran 31.6k), with the GPU tests passing; on since.
 EXEC_DYNAMIC = True   # DALI's dynamic executor (the classic one: same rate)
-FEED_NO_COPY = False  # True: DALI reads the JPEG bytes in the store's memory maps without a copy
+FEED_NO_COPY = True   # DALI reads the JPEG bytes in the store's memory maps without a copy (_DaliPipe.alive holds them)
 MIXED_THREADS = 8     # at most this many CPU threads for a GPU-decoding pipeline (more contend for the cores)
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
