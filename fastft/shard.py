@@ -504,7 +504,8 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
             # message (seen as a hang after "disk full"), and a worker killed by the OOM killer loses its task and
             # hangs imap. shutdown() cancels the queued chunks and lets the running ones finish (a chunk each); a
             # dead worker raises BrokenProcessPool (results come through files: see bounded_imap).
-            with tempfile.TemporaryDirectory(prefix="fastft-spool-") as spool:  # removed once no worker can write to it
+            _remove_dead_spools()
+            with tempfile.TemporaryDirectory(prefix=f"fastft-spool-{os.getpid()}-") as spool:  # removed once no worker writes
                 pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_sigint)
                 try:
                     _write_shards(root, out, cfg, h, inputs, pool, spool, records, pbar, stop_after_shards)
@@ -603,6 +604,21 @@ def bounded_imap(pool, fn, jobs, spool: str | Path, window: int = 2048, chunksiz
                 yield from results
         if not pending:
             return
+
+
+def _remove_dead_spools() -> None:
+    """Spool directories that a killed ``fastft shard`` left in ``$TMPDIR`` (``fastft-spool-<pid>-*`` of a process that
+    no longer runs; at most two windows of encoded images each)."""
+    for d in Path(tempfile.gettempdir()).glob("fastft-spool-*-*"):
+        pid = d.name.split("-")[2]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
 
 
 def _spooled(fn, items: list, path: str) -> str:

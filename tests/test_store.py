@@ -2,6 +2,7 @@
 import csv
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -193,35 +194,67 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
+def _shard_killed_mid_run(synth_tree, out: Path, env: dict, worker: bool):
+    """Runs `fastft shard` into ``out`` and SIGKILLs, once shards are being written, one of its worker processes
+    (``worker``) or the command itself. Returns (the command, the Popen, the killed pid, stderr). A run that finished
+    before the kill (the tree is small; a busy machine) is tried again, up to three times."""
+    import os
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "fastft", "shard", str(synth_tree), "--out", str(out), "--resize", "80x80", "--shard-mb", "0.25",
+           "--allow-missing", "--workers", "2", "--quiet"]
+    for _ in range(3):
+        shutil.rmtree(out, ignore_errors=True)
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        own = _cmdline(p.pid)
+        killed, t = None, time.time()
+        while killed is None and p.poll() is None and time.time() - t < 60:
+            if list(out.glob("train-*.tmp")):  # shards are being written
+                victims = [c for c in _children(p.pid) if _cmdline(c) == own] if worker else [p.pid]  # workers: forks
+                if victims:
+                    os.kill(victims[0], signal.SIGKILL)
+                    killed = victims[0]
+            time.sleep(0.002)
+        stderr = p.communicate(timeout=120)[1]
+        if killed:
+            return cmd, p, killed, stderr
+    pytest.fail("the run finished three times before it could be killed")
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker processes in /proc")
 def test_a_killed_shard_worker_stops_the_run_with_a_clear_error_and_the_store_resumes(synth_tree, store, tmp_path):
     """A worker killed mid-run (the out-of-memory killer) ends `fastft shard` with an error naming what to do — not a
     hang (multiprocessing.Pool lost the task and waited forever; a worker killed while writing a large result into the
     executor's pipe left half a message that its result thread waited on) — and the re-run gives the same bytes as an
     uninterrupted run."""
-    import os
-    import signal
-    import time
-
     out = tmp_path / "s"
-    cmd = [sys.executable, "-m", "fastft", "shard", str(synth_tree), "--out", str(out), "--resize", "80x80", "--shard-mb", "0.25",
-           "--allow-missing", "--workers", "2", "--quiet"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    own = Path(f"/proc/{p.pid}/cmdline").read_bytes()
-    killed, t = None, time.time()
-    while killed is None and p.poll() is None and time.time() - t < 60:
-        if list(out.glob("train-*.tmp")):  # shards are being written: kill a worker (same command line: a fork)
-            workers = [c for c in _children(p.pid) if _cmdline(c) == own]
-            if workers:
-                os.kill(workers[0], signal.SIGKILL)
-                killed = workers[0]
-        time.sleep(0.005)
-    stdout, stderr = p.communicate(timeout=120)
-    assert killed, "the run finished before a worker could be killed"
+    cmd, p, _, stderr = _shard_killed_mid_run(synth_tree, out, dict(os.environ), worker=True)
     assert p.returncode != 0 and "a worker process died while writing the store" in stderr and "it resumes" in stderr, stderr[-2000:]
     assert not list(out.glob("*.tmp")) and not (out / "manifest.json").exists()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert _digest(out) == _digest(store)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="SIGKILL and fork: POSIX")
+def test_a_killed_shard_run_resumes_and_its_spool_directory_is_removed(synth_tree, store, tmp_path):
+    """`fastft shard` killed outright (SIGKILL: no cleanup runs) leaves its spool directory in $TMPDIR; the re-run
+    removes it (its process is gone), leaves a live process's alone, and writes the same bytes as an uninterrupted run."""
+    import signal
+
+    out, tmp = tmp_path / "s", tmp_path / "tmp"
+    tmp.mkdir()
+    live = tmp / f"fastft-spool-{os.getpid()}-x"  # this test's own process: alive
+    live.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    cmd, p, _, _ = _shard_killed_mid_run(synth_tree, out, env, worker=False)
+    assert p.returncode == -signal.SIGKILL
+    dead = list(tmp.glob(f"fastft-spool-{p.pid}-*"))
+    assert dead, "the killed run left its spool directory"
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not any(d.exists() for d in dead) and live.exists()
     assert _digest(out) == _digest(store)
 
 
