@@ -8,12 +8,12 @@ feed and hand-off loop is the bottleneck); ``cpu_ms_per_kimg`` = CPU time of the
 
 * ``copy``: DALI copies the fed JPEG bytes (``FEED_NO_COPY = False``; by default it reads them in the store's memory maps);
 * ``threads16`` / ``threads4``: 16 or 4 DALI CPU threads (the default caps a GPU-decoding pipeline at ``MIXED_THREADS``);
-* ``cpu20`` / ``cpu25`` / ``cpu35`` (any ``cpuNN``): that share of each batch decoded on the host cores next to the
+* ``cpu30`` / ``cpu45`` (any ``cpuNN``): that share of each batch decoded on the host cores next to the
   hardware decoder (``cpu_decode``); ``cpu100``: every sample decoded on the host cores, i.e. the rate the host share
-  can add. From ``cpu100`` and ``threads4`` the probe then computes the share that balances the two decoders
+  can add. From ``cpu100`` and ``threads4`` (else ``dali``) the probe then computes the share that balances the two decoders
   (``balanced_cpu_share``) and measures it too;
-* ``gpuhuff80`` / ``gpuhuff60``: 80 % / 60 % of the JPEGs on the hardware decoder, the rest decoded wholly on the
-  GPU's cores (``LoaderConfig.gpu_huffman``: nvJPEG's GPU Huffman decoder, not the host; any ``gpuhuffNN``), which the loader alone leaves idle;
+* ``gpuhuff90`` / ``gpuhuff75`` / ``gpuhuff60`` (any ``gpuhuffNN``): that share of the JPEGs on the hardware
+  decoder, the rest decoded wholly on the GPU's cores (``LoaderConfig.gpu_huffman``: nvJPEG's GPU Huffman decoder, not the host), which the loader alone leaves idle;
 * ``prefetch4``: a deeper prefetch queue;
 * ``static``: DALI's classic executor;
 * ``reader``: DALI's C++ webdataset reader on the view's shards (no Python feed at all; its own shuffle and crops):

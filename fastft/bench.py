@@ -26,11 +26,11 @@ import torch
 def hardware() -> dict:
     hw = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    from . import pipelines
     from .runs import environment
 
     hw["dali"] = environment()["dali"]
-    from . import pipelines  # the module-level DALI settings the figures were measured with
-
+    # the module-level DALI settings the figures were measured with
     hw["dali_settings"] = {k.lower(): getattr(pipelines, k) for k in ("EXEC_DYNAMIC", "FEED_NO_COPY", "MIXED_THREADS")}
     return hw
 

@@ -505,7 +505,7 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
             # hangs imap. shutdown() cancels the queued chunks and lets the running ones finish (a chunk each); a
             # dead worker raises BrokenProcessPool (results come through files: see bounded_imap).
             _remove_dead_spools()
-            with tempfile.TemporaryDirectory(prefix=f"fastft-spool-{os.getpid()}-") as spool:  # removed once no worker writes
+            with tempfile.TemporaryDirectory(prefix=f"{SPOOL}{os.getpid()}-") as spool:  # removed once no worker writes
                 pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_sigint)
                 try:
                     _write_shards(root, out, cfg, h, inputs, pool, spool, records, pbar, stop_after_shards)
@@ -606,11 +606,14 @@ def bounded_imap(pool, fn, jobs, spool: str | Path, window: int = 2048, chunksiz
             return
 
 
+SPOOL = "fastft-spool-"  # + <pid>-<random>: write_store's spool directory in $TMPDIR
+
+
 def _remove_dead_spools() -> None:
-    """Spool directories that a killed ``fastft shard`` left in ``$TMPDIR`` (``fastft-spool-<pid>-*`` of a process that
-    no longer runs; at most two windows of encoded images each)."""
-    for d in Path(tempfile.gettempdir()).glob("fastft-spool-*-*"):
-        pid = d.name.split("-")[2]
+    """Spool directories that a killed ``fastft shard`` left in ``$TMPDIR`` (those of a process that no longer runs;
+    at most two windows of encoded images each)."""
+    for d in Path(tempfile.gettempdir()).glob(f"{SPOOL}*-*"):
+        pid = d.name[len(SPOOL):].split("-")[0]
         if not pid.isdigit():
             continue
         try:

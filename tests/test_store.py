@@ -196,9 +196,8 @@ def _cmdline(pid: int) -> bytes:
 
 def _shard_killed_mid_run(synth_tree, out: Path, env: dict, worker: bool):
     """Runs `fastft shard` into ``out`` and SIGKILLs, once shards are being written, one of its worker processes
-    (``worker``) or the command itself. Returns (the command, the Popen, the killed pid, stderr). A run that finished
-    before the kill (the tree is small; a busy machine) is tried again, up to three times."""
-    import os
+    (``worker``) or the command itself. Returns (the command, the Popen, stderr). A run that finished before the kill
+    (the tree is small; a busy machine) is tried again, up to three times."""
     import signal
     import time
 
@@ -218,7 +217,7 @@ def _shard_killed_mid_run(synth_tree, out: Path, env: dict, worker: bool):
             time.sleep(0.002)
         stderr = p.communicate(timeout=120)[1]
         if killed:
-            return cmd, p, killed, stderr
+            return cmd, p, stderr
     pytest.fail("the run finished three times before it could be killed")
 
 
@@ -229,7 +228,7 @@ def test_a_killed_shard_worker_stops_the_run_with_a_clear_error_and_the_store_re
     executor's pipe left half a message that its result thread waited on) — and the re-run gives the same bytes as an
     uninterrupted run."""
     out = tmp_path / "s"
-    cmd, p, _, stderr = _shard_killed_mid_run(synth_tree, out, dict(os.environ), worker=True)
+    cmd, p, stderr = _shard_killed_mid_run(synth_tree, out, dict(os.environ), worker=True)
     assert p.returncode != 0 and "a worker process died while writing the store" in stderr and "it resumes" in stderr, stderr[-2000:]
     assert not list(out.glob("*.tmp")) and not (out / "manifest.json").exists()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -248,7 +247,7 @@ def test_a_killed_shard_run_resumes_and_its_spool_directory_is_removed(synth_tre
     live = tmp / f"fastft-spool-{os.getpid()}-x"  # this test's own process: alive
     live.mkdir()
     env = {**os.environ, "TMPDIR": str(tmp)}
-    cmd, p, _, _ = _shard_killed_mid_run(synth_tree, out, env, worker=False)
+    cmd, p, _ = _shard_killed_mid_run(synth_tree, out, env, worker=False)
     assert p.returncode == -signal.SIGKILL
     dead = list(tmp.glob(f"fastft-spool-{p.pid}-*"))
     assert dead, "the killed run left its spool directory"
