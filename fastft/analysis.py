@@ -2,22 +2,22 @@
 images, and a feature-based source–target distance.
 
 Features come from the evaluation pipeline (centre crop, no mirror; padding samples of the last batch dropped by
-weight) through the model's named taps, batch by batch on the GPU when there is one. They are cached on disk per
-(model, view samples, split, layer, pooling) as float16 ``.npy`` files under ``<run>/analysis/features/`` and read back
-memory-mapped, so RAM holds one batch at a time while extracting. Full conv1 maps of a 100-class train split
-(96×27×27 per image, ~25 GB in float16) exceed a sensible budget: ``pool=N`` max-pools conv maps to N×N first, and a
-request over ``max_gb`` fails naming that option instead of filling the disk. Results are JSON files in
-``<run>/analysis/`` that ``fastft report`` picks up.
+weight) through the model's named taps, batch by batch on the GPU when there is one. For the SVM, the filters and
+the distance they are cached on disk per (model, view samples, split, layer, pooling) as float16 ``.npy`` files under
+``<run>/analysis/features/`` and read back memory-mapped; a request over ``max_gb`` fails naming ``pool=N`` instead of
+filling the disk. The probes (:mod:`fastft.probes`) run on the full feature maps in bounded memory without that cache.
+Results are JSON files in ``<run>/analysis/`` that ``fastft report`` picks up.
 
 Recipes (fixed, so numbers are comparable across runs):
 * SVM: L2-normalised fc7, ``sklearn.svm.LinearSVC(C=1.0)``, trained on the view's train split, tested on val.
 * Filters: conv5 response per image = spatial max per filter (256 scores); AP per (class, filter) with
   ``sklearn.metrics.average_precision_score`` on the val split; sensitivity of a model for a class = mean AP of its
   top-5 filters; model A beats B on a class when its sensitivity is higher.
-* Probes: features standardised with train statistics, a linear softmax layer trained with Adam (lr 1e-2, weight
-  decay 1e-4, batch 256, 30 epochs and at least 500 steps), accuracy on val.
-* Class images: gradient ascent on the class score (pre-softmax) from a zero image, step 1.0 on the normalised input,
-  L2 penalty 1e-3 (Simonyan et al. 2014), 200 steps.
+* Probes: see :mod:`fastft.probes` (standardised features, one linear softmax layer per layer, Adam, 30 epochs and
+  at least 500 steps; the paper's full maps unless ``pool``).
+* Class images: gradient ascent on the class score (pre-softmax) from the mean image (Simonyan et al. 2014), step
+  1.0 and L2 penalty 1e-3 in units of the pixels' spread (ImageNet's per-channel std) whatever the model's
+  preprocessing (:mod:`fastft.preprocess`), 200 steps.
 """
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import preprocess
+from . import probes as probes_mod
 from .errors import FastFTError
 from .model import LAYERS, AlexNet, ModelConfig
 from .report import beats_figure
@@ -140,6 +142,13 @@ def load_model(run: str | Path, device: str = "cpu") -> tuple[AlexNet, dict]:
     return m.to(device).eval(), blob
 
 
+def model_preprocess(blob: dict) -> str:
+    """The preprocessing a model file was trained with (files from before it was recorded: ``imagenet``)."""
+    name = (blob.get("preprocess") or {}).get("name", preprocess.LEGACY)
+    preprocess.mean_std(name)  # a name this version knows, or a clear error
+    return name
+
+
 def _device(device: str) -> str:
     return device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -157,7 +166,8 @@ def features(run: str | Path, view, split: str, layers: tuple[str, ...], *, devi
     bad = [l for l in layers if l not in LAYERS]
     if bad:
         raise FastFTError(f"unknown layer(s) {bad}; layers are {', '.join(LAYERS)}")
-    loader = Loader(view, split, LoaderConfig(batch_size=batch, crop=crop, backend=backend, device=dev), train=False)
+    loader = Loader(view, split, LoaderConfig(batch_size=batch, crop=crop, backend=backend, device=dev,
+                                              preprocess=model_preprocess(blob)), train=False)
     n = len(loader.src)
     tag = hashlib.sha256(json.dumps([blob.get("run_id"), view.meta["splits"][split]["keys_sha256"], view.meta["manifest_sha256"],
                                      split, pool]).encode()).hexdigest()[:16]
@@ -328,69 +338,63 @@ def _pr_figure(aps: dict, view, path: Path, k: int) -> None:
     plt.close(fig)
 
 
-# ---------------------------------------------------------------- layer probes
-def probe_accuracy(xtr, ytr, xte, yte, classes: int, device: str = "cpu", epochs: int = 30, seed: int = 0) -> float:
-    g = torch.Generator().manual_seed(seed)
-    xtr = torch.as_tensor(np.asarray(xtr, np.float32))
-    xte = torch.as_tensor(np.asarray(xte, np.float32))
-    mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
-    xtr, xte = ((xtr - mu) / sd).to(device), ((xte - mu) / sd).to(device)
-    ytr_t, yte_t = torch.as_tensor(ytr).to(device), torch.as_tensor(yte).to(device)
-    torch.manual_seed(seed)
-    lin = torch.nn.Linear(xtr.shape[1], classes).to(device)
-    opt = torch.optim.Adam(lin.parameters(), lr=1e-2, weight_decay=1e-4)
-    per_epoch = -(-len(xtr) // 256)
-    for _ in range(max(epochs, -(-500 // per_epoch))):
-        perm = torch.randperm(len(xtr), generator=g).to(device)
-        for i in range(0, len(xtr), 256):
-            b = perm[i:i + 256]
-            loss = torch.nn.functional.cross_entropy(lin(xtr[b]), ytr_t[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    with torch.no_grad():
-        return float((lin(xte).argmax(1) == yte_t).float().mean())
+# ---------------------------------------------------------------- layer probes (fastft.probes)
+def probe_accuracy(xtr, ytr, xte, yte, classes: int, device: str = "cpu", epochs: int = probes_mod.EPOCHS, seed: int = 0) -> float:
+    """The probe recipe on given feature arrays (rows = samples) → val accuracy in [0, 1]."""
+    src = [probes_mod.InMemory({"x": torch.as_tensor(np.asarray(x, np.float32)).half().to(device)}, torch.as_tensor(y).to(device))
+           for x, y in ((xtr, ytr), (xte, yte))]
+    return probes_mod.train_group(*src, ("x",), classes, len(ytr), seed=seed, epochs=epochs)["x"] / 100
 
 
-def probes(runs: list, view, layers: tuple[str, ...] = LAYERS, device: str = "auto", pool: int | None = None) -> dict:
+def probes(runs: list, view, layers: tuple[str, ...] = LAYERS, device: str = "auto", pool: int | None = None,
+           memory_gb: float | None = None, **recipe) -> dict:
+    """Fig. 10: a linear probe per layer of each run's model on ``view`` (full feature maps unless ``pool``; see
+    :mod:`fastft.probes`), saved as ``<run>/analysis/probes-<view tag>.json``."""
     from .store import open_view
 
     view = open_view(view) if not hasattr(view, "meta") else view
+    bad = [l for l in layers if l not in LAYERS]
+    if bad:
+        raise FastFTError(f"unknown layer(s) {bad}; layers are {', '.join(LAYERS)}")
     dev = _device(device)
     table = {}
     for run in runs:
-        tr, ytr = features(run, view, "train", layers, device=device, pool=pool)
-        te, yte = features(run, view, "val", layers, device=device, pool=pool)
-        accs = {l: round(100 * probe_accuracy(tr[l], ytr, te[l], yte, view.num_classes, dev), 2) for l in layers}
+        model, blob = load_model(run, dev)
+        accs, held = probes_mod.probe_model(model, model_preprocess(blob), view, tuple(layers), dev, pool=pool,
+                                            memory_gb=memory_gb, **recipe)
         table[Path(run).name] = accs
-        _save(run, "probes", {"analysis": "probes", "view": str(view.path), "pool": pool, "summary": accs}, view)
-    return {"analysis": "probes", "view": str(view.path), "layers": list(layers), "accuracy": table}
+        _save(run, "probes", {"analysis": "probes", "view": str(view.path), "pool": pool, "features": held,
+                              "summary": accs}, view)
+    return {"analysis": "probes", "view": str(view.path), "layers": list(layers), "pool": pool, "accuracy": table}
 
 
 # ---------------------------------------------------------------- class-model images
 def class_images(run, classes: list[int], steps: int = 200, lr: float = 1.0, l2: float = 1e-3, device: str = "auto",
                  out: str | Path | None = None) -> dict:
+    """Simonyan et al.'s class-model images: gradient ascent on the class scores from a zero (mean) image. The image
+    is optimised in units of the pixels' typical spread (ImageNet's per-channel std), whatever the model's
+    preprocessing, so ``lr`` and ``l2`` mean the same for a Caffe-scale and a normalised model."""
     dev = _device(device)
     model, blob = load_model(run, dev)
     s = model.cfg.input_size
-    x = torch.zeros(len(classes), 3, s, s, device=dev, requires_grad=True)
+    mean, std = (torch.tensor(v, device=dev).view(1, 3, 1, 1) for v in preprocess.mean_std(model_preprocess(blob)))
+    unit = torch.tensor(preprocess.mean_std("imagenet")[1], device=dev).view(1, 3, 1, 1)  # one unit of z, in pixels
+    z = torch.zeros(len(classes), 3, s, s, device=dev, requires_grad=True)
+    scores = lambda z: model(z * unit / std).gather(1, idx.view(-1, 1)).squeeze(1)  # noqa: E731 - the model's input
     idx = torch.as_tensor(classes, device=dev)
     with torch.no_grad():
-        start = model(x).gather(1, idx.view(-1, 1)).squeeze(1)
+        start = scores(z)
     for _ in range(steps):
-        score = model(x).gather(1, idx.view(-1, 1)).sum()
-        (g,) = torch.autograd.grad(score - l2 * (x ** 2).sum(), x)
+        (g,) = torch.autograd.grad(scores(z).sum() - l2 * (z ** 2).sum(), z)
         with torch.no_grad():
-            x += lr * g
+            z += lr * g
     with torch.no_grad():
-        end = model(x).gather(1, idx.view(-1, 1)).squeeze(1)
+        end = scores(z)
     res = {"analysis": "classviz", "classes": [blob["classes"][c] for c in classes], "score_before": start.tolist(), "score_after": end.tolist()}
     if out:
         from PIL import Image
 
-        from .pipelines import MEAN, STD
-
-        imgs = x.detach().cpu() * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
+        imgs = (z.detach() * unit + mean).cpu()  # pixels
         lo, hi = imgs.amin(dim=(1, 2, 3), keepdim=True), imgs.amax(dim=(1, 2, 3), keepdim=True)
         imgs = ((imgs - lo) / (hi - lo + 1e-6) * 255).byte().permute(0, 2, 3, 1).numpy()
         grid = Image.new("RGB", (s * len(classes), s))

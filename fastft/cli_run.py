@@ -33,7 +33,7 @@ def loader_factory(cfg):
         lc = LoaderConfig(batch_size=batch_size, crop=cfg.crop, backend=cfg.backend, device=dev, num_threads=cfg.num_threads,
                           hw_decoder_load=cfg.hw_decoder_load, cpu_decode=cfg.cpu_decode if dev == "cuda" else 0.0,
                           augment_to=cfg.augment_to, cache=use_cache and train, cache_gb=cfg.cache_gb,
-                          host_cache_gb=cfg.host_cache_gb if dev == "cuda" else 0.0,
+                          host_cache_gb=cfg.host_cache_gb if dev == "cuda" else 0.0, preprocess=cfg.preprocess,
                           **(batch_format(dev, precision) if cfg.channels_last else {}))
         return Loader(view, split, lc, train=train, rank=rank, world_size=world, seed=seed)
     return make
@@ -175,8 +175,11 @@ def cmd_sweep(a):
 def cmd_report(a):
     from .report import write_report
 
-    r = write_report(a.runs, a.out)
+    r = write_report(a.runs, a.out, include_flagged=a.include_flagged)
     print(f"report of {r['finished']}/{r['runs']} finished runs:")
+    if r["flagged"] or r["failed"]:
+        print(f"  {r['flagged']} did not learn ({'counted' if a.include_flagged else 'left out of means; --include-flagged counts them'}), "
+              f"{r['failed']} failed: listed at the top of report.md")
     for t in r["tables"]:
         print(f"  table  {t}")
     for f in r["figures"]:
@@ -237,7 +240,7 @@ def cmd_analyze(a):
                 if r.get("figure"):
                     print(f"precision-recall curves: {r['figure']}\nclasses where A beats B (Fig. 9): {r['beats_figure']}")
             else:
-                r = an.probes(runs, view, device=a.device, pool=a.pool)
+                r = an.probes(runs, view, device=a.device, pool=a.pool, memory_gb=a.memory_gb)
                 layers = r["layers"]
                 print("run".ljust(32) + "".join(l.rjust(8) for l in layers))
                 for name, accs in r["accuracy"].items():
@@ -322,6 +325,8 @@ def add_commands(sub) -> None:
                                    "Runs may still be training: the report shows what has finished.")
     s.add_argument("runs", help="directory holding run directories (searched recursively)")
     s.add_argument("--out", required=True, help="where to write report.md, CSVs and PNG figures")
+    s.add_argument("--include-flagged", action="store_true",
+                   help="count runs flagged 'did not learn' (train loss still at ln C; see plateau_epochs) in means and claims")
     s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("bench", help="throughput of the loader or of training, with the PyTorch DataLoader baseline in the same run (JSON)")
@@ -368,13 +373,15 @@ def add_commands(sub) -> None:
     s.add_argument("--plan", help="with a runs directory: only this plan's runs (and, for a source model, its fine-tunes)")
     s.add_argument("--source-view", help="distance: the source view")
     s.add_argument("--classes", default="0,1,2,3", help="classviz: comma-separated class indices of the run's model")
-    s.add_argument("--pool", type=int, help="probes: max-pool conv maps to NxN before the linear layer (bounds memory)")
+    s.add_argument("--pool", type=int, help="probes: max-pool conv maps to NxN before the linear layer (default: the paper's full maps)")
+    s.add_argument("--memory-gb", type=float, help="probes: features held in memory at once (default: half the free GPU memory "
+                   "or RAM); a layer larger than this is streamed through the network every epoch instead")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: the GPU if there is one")
     s.add_argument("--out", help="filters: directory for filters.json and PR curves; classviz: PNG path")
     s.set_defaults(fn=cmd_analyze)
 
     s = sub.add_parser("demo", help="the whole flow on a built-in synthetic ImageNet on CPU: synth -> shard -> near/far sweep -> report")
     s.add_argument("--out", default="fastft-demo", help="working directory (created)")
-    s.add_argument("--seeds", type=int, default=2, help="seeds of the study (5 as in the paper: about 2 minutes)")
+    s.add_argument("--seeds", type=int, default=3, help="seeds of the study (3: the fewest a claim is checked on; 5 as in the paper)")
     s.add_argument("--parallel", type=int, default=2, help="concurrent training runs")
     s.set_defaults(fn=cmd_demo)

@@ -1,18 +1,31 @@
-"""The paper's AlexNet (Caffe ``bvlc_alexnet`` layout, Table 1 of the paper) with named layer outputs.
+"""The paper's AlexNet (Table 1 of the paper) with named layer outputs.
 
-Layers ``conv1 … fc8`` are attributes; ``forward(x, taps=[...])`` also returns the named outputs the analyses use
-(conv1/conv2 after ReLU → pool → LRN, conv3/conv4 after ReLU, conv5 after ReLU → pool, fc6/fc7 after ReLU, fc8 logits).
+Layer order is the paper's Table 1, ReLU → max-pool → LRN in conv1 and conv2 (as in the CaffeNet reference model),
+not ``bvlc_alexnet``'s ReLU → LRN → pool; conv3/conv4 end in ReLU, conv5 in ReLU → pool; fc6/fc7 are ReLU layers
+after a dropout of their input (dropout 0.5 follows fc6 and fc7, as the paper says), fc8 gives the logits. Layers
+``conv1 … fc8`` are attributes; ``forward(x, taps=[...])`` also returns the named outputs the analyses use.
 ``width`` scales every conv and fc width (1.0 = the paper) and ``input_size`` the input, so CPU tests and the demo run
-a small configuration of the same code. Initialisation follows the paper (§3): weights N(0, 0.01), fc6/fc7
-N(0, 0.005); biases 1 in conv2, conv4, conv5 and every fc layer, 0 elsewhere.
+a small configuration of the same code.
 
-``init="kaiming"`` (He-normal weights, zero biases, fc8 N(0, 0.01)) is for small CPU-sized configurations: with the
-paper's init the signal reaching fc6 barely depends on the input (measured: across-sample std 1e-3 at fc6) and the
-network needs many thousands of steps to leave the uniform-prediction plateau — fine on a GPU over 100 epochs, not in
-a two-minute demo. Runs record which init they used.
+Initialisation (``init``):
+
+* ``paper`` (§3): weights N(0, 0.01), fc6/fc7 N(0, 0.005); biases 1 in conv2, conv4, conv5 and every fc layer, 0
+  elsewhere. Those σ were chosen for the full-size fan-ins, and for inputs on Caffe's 0–255 scale
+  (:mod:`fastft.preprocess`).
+* ``paper-scaled``: the same, with each layer's σ multiplied by √(full-size fan-in / this model's fan-in), so every
+  layer has the gain it has in the full-size model (identical to ``paper`` at width 1.0 and a 227 input). A scaled
+  configuration needs it: at width 0.25 and a 71 input fc6 has 64 inputs instead of 9,216, each conv 1/4 of its
+  inputs, and with the paper's σ the signal reaching fc6 is ~1/300 of the full-size model's (across-sample spread
+  of fc6 at init 0.0003 vs 0.09; conv1's gradient ~1/600): such a run stays at ln C
+  (``benchmarks/results/learning-cpu2-2026-12-02.json``).
+* ``kaiming``: He-normal weights, zero biases, fc8 N(0, 0.01): for inputs of unit variance (``preprocess:
+  imagenet``); on Caffe's scale its activations are ~50× too large and a run diverges at once.
+
+Runs record which init and preprocessing they used.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +33,7 @@ from torch import nn
 
 from .errors import FastFTError
 
+INITS = ("paper", "paper-scaled", "kaiming")
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 FREEZABLE = LAYERS[:7]  # freeze=n keeps conv1 … the n-th of these fixed
 
@@ -31,7 +45,7 @@ class ModelConfig:
     input_size: int = 227
     groups: bool = False     # Caffe's 2-group conv2/conv4/conv5
     dropout: float = 0.5
-    init: str = "paper"      # paper | kaiming
+    init: str = "paper"      # paper | paper-scaled | kaiming (see the module docstring)
 
 
 def _spatial(n: int) -> int:
@@ -41,6 +55,14 @@ def _spatial(n: int) -> int:
     s = conv(s, 3, 2)          # pool2 (conv2 keeps size)
     s = conv(s, 3, 2)          # pool5
     return s
+
+
+def _paper_fan_in(name: str, groups: bool) -> int:
+    """Inputs per output unit of layer ``name`` in the full-size model (width 1.0, 227 input; conv2/4/5 halved when
+    grouped): the fan-in the paper's σ were chosen for."""
+    g = 2 if groups else 1
+    return {"conv1": 3 * 11 * 11, "conv2": 96 // g * 25, "conv3": 256 * 9, "conv4": 384 // g * 9, "conv5": 384 // g * 9,
+            "fc6": 256 * 6 * 6, "fc7": 4096, "fc8": 4096}[name]
 
 
 class _InputPadConv(nn.Conv2d):
@@ -59,8 +81,8 @@ class _InputPadConv(nn.Conv2d):
 class AlexNet(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.init not in ("paper", "kaiming"):
-            raise FastFTError(f"init must be 'paper' or 'kaiming', got {cfg.init!r}")
+        if cfg.init not in INITS:
+            raise FastFTError(f"init must be one of {', '.join(INITS)}, got {cfg.init!r}")
         self.cfg = cfg
         c = [max(8, round(x * cfg.width)) for x in (96, 256, 384, 384, 256)]
         fc = max(16, round(4096 * cfg.width))
@@ -91,7 +113,10 @@ class AlexNet(nn.Module):
                         nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                     nn.init.zeros_(m.bias)
                 else:
-                    nn.init.normal_(m.weight, 0.0, 0.005 if name in ("fc6", "fc7") else 0.01)
+                    std = 0.005 if name in ("fc6", "fc7") else 0.01
+                    if self.cfg.init == "paper-scaled":
+                        std *= math.sqrt(_paper_fan_in(name, self.cfg.groups) / m.weight[0].numel())
+                    nn.init.normal_(m.weight, 0.0, std)
                     nn.init.constant_(m.bias, 0.0 if name in ("conv1", "conv3") else 1.0)
 
     def forward(self, x: torch.Tensor, taps: tuple[str, ...] | None = None):

@@ -15,9 +15,9 @@ transform. That one decision gives the properties the trainer relies on, identic
   2 × 128 see the same (sample, crop, flip) per step.
 
 The augmentation graph (:func:`_dali_graph`, and :func:`_torch_augment` for the fallback) is the paper's: random
-crop (227 of 256) + random mirror for training, centre crop for evaluation and feature extraction, then per-channel
-mean/std normalisation (ImageNet RGB statistics; the paper's Caffe model subtracted a mean image, which a per-channel
-mean approximates). JPEG bytes are read straight from the store's tars (memory-mapped) at the offsets of the view.
+crop (227 of 256) + random mirror for training, centre crop for evaluation and feature extraction, then the run's
+per-channel preprocessing (:mod:`fastft.preprocess`: by default the paper's Caffe scale, mean-subtracted 0–255
+pixels), the same in every backend and cache tier. JPEG bytes are read straight from the store's tars (memory-mapped) at the offsets of the view.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import preprocess
 from .errors import FastFTError
 from .store import View, open_view
 
@@ -41,8 +42,6 @@ from .store import View, open_view
 EXEC_DYNAMIC = True   # DALI's dynamic executor (the classic one: same rate)
 FEED_NO_COPY = True   # DALI reads the JPEG bytes in the store's memory maps without a copy (_DaliPipe.alive holds them)
 MIXED_THREADS = 8     # at most this many CPU threads for a GPU-decoding pipeline (more contend for the cores)
-MEAN = (123.675, 116.28, 103.53)
-STD = (58.395, 57.12, 57.375)
 
 
 # ---------------------------------------------------------------- order
@@ -55,8 +54,11 @@ class EpochPlan:
     rank: int = 0
     seed: int = 0
     shuffle: bool = True
+    augment: bool | None = None  # random crops and mirrors (default: with shuffle); else centre crops, no mirror
 
     def __post_init__(self):
+        if self.augment is None:
+            self.augment = self.shuffle
         if self.n <= 0:
             raise FastFTError("the view split is empty: nothing to load")
         if not 0 <= self.rank < self.world_size:
@@ -96,7 +98,7 @@ class EpochPlan:
         rng = np.random.default_rng([self.seed, epoch, 0xC409])
         cx, cy = rng.random(total, dtype=np.float32), rng.random(total, dtype=np.float32)
         mirror = rng.integers(0, 2, total, dtype=np.int32)
-        if not self.shuffle:
+        if not self.augment:
             cx[:], cy[:], mirror[:] = 0.5, 0.5, 0
         shape = (self.steps, self.world_size, self.batch_size)
         sl = lambda a: a.reshape(shape)[:, self.rank]  # noqa: E731
@@ -192,6 +194,11 @@ class LoaderConfig:
     cache: bool = False            # decode the split once, keep uint8 images on the device, crop/flip/normalise there
     cache_gb: float = 0.0          # cache budget (0 = 80 % of the GPU's free memory; the whole split on CPU)
     host_cache_gb: float | str = 0.0  # second cache tier in pinned host memory for what the GPU cannot hold ("auto": see host_cache_budget)
+    preprocess: str = preprocess.DEFAULT  # the model's input scale (fastft.preprocess): caffe | imagenet
+
+    @property
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return preprocess.mean_std(self.preprocess)
 
 
 def batch_format(device: str, precision: str) -> dict:
@@ -204,7 +211,9 @@ class Loader:
     """Epoch-wise batches of one view split for one rank. ``for x, y, w in loader.epoch(e)``; ``len(loader)`` = steps."""
 
     def __init__(self, view: View | str | Path, split: str, cfg: LoaderConfig, *, train: bool | None = None,
-                 rank: int = 0, world_size: int = 1, seed: int = 0):
+                 rank: int = 0, world_size: int = 1, seed: int = 0, shuffle: bool | None = None):
+        """``train`` (default: the train split): random crops and mirrors, and a seeded order per epoch; else centre
+        crops in key order. ``shuffle`` overrides the order alone (the probes train on shuffled centre crops)."""
         self.view = view if isinstance(view, View) else open_view(view)
         self.split, self.cfg = split, cfg
         self.train = (split == "train") if train is None else train
@@ -216,7 +225,8 @@ class Loader:
             if not self.fixed_size:
                 raise FastFTError("augment_to needs a store with a fixed image size (fastft shard --resize WxH)")
             self.src.augment_to(cfg.augment_to, seed)
-        self.plan = EpochPlan(len(self.src), cfg.batch_size, world_size, rank, seed, shuffle=self.train)
+        self.plan = EpochPlan(len(self.src), cfg.batch_size, world_size, rank, seed,
+                              shuffle=self.train if shuffle is None else shuffle, augment=self.train)
         if cfg.backend not in ("dali", "pytorch"):
             raise FastFTError(f"loader backend must be 'dali' or 'pytorch', got {cfg.backend!r}")
         if not 0.0 <= cfg.cpu_decode <= 1.0:
@@ -262,7 +272,8 @@ class Loader:
 
 
 def _dali_graph(jpegs, cx, cy, mirror, *, device: str, crop: int, fixed_size: bool, hw_decoder_load: float, fp16: bool,
-                channels_last: bool = False, aug=None, image_size=None, host_decode: bool = False, gpu_huffman: bool = False):
+                mean_std: tuple, channels_last: bool = False, aug=None, image_size=None, host_decode: bool = False,
+                gpu_huffman: bool = False):
     """The one augmentation graph: decode → (§4.6 transforms of augmented copies) → (resize shorter side if the store
     is not fixed-size) → crop/mirror/normalise. Training feeds random crop positions and mirror flags; evaluation
     feeds 0.5, 0.5, 0. ``host_decode`` on a GPU: decode on the host cores, then the same graph on the GPU."""
@@ -271,8 +282,9 @@ def _dali_graph(jpegs, cx, cy, mirror, *, device: str, crop: int, fixed_size: bo
     img = _dali_decode(jpegs, device, hw_decoder_load, aug, image_size, host_decode=host_decode, gpu_huffman=gpu_huffman)
     if not fixed_size:
         img = fn.resize(img, resize_shorter=round(crop * 256 / 227))
+    mean, std = mean_std
     return fn.crop_mirror_normalize(img, crop=(crop, crop), crop_pos_x=cx, crop_pos_y=cy, mirror=mirror, out_of_bounds_policy="pad",
-                                    mean=list(MEAN), std=list(STD), dtype=types.FLOAT16 if fp16 else types.FLOAT,
+                                    mean=list(mean), std=list(std), dtype=types.FLOAT16 if fp16 else types.FLOAT,
                                     output_layout="HWC" if channels_last else "CHW")
 
 
@@ -342,7 +354,8 @@ class _DaliPipe:
                 source=self._source, num_outputs=4 + n_aug, batch=True, no_copy=FEED_NO_COPY,
                 dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.INT32] + [types.FLOAT] * n_aug)
             return _dali_graph(jpegs, cx, cy, mirror, device=cfg.device, crop=cfg.crop, fixed_size=loader.fixed_size,
-                               hw_decoder_load=cfg.hw_decoder_load, fp16=cfg.fp16, channels_last=cfg.channels_last,
+                               hw_decoder_load=cfg.hw_decoder_load, fp16=cfg.fp16, mean_std=cfg.mean_std,
+                               channels_last=cfg.channels_last,
                                aug=aug or None, image_size=loader.image_size, host_decode=host_decode,
                                gpu_huffman=cfg.gpu_huffman)
 
@@ -484,7 +497,8 @@ class _TorchBackend:
         self.jobs = [[(int(i), float(x), float(y), int(m)) for i, x, y, m in zip(plan["index"][s], plan["crop_x"][s], plan["crop_y"][s], plan["mirror"][s])]
                      for s in steps]
         dev = _device(self.L.cfg)
-        mean, std, cfg = torch.tensor(MEAN, device=dev), torch.tensor(STD, device=dev), self.L.cfg
+        cfg = self.L.cfg
+        mean, std = (torch.tensor(v, device=dev) for v in cfg.mean_std)
         _, weights = _plan_targets(self.L.src, plan, dev)
         for s, (x, y) in zip(steps, self.dl):  # batches come pinned on CUDA machines: the copies do not block
             x = _normalize(x.to(dev, non_blocking=True), mean, std, cfg.fp16, cfg.channels_last)
@@ -595,8 +609,7 @@ class _CacheBackend:
         self.images: torch.Tensor | None = None
         self.host: torch.Tensor | None = None
         self._compiled = None  # the compiled crop (GPU), or False after a compile failure
-        self.mean = torch.tensor(MEAN, device=self.dev)
-        self.std = torch.tensor(STD, device=self.dev)
+        self.mean, self.std = (torch.tensor(v, device=self.dev) for v in cfg.mean_std)
 
     def _fill(self) -> None:
         """Decode the device and host tiers once (one pass of DALI, or PIL for the fallback)."""

@@ -49,6 +49,14 @@ def collect(runs_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return runs.sort_values("plan", key=lambda c: c.map(_plan_sections(runs)), kind="stable").reset_index(drop=True), pd.DataFrame(curves)
 
 
+def counted(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs that enter means, comparisons and claims: finished ones, without those the learning guard flagged
+    "did not learn" unless the report was asked to include them (``counted`` set by :func:`write_report`)."""
+    if "counted" in runs:
+        return runs[runs["counted"]]
+    return runs[runs["finished"] & runs["learned"]] if "learned" in runs else runs[runs["finished"]]
+
+
 def _plan_sections(runs: pd.DataFrame) -> dict:
     """Plans in the paper's order: each by the first section (``§4.3``) its claims cite; others after, as found."""
     out = {}
@@ -65,7 +73,8 @@ def _collect_one(d: Path, cfg: dict, c: dict, sw: dict, fin: dict, rows: list, c
     row = {"run": d.name, "path": str(d), "run_id": cfg["run_id"], "plan": sw.get("plan", "-"),
            "template": sw.get("template", c.get("name") or c["mode"]), "grid": ", ".join(f"{k}={v}" for k, v in grid.items()),
            "seed": c["seed"], "mode": c["mode"], "set": c.get("set"), "classes": cfg.get("num_classes"),
-           "distance": sw.get("distance"), "finished": bool(fin), "failed": (d / "failed.json").exists(),
+           "distance": sw.get("distance"), "finished": bool(fin), "failed": (d / "failed.json").exists() and not fin,
+           "learned": fin.get("learned", True) is not False, "flags": "; ".join(fin.get("flags") or []),
            "top1": fin.get("top1"), "top5": fin.get("top5"), "best_top1": fin.get("best_top1"), "epochs": fin.get("epochs"),
            "wall_secs": fin.get("wall_secs"), "img_per_s": fin.get("img_per_s"),
            "paper_top1": paper.get("top1"), "paper_std": paper.get("std"), "paper_ref": paper.get("ref"),
@@ -141,9 +150,10 @@ def _in_order(df: pd.DataFrame, *cols: str) -> pd.DataFrame:
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    done = runs[runs["finished"]]
+    done = counted(runs)
     if done.empty:
         return pd.DataFrame()
+    done = done.assign(top5=done["top5"].where(done["classes"] > 5))  # top-5 of <= 5 classes is 100 % by construction
     g = done.groupby(["plan", "template", "grid"], sort=False, dropna=False)
     extra = {c: (c, "mean") for c in done.columns
              if c in ("svm_top1", "svm_before_top1", "mean_sensitivity", "filters_before_mean_sensitivity", "feature_cosine_nearest")
@@ -170,7 +180,7 @@ def paired(runs: pd.DataFrame) -> pd.DataFrame:
     """The study's comparisons (``GAIN_PAIRS``: fine-tuned from near / far vs scratch, near vs far), paired by seed at
     each grid point of a plan: a seed is one class draw, so the per-seed difference removes the draw's difficulty.
     Mean difference, its 95 % t-interval half-width and the seeds where the first model wins."""
-    done = runs[runs["finished"]]
+    done = counted(runs)
     rows = []
     for (plan, grid), g in done.groupby(["plan", "grid"], sort=False, dropna=False):
         by = g.pivot_table(index="seed", columns="template", values="top1", aggfunc="mean")
@@ -203,7 +213,7 @@ def claims(runs: pd.DataFrame) -> pd.DataFrame:
     import numpy as np
 
     cols = ["plan", "claim", "ref", "fastft", "verdict"]
-    done = runs[runs["finished"]]
+    done = counted(runs)
     out = []
     if "claims" not in done:
         return pd.DataFrame(out, columns=cols)
@@ -244,6 +254,8 @@ def claims(runs: pd.DataFrame) -> pd.DataFrame:
                     fastft = (f"best {c['key']}={_g(best)} ({means[best]:.2f}); {c['key']}={_g(c['value'])}: "
                               f"{means.get(c['value'], np.nan):.2f}; best in {wins}/{len(by_seed)} seeds")
                     verdict = "holds" if best == c["value"] else "does not hold"
+                    if len(by_seed) < MIN_SEEDS:
+                        verdict = f"too few seeds ({len(by_seed)}; {MIN_SEEDS} needed)"
             out.append([plan, c["text"], c.get("ref", ""), fastft, verdict])
     return pd.DataFrame(out, columns=cols)
 
@@ -257,7 +269,7 @@ def scoreboard(found: pd.DataFrame) -> str:
     v = found["verdict"]
     parts = [("holds", v == "holds"), ("same direction, not significant", v == "same direction, not significant"),
              ("holds at some grid points", v.str.startswith("holds at")), ("does not hold", v.str.startswith("does not hold")),
-             ("no data yet", v == "no data")]
+             ("too few seeds", v.str.startswith("too few seeds")), ("no data yet", v == "no data")]
     return f"**The paper's findings, checked: {len(found)}** — " + " · ".join(f"{w}: {int(m.sum())}" for w, m in parts if m.any()) + "."
 
 
@@ -310,6 +322,22 @@ def _trend(g: pd.DataFrame, c: dict) -> tuple[str, str]:
                            empty=f"no seed with two values of {c['key']}")
 
 
+MIN_SEEDS = 3  # a claim checked on fewer seeds gets the verdict "too few seeds", whatever its numbers
+
+
+def _significant(d: pd.Series) -> bool:
+    """Whether per-seed values ``d`` are significantly above 0: the 95 % t-interval of their mean, above 0. Values
+    that are all equal (differences of quantised accuracies often are) give a zero-width interval, which is no
+    evidence: then an exact two-sided sign test at 5 % (every seed above 0 and 2 · 0.5^n < 0.05, i.e. n ≥ 6)."""
+    n = len(d)
+    if n < 2:
+        return False
+    sd = d.std()
+    if sd == 0 or not math.isfinite(sd):
+        return bool((d > 0).all()) and 2 * 0.5 ** n < 0.05
+    return d.mean() - _t95(n) * sd / math.sqrt(n) > 0
+
+
 def _paired_verdict(points: list, sign: int = 1, name: str = "", ahead: tuple[str, str] = ("ahead", "above 0"),
                     unit: str = "grid points", empty: str = "no seed with both finished", digits: int = 2) -> tuple[str, str]:
     """Per grid point (or series), the per-seed values (differences a − b; a trend's ρ) → (what fastft found, the
@@ -320,14 +348,17 @@ def _paired_verdict(points: list, sign: int = 1, name: str = "", ahead: tuple[st
     stats = [(d.mean(), _t95(len(d)) * d.std() / math.sqrt(len(d)) if len(d) > 1 else float("nan"), int((d > 0).sum()), len(d))
              for d in points]
     up = sum(m > 0 for m, *_ in stats)
-    sig = sum(m - ci > 0 for m, ci, *_ in stats)  # nan intervals (one seed) are never significant
+    sig = sum(_significant(d) for d in points)
+    against = sum(_significant(-d) for d in points)  # significantly the other way
     if len(stats) == 1:
         m, ci, wins, n = stats[0]
         fastft = f"{name}{sign * m:+.{digits}f} ({_ci(ci, digits)}, 95 % CI), {ahead[0]} in {wins}/{n} seeds"
     else:
         lo, hi = sorted((sign * min(x[0] for x in stats), sign * max(x[0] for x in stats)))
         fastft = f"{name}{lo:+.{digits}f} … {hi:+.{digits}f} over {len(stats)} {unit}; {ahead[1]} at {up}, significantly at {sig}"
-    against = sum(m + ci < 0 for m, ci, *_ in stats)  # significantly the other way
+    fewest = min(n for *_, n in stats)
+    if fewest < MIN_SEEDS:  # an interval from two seeds says little, and claims are checked to be trusted
+        return fastft, f"too few seeds ({fewest}; {MIN_SEEDS} needed)"
     verdict = ("holds" if sig == len(stats) else "same direction, not significant" if up == len(stats)
                else f"holds at {up}/{len(stats)} {unit}" if up
                else "does not hold" + (" (significantly the other way)" if against == len(stats) else ""))
@@ -344,7 +375,7 @@ def filter_beats(runs: pd.DataFrame) -> pd.DataFrame:
     import numpy as np
 
     cols = ["plan", "grid", "a", "b", "seeds", "beats_mean", "beats_std", "b_beats_mean", "paper"]
-    done = runs[runs["finished"]] if "filters_file" in runs or "filters_before_file" in runs else runs.iloc[:0]
+    done = counted(runs) if "filters_file" in runs or "filters_before_file" in runs else runs.iloc[:0]
     groups: dict = {}  # (plan, seed, target view) -> (grid, {model: per-class sensitivity})
     for r in done.itertuples():
         for f, name in ((getattr(r, "filters_file", None), r.template),
@@ -431,7 +462,9 @@ def markdown(summary: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame | No
     lines = ["# fastft report", "", f"{int(one['finished'].sum())} finished runs, {int(one['failed'].sum())} failed, "
              f"{int((~one['finished'] & ~one['failed']).sum())} unfinished. Top-1 % on the validation images of the "
              "set a run trained on (\"tested on\": the target, or a source model's own classes), mean ± sample std over seeds, and the 95 % confidence interval of the mean (Student t); "
+             "top-5 is left out (–) for sets of 5 classes or fewer; "
              "paper = Li, Herranz, Jiang 2019 (AlexNet on ILSVRC2012 subsets).", ""]
+    lines += _problem_runs(one)
     if found is not None and len(found):
         lines += [scoreboard(found) + " Each plan's are listed under it; `claims.csv` has them all.", ""]
     pairs = paired(runs) if pairs is None else pairs
@@ -443,7 +476,7 @@ def markdown(summary: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame | No
             delta = f"{r.delta_vs_paper:+.2f}" if pd.notna(r.delta_vs_paper) else "–"
             dist = f"{r.distance:.3f}" if pd.notna(r.distance) else "–"
             lines.append(f"| {r.template} | {r.tested_on} | {r.grid or '–'} | {r.seeds} | {_pm(r.top1_mean, r.top1_std)} | {_ci(r.top1_ci95)} | "
-                         f"{r.top5_mean:.2f} | {dist} | {paper} | {delta} |")
+                         f"{_num(r.top5_mean)} | {dist} | {paper} | {delta} |")
         lines.append("")
         cl = found[found["plan"] == plan] if found is not None else []
         if len(cl):
@@ -496,6 +529,33 @@ def markdown(summary: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame | No
     return "\n".join(lines) + "\n"
 
 
+def _problem_runs(one: pd.DataFrame) -> list[str]:
+    """Runs that failed (a non-finite loss) or that the learning guard flagged, named before any table."""
+    flagged = one[one["finished"] & ~one["learned"]] if "learned" in one else one.iloc[:0]
+    failed = one[one["failed"]]
+    if not len(flagged) and not len(failed):
+        return []
+    kept = "counted in the tables below (--include-flagged)" if "counted" in one and one.loc[flagged.index, "counted"].all() \
+        else "left out of every mean, comparison and claim below (fastft report --include-flagged counts them)"
+    lines = []
+    if len(flagged):
+        lines += [f"**{len(flagged)} run(s) did not learn**, {kept}:", "", "| run | plan | template | seed | why |", "|---|---|---|---:|---|"]
+        lines += [f"| {r.run} | {r.plan} | {r.template} | {r.seed} | {r.flags} |" for r in flagged.itertuples()]
+        lines.append("")
+    if len(failed):
+        lines += [f"**{len(failed)} run(s) failed** (not finished; a sweep re-run retries them):", "",
+                  "| run | plan | template | seed | why |", "|---|---|---|---:|---|"]
+        lines += [f"| {r.run} | {r.plan} | {r.template} | {r.seed} | {_failure_reason(r.path)} |" for r in failed.itertuples()]
+        lines.append("")
+    return lines
+
+
+def _failure_reason(run_dir: str) -> str:
+    from .guard import failure
+
+    return (failure(Path(run_dir)) or {}).get("reason", "?")
+
+
 def figures(summary: pd.DataFrame, runs: pd.DataFrame, curves: pd.DataFrame, out: Path) -> list[Path]:
     import matplotlib
 
@@ -536,11 +596,13 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, curves: pd.DataFrame, out
         ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -below), ncol=len(handles), frameon=False)
         fig.tight_layout()
         made.append(_save(fig, out / f"final-{plan}.png"))
-        r = runs[(runs["plan"] == plan) & runs["finished"]]
+        r = counted(runs)
+        r = r[r["plan"] == plan]
         made += _grid_figures(r, plan, out, plt)
         if _probe_layers(s):
             made.append(_probes_figure(s, plan, out, plt))
-    ft = runs[runs["finished"] & runs["distance"].notna()]
+    ft = counted(runs)
+    ft = ft[ft["distance"].notna()]
     if len(ft):  # WordNet distance; and the feature distance where `fastft analyze distance` measured it
         axes_x = [("distance", "WordNet distance source→target (1 − Wu-Palmer to nearest source class)")]
         if "feature_cosine_nearest" in ft and ft["feature_cosine_nearest"].notna().any():
@@ -748,10 +810,14 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def write_report(runs_dir: str | Path, out: str | Path) -> dict:
+def write_report(runs_dir: str | Path, out: str | Path, include_flagged: bool = False) -> dict:
+    """Tables and figures of the runs under ``runs_dir`` into ``out``. Runs flagged "did not learn" are listed and,
+    unless ``include_flagged``, kept out of means, comparisons and claims."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs, curves = collect(runs_dir)
+    runs["counted"] = runs["finished"] & (runs["learned"] | include_flagged)
+    curves = curves[curves["run"].isin(set(runs.loc[runs["counted"], "run"]))] if len(curves) else curves
     summary = summarize(runs)
     runs.drop(columns=["path"]).to_csv(out / "runs.csv", index=False)
     summary.to_csv(out / "summary.csv", index=False)
@@ -766,7 +832,8 @@ def write_report(runs_dir: str | Path, out: str | Path) -> dict:
     if len(found):
         found.to_csv(out / "claims.csv", index=False)
         tables.append(out / "claims.csv")
-    (out / "report.md").write_text(markdown(summary, runs, pairs, beats, found) if not summary.empty else "# fastft report\n\nno finished runs yet\n")
+    (out / "report.md").write_text(markdown(summary, runs, pairs, beats, found) if not summary.empty else
+                                   "\n".join(["# fastft report", "", "no finished runs to report yet", "", *_problem_runs(runs.drop_duplicates("run_id"))]))
     figs = figures(summary, runs, curves, out) if not summary.empty else []
     for (plan, grid), b in beats.groupby(["plan", "grid"], sort=False):  # Fig. 9 as a matrix, mean over seeds
         names = sorted(set(b["a"]) | set(b["b"]), key=lambda m: (MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER), _natural(m)))
@@ -777,5 +844,6 @@ def write_report(runs_dir: str | Path, out: str | Path) -> dict:
         figs.append(beats_figure(m, names, out / f"{name}.png", f"{plan}{' ' + grid if grid else ''}: % of classes where A's conv5 "
                                                                  f"filters are more sensitive (Fig. 9; mean over {b['seeds'].max()} seeds)"))
     one = runs.drop_duplicates("run_id")  # runs, not (run, plan) rows
-    return {"runs": len(one), "finished": int(one["finished"].sum()), "tables": [str(t) for t in tables],
+    return {"runs": len(one), "finished": int(one["finished"].sum()), "flagged": int((one["finished"] & ~one["learned"]).sum()),
+            "failed": int(one["failed"].sum()), "tables": [str(t) for t in tables],
             "figures": [str(f) for f in figs], "summary": summary, "findings": scoreboard(found) if len(found) else None}

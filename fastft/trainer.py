@@ -22,9 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import runs
+from . import preprocess, runs
 from .config import to_dict
 from .errors import FastFTError
+from .guard import FAILED, Diverged, NonFiniteWatch, clear_failure, finite, mark_failed, plateau_flag
 from .model import AlexNet, ModelConfig
 
 MODES = ("scratch", "finetune")
@@ -52,7 +53,14 @@ class TrainConfig:
     width: float = 1.0                 # AlexNet width multiplier (1.0 = the paper)
     crop: int = 227                    # input size (random crop of the stored image)
     groups: bool = False               # Caffe's grouped conv2/4/5
-    init: str = "paper"                # paper (§3) | kaiming (small CPU configurations; see fastft.model)
+    init: str = "paper"                # paper (§3) | paper-scaled (the paper's per-layer gains at width < 1 or crop < 227) | kaiming
+    preprocess: str = "caffe"          # input scale (fastft.preprocess): caffe = mean-subtracted 0-255 pixels, as the paper's
+                                       # Caffe AlexNet; imagenet = (x - mean) / std with torchvision's statistics
+    bias_lr_mult: float = 2.0          # Caffe's bvlc_alexnet: biases learn at 2x the LR ...
+    bias_decay_mult: float = 0.0       # ... and are not decayed (1, 1: one SGD group, fastft before 2026-12)
+    head_lr_mult: float = 10.0         # finetune: the new fc8 learns at 10x the LR (Caffe's fine-tuning example; the paper does not say)
+    plateau_epochs: int = 10           # flag the run "did not learn" if its train loss is still within plateau_tol of
+    plateau_tol: float = 0.02          # ln(classes) after this many epochs (or at its last epoch, if it has fewer); 0 = off
     augment_to: int = 0                # §4.6: grow each training class to this many images with transformed copies
     # infrastructure: not part of the run's identity
     out: str = "runs"
@@ -107,6 +115,12 @@ class TrainConfig:
             raise FastFTError(f"conv1_pad must be 0, 4 or 8, got {self.conv1_pad!r}")
         if self.lr is not None and self.lr <= 0:
             raise FastFTError(f"lr must be positive, got {self.lr}")
+        preprocess.mean_std(self.preprocess)
+        for k in ("bias_lr_mult", "bias_decay_mult", "head_lr_mult"):
+            if getattr(self, k) < 0:
+                raise FastFTError(f"{k} must be >= 0, got {getattr(self, k)}")
+        if self.plateau_epochs < 0 or not 0 <= self.plateau_tol < 1:
+            raise FastFTError(f"plateau_epochs must be >= 0 and plateau_tol in [0, 1), got {self.plateau_epochs}, {self.plateau_tol}")
 
     @property
     def base_lr(self) -> float:
@@ -114,7 +128,7 @@ class TrainConfig:
 
 
 IDENTITY_KEYS = ("mode", "freeze", "epochs", "lr_step", "lr_gamma", "momentum", "weight_decay", "batch_size", "seed",
-                 "width", "crop", "groups", "init", "augment_to")
+                 "width", "crop", "groups", "init", "augment_to", "preprocess", "bias_lr_mult", "bias_decay_mult", "head_lr_mult")
 
 
 def run_identity(cfg: TrainConfig, view_meta: dict, precision: str, source_id: str | None) -> dict:
@@ -142,6 +156,28 @@ def run_dir_for(cfg: TrainConfig, rid: str) -> Path:
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
     return cfg.base_lr * cfg.lr_gamma ** (epoch // cfg.lr_step)
+
+
+def param_groups(model, cfg: TrainConfig, head: tuple[str, ...] = ()) -> list[dict]:
+    """SGD parameter groups with Caffe's per-parameter multipliers: each group carries ``lr_mult`` (its LR is the
+    schedule's × ``lr_mult``, see :func:`set_lr`) and its own ``weight_decay``. Biases (parameters named ``*.bias``)
+    get ``bias_lr_mult`` and ``bias_decay_mult``; the modules named in ``head`` (a fine-tune's new fc8) get
+    ``head_lr_mult`` on top. Frozen parameters are in no group. Empty groups are left out."""
+    groups: dict[tuple[float, float], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        bias = name.endswith("bias")
+        lr_mult = (cfg.bias_lr_mult if bias else 1.0) * (cfg.head_lr_mult if name.split(".")[0] in head else 1.0)
+        decay = cfg.weight_decay * (cfg.bias_decay_mult if bias else 1.0)
+        groups.setdefault((lr_mult, decay), []).append(p)
+    return [{"params": ps, "lr_mult": m, "weight_decay": d} for (m, d), ps in groups.items()]
+
+
+def set_lr(opt, lr: float) -> None:
+    """The schedule's LR for this epoch, times each group's ``lr_mult``."""
+    for g in opt.param_groups:
+        g["lr"] = lr * g.get("lr_mult", 1.0)
 
 
 class _Preempt:
@@ -252,6 +288,10 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
         mc = src_blob["model_config"]
         if (mc["width"], mc["groups"]) != (cfg.width, cfg.groups):
             raise FastFTError(f"source {src_file} has width {mc['width']}, groups {mc['groups']}; this run asks width {cfg.width}, groups {cfg.groups}")
+        src_pre = (src_blob.get("preprocess") or {}).get("name", preprocess.LEGACY)
+        if src_pre != cfg.preprocess:
+            raise FastFTError(f"source {src_file} was trained with preprocess {src_pre!r}; this run asks {cfg.preprocess!r}: "
+                              f"a model must see its inputs on the scale it learnt (set preprocess: {src_pre})")
         overlap = set(src_blob.get("classes", [])) & set(view.classes)
         if 0 < len(overlap) < len(view.classes) and not cfg.allow_overlap:
             raise FastFTError(f"source {src_file} was trained on {len(overlap)} of the {len(view.classes)} target classes "
@@ -261,6 +301,10 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
     identity = run_identity(cfg, view.meta, precision, source_id)
     rid = runs.run_id(identity)
     run_dir = run_dir_for(cfg, rid)
+    if cfg.init == "paper" and cfg.mode == "scratch" and (cfg.width, cfg.crop) != (1.0, 227):
+        acc.print(f"warning: init paper at width {cfg.width}, crop {cfg.crop}: the paper's σ are for the full-size model's "
+                  "fan-ins, and a scaled model then barely passes a signal to fc6 (it stays at ln C); init=paper-scaled "
+                  "keeps the paper's per-layer gains (see fastft/model.py)")
     use_compile = cfg.compile is True or (cfg.compile == "auto" and device == "cuda")
     use_graph = cfg.cuda_graph and device == "cuda" and world == 1
     # paths as absolute ones, so that reports and analyses find them from any directory
@@ -303,8 +347,8 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
         model = model.to(memory_format=torch.channels_last)
     if device == "cuda":
         model.pad_input(cfg.conv1_pad)
-    opt = sgd([p for p in model.parameters() if p.requires_grad], cfg.base_lr, cfg.momentum, cfg.weight_decay,
-              fused=cfg.fused_sgd and device == "cuda")
+    head = ("fc8",) if cfg.mode == "finetune" else ()
+    opt = sgd(param_groups(model, cfg, head), cfg.base_lr, cfg.momentum, cfg.weight_decay, fused=cfg.fused_sgd and device == "cuda")
 
     start_epoch, loader_state, partial = 0, None, None
     ckpt = runs.latest_checkpoint(run_dir)
@@ -372,11 +416,13 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
     # test hook: deliver a real SIGTERM to this process at this global step (exercises the preemption path)
     sigterm_at = int(os.environ.get("FASTFT_TEST_SIGTERM_AT_STEP", "-1"))
     stop_after_epoch = False
+    watch = NonFiniteWatch(acc.device)
+    if acc.is_main_process:
+        clear_failure(run_dir)  # this attempt starts again (from the newest checkpoint, if any)
     with _Preempt() as pre:
         for epoch in range(start_epoch, cfg.epochs):
             lr = lr_at(cfg, epoch)
-            for g in opt.param_groups:
-                g["lr"] = lr
+            set_lr(opt, lr)
             model.train()
             loss_sum = torch.zeros((), device=acc.device)
             n_steps, t0, secs_before = 0, time.time(), 0.0
@@ -387,12 +433,16 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
                 loss = step_fn(x, y)
                 loss_sum += loss
                 n_steps += 1
-                if epoch * steps + train_loader.position[1] == sigterm_at:
+                gstep = epoch * steps + train_loader.position[1]
+                watch.see(loss, gstep)
+                if n_steps % CHECK_EVERY == 0:
+                    _diverged(acc, watch, run_dir, cfg, steps)
+                if gstep == sigterm_at:
                     os.kill(os.getpid(), signal.SIGTERM)
                 if pbar is not None:
                     pbar.update(cfg.batch_size)
                     if n_steps % 20 == 1:
-                        pbar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", lr=lr)
+                        pbar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", lr=lr)
                 last = train_loader.position[1] == steps
                 if _stop(acc, pre, epoch * steps + train_loader.position[1], last):
                     if last:  # the epoch ends here (the loop runs out, moving the loader on): it evaluates and
@@ -402,7 +452,8 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
                     save(f"e{epoch:04d}-s{train_loader.position[1]:06d}")
                     acc.print(f"preempted: checkpointed at epoch {epoch} step {train_loader.position[1]}; re-run to resume")
                     raise Preempted(pre.signum)
-            train_loss = float(acc.reduce(loss_sum / max(n_steps, 1), "mean"))  # waits for the epoch's last step
+            _diverged(acc, watch, run_dir, cfg, steps)  # waits for the epoch's last step
+            train_loss = float(acc.reduce(loss_sum / max(n_steps, 1), "mean"))
             train_secs = secs_before + time.time() - t0
             progress_now = None
             rec = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
@@ -434,10 +485,15 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
         last = metrics[-1]
         final.update(top1=last.get("top1"), top5=last.get("top5"), train_loss=last["train_loss"],
                      best_top1=max(m.get("top1", 0) for m in metrics), img_per_s=float(np.mean([m["img_per_s"] for m in metrics])))
+        flag = plateau_flag(metrics, num_classes, cfg.plateau_epochs, cfg.plateau_tol)
+        final.update(learned=flag is None, flags=[flag] if flag else [])
+        if flag:
+            acc.print(f"warning: {run_dir.name} {flag}; the report marks it and keeps it out of means")
     if acc.is_main_process:
         runs.save_file({"model": acc.unwrap_model(model).state_dict(), "model_config": vars(acc.unwrap_model(model).cfg),
-                        "classes": view.classes, "run_id": rid}, run_dir / "model.pt")
-        (run_dir / "final.json").write_text(json.dumps(final, indent=1) + "\n")  # written last: the run is finished
+                        "classes": view.classes, "run_id": rid, "preprocess": preprocess.describe(cfg.preprocess)},
+                       run_dir / "model.pt")
+        (run_dir / "final.json").write_text(json.dumps(finite(final), indent=1, allow_nan=False) + "\n")  # written last: the run is finished
         held.close()
     acc.wait_for_everyone()
     if cfg.trackers:
@@ -445,8 +501,27 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
     return final
 
 
+CHECK_EVERY = 20  # steps between the host's looks at the loss (each is a synchronisation)
+
+
+def _diverged(acc, watch: NonFiniteWatch, run_dir: Path, cfg: TrainConfig, steps: int) -> None:
+    """A non-finite loss so far: mark the run failed and stop with an error that names the step and the LR."""
+    bad = watch.check(acc)
+    if bad is None:
+        return
+    epoch, step = divmod(bad - 1, steps)
+    lr = lr_at(cfg, epoch)
+    reason = (f"the training loss became NaN or infinite at step {bad} (epoch {epoch + 1}, step {step + 1} of {steps}) "
+              f"with lr {lr:g}")
+    if acc.is_main_process:
+        mark_failed(run_dir, {"reason": reason, "global_step": bad, "epoch": epoch + 1, "lr": lr})
+    raise Diverged(f"run {run_dir.name}: {reason}; marked failed ({run_dir / FAILED}). Lower lr (or check the data); "
+                   "re-running retries it")
+
+
 def sgd(params, lr: float, momentum: float, weight_decay: float, fused: bool = False) -> torch.optim.SGD:
-    """The paper's optimiser (SGD with momentum and weight decay); ``fused``: one kernel per update on CUDA."""
+    """The paper's optimiser (SGD with momentum and weight decay); ``params`` may be :func:`param_groups`' groups
+    (their own ``weight_decay``); ``fused``: one kernel per update on CUDA."""
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **({"fused": True} if fused else {}))
 
 

@@ -66,7 +66,7 @@ def trained(demo_spec, store, view_near, tmp_path_factory):
     spec = out / "spec.json"
     demo_spec.save(spec)
     r = subprocess.run([sys.executable, "-m", "fastft", "train", f"spec={spec}", "set=near", f"store={store}", f"out={out}", "name=t",
-                        "epochs=4", "lr=0.005", "width=0.25", "crop=71", "batch_size=32", "init=kaiming", "progress=false", "num_threads=1"],
+                        "epochs=4", "lr=0.005", "width=0.25", "crop=71", "batch_size=32", "init=paper-scaled", "plateau_epochs=0", "progress=false", "num_threads=1"],
                        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
     run = next(out.glob("t-*"))
@@ -140,7 +140,7 @@ def test_report_finds_analyses_of_a_moved_runs_directory(demo_spec, store, tmp_p
     (tmp_path / "a").mkdir()
     demo_spec.save(tmp_path / "a" / "spec.json")
     r = subprocess.run([sys.executable, "-m", "fastft", "train", "spec=spec.json", "set=near", f"store={store}", "out=runs", "name=t",
-                        "epochs=1", "width=0.25", "crop=71", "batch_size=32", "init=kaiming", "progress=false", "num_threads=1"],
+                        "epochs=1", "width=0.25", "crop=71", "batch_size=32", "init=paper-scaled", "plateau_epochs=0", "progress=false", "num_threads=1"],
                        cwd=tmp_path / "a", capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
     run = next((tmp_path / "a" / "runs").glob("t-*"))
@@ -161,7 +161,7 @@ def test_analyze_a_runs_directory_puts_each_seeds_models_on_that_seeds_target(st
     from fastft.store import view_tag
 
     plan = {"name": "p", "construction": "near-far", "params": {"within": "store", "target": 4, "source": 8},
-            "seeds": [0, 1], "defaults": {"width": 0.25, "crop": 71, "batch_size": 32, "init": "kaiming", "epochs": 1, "num_threads": 1},
+            "seeds": [0, 1], "defaults": {"width": 0.25, "crop": 71, "batch_size": 32, "init": "paper-scaled", "plateau_epochs": 0, "epochs": 1, "num_threads": 1},
             "runs": [{"name": "near", "set": "near"}, {"name": "ft", "set": "target", "mode": "finetune", "source": "near"}]}
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(plan))
     out, env = tmp_path / "runs", {**os.environ, "OMP_NUM_THREADS": "1"}

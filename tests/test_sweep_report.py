@@ -16,7 +16,7 @@ from fastft.errors import FastFTError
 from fastft.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = {"width": 0.25, "crop": 71, "batch_size": 32, "init": "kaiming", "epochs": 2, "num_threads": 1, "lr": 0.005}
+SMALL = {"width": 0.25, "crop": 71, "batch_size": 32, "init": "paper-scaled", "plateau_epochs": 0, "epochs": 2, "num_threads": 1, "lr": 0.005}
 
 
 def tiny_plan(tmp_path: Path, name="tiny", extra_runs=(), **defaults) -> Path:

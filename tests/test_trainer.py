@@ -11,7 +11,7 @@ import torch
 from fastft.model import AlexNet, ModelConfig
 from fastft.trainer import TrainConfig, lr_at
 
-SMALL = ["width=0.25", "crop=71", "batch_size=32", "init=kaiming", "progress=false", "num_threads=1"]
+SMALL = ["width=0.25", "crop=71", "batch_size=32", "init=paper-scaled", "plateau_epochs=0", "progress=false", "num_threads=1"]
 
 
 def fastft(*args, env=None, check=True):
