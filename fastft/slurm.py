@@ -50,6 +50,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import FastFTError
+from .runs import complete_checkpoints
 from .store import fsync_write, lock_file
 from .sweep import RunSpec, _record_membership, merge, state as dir_state
 
@@ -154,15 +155,18 @@ def cluster(partition: str | None) -> Cluster:
     if cfg.returncode == 0:
         m = re.search(r"^MaxArraySize\s*=\s*(\d+)", cfg.stdout, re.M)
         c.max_array = int(m[1]) if m else c.max_array
-    part = _run(["scontrol", "show", "partition", "-o"] + ([partition] if partition else []))
-    rows = [_fields(line) for line in (part.stdout.splitlines() if part and part.returncode == 0 else [])]
+    part = _run(["scontrol", "show", "partition", "-o"])
+    if part is None or part.returncode:
+        c.notes.append(f"scontrol show partition failed ({(part.stderr if part else '').strip()}): the jobs' resources are "
+                       "not checked against a partition")
+        return c
+    rows = [_fields(line) for line in part.stdout.splitlines()]
     row = next((r for r in rows if r.get("PartitionName") == partition or (not partition and r.get("Default") == "YES")), None)
     if row is None:
         if partition:
-            known = ", ".join(r.get("PartitionName", "?") for r in rows)
-            raise FastFTError(f"--partition {partition}: no such partition here" + (f" (partitions: {known})" if known else
-                              f" ({(part.stderr if part else '').strip() or 'scontrol show partition failed'})"))
-        c.notes.append("no default partition: pass --partition (resources are not checked)")
+            raise FastFTError(f"--partition {partition}: no such partition here (partitions: "
+                              f"{', '.join(r.get('PartitionName', '?') for r in rows) or 'none'})")
+        c.notes.append("the cluster has no default partition: pass --partition (the jobs' resources are not checked)")
         return c
     c.partition = row["PartitionName"]
     c.max_time_s = parse_time(row.get("MaxTime", "UNLIMITED"), "partition MaxTime")
@@ -309,24 +313,25 @@ def registry(out: Path) -> dict[str, str]:
 def known_tasks(runs: list[RunSpec], out: Path, tasks: dict[str, Task] | None) -> dict[str, str]:
     """Run id → its latest task: recorded by ``--submit`` (``submitted.json``), or found in the queue by the job name
     fastft gave its array (``fastft-<array>``: line i of ``<out>/slurm/<array>.txt`` is task i's run) — so arrays
-    submitted by hand (``bash submit-….sh``) are known too. A queued task wins over a recorded one that has ended."""
+    submitted by hand (``bash submit-….sh``) are known too. A queued task wins, then the newest."""
     reg = registry(out)
-    known = {r.run_id: reg[r.run_id] for r in runs if r.run_id in reg}
+    found = {r.run_id: [reg[r.run_id]] for r in runs if r.run_id in reg}
     by_dir = {str(r.run_dir): r.run_id for r in runs}
     lists: dict[str, list[str]] = {}
-    live = lambda task: task in (tasks or {}) and tasks[task].state in LIVE  # noqa: E731
     for task, t in (tasks or {}).items():
-        job, _, i = task.rpartition("_")
-        if not t.name.startswith("fastft-") or t.state not in LIVE or not i.isdigit():
+        i = task.rpartition("_")[2]
+        if not t.name.startswith("fastft-") or not i.isdigit():
             continue
         name = t.name[len("fastft-"):]
         if name not in lists:
             f = out / "slurm" / f"{name}.txt"
             lists[name] = [shlex.split(x)[0] for x in f.read_text().splitlines() if x.strip()] if f.is_file() else []
         rid = by_dir.get(lists[name][int(i)]) if int(i) < len(lists[name]) else None
-        if rid and not live(known.get(rid)):
-            known[rid] = task
-    return known
+        if rid:
+            found.setdefault(rid, []).append(task)
+    live = lambda task: task in (tasks or {}) and tasks[task].state in LIVE  # noqa: E731
+    job = lambda task: int(task.partition("_")[0]) if task.partition("_")[0].isdigit() else -1  # noqa: E731
+    return {rid: max(ts, key=lambda x: (live(x), job(x))) for rid, ts in found.items()}
 
 
 def queue_states(runs: list[RunSpec], out: Path) -> tuple[dict[str, tuple[str, str]], str]:
@@ -360,17 +365,19 @@ def queue_states(runs: list[RunSpec], out: Path) -> tuple[dict[str, tuple[str, s
             else:
                 out_[r.key] = ("running", f"job {task}")
             continue
-        then = f"; {local}" if local != "to run" else ""
+        # the task has ended and its run is unfinished: how (the queue or sacct; else its run directory), and whether
+        # a new task resumes it
+        ckpt = "; it resumes from its checkpoint" if complete_checkpoints(r.run_dir) else ""
+        failed = r.run_dir / "failed.json"
+        rc = t.exit if t is not None and t.exit else (json.loads(failed.read_text()).get("exit_code") if failed.exists() else None)
+        code = f" (exit {rc})" if rc is not None else ""
         if t is not None and t.state == "CANCELLED":
             why_ = " (its dependency failed)" if t.reason == "DependencyNeverSatisfied" else ""
-            out_[r.key] = ("cancelled", f"job {task}{why_}{then}; --submit resubmits it")
-        elif t is not None and (t.state in FAILED or t.state == "COMPLETED"):
-            out_[r.key] = ("failed", f"job {task}: {t.state}{' exit ' + t.exit if t.exit else ''}{then}; --submit resubmits it")
-        elif local == "failed":
-            rc = json.loads((r.run_dir / "failed.json").read_text()).get("exit_code")
-            out_[r.key] = ("failed", f"job {task} exited {rc}; --submit resubmits it")
+            out_[r.key] = ("cancelled", f"job {task}{why_}{ckpt}; --submit resubmits it")
+        elif (t is not None and (t.state in FAILED or t.state == "COMPLETED")) or failed.exists():
+            out_[r.key] = ("failed", f"job {task}: {t.state if t else 'failed'}{code}{ckpt}; --submit resubmits it")
         else:
-            out_[r.key] = ("ended", f"job {task} left the queue unfinished (cancelled or killed){then}; --submit resubmits it")
+            out_[r.key] = ("ended", f"job {task} left the queue unfinished (cancelled or killed){ckpt}; --submit resubmits it")
     return out_, "; ".join(notes)
 
 
