@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,10 @@ def _launch(a):
     if not _cuda():
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // a.procs)))
     p = subprocess.Popen(cmd, env=env)
+    # SIGTERM / SIGUSR1 to this launcher alone (a SLURM task's shell passes its time-limit signal on to it): torchrun
+    # gets SIGTERM, which it passes to the ranks, and this process waits while they checkpoint
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, lambda *_: p.poll() is None and p.send_signal(signal.SIGTERM))
     while True:
         try:
             rc = p.wait()
@@ -96,6 +101,8 @@ def cmd_sweep(a):
     if on_slurm:  # resources checked against the partition before any work; every path absolute (jobs start in --out)
         from . import slurm
 
+        if a.submit:
+            slurm.require_submit()
         cluster = slurm.cluster(a.partition)
         res = slurm.resolve(slurm.Resources(
             partition=a.partition, time=a.time, gpus=a.gpus_per_run, cpus=a.cpus_per_run, mem=a.mem, account=a.account,
@@ -343,8 +350,8 @@ def add_commands(sub) -> None:
                    "again after a failure: resubmits the failed runs and what depends on them, cancels what can never start")
     g = s.add_argument_group("SLURM jobs (--backend slurm; defaults read from the partition where it can be read)")
     g.add_argument("--partition", help="SLURM partition (default: the cluster's default partition)")
-    g.add_argument("--time", default="24:00:00", help="time limit per task; a task checkpoints and requeues itself "
-                   "--signal-lead seconds before it, and resumes (default %(default)s)")
+    g.add_argument("--time", help="time limit per task; a task checkpoints and requeues itself --signal-lead seconds "
+                   "before it, and resumes (default: 24:00:00, or the partition's MaxTime if shorter)")
     g.add_argument("--signal-lead", type=int, default=120, help="seconds before the time limit at which a task checkpoints "
                    "and requeues (default %(default)s; --time must leave room to train)")
     g.add_argument("--gpus-per-run", type=int, help="GPUs per run; 0: a CPU job (no gres); more than 1: a multi-GPU run "

@@ -43,6 +43,7 @@ import os
 import pwd
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -65,7 +66,7 @@ FAILED = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADL
 class Resources:
     """What each task asks for. ``None``: read from the partition (:func:`resolve`)."""
     partition: str | None = None
-    time: str = "24:00:00"
+    time: str | None = None            # None: 24 h, or the partition's MaxTime if shorter
     gpus: int | None = None
     cpus: int | None = None
     mem: str | None = None
@@ -183,6 +184,14 @@ def cluster(partition: str | None) -> Cluster:
     return c
 
 
+def require_submit() -> None:
+    """``--submit`` needs SLURM's commands here: said before any work."""
+    absent = [x for x in ("sbatch", "squeue", "scancel") if shutil.which(x) is None]
+    if absent:
+        raise FastFTError(f"--submit: {', '.join(absent)} not found here: run on a SLURM login node, or leave --submit out "
+                          "and run the submit script it writes on one")
+
+
 def resolve(res: Resources, c: Cluster) -> Resources:
     """Fill the resources left open from the partition and check them against it: a task that asks for more than the
     largest node has, or for GPUs a partition does not have, would pend forever or be refused by ``sbatch``."""
@@ -209,6 +218,8 @@ def resolve(res: Resources, c: Cluster) -> Resources:
                           "so the jobs would pend forever")
     if res.mem is not None and c.node_mem_mb and _mem_mb(res.mem) > c.node_mem_mb:
         raise FastFTError(f"--mem {res.mem}: the nodes of partition {c.partition} have at most {c.node_mem_mb} MB")
+    if res.time is None:
+        res = replace(res, time=_hms(c.max_time_s) if c.max_time_s is not None and c.max_time_s < 86400 else "24:00:00")
     limit = parse_time(res.time)
     if res.signal_lead < 1:
         raise FastFTError(f"--signal-lead {res.signal_lead}: give the seconds a task needs to checkpoint (at least 1)")
@@ -420,24 +431,25 @@ task="${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}"
 echo "==== fastft: attempt $((${{SLURM_RESTART_COUNT:-0}} + 1)) of $(basename "$run_dir"): SLURM task $task (job $SLURM_JOB_ID) on $(hostname), $(date '+%F %T')"
 {setup}export OMP_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-1}}
 rm -f "$run_dir/failed.json"
-# SIGUSR1 comes {lead} s before the time limit (--signal=B:USR1@{lead}): the trainer checkpoints after its step and
-# exits 143, and the task requeues itself (a time limit alone does not requeue). SIGTERM is SLURM stopping the task
-# (scancel, scontrol requeue, preemption): SLURM signals the trainer too, and requeues the task itself if it means to.
+# SIGUSR1 comes {lead} s before the time limit (--signal=B:USR1@{lead}): the trainer (or a multi-GPU run's launcher,
+# which passes it to its ranks) gets SIGTERM, checkpoints after its step and exits, and the task requeues itself (a
+# time limit alone does not requeue) unless the run has finished. SIGTERM is SLURM stopping the task (scancel,
+# scontrol requeue, preemption): SLURM signals the trainer too, and requeues the task itself when it means to.
 child=
 stop() {{
-  [ -n "$child" ] && kill -"$1" "$child" 2>/dev/null
+  [ -n "$child" ] && kill -TERM "$child" 2>/dev/null
   rc=143; [ -n "$child" ] && {{ wait "$child"; rc=$?; }}
 }}
 on_usr1() {{
   echo "fastft: the time limit is near: checkpointing, then requeueing task $task"
-  stop USR1
+  stop
   trap 'exit 143' TERM
-  [ "$rc" -eq 143 ] && {{ scontrol requeue "$task" || echo "fastft: scontrol requeue $task failed"; }}
+  [ -f "$run_dir/final.json" ] || scontrol requeue "$task" || echo "fastft: scontrol requeue $task failed"
   exit "$rc"
 }}
 on_term() {{
   echo "fastft: SIGTERM (cancelled, requeued or preempted): checkpointing"
-  stop TERM
+  stop
   exit "$rc"
 }}
 trap on_usr1 USR1

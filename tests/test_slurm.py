@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -328,10 +329,30 @@ def test_resources_default_from_the_partition_and_mistakes_are_named_before_any_
         assert not (tmp_path / "o").exists(), "nothing is written before the mistake is named"
 
 
+def test_queue_states_of_tasks_slurm_has_forgotten_come_from_the_run_directories(slurm, store, tmp_path, monkeypatch):
+    """Tasks that left ``squeue`` (ended more than MinJobAge ago) on a cluster without accounting: ``sacct`` cannot
+    tell, the states come from the run directories, and the note says so."""
+    monkeypatch.setenv("SLURM_CONF", slurm.env["SLURM_CONF"])
+    monkeypatch.setenv("PATH", slurm.env["PATH"])
+    plan = sw.load_plan(demo_plan(tmp_path, "forgot", keep=("near", "ft-near"), claims=False))
+    runs = sw.expand(plan)
+    out = tmp_path / "out"
+    sw.prepare(plan, runs, str(store), out)
+    (out / "slurm").mkdir()
+    (out / "slurm" / "submitted.json").write_text(json.dumps({r.run_id: f"{999990 + i}_0" for i, r in enumerate(runs)}))
+    runs[0].run_dir.mkdir(parents=True)
+    (runs[0].run_dir / "failed.json").write_text(json.dumps({"exit_code": 1}))
+    states, note = sl.queue_states(runs, out)
+    assert states == {"near-s0": ("failed", "job 999990_0: failed (exit 1); --submit resubmits it"),
+                      "ft-near-s0": ("ended", "job 999991_0 left the queue unfinished (cancelled or killed); --submit resubmits it")}
+    assert note == "sacct cannot tell (Slurm accounting storage is disabled)", note
+
+
 def test_resolve_checks_each_resource_against_the_largest_node(tmp_path):
     gpu = sl.Cluster(partition="gpu", node_cpus=32, node_mem_mb=256000, node_gpus=4, max_time_s=86400, max_array=1001)
     r = sl.resolve(sl.Resources(), gpu)
-    assert (r.gpus, r.cpus) == (1, 8), "a GPU run: its share of a node's cores"
+    assert (r.gpus, r.cpus, r.time) == (1, 8, "24:00:00"), "a GPU run: its share of a node's cores"
+    assert sl.resolve(sl.Resources(), replace(gpu, max_time_s=4 * 3600)).time == "4:00:00", "the partition's MaxTime"
     assert sl.resolve(sl.Resources(gpus=2), gpu).cpus == 16 and sl.resolve(sl.Resources(gpus=0), gpu).cpus == 32
     assert sl.resolve(sl.Resources(sbatch_lines=("#SBATCH --exclusive", "--nice=5")), gpu).sbatch_lines == ("--exclusive", "--nice=5")
     for res, message in ((sl.Resources(gpus=5), "at most 4 GPUs"), (sl.Resources(cpus=33), "at most 32 CPUs"),
@@ -371,18 +392,19 @@ def test_arrays_group_fine_tunes_by_their_source_and_split_at_max_array_size(sto
     again = sl.plan_arrays(merged, {merged[0].run_id: ("job:77", 4)}, max_array=1001)
     assert [[r.key.split("/")[1] for r in A.runs][:1] for A in again] == [["far-s0"], ["fz-freeze0-s0"], ["ft-far-s0"]]
     assert [len(A.runs) for A in again] == [1, 5, 1] and [A.after for A in again] == [[], [("job:77", 4)], [(again[0].name, 0)]]
-    res = sl.Resources(gpus=2, cpus=16, partition="gpu", throttle=2, sbatch_lines=("--exclusive",), setup=("module load cuda",))
+    res = sl.Resources(gpus=2, cpus=16, time="1:00:00", partition="gpu", throttle=2, sbatch_lines=("--exclusive",),
+                       setup=("module load cuda",))
     sl.write_arrays(arrays, merged, tmp_path / "out", res)
     sh = arrays[2].script.read_text()
     for line in ("#SBATCH --gres=gpu:2", "#SBATCH --cpus-per-task=16", "#SBATCH --array=0-2%2", "#SBATCH --exclusive",
-                 f"#SBATCH --chdir={tmp_path / 'out'}", "#SBATCH --signal=B:USR1@120", "#SBATCH --open-mode=append"):
+                 f"#SBATCH --chdir={tmp_path / 'out'}", "#SBATCH --signal=B:USR1@120", "#SBATCH --open-mode=append", "#SBATCH --time=1:00:00"):
         assert line + "\n" in sh, line
     assert sh.index("module load cuda") < sh.index("-m fastft") and '--port "$((20000 + SLURM_JOB_ID % 20000))"' in sh
     tasks = arrays[2].script.with_suffix(".txt").read_text().splitlines()
     assert all(f"source={runs[0].run_dir}" in x and x.endswith("--procs 2") for x in tasks)
     log = tmp_path / "out" / "slurm" / "logs" / f"fastft-{arrays[2].name}-1.log"
     assert log.is_symlink() and log.resolve() == arrays[2].runs[1].run_dir.resolve() / "sweep.log"
-    cpu = sl.Resources(gpus=0, cpus=2)
+    cpu = sl.Resources(gpus=0, cpus=2, time="1:00:00")
     sl.write_arrays(arrays, merged, tmp_path / "out", cpu)
     assert "--gres" not in arrays[0].script.read_text() and "--procs" not in arrays[0].script.with_suffix(".txt").read_text()
     # the same runs trained into another runs directory are other arrays
