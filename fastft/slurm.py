@@ -20,8 +20,9 @@ that is listed again. Tasks of earlier submissions are found by the job ids fast
 ``<out>/slurm/submit.lock`` from reading the queue to recording its jobs, so two at once queue each run once.
 
 **Signals.** SLURM sends the batch shell SIGUSR1 ``--signal-lead`` seconds before the time limit (``B:USR1@lead``);
-the shell passes it to the trainer, which checkpoints after its step and exits 143, and the shell requeues the task
-(a time limit does not requeue by itself). SIGTERM is SLURM's own stop — ``scancel``, ``scontrol requeue``,
+the shell sends the trainer SIGTERM (a multi-GPU run's launcher passes it to its ranks), the trainer checkpoints
+after its step and exits, and the shell requeues the task unless the run has finished (a time limit does not
+requeue by itself). SIGTERM is SLURM's own stop — ``scancel``, ``scontrol requeue``,
 preemption — and SLURM signals every process of the task, so the trainer checkpoints too; the task is not
 requeued by fastft then: SLURM requeues it when it means to (requeue, preemption with ``PreemptMode=REQUEUE``), and a
 cancelled task stays cancelled. Both resume exactly where they stopped when the task starts again.
