@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,10 @@ def _launch(a):
     if not _cuda():
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // a.procs)))
     p = subprocess.Popen(cmd, env=env)
+    # SIGTERM / SIGUSR1 to this launcher alone (a SLURM task's shell passes its time-limit signal on to it): torchrun
+    # gets SIGTERM, which it passes to the ranks, and this process waits while they checkpoint
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, lambda *_: p.poll() is None and p.send_signal(signal.SIGTERM))
     while True:
         try:
             rc = p.wait()
@@ -92,10 +97,19 @@ def cmd_sweep(a):
     if not a.store and not a.dry_run:
         raise FastFTError("fastft sweep needs --store DIR (the shard store the runs read) to run or to write SLURM jobs; "
                           "only --dry-run works without one (an estimate from ILSVRC2012's class sizes)")
-    levels: list = []     # SLURM job arrays of every plan, submitted together at the end
-    local: list = []      # each plan's prepared runs, run together at the end
-    placed = None         # run id -> the array task that trains it (shared runs are listed once)
-    queued = 0
+    on_slurm = a.backend == "slurm" and not a.dry_run
+    if on_slurm:  # resources checked against the partition before any work; every path absolute (jobs start in --out)
+        from . import slurm
+
+        if a.submit:
+            slurm.require_submit()
+        cluster = slurm.cluster(a.partition)
+        res = slurm.resolve(slurm.Resources(
+            partition=a.partition, time=a.time, gpus=a.gpus_per_run, cpus=a.cpus_per_run, mem=a.mem, account=a.account,
+            qos=a.qos, constraint=a.constraint, throttle=a.array_throttle, sbatch_lines=tuple(a.sbatch_line),
+            setup=tuple(a.setup), signal_lead=a.signal_lead), cluster)
+        a.out, a.store = str(Path(a.out).resolve()), str(Path(a.store).resolve())
+    plans: list = []      # each plan's prepared runs, run (or submitted) together at the end
     for plan_path in a.plans:
         plan = sw.load_plan(plan_path)
         seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else None
@@ -108,34 +122,25 @@ def cmd_sweep(a):
         if a.dry_run:
             shared = f" (+{c['shared']} shared with plans above)" if c["shared"] else ""
             print(f"plan {plan['name']} ({plan_path}): {c['runs']} runs{shared}, {c['image_iterations'] / 1e6:.1f} M image-iterations")
-            st = {r.key: sw.state(out, r) for r in runs}
+            st = _states(runs, out)
             for r in runs:
                 dep = f"  after {r.deps[0]}" if r.deps else ""
                 print(f"  {r.key:40s} {r.overrides['mode']:8s} set={r.overrides['set']:12s} {r.images_per_epoch:9.0f} img/epoch  "
                       f"{r.run_id or '-':12s} {st[r.key]}{dep}")
-            here = collections.Counter(v.split(" on ")[0] for v in st.values())
-            print("  " + ", ".join(f"{here[k]} {k}" for k in ("finished", "running", "interrupted", "failed", "to run") if here[k]))
+            here = collections.Counter(v.split(":")[0].split(" on ")[0] for v in st.values())
+            print("  " + ", ".join(f"{here[k]} {k}" for k in STATE_ORDER if here[k]))
             states.update(here)
             total["left"] += sw.cost([r for r in runs if st[r.key] != "finished"], seen=seen_left)["image_iterations"]
             continue
-        if a.backend == "slurm":
-            if placed is None:  # runs of earlier submissions still queued: waited for, not listed again
-                placed = sw.queued_submissions(out)
-                queued = len(placed)
-            new = sw.write_slurm(runs, out, plan, a.partition, a.time, placed=placed)
-            levels += new
-            listed = sum(len(L.runs) for L in new)
-            finished = sum((r.run_dir / "final.json").exists() for r in runs)
-            print(f"plan {plan['name']}: {len(new)} job arrays, {listed} runs" +
-                  (f" ({len(runs) - listed - finished} trained by tasks of other arrays)" if len(runs) - listed - finished else "") +
-                  (f", {finished} finished" if finished else "") + ": " + " ".join(L.script.name for L in new))
-            continue
-        local.append(runs)
-    if local:  # every plan's runs in one DAG: the GPUs are shared across plans, and a shared run trains once
-        merged = sw.merge(local)
+        plans.append(runs)
+    if on_slurm:
+        _submit(plans, a, res, cluster)
+        return
+    if plans:  # every plan's runs in one DAG: the GPUs are shared across plans, and a shared run trains once
+        merged = sw.merge(plans)
         summary = sw.run_local(merged, Path(a.out), sw.slots_for(a.gpus, a.per_gpu, a.parallel), retries=a.retries,
                                progress=not a.quiet)
-        for runs in local:
+        for runs in plans:
             name = runs[0].labels["plan"] if runs else "?"
             n = {k: sum(x.startswith(f"{name}/") for x in summary[k]) for k in ("done", "failed", "skipped")}
             shared = len(runs) - sum(r.key.startswith(f"{name}/") for r in merged)
@@ -146,18 +151,6 @@ def cmd_sweep(a):
             print(f"  FAILED {k}: see its sweep.log and failed.json")
         if summary["failed"] or summary["skipped"]:
             raise SystemExit(1)
-    if a.backend == "slurm" and not a.dry_run:
-        if queued:
-            print(f"{queued} runs of earlier submissions are still queued or running: their arrays are waited for")
-        if not levels:
-            print("nothing to submit: every run is finished or queued")
-        elif a.submit:
-            ids = sw.submit_slurm(levels, Path(a.out))
-            print(f"submitted {len(ids)} job arrays: " + ", ".join(f"{k} = {v}" for k, v in ids.items()))
-        else:
-            print(f"submit with: bash {sw.write_submit(levels, Path(a.out))}  (or pass --submit); it submits each array "
-                  "with afterok on the tasks it waits for")
-        return
     if a.dry_run:
         line = f"total: {total['runs']} runs, {total['image_iterations'] / 1e9:.2f} G image-iterations"
         if a.img_per_s:
@@ -170,6 +163,57 @@ def cmd_sweep(a):
                 h = total["left"] / a.img_per_s / 3600
                 left += f" = {h:.1f} GPU-hours = {h / a.node_gpus:.1f} h on one {a.node_gpus}-GPU node"
             print(left)
+
+
+# the states --dry-run counts, in this order: from run directories and claims, and for a sweep submitted to SLURM
+# from its queue (fastft.slurm.queue_states)
+STATE_ORDER = ("finished", "running", "pending", "stuck", "failed", "cancelled", "ended", "interrupted", "to run")
+
+
+def _states(runs, out: Path) -> dict[str, str]:
+    """Each run's state for --dry-run: ``state`` or ``state: detail``."""
+    from . import slurm, sweep as sw
+
+    queued, note = slurm.queue_states(runs, out) if (out / "slurm").is_dir() else ({}, "")
+    if note:
+        print(f"  SLURM: {note}; the states of tasks that left the queue come from their run directories")
+    return {r.key: (f"{queued[r.key][0]}: {queued[r.key][1]}" if queued.get(r.key, ("", ""))[1] else
+                    queued[r.key][0]) if r.key in queued else sw.state(out, r) for r in runs}
+
+
+def _submit(plans: list, a, res, cluster) -> None:
+    """``--backend slurm``: the plans' runs as job arrays, written and (``--submit``) submitted (fastft.slurm)."""
+    from . import slurm
+
+    s = slurm.sweep(plans, Path(a.out), res, cluster, a.submit)
+    print(f"SLURM: {s['resources']}")
+    for n in s["notes"]:
+        print(f"  note: {n}")
+    listed = {r.run_id for A in s["arrays"] for r in A.runs}
+    for runs in plans:
+        name = runs[0].labels["plan"] if runs else "?"
+        fin = sum((r.run_dir / "final.json").exists() for r in runs)
+        new = sum(r.run_id in listed for r in runs)
+        print(f"plan {name}: {len(runs)} runs: {new} to {'submit' if a.submit else 'list'}, {fin} finished, "
+              f"{len(runs) - new - fin} queued")
+    if s["dead"]:
+        print(f"{len(s['dead'])} queued tasks could never start (a dependency failed): "
+              + ("cancelled, their runs listed again: " if a.submit else "--submit cancels them and lists their runs again: ")
+              + " ".join(s["dead"]))
+    if s["queued"]:
+        print(f"{s['queued']} runs of earlier submissions are queued or running: the new arrays wait for their tasks")
+    if not s["arrays"]:
+        print("nothing to submit: every run is finished or queued")
+        return
+    for A in s["arrays"]:
+        after = ", ".join(f"{ref[4:] if ref.startswith('job:') else ref}_{t}" for ref, t in A.after)
+        print(f"  {A.script.name}: {len(A.runs)} run{'s' * (len(A.runs) > 1)}" + (f", after {after}" if after else ""))
+    if a.submit:
+        print(f"submitted {len(s['ids'])} job arrays: " + ", ".join(f"{k} = {v}" for k, v in s["ids"].items()))
+        print(f"logs: <run>/sweep.log (also {Path(a.out) / 'slurm' / 'logs'}/<job name>-<task>.log); states: fastft sweep "
+              "… --dry-run")
+    else:
+        print(f"submit with: bash {s['script']}  (or pass --submit); each array waits (afterok) for its own source tasks")
 
 
 def cmd_report(a):
@@ -305,9 +349,27 @@ def add_commands(sub) -> None:
     s.add_argument("--retries", type=int, default=1, help="retries of a failed run")
     s.add_argument("--backend", default="local", choices=["local", "slurm"], help="local: run here, packed onto --gpus; "
                    "slurm: write (and with --submit, submit) job arrays with afterok dependencies")
-    s.add_argument("--partition", help="SLURM partition")
-    s.add_argument("--time", default="24:00:00", help="SLURM time limit per run")
-    s.add_argument("--submit", action="store_true", help="SLURM: submit the job arrays with sbatch (default: only write them)")
+    s.add_argument("--submit", action="store_true", help="SLURM: submit the job arrays with sbatch (default: only write them); "
+                   "again after a failure: resubmits the failed runs and what depends on them, cancels what can never start")
+    g = s.add_argument_group("SLURM jobs (--backend slurm; defaults read from the partition where it can be read)")
+    g.add_argument("--partition", help="SLURM partition (default: the cluster's default partition)")
+    g.add_argument("--time", help="time limit per task; a task checkpoints and requeues itself --signal-lead seconds "
+                   "before it, and resumes (default: 24:00:00, or the partition's MaxTime if shorter)")
+    g.add_argument("--signal-lead", type=int, default=120, help="seconds before the time limit at which a task checkpoints "
+                   "and requeues (default %(default)s; --time must leave room to train)")
+    g.add_argument("--gpus-per-run", type=int, help="GPUs per run; 0: a CPU job (no gres); more than 1: a multi-GPU run "
+                   "(torchrun). Default: 1 where the partition has GPUs, else 0")
+    g.add_argument("--cpus-per-run", type=int, help="CPUs per run (default: the run's share of a node: its CPUs × "
+                   "GPUs per run / GPUs per node; a CPU job: a node's CPUs)")
+    g.add_argument("--mem", help="memory per run (sbatch --mem, e.g. 64G; default: the partition's)")
+    g.add_argument("--account", help="sbatch --account")
+    g.add_argument("--qos", help="sbatch --qos")
+    g.add_argument("--constraint", help="sbatch --constraint (node features, e.g. h100)")
+    g.add_argument("--array-throttle", type=int, help="at most N tasks of each array at once (--array=…%%N)")
+    g.add_argument("--sbatch-line", action="append", default=[], metavar="LINE",
+                   help="an extra #SBATCH option, repeatable: --sbatch-line=--exclusive --sbatch-line=--nice=10")
+    g.add_argument("--setup", action="append", default=[], metavar="CMD",
+                   help="a shell line each task runs before training, repeatable: --setup 'module load cuda/12.4'")
     s.add_argument("--dry-run", action="store_true", help="print the runs with their state in --out (finished, running, interrupted, failed, to run), "
                    "dependencies and cost, total and left; train nothing")
     s.add_argument("--img-per-s", type=float, help="with --dry-run: measured training img/s per GPU, to print GPU-hours")

@@ -24,7 +24,7 @@ same run twice: a run is claimed by creating ``<out>/claims/<id>`` exclusively. 
 holds it refreshes its mtime every ``CLAIM_HEARTBEAT_S`` while the run trains, and a claim whose sweep is gone is
 taken over (on the same host: its pid is dead; from another host sharing the runs directory: not refreshed for
 ``CLAIM_STALE_S``, by the file system's clock, so the hosts' clocks need not agree). The plans of one sweep run as one
-DAG (``merge``); on SLURM a run shared by plans is one array task the others wait for (``write_slurm``). Every run
+DAG (``merge``), locally and on SLURM (:mod:`fastft.slurm`: job arrays, a run shared by plans one task). Every run
 directory gets a ``sweep.json`` listing each (plan, template, grid values, seed, paper reference, WordNet distance) it
 serves — a run shared by two plans (the INSTRU near/far models) is trained once and reported in
 both — all the report needs, so runs gathered from many machines report the same way.
@@ -32,7 +32,6 @@ both — all the report needs, so runs gathered from many machines report the sa
 from __future__ import annotations
 
 import functools
-import hashlib
 import itertools
 import json
 import os
@@ -689,126 +688,3 @@ def slots_for(gpus: str | None, per_gpu: int, parallel: int) -> list[dict]:
 
     n = max(1, parallel)  # the runs split the node's cores: torch's threads and (FASTFT_NODE_RUNS) the loaders'
     return [{"OMP_NUM_THREADS": str(max(1, usable_cores() // n)), "FASTFT_NODE_RUNS": str(n)} for _ in range(n)]
-
-
-# ---------------------------------------------------------------- SLURM
-@dataclass
-class SlurmLevel:
-    """One job array: the runs of one dependency level of a plan, one per task."""
-    name: str        # "<plan>-level<k>-<hash of its runs>": the array's job name and its files'
-    script: Path
-    runs: list
-    after: list      # (level name, or "job:<id>" of an earlier submission; task index): tasks it waits for (afterok)
-
-
-def write_slurm(runs: list[RunSpec], out: Path, plan: dict, partition: str | None = None, time_limit: str = "24:00:00",
-                extra: list[str] = (), placed: dict | None = None) -> list[SlurmLevel]:
-    """One job array per dependency level of a plan (a GPU per task). A run that is finished, or already placed —
-    ``placed``: run id → (level name or ``job:<id>``, task), shared by the plans of one sweep, pre-filled with the
-    tasks of earlier submissions still queued (:func:`queued_submissions`), and filled here — is not listed again:
-    the arrays that need it wait for the one task that trains it (``afterok`` on that task). So a run shared by plans
-    (the INSTRU near/far models) is trained by one task, never by two at once. Files are named by their runs' ids:
-    a later sweep never rewrites the list a queued array reads."""
-    placed = {} if placed is None else placed
-    level: dict[str, int] = {}
-    for r in runs:
-        level[r.key] = 1 + max((level[d] for d in r.deps), default=-1)
-    by_key = {r.key: r for r in runs}
-    d = out / "slurm"
-    d.mkdir(parents=True, exist_ok=True)
-    levels = []
-    for lv in sorted(set(level.values())):
-        members = [r for r in runs if level[r.key] == lv and r.run_id not in placed and not (r.run_dir / "final.json").exists()]
-        if not members:
-            continue
-        name = f"{plan['name']}-level{lv}-{hashlib.sha256(' '.join(r.run_id for r in members).encode()).hexdigest()[:8]}"
-        after = sorted({placed[by_key[x].run_id] for r in members for x in r.deps if by_key[x].run_id in placed})
-        for i, r in enumerate(members):
-            placed[r.run_id] = (name, i)
-        lst = d / f"{name}.txt"
-        lst.write_text("\n".join(shlex.join(["train", *r.args(by_key[r.deps[0]].run_dir if r.deps else None), "progress=false"])
-                                 for r in members) + "\n")
-        head = ["#!/bin/bash", f"#SBATCH --job-name=fastft-{name}", f"#SBATCH --array=0-{len(members) - 1}",
-                "#SBATCH --gres=gpu:1", "#SBATCH --cpus-per-task=16", f"#SBATCH --time={time_limit}", "#SBATCH --requeue",
-                "#SBATCH --signal=B:TERM@120", f"#SBATCH --output={d}/%x-%A_%a.out"]
-        if partition:
-            head.append(f"#SBATCH --partition={partition}")
-        head += [f"#SBATCH {x}" for x in extra]
-        body = ["set -uo pipefail",
-                f'eval "set -- $(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str(lst))})"',
-                "# SIGTERM reaches this shell 120 s before the time limit (--signal=B:TERM@120), or on preemption. It is passed to",
-                "# the trainer, which finishes its step, checkpoints and exits 143; the task is then requeued (a time limit does",
-                "# not requeue by itself; a preempted task may already be) and its next start resumes from that checkpoint.",
-                "child=",
-                "on_term() {",
-                '  [ -n "$child" ] && kill -TERM "$child" 2>/dev/null',
-                '  rc=143; [ -n "$child" ] && { wait "$child"; rc=$?; }',
-                '  [ "$rc" -eq 143 ] && { scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" || true; }',
-                '  exit "$rc"',
-                "}",
-                "trap on_term TERM",
-                f'{shlex.quote(sys.executable)} -m fastft "$@" &',
-                "child=$!",
-                'wait "$child"']
-        sh = d / f"{name}.sbatch"
-        sh.write_text("\n".join(head + [""] + body) + "\n")
-        levels.append(SlurmLevel(name, sh, members, after))
-    return levels
-
-
-def write_submit(levels: list[SlurmLevel], out: Path) -> Path:
-    """``<out>/slurm/submit-<hash>.sh``: ``sbatch`` for each array in order, each with ``afterok`` on exactly the tasks
-    it waits for; prints ``<level> <job id>`` per array (what ``--submit`` records)."""
-    var = {L.name: f"J{i}" for i, L in enumerate(levels)}
-    lines = ["#!/bin/bash", "# written by fastft sweep --backend slurm; run it once (or pass --submit)", "set -euo pipefail"]
-    for L in levels:
-        deps = ":".join(f"{ref[4:]}_{t}" if ref.startswith("job:") else f"${{{var[ref]}}}_{t}" for ref, t in L.after)
-        dep = f"--dependency=afterok:{deps} " if deps else ""
-        lines += [f"{var[L.name]}=$(sbatch --parsable {dep}{shlex.quote(str(L.script))} | cut -d';' -f1)",
-                  f'echo "{L.name} ${{{var[L.name]}}}"']
-    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:8]
-    p = out / "slurm" / f"submit-{digest}.sh"
-    p.write_text("\n".join(lines) + "\n")
-    return p
-
-
-def submit_slurm(levels: list[SlurmLevel], out: Path) -> dict[str, str]:
-    """Run the submit script; record each run's task (``<out>/slurm/submitted.json``: run id → ``<job id>_<task>``)
-    so that a later sweep makes its arrays wait for these tasks instead of listing their runs again."""
-    script = write_submit(levels, out)
-    try:
-        r = subprocess.run(["bash", str(script)], capture_output=True, text=True)
-    except FileNotFoundError:
-        raise FastFTError("bash not found") from None
-    ids = dict(line.split() for line in r.stdout.splitlines() if len(line.split()) == 2)
-    reg_path = out / "slurm" / "submitted.json"
-    reg = json.loads(reg_path.read_text()) if reg_path.exists() else {}
-    for L in levels:
-        if L.name in ids:
-            reg.update({run.run_id: f"{ids[L.name]}_{i}" for i, run in enumerate(L.runs)})
-    reg_path.write_text(json.dumps(reg, indent=1) + "\n")
-    if r.returncode:
-        err = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
-        if "sbatch: command not found" in r.stderr or "sbatch: not found" in r.stderr:
-            err = "sbatch not found: run on a SLURM login node, or submit later with bash " + str(script)
-        raise FastFTError(f"submitting {script} failed after {len(ids)} of {len(levels)} job arrays: {err}")
-    return ids
-
-
-def queued_submissions(out: Path) -> dict:
-    """Runs of earlier ``--submit`` sweeps whose task is still queued or running (``squeue``): run id → ("job:<id>",
-    task). Empty where there is no record or no ``squeue``."""
-    reg_path = out / "slurm" / "submitted.json"
-    if not reg_path.exists():
-        return {}
-    try:
-        r = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-u", os.environ.get("USER", "")], capture_output=True, text=True)
-    except FileNotFoundError:
-        return {}
-    live = set(r.stdout.split()) if r.returncode == 0 else set()
-    out_ = {}
-    for run_id, task in json.loads(reg_path.read_text()).items():
-        if task in live:
-            job, _, t = task.rpartition("_")
-            out_[run_id] = (f"job:{job}", int(t))
-    return out_

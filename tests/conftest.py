@@ -69,3 +69,16 @@ def hold_lock():
             p.kill()
             p.wait()
     return hold
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A real one-node SLURM on localhost (tests/slurm_cluster.py), started once, stopped at the end — its jobs
+    cancelled and its processes gone, also after a failure. Skipped with the reason where SLURM is not installed."""
+    from slurm_cluster import start
+
+    cluster = start(tmp_path_factory.mktemp("slurm"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -1,4 +1,4 @@
-"""Sweeps (expansion, ids, skip/resume/retry, concurrency, SLURM scripts), reports and the demo."""
+"""Sweeps (expansion, ids, skip/resume/retry, concurrency), reports and the demo. SLURM: tests/test_slurm.py."""
 import json
 import os
 import re
@@ -272,97 +272,6 @@ def test_gpu_selection_respects_the_visible_devices(monkeypatch):
         sw.gpu_ids("3")
     with pytest.raises(FastFTError, match="names a GPU twice"):
         sw.gpu_ids("1,1")
-
-
-def test_slurm_scripts(store, tmp_path):
-    plan = sw.load_plan(tiny_plan(tmp_path, "sl"))
-    runs = sw.expand(plan)
-    sw.prepare(plan, runs, str(store), tmp_path / "out")
-    levels = sw.write_slurm(runs, tmp_path / "out", plan, partition="gpu")
-    assert [L.name.rsplit("-", 1)[0] for L in levels] == ["sl-level0", "sl-level1"]
-    l0, l1 = (L.script.read_text() for L in levels)
-    assert "#SBATCH --array=0-0" in l0 and "#SBATCH --array=0-1" in l1 and "--requeue" in l1 and "--partition=gpu" in l1
-    lines = levels[1].script.with_suffix(".txt").read_text().splitlines()
-    assert len(lines) == 2 and all(f"source={runs[0].run_dir}" in x and "mode=finetune" in x for x in lines)
-    assert "freeze=5" in lines[1] and levels[1].after == [(levels[0].name, 0)]
-
-
-def _slurm_stubs(tmp_path: Path) -> dict:
-    """Stand-ins for SLURM's sbatch (logs its arguments, answers job ids 1000, 1001, …) and squeue (lists the tasks in
-    ``squeue.txt``)."""
-    bin_ = tmp_path / "bin"
-    bin_.mkdir(exist_ok=True)
-    (bin_ / "sbatch").write_text(f"""#!/bin/sh
-n=$(cat {tmp_path}/n 2>/dev/null || echo 1000); echo $((n + 1)) > {tmp_path}/n
-echo "$@" >> {tmp_path}/sbatch.log; echo "$n;cluster"
-""")
-    (bin_ / "squeue").write_text(f"#!/bin/sh\ncat {tmp_path}/squeue.txt 2>/dev/null\n")
-    for f in ("sbatch", "squeue"):
-        (bin_ / f).chmod(0o755)
-    return {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}"}
-
-
-def test_slurm_lists_a_run_shared_by_plans_once_and_waits_for_queued_ones(store, tmp_path):
-    a = tiny_plan(tmp_path, "a")
-    b = tiny_plan(tmp_path, "b", extra_runs=[{"name": "ft2", "set": "target", "mode": "finetune", "source": "near", "overrides": {"lr": 0.002}}])
-    env = _slurm_stubs(tmp_path)
-    cmd = [sys.executable, "-m", "fastft", "sweep", "--store", str(store), "--out", str(tmp_path / "out"), "--backend", "slurm",
-           "--submit", "--quiet"]
-    r = subprocess.run(cmd[:4] + [str(a), str(b)] + cmd[4:], env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    # a: near (level 0), its two fine-tunes (level 1); b: only ft2 — near and the fine-tunes are a's tasks
-    calls = (tmp_path / "sbatch.log").read_text().splitlines()
-    assert len(calls) == 3 and "--dependency" not in calls[0], calls
-    assert calls[1].startswith("--parsable --dependency=afterok:1000_0 ") and calls[2].startswith("--parsable --dependency=afterok:1000_0 ")
-    listed = [x for f in sorted((tmp_path / "out" / "slurm").glob("*.txt")) for x in f.read_text().splitlines()]
-    assert len(listed) == 4 and sum("name=near-s0" in x for x in listed) == 1 and sum("name=ft2-s0" in x for x in listed) == 1
-    reg = json.loads((tmp_path / "out" / "slurm" / "submitted.json").read_text())
-    assert sorted(reg.values()) == ["1000_0", "1001_0", "1001_1", "1002_0"]
-    # b again while every task is queued or running: nothing to submit
-    (tmp_path / "squeue.txt").write_text("1000_0\n1001_0\n1001_1\n1002_0\n")
-    r = subprocess.run(cmd[:4] + [str(b)] + cmd[4:], env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and "nothing to submit" in r.stdout and len((tmp_path / "sbatch.log").read_text().splitlines()) == 3, r.stdout
-    # the fine-tunes' arrays failed (gone from the queue), near still runs: they are listed again, after near's task
-    (tmp_path / "squeue.txt").write_text("1000_0\n")
-    r = subprocess.run(cmd[:4] + [str(b)] + cmd[4:], env=env, capture_output=True, text=True, timeout=300)
-    calls = (tmp_path / "sbatch.log").read_text().splitlines()
-    assert r.returncode == 0 and len(calls) == 4 and calls[3].startswith("--parsable --dependency=afterok:1000_0 "), r.stdout + r.stderr
-    last = Path(calls[3].split()[-1]).with_suffix(".txt").read_text().splitlines()
-    assert len(last) == 3 and not any("name=near-s0" in x for x in last)
-
-
-def test_slurm_task_checkpoints_on_term_requeues_and_resumes(store, tmp_path):
-    """The batch shell of a SLURM task gets SIGTERM before the time limit: the trainer checkpoints and exits 143, the
-    task asks to be requeued, and its next start resumes and finishes. Only SLURM's own commands are stand-ins."""
-    import signal
-    import time
-
-    from fastft import runs as runs_mod
-
-    plan = sw.load_plan(tiny_plan(tmp_path, "sl", epochs=40))
-    runs = sw.expand(plan)
-    sw.prepare(plan, runs, str(store), tmp_path / "out")
-    level0 = sw.write_slurm(runs, tmp_path / "out", plan)[0].script
-    bin_ = tmp_path / "bin"
-    bin_.mkdir()
-    (bin_ / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
-    (bin_ / "scontrol").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "SLURM_ARRAY_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": "0",
-           "OMP_NUM_THREADS": "1"}
-    run_dir = runs[0].run_dir
-    p = subprocess.Popen(["bash", str(level0)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    t0 = time.time()
-    while runs_mod.latest_checkpoint(run_dir) is None and p.poll() is None and time.time() - t0 < 120:
-        time.sleep(0.2)
-    p.send_signal(signal.SIGTERM)  # to the batch shell only, as --signal=B:TERM does
-    out = p.communicate(timeout=120)[0]
-    assert p.returncode == 143, out[-2000:]
-    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "77_0"]
-    assert not runs_mod.is_finished(run_dir) and runs_mod.latest_checkpoint(run_dir) is not None
-    r = subprocess.run(["bash", str(level0)], env=env, capture_output=True, text=True, timeout=600)  # the requeued start
-    assert r.returncode == 0 and "resuming" in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
-    assert runs_mod.is_finished(run_dir) and json.loads((run_dir / "final.json").read_text())["epochs"] == 40
-    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "77_0"], "a finished task is not requeued"
 
 
 def test_interrupted_sweep_checkpoints_its_runs_and_resumes(store, tmp_path):
