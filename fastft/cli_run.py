@@ -149,6 +149,8 @@ def cmd_sweep(a):
         print(f"{len(merged)} runs in {summary['secs']:.0f} s")
         for k in summary["failed"]:
             print(f"  FAILED {k}: see its sweep.log and failed.json")
+        for k in summary["did_not_learn"]:
+            print(f"  did not learn: {k} (train loss still at ln C; see its final.json; the report keeps it out of means)")
         if summary["failed"] or summary["skipped"]:
             raise SystemExit(1)
     if a.dry_run:

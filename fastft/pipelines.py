@@ -448,7 +448,7 @@ def _torch_augment(img: torch.Tensor, cx: float, cy: float, mirror: int, crop: i
         pad = torch.zeros(max(h, crop), max(w, crop), 3, dtype=img.dtype)
         pad[:h, :w] = img
         img, h, w = pad, max(h, crop), max(w, crop)
-    y0, x0 = round(cy * (h - crop)), round(cx * (w - crop))
+    y0, x0 = math.floor(cy * (h - crop) + 0.5), math.floor(cx * (w - crop) + 0.5)  # half up, as DALI (not round()'s half to even)
     out = img[y0:y0 + crop, x0:x0 + crop]
     return out.flip(1) if mirror else out
 
@@ -738,8 +738,8 @@ class _CacheBackend:
         labels, weights = _plan_targets(self.L.src, plan, self.dev)
         # the whole epoch's draws in one host-to-device copy each; steps then only index device tensors
         slot = torch.from_numpy(self.slot[plan["index"]]).to(self.dev)
-        x0 = torch.from_numpy(np.round(plan["crop_x"] * max(w - c, 0)).astype(np.int64)).to(self.dev)
-        y0 = torch.from_numpy(np.round(plan["crop_y"] * max(h - c, 0)).astype(np.int64)).to(self.dev)
+        x0 = torch.from_numpy(np.floor(plan["crop_x"] * max(w - c, 0) + 0.5).astype(np.int64)).to(self.dev)  # half up, as DALI
+        y0 = torch.from_numpy(np.floor(plan["crop_y"] * max(h - c, 0) + 0.5).astype(np.int64)).to(self.dev)
         mirror = torch.from_numpy(plan["mirror"].astype(bool)).to(self.dev)
         steps = range(start, len(plan["index"]))
         kd, kh = k[:, 0], k[:, 0] + k[:, 1]  # ends of the device and host tiers within each step

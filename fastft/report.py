@@ -327,14 +327,15 @@ MIN_SEEDS = 3  # a claim checked on fewer seeds gets the verdict "too few seeds"
 
 def _significant(d: pd.Series) -> bool:
     """Whether per-seed values ``d`` are significantly above 0: the 95 % t-interval of their mean, above 0. Values
-    that are all equal (differences of quantised accuracies often are) give a zero-width interval, which is no
-    evidence: then an exact two-sided sign test at 5 % (every seed above 0 and 2 · 0.5^n < 0.05, i.e. n ≥ 6)."""
+    that are all equal (differences of quantised accuracies, or a trend's ρ = ±1, often are) give a zero-width
+    interval, which is no evidence: then the exact one-sided sign test of the claimed direction at 5 % (every seed
+    above 0 and 0.5^n < 0.05, i.e. at least 5 seeds, the paper's count)."""
     n = len(d)
     if n < 2:
         return False
     sd = d.std()
     if sd == 0 or not math.isfinite(sd):
-        return bool((d > 0).all()) and 2 * 0.5 ** n < 0.05
+        return bool((d > 0).all()) and 0.5 ** n < 0.05
     return d.mean() - _t95(n) * sd / math.sqrt(n) > 0
 
 

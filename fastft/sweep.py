@@ -48,6 +48,7 @@ from pathlib import Path
 import yaml
 
 from .errors import FastFTError
+from .guard import failure, mark_failed
 
 PLAN_KEYS = {"name", "construction", "params", "seeds", "defaults", "runs", "description", "claims"}
 # the paper's findings a plan checks (fastft report.claims): a beats b, paired by seed at each common grid point;
@@ -521,7 +522,8 @@ def run_local(runs: list[RunSpec], out: Path, slots: list[dict], retries: int = 
                 else:
                     state[key] = "failed"
                     tail = (r.run_dir / "sweep.log").read_text()[-3000:] if (r.run_dir / "sweep.log").exists() else ""
-                    (r.run_dir / "failed.json").write_text(json.dumps({"exit_code": rc, "attempts": attempts[key], "log_tail": tail}, indent=1))
+                    # the trainer's own record (a non-finite loss: its step and LR) is kept, the sweep's added
+                    mark_failed(r.run_dir, {**(failure(r.run_dir) or {}), "exit_code": rc, "attempts": attempts[key], "log_tail": tail})
                     bar.write(f"run {key} FAILED (exit {rc}) after {attempts[key]} attempts — log {r.run_dir / 'sweep.log'}")
             now = None  # every CLAIM_HEARTBEAT_S: refresh this sweep's claims, look for others' stale ones
             if time.time() - beat > CLAIM_HEARTBEAT_S:
@@ -587,8 +589,17 @@ def run_local(runs: list[RunSpec], out: Path, slots: list[dict], retries: int = 
             signal.signal(signal.SIGTERM, old_term)
     bar.close()
     summary = {k: [key for key, s in state.items() if s == k] for k in ("done", "failed", "skipped")}
+    summary["did_not_learn"] = [key for key in summary["done"] if not _learned(by_key[key].run_dir)]
     summary["secs"] = round(time.time() - t0, 1)
     return summary
+
+
+def _learned(run_dir: Path) -> bool:
+    """Whether a finished run left the ln C plateau (``final.json``'s ``learned``, see :mod:`fastft.guard`)."""
+    try:
+        return json.loads((run_dir / "final.json").read_text()).get("learned", True) is not False
+    except (OSError, json.JSONDecodeError):
+        return True
 
 
 class Terminated(SystemExit):

@@ -31,7 +31,7 @@ def demo_plan(tmp_path: Path, name: str = "demo-near-far", epochs: int = 2, keep
     """The shipped demo plan, seed 0, ``epochs`` epochs; ``keep``: only these of its runs."""
     plan = yaml.safe_load(DEMO.read_text())
     plan.update(name=name, seeds=[0])
-    plan["defaults"]["epochs"] = epochs
+    plan["defaults"].update(epochs=epochs, plateau_epochs=0)  # runs this short are not tests of learning
     plan["runs"] = [r for r in plan["runs"] if keep is None or r["name"] in keep] + list(extra)
     if not claims:
         plan.pop("claims")
@@ -100,7 +100,7 @@ def _demo(slurm, store, tmp):
     """The demo plan and a second plan sharing its near source, submitted twice at once with ``$USER`` unset (as in
     a root shell under CI), held (``--begin``) until the queue has been looked at."""
     plans = [demo_plan(tmp), demo_plan(tmp, "demo-more", keep=("near",), claims=False, extra=[
-        {"name": "ft-near-lr", "set": "target", "mode": "finetune", "source": "near", "overrides": {"lr": 0.001}}])]
+        {"name": "ft-near-lr", "set": "target", "mode": "finetune", "source": "near", "overrides": {"lr": 0.003}}])]
     out = tmp / "runs"
     env = {k: v for k, v in slurm.env.items() if k != "USER"}
     procs = [subprocess.Popen(sweep_cmd(plans, out, store, "--submit", HOLD), env={**env, "OMP_NUM_THREADS": "1"},
