@@ -27,6 +27,9 @@ from fastft import pipelines
 from fastft.bench import _forever, _make_step, _rate, _stepped, hardware, synthetic_batch, write
 from fastft.pipelines import Loader, LoaderConfig, batch_format
 from fastft.store import open_view
+from fastft.preprocess import DEFAULT, mean_std
+
+MEAN_STD = mean_std(DEFAULT)  # the preprocessing fastft trains with
 
 
 def _threaded(gen, depth=3):
@@ -58,7 +61,7 @@ def _reader_batches(view, batch, hw, dev, crop):
                else fn.decoders.image(jpg, device="cpu", output_type=types.RGB))
         img = fn.crop_mirror_normalize(img, crop=(crop, crop), crop_pos_x=fn.random.uniform(range=(0, 1)),
                                        crop_pos_y=fn.random.uniform(range=(0, 1)), mirror=fn.random.coin_flip(),
-                                       mean=list(pipelines.MEAN), std=list(pipelines.STD), output_layout="HWC" if cuda else "CHW",
+                                       mean=list(MEAN_STD[0]), std=list(MEAN_STD[1]), output_layout="HWC" if cuda else "CHW",
                                        dtype=types.FLOAT16 if cuda else types.FLOAT)  # as the Loader emits for training
         return img, cls
     pipe = p()

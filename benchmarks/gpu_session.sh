@@ -27,6 +27,12 @@ BENCH_ARGS=${BENCH_ARGS:-}; TRAIN_ARGS=${TRAIN_ARGS:-}  # CPU rehearsal: smaller
 STEPS=${STEPS:-graph,compile+graph,compile+graph+fused,compile+graph+fused+pad4,compile+graph+fused+pad8}
 HW=${HW:-1.0}; CPU=${CPU:-0,0.6}  # hardware-decoder shares × host-decoded shares to measure (bench train)
 LCPU=${LCPU:-0,0.2,0.3}           # host-decoded shares for bench loader (the loader alone: the hardware decoder's spare)
+# first: does the paper's recipe learn at full size (227 crops of 256x256, width 1.0, batch 256, 100 classes x 1,300
+# images, 15 epochs; Caffe scale vs the earlier /std input, bf16 vs fp32)? It decides whether the study's numbers mean
+# anything (benchmarks/learning.py; ~1 min to build the store, then ~1 min per run on an H200)
+step learning ${LEARN_LIMIT:-480} python3 benchmarks/learning.py --classes 100 --per-class 1300 --size 256 --crop 227 --width 1.0 \
+    --batch 256 --epochs 15 --lr-step 20 --threads 16 --parallel 1 --precision ${LEARN_PRECISION:-bf16,fp32} \
+    --variants ${LEARN_VARIANTS:-paper:caffe,paper:imagenet} --work /tmp/fastft_learning --out "$OUT/learning.json"
 # what bounds the loader alone: variants and CPU accounting (incl. the host share balancing the two decoders), the
 # fallback in the same run
 step loader-probe 180 sh -c "cd benchmarks && python3 loader_probe.py $W/view --seconds 4 ${LPROBE_ARGS:-} --out '$OUT/loader-probe.json'"
