@@ -49,14 +49,9 @@ import yaml
 
 from .errors import FastFTError
 from .guard import failure, mark_failed
+from .report.claims import CLAIM_KINDS, SET_KEYS, check_claim, claim_measures  # noqa: F401 - the plan schema's claims
 
 PLAN_KEYS = {"name", "construction", "params", "seeds", "defaults", "runs", "description", "claims"}
-# the paper's findings a plan checks (fastft report.claims): a beats b, paired by seed at each common grid point;
-# ``value`` of grid key ``key`` is ``best`` for a template; grid key ``key`` going ``from`` → ``to`` is a ``gain`` for
-# a template (more than for ``vs``); a template's top-1 (or its gain over ``vs``) has a ``trend`` up / down along ``key``
-CLAIM_KINDS = {("a", "b"), ("best", "key", "value"), ("gain", "key", "from", "to"), ("gain", "vs", "key", "from", "to"),
-               ("trend", "key", "direction"), ("trend", "vs", "key", "direction")}
-SET_KEYS = ("classes", "images")  # trend keys read from instru-grid set names k<classes>_n<images> (Fig. 12, 14)
 RUN_KEYS = {"name", "set", "mode", "source", "grid", "paper", "overrides"}
 PAPER_KEYS = {"top1", "std", "ref", "svm", "svm_before", "probes", "probes_before",  # the paper's numbers a run is reported next to
               "filters_beats"}  # Fig. 9: {other template: % of classes where this model's conv5 filters are more sensitive}
@@ -109,63 +104,12 @@ def load_plan(path: str | Path) -> dict:
         if r.get("source") and r["source"] not in names:
             raise FastFTError(f"plan {p}: run {r['name']!r} has source {r['source']!r}, which is not a run of the plan")
     for c in plan.get("claims") or []:
-        _check_claim(c, plan, p)
+        check_claim(c, plan, p)
     plan.setdefault("seeds", [0, 1, 2, 3, 4])
     plan.setdefault("params", {})
     plan.setdefault("defaults", {})
     plan["_path"] = str(p)
     return plan
-
-
-def claim_measures() -> dict[str, str]:
-    """What an ``{a, b}`` claim may compare (``ft-near:svm``; top-1 by default) → the report's column holding it: the
-    run's top-1 / top-5, the ``fastft analyze`` results on its view (SVM on fc7, a layer's probe, conv5 filters' mean
-    sensitivity: the mean AP of each class's top-5 filters) and, ``_before``, its source model's on the same view
-    (Table 3's "before fine-tuning", Fig. 10's dashed lines)."""
-    from .model import LAYERS
-
-    return {"top1": "top1", "top5": "top5", "svm": "svm_top1", "svm_before": "svm_before_top1",
-            "filters": "mean_sensitivity", "filters_before": "filters_before_mean_sensitivity",
-            **{f"probe_{x}": f"probe_{x}" for x in LAYERS}, **{f"probe_before_{x}": f"probe_before_{x}" for x in LAYERS}}
-
-
-def _check_claim(c, plan: dict, p: Path) -> None:
-    """A claim names templates of the plan (``a`` / ``b``: with a measure, ``ft-near:svm``, or the difference of such
-    terms, ``ft-near:svm - ft-far:svm``) and, for ``best`` / ``gain`` / ``trend``, one of their grid keys (a trend: a
-    numeric one, or ``classes`` / ``images`` of instru-grid set names) and its values."""
-    kind = next((k for k in CLAIM_KINDS if isinstance(c, dict) and set(c) - {"text", "ref"} == set(k)), None)
-    if kind is None or not isinstance(c.get("text"), str):
-        raise FastFTError(f"plan {p}: claim {c!r} must have a text and one of the key sets {sorted(sorted(k) for k in CLAIM_KINDS)}")
-    runs = {r["name"]: r for r in plan["runs"]}
-    terms = [x.strip() for k in ("a", "b") if k in c for x in str(c[k]).split(" - ")]  # a side: one term, or a difference
-    for t in terms + [c[k] for k in ("best", "gain", "trend", "vs") if k in c]:
-        t, _, metric = str(t).partition(":") if "a" in c else (t, "", "")
-        if t not in runs:
-            raise FastFTError(f"plan {p}: claim {c['text']!r} names {t!r}, which is not a run of the plan")
-        if metric and metric not in claim_measures():
-            raise FastFTError(f"plan {p}: claim {c['text']!r}: {metric!r} is not a measure of a run; "
-                              f"measures: {', '.join(claim_measures())}")
-    if "trend" in c and c["direction"] not in ("up", "down"):
-        raise FastFTError(f"plan {p}: claim {c['text']!r}: direction must be 'up' or 'down', not {c['direction']!r}")
-    from .subsets import grid_set
-
-    for t in (c[k] for k in ("best", "gain", "trend", "vs") if k in c):
-        grid = runs[t].get("grid") or {}
-        if "trend" in c and c["key"] in SET_KEYS and "set" in grid:
-            bad = [v for v in grid["set"] if grid_set(v) is None]
-            if bad:
-                raise FastFTError(f"plan {p}: claim {c['text']!r}: {c['key']!r} is read from set names k<classes>_n<images>, "
-                                  f"and the grid of {t!r} has set(s) {bad}")
-            continue
-        values = grid.get(c["key"])
-        if values is None:
-            raise FastFTError(f"plan {p}: claim {c['text']!r}: {c['key']!r} is not a grid key of {t!r}"
-                              + (f" (nor {' / '.join(SET_KEYS)} of a set grid)" if "trend" in c else ""))
-        if "trend" in c and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            raise FastFTError(f"plan {p}: claim {c['text']!r}: a trend needs numbers along {c['key']!r}; the grid of {t!r} has {values}")
-        for v in (c[k] for k in ("value", "from", "to") if k in c):
-            if v not in values:
-                raise FastFTError(f"plan {p}: claim {c['text']!r}: {c['key']}={v!r} is not in its grid {values}")
 
 
 def expand(plan: dict, seeds: list[int] | None = None) -> list[RunSpec]:
