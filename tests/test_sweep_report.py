@@ -571,4 +571,7 @@ def test_report_grid_and_gain_figures(tmp_path):
     from PIL import Image  # 20 bars and 20 curves: a row per bar, a row of panels per template (3 + the sources)
 
     final, curves = (Image.open(tmp_path / "rep" / f"{f}-p.png").size for f in ("final", "curves"))
-    assert final[0] < 7.5 * 110 and final[1] > 20 * 0.2 * 110 and curves[1] > 4 * 2.8 * 110 * 0.9  # side by side: 18 in wide
+    from fastft.report.figures import DPI
+
+    final, curves = (tuple(x / DPI for x in size) for size in (final, curves))  # inches
+    assert final[0] < 7.5 and final[1] > 20 * 0.2 and curves[1] > 4 * 2.8 * 0.9  # side by side: 18 in wide

@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from ..subsets import is_target_set
 from .collect import counted
@@ -52,70 +53,121 @@ def beats_figure(beats: dict, names: list[str], path: Path, title: str = "") -> 
     return _save(fig, path)
 
 
+# Okabe & Ito's palette (distinguishable with each common colour-vision deficiency), without its yellow (too light
+# on white) and black (kept for references): categorical lines and bars; shades of a hue mix it with white.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#999999")
+PAPER = "#000000"  # the paper's numbers: black markers
+STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8, "xtick.labelsize": 8,
+         "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
+         "grid.alpha": 0.25, "grid.linewidth": 0.6, "lines.linewidth": 1.5, "pdf.fonttype": 42,
+         "axes.prop_cycle": None}  # filled in figures(): matplotlib's cycler
+DPI = 150  # PNGs; every figure also has a PDF beside it
+MIN_BAND_SEEDS = 3  # curves: a ± std band from this many seeds; below it, each seed's own thin line
+
+
 def figures(summary: pd.DataFrame, runs: pd.DataFrame, curves: pd.DataFrame, out: Path) -> list[Path]:
+    """Every figure of the report (PNG, and a PDF beside each for papers); returns the PNGs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
+    from cycler import cycler
 
-    made = []
-    for plan in summary["plan"].unique():
-        c = curves[curves["plan"] == plan]
-        if not c.empty:
-            made.append(_curves_figure(c, plan, out, plt))
-        s = summary[summary["plan"] == plan]
-        # source models are tested on their own classes, not the target's: a lighter bar says so
-        sets = runs[runs["plan"] == plan].groupby(["template", "grid"])["set"].first()
-        on_target = [is_target_set(sets.get((t, g))) for t, g in zip(s["template"], s["grid"])]
-        colors = ["#4c72b0" if x else "#a6bddb" for x in on_target]
-        pos = range(len(s))
-        if len(s) <= MAX_COLUMNS:
-            fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(s) + 2), 4))
-            ax.bar(pos, s["top1_mean"], yerr=s["top1_std"], capsize=4, color=colors)
-            ax.set_xticks(pos, [f"{t}\n{g}".strip() for t, g in zip(s["template"], s["grid"])], fontsize=7)
-            ax.set(ylabel="top-1 (%)")
-        else:  # a grid plan: one row per template × grid point, read top to bottom like the table
-            fig, ax = plt.subplots(figsize=(7, 0.2 * len(s) + 1.2))
-            ax.barh(pos, s["top1_mean"], xerr=s["top1_std"], capsize=2, color=colors, height=0.7)
-            ax.set_yticks(pos, [f"{t}  {g}".strip() for t, g in zip(s["template"], s["grid"])], fontsize=6)
-            ax.set_ylim(len(s) - 0.5, -0.5)
-            ax.set(xlabel="top-1 (%)")
-        handles = [Patch(color="#4c72b0", label="fastft, on the target")]
-        if not all(on_target):
-            handles.append(Patch(color="#a6bddb", label="fastft, source model on its own classes"))
-        if s["paper_top1"].notna().any():
-            xy = (pos, s["paper_top1"]) if len(s) <= MAX_COLUMNS else (s["paper_top1"], pos)
-            handles.append(ax.scatter(*xy, color="#dd8452", zorder=3, label="paper", marker="D"))
-        ax.set_title(f"{plan}: final accuracy (mean ± std over seeds)")
-        below = 0.14 if len(s) <= MAX_COLUMNS else 0.55 / (0.2 * len(s))  # under the x label (axes fraction)
-        ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -below), ncol=len(handles), frameon=False)
-        fig.tight_layout()
-        made.append(_save(fig, out / f"final-{plan}.png"))
-        r = counted(runs)
-        r = r[r["plan"] == plan]
-        made += _grid_figures(r, plan, out, plt)
-        if _probe_layers(s):
-            made.append(_probes_figure(s, plan, out, plt))
-    ft = counted(runs)
-    ft = ft[ft["distance"].notna()]
-    if len(ft):  # WordNet distance; and the feature distance where `fastft analyze distance` measured it
-        axes_x = [("distance", "WordNet distance source→target (1 − Wu-Palmer to nearest source class)")]
-        if "feature_cosine_nearest" in ft and ft["feature_cosine_nearest"].notna().any():
-            axes_x.append(("feature_cosine_nearest", "feature distance (1 − cosine of fc7 class means, source model)"))
-        fig, axes = plt.subplots(1, len(axes_x), figsize=(6 * len(axes_x), 4), squeeze=False)
-        plans = list(dict.fromkeys(ft["plan"]))
-        for ax, (col, label) in zip(axes[0], axes_x):
-            for p, g in ft.groupby("plan", sort=False):  # a hue per plan, a shade per template (a run per point)
-                templates = sorted(set(g["template"]), key=_natural)
-                for j, (t, gt) in enumerate(sorted(g.groupby("template"), key=lambda x: _natural(x[0]))):
-                    ax.scatter(gt[col], gt["top1"], s=14, alpha=0.7, color=_family(plans.index(p), j, len(templates)),
-                               label=f"{p}: {t}")
-            ax.set(xlabel=label, ylabel="fine-tuned top-1 (%)", title="accuracy vs source–target distance")
-        _legend_beside(axes[0][-1])
-        fig.tight_layout()
-        made.append(_save(fig, out / "distance.png"))
+    with plt.rc_context({**STYLE, "axes.prop_cycle": cycler(color=PALETTE)}):
+        made = []
+        for plan in summary["plan"].unique():
+            c = curves[curves["plan"] == plan]
+            s = summary[summary["plan"] == plan]
+            sets = runs[runs["plan"] == plan].groupby(["template", "grid"])["set"].first()
+            if not c.empty:
+                made.append(_curves_figure(c, plan, out, plt, sets, s))
+            r = counted(runs)
+            r = r[r["plan"] == plan]
+            made.append(_final_figure(s, sets, r, plan, out, plt))
+            made += _grid_figures(r, plan, out, plt)
+            if _probe_layers(s):
+                made.append(_probes_figure(s, plan, out, plt))
+        ft = counted(runs)
+        ft = ft[ft["distance"].notna()]
+        if len(ft):
+            made.append(_distance_figure(ft, out, plt))
     return made
+
+
+def _on_target(sets: pd.Series, template: str, grid: str) -> bool:
+    return is_target_set(sets.get((template, grid)))
+
+
+def _final_figure(s: pd.DataFrame, sets: pd.Series, r: pd.DataFrame, plan: str, out: Path, plt) -> Path:
+    """Final top-1, mean ± std over seeds as bars, each seed as a dot, the paper's value as a black diamond: models
+    on the target in one panel, source models (each tested on its own classes, not comparable with the target's) in
+    another."""
+    on = [_on_target(sets, t, g) for t, g in zip(s["template"], s["grid"])]
+    parts = [(name, s[[x == want for x in on]]) for name, want in (("on the target", True), ("source models, each on its own classes", False))]
+    parts = [(n, p) for n, p in parts if len(p)]
+    wide = max(len(p) for _, p in parts) <= MAX_COLUMNS
+    if wide:
+        fig, axes = plt.subplots(1, len(parts), figsize=(sum(max(3.0, 0.75 * len(p) + 1.2) for _, p in parts), 3.6),
+                                 squeeze=False, gridspec_kw={"width_ratios": [max(3.0, 0.75 * len(p) + 1.2) for _, p in parts]})
+    else:  # a grid plan: one row per template × grid point, read top to bottom like the table
+        fig, axes = plt.subplots(len(parts), 1, figsize=(7, sum(0.22 * len(p) + 1.0 for _, p in parts)), squeeze=False,
+                                 gridspec_kw={"height_ratios": [0.22 * len(p) + 1.0 for _, p in parts]})
+    for ax, (name, p) in zip(axes.flat, parts):
+        pos = range(len(p))
+        color = PALETTE[0] if name == "on the target" else PALETTE[6]
+        labels = [f"{t}\n{g}".strip() if wide else f"{t}  {g}".strip() for t, g in zip(p["template"], p["grid"])]
+        seeds = [r[(r["template"] == t) & (r["grid"] == g)]["top1"].dropna().to_numpy() for t, g in zip(p["template"], p["grid"])]
+        dots = [(i + d, v) for i, vals in enumerate(seeds) for d, v in zip(_spread(len(vals)), vals)]
+        if wide:
+            ax.bar(pos, p["top1_mean"], yerr=p["top1_std"], capsize=3, color=color, width=0.7, label="fastft (mean ± std)")
+            if dots:
+                ax.scatter(*zip(*dots), s=9, color="white", edgecolor="black", linewidth=0.6, zorder=3, label="a seed")
+            ax.set_xticks(list(pos), labels)
+            ax.set(ylabel="top-1 (%)")
+            ax.grid(axis="x", visible=False)
+        else:
+            ax.barh(pos, p["top1_mean"], xerr=p["top1_std"], capsize=2, color=color, height=0.7, label="fastft (mean ± std)")
+            if dots:
+                ax.scatter([v for _, v in dots], [i for i, _ in dots], s=7, color="white", edgecolor="black", linewidth=0.5,
+                           zorder=3, label="a seed")
+            ax.set_yticks(list(pos), labels, fontsize=7)
+            ax.set_ylim(len(p) - 0.5, -0.5)
+            ax.set(xlabel="top-1 (%)")
+        if p["paper_top1"].notna().any():
+            xy = (list(pos), p["paper_top1"]) if wide else (p["paper_top1"], list(pos))
+            ax.scatter(*xy, color=PAPER, zorder=3, label="paper", marker="D", s=22)
+        ax.set_title(name)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False, bbox_to_anchor=(0.5, -0.06))
+    fig.suptitle(f"{plan}: final top-1 over {int(s['seeds'].max())} seed(s)")
+    fig.tight_layout()
+    return _save(fig, out / f"final-{plan}.png")
+
+
+def _spread(n: int) -> list[float]:
+    """Offsets that set ``n`` dots side by side within a bar."""
+    return [0.0] if n <= 1 else [-0.22 + 0.44 * k / (n - 1) for k in range(n)]
+
+
+def _distance_figure(ft: pd.DataFrame, out: Path, plt) -> Path:
+    """Fine-tuned top-1 against the WordNet distance (and the feature distance where ``fastft analyze distance``
+    measured it): a colour per plan, a marker per template, a point per run."""
+    axes_x = [("distance", "WordNet distance source→target\n(1 − Wu-Palmer to the nearest source class)")]
+    if "feature_cosine_nearest" in ft and ft["feature_cosine_nearest"].notna().any():
+        axes_x.append(("feature_cosine_nearest", "feature distance\n(1 − cosine of fc7 class means, source model)"))
+    fig, axes = plt.subplots(1, len(axes_x), figsize=(4.6 * len(axes_x) + 1.6, 3.6), squeeze=False)
+    plans = list(dict.fromkeys(ft["plan"]))
+    for ax, (col, label) in zip(axes[0], axes_x):
+        for p, g in ft.groupby("plan", sort=False):
+            for j, (t, gt) in enumerate(sorted(g.groupby("template"), key=lambda x: _natural(x[0]))):
+                hue = plans.index(p) if len(plans) > 1 else j  # one plan: a colour per template
+                ax.scatter(gt[col], gt["top1"], s=28, alpha=0.85, color=PALETTE[hue % len(PALETTE)],
+                           marker="osD^v<>P"[j % 8], label=f"{p}: {t}", edgecolor="white", linewidth=0.5)
+        ax.set(xlabel=label, ylabel="fine-tuned top-1 (%)")
+    fig.suptitle("accuracy vs source–target distance")
+    _legend_beside(axes[0][-1])
+    fig.tight_layout()
+    return _save(fig, out / "distance.png")
 
 
 def _probes_figure(s: pd.DataFrame, plan: str, out: Path, plt) -> Path:
@@ -148,14 +200,14 @@ def _probes_figure(s: pd.DataFrame, plan: str, out: Path, plt) -> Path:
     if gains:
         _legend_beside(ax)
     else:
-        ax.legend(fontsize=7)
+        ax.legend(frameon=False)
     if gains:
         ax = axes[0][1]
         for label, vals, style in gains:
             ax.plot(layers, vals, linestyle=style, marker="o", label=label)
         ax.axhline(0, color="grey", lw=0.8)
         ax.set(xlabel="layer", ylabel="gain (points)", title=f"{plan}: gains per layer (Fig. 10 b)")
-        ax.legend(fontsize=7)
+        ax.legend(frameon=False)
     fig.tight_layout()
     return _save(fig, out / f"probes-{plan}.png")
 
@@ -166,44 +218,78 @@ MAX_COLUMNS = 16  # bars side by side in final-<plan>.png; a plan with more (a g
 MAX_LINES = 10    # lines on one curves panel; a plan with more (a grid) gets a row of panels per template
 
 
-def _curves_figure(c: pd.DataFrame, plan: str, out: Path, plt) -> Path:
-    """Test top-1 and train loss per epoch, mean over seeds with ± std shaded. A grid plan (more than ``MAX_LINES``
-    lines) gets one row per template, its grid points coloured in order (light → dark), the legend beside."""
-    import matplotlib
-
+def _curves_figure(c: pd.DataFrame, plan: str, out: Path, plt, sets: pd.Series, s: pd.DataFrame) -> Path:
+    """Test top-1 and train loss per epoch, mean over seeds: with a ± std band from ``MIN_BAND_SEEDS`` seeds, each
+    seed's thin line below that. Models on the target and source models (on their own classes) in separate rows; a
+    grid plan (more than ``MAX_LINES`` lines) gets a row per target template, its grid points shaded light → dark.
+    The paper's final top-1, where the plan has it, is a black diamond at the last epoch."""
     lines = list(c.groupby(["template", "grid"], sort=False).size().index)
-    if len(lines) <= MAX_LINES:
-        rows = [(None, lines)]
-    else:  # templates without a grid (a plan's sources) share a row; each other template has its own
-        per = {t: sorted([x for x in lines if x[0] == t], key=lambda x: _natural(x[1])) for t in sorted({x[0] for x in lines})}
-        rows = [("", [x[0] for x in per.values() if len(x) == 1])] + [(t, x) for t, x in per.items() if len(x) > 1]
-        rows = [r for r in rows if r[1]]
-    fig, axes = plt.subplots(len(rows), 2, figsize=(11, 4 if len(rows) == 1 else 2.8 * len(rows)), squeeze=False)
-    for ax, (t, keys) in zip(axes, rows):
-        cmap = matplotlib.colormaps["viridis_r"]
-        for i, (tt, g) in enumerate(keys):
-            by = c[(c["template"] == tt) & (c["grid"] == g)].groupby("epoch")
-            m, sd = by[["top1", "train_loss"]].mean(), by[["top1", "train_loss"]].std().fillna(0)
-            color = cmap(0.15 + 0.85 * i / max(1, len(keys) - 1)) if t else None  # a template's grid: light → dark
-            for a, k, hi in zip(ax, ("top1", "train_loss"), (100, None)):  # ± std within 0-100 %, loss >= 0
-                (line,) = a.plot(m.index, m[k], color=color, lw=1.2, label=(g if t else f"{tt} {g}").strip())
-                a.fill_between(m.index, (m[k] - sd[k]).clip(0, hi), (m[k] + sd[k]).clip(0, hi), color=line.get_color(),
-                               alpha=0.15, linewidth=0)
-        name = f"{plan}: " if t is None else f"{t}: " if t else "sources: "
-        ax[0].set(xlabel="epoch", ylabel="test top-1 (%)", title=f"{name}test accuracy (mean ± std over seeds)")
-        ax[1].set(xlabel="epoch", ylabel="train loss", title=f"{name}training loss")
-        if t is None:
-            ax[0].legend(fontsize=7)
-        else:
-            ax[1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, ncol=1 + len(keys) // 16)
-    if len(rows) > 1:
-        fig.suptitle(plan)
-    fig.tight_layout()
+    target = [x for x in lines if _on_target(sets, *x)]
+    rows = [("sources", [x for x in lines if x not in target])]
+    if len(target) <= MAX_LINES:
+        rows.insert(0, ("on the target", target))
+    else:
+        per = {t: sorted([x for x in target if x[0] == t], key=lambda x: _natural(x[1])) for t in sorted({x[0] for x in target})}
+        rows[:0] = [(t, x) for t, x in per.items()]
+    rows = [r for r in rows if r[1]]
+    paper = {(r.template, r.grid): r.paper_top1 for r in s.itertuples() if pd.notna(r.paper_top1)}
+    fig, axes = plt.subplots(len(rows), 2, figsize=(10, 3.2 * len(rows)), squeeze=False)
+    for ax, (title, keys) in zip(axes, rows):
+        shaded = len(keys) > 1 and title not in ("on the target", "sources")  # a template's grid points
+        for i, key in enumerate(keys):
+            g = c[(c["template"] == key[0]) & (c["grid"] == key[1])]
+            color = _ordinal(i, len(keys)) if shaded else PALETTE[i % len(PALETTE)]
+            label = (key[1] if shaded else f"{key[0]} {key[1]}").strip()
+            _curve_lines(ax, g, color, label)
+            if key in paper:
+                ax[0].scatter([g["epoch"].max()], [paper[key]], marker="D", color=PAPER, s=22, zorder=4,
+                              label="paper (final)" if not any(h.get_label() == "paper (final)" for h in ax[0].collections) else None)
+        seeds = int(c[c["template"].isin([k[0] for k in keys])]["seed"].nunique())
+        how = "mean ± std" if seeds >= MIN_BAND_SEEDS else "mean (thin: each seed)"
+        ax[0].set(xlabel="epoch", ylabel="test top-1 (%)", title=f"{title}: test accuracy ({how}, {seeds} seed(s))")
+        ax[1].set(xlabel="epoch", ylabel="train loss", title=f"{title}: training loss")
+        _legend_beside(ax[1])
+        for a in ax:
+            a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(plan)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # room for the title
     return _save(fig, out / f"curves-{plan}.png")
 
 
+def _log_ticks(ax, values) -> None:
+    """A log x axis labelled at the grid's own values (30, 240, 1200; 0.0001 … 0.01), not at powers of ten."""
+    from matplotlib.ticker import NullFormatter, NullLocator
+
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(values), [f"{v:g}" for v in sorted(values)])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _ordinal(i: int, n: int):
+    """Colour ``i`` of ``n`` ordered values (a template's grid points): viridis, light → dark (perceptually even, and
+    readable with colour-vision deficiencies)."""
+    import matplotlib
+
+    return matplotlib.colormaps["viridis_r"](0.15 + 0.8 * i / max(1, n - 1))
+
+
+def _curve_lines(ax, g: pd.DataFrame, color, label: str) -> None:
+    """One model's curves on the (accuracy, loss) axes: the mean over seeds, and a band (enough seeds) or the seeds."""
+    by = g.groupby("epoch")
+    m, sd = by[["top1", "train_loss"]].mean(), by[["top1", "train_loss"]].std().fillna(0)
+    few = g["seed"].nunique() < MIN_BAND_SEEDS
+    for a, k, hi in zip(ax, ("top1", "train_loss"), (100, None)):  # a band within 0-100 %, loss >= 0
+        a.plot(m.index, m[k], color=color, label=label)
+        if few and g["seed"].nunique() > 1:
+            for _, gs in g.groupby("seed"):
+                a.plot(gs["epoch"], gs[k], color=color, lw=0.7, alpha=0.45)
+        elif not few:
+            a.fill_between(m.index, (m[k] - sd[k]).clip(0, hi), (m[k] + sd[k]).clip(0, hi), color=color, alpha=0.18, linewidth=0)
+
+
 def _legend_beside(ax) -> None:
-    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
 
 
 def _grid_figures(r: pd.DataFrame, plan: str, out: Path, plt) -> list[Path]:
@@ -225,7 +311,7 @@ def _grid_figures(r: pd.DataFrame, plan: str, out: Path, plt) -> list[Path]:
                         **{"marker": "o", **_grid_style(rr, others, templates.index(lab[0]), lab[1:])})
         ax.set(xlabel=key[5:], ylabel="top-1 (%)", title=f"{plan}: accuracy vs {key[5:]}")
         if key in ("grid_lr", "grid_images"):
-            ax.set_xscale("log")
+            _log_ticks(ax, rr[key].dropna().unique())
         _legend_beside(ax)
         fig.tight_layout()
         made.append(_save(fig, out / f"grid-{plan}-{key[5:]}.png"))
@@ -248,22 +334,22 @@ def _grid_figures(r: pd.DataFrame, plan: str, out: Path, plt) -> list[Path]:
             g = g.droplevel(extra) if extra else g
             ax.plot(g.index, g.values, marker="o", color=_family(i, j, len(groups)), label=f"{name} {suffix}".strip())
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set(xlabel="training images per class", ylabel="top-1 gain (points)", xscale="log", title=f"{plan}: gains")
+    ax.set(xlabel="training images per class", ylabel="top-1 gain (points)", title=f"{plan}: gains")
+    _log_ticks(ax, r[x].dropna().unique())
     _legend_beside(ax)
     fig.tight_layout()
     made.append(_save(fig, out / f"gains-{plan}.png"))
     return made
 
 
-FAMILIES = ("Blues", "Oranges", "Greens", "Reds", "Purples", "Greys", "RdPu", "YlOrBr")  # one hue per template / comparison
-
-
 def _family(i: int, j: int = 0, n: int = 1):
-    """Colour ``j`` of ``n`` in hue family ``i``: a template's (or a comparison's) lines read as one family, the
-    values of its other grid keys as shades, light → dark."""
-    import matplotlib
+    """Shade ``j`` of ``n`` of palette hue ``i``: a template's (or a comparison's) lines read as one family, the
+    values of its other grid keys as shades, light → dark (the hue mixed with white)."""
+    import matplotlib.colors as mc
 
-    return matplotlib.colormaps[FAMILIES[i % len(FAMILIES)]](0.75 if n <= 1 else 0.3 + 0.7 * (j + 1) / n)
+    base = mc.to_rgb(PALETTE[i % len(PALETTE)])
+    w = 0.0 if n <= 1 else 0.65 * (1 - (j + 1) / n)  # the last shade is the pure hue
+    return tuple(c + (1 - c) * w for c in base)
 
 
 def gain_lines(r: pd.DataFrame, keys: list[str], x: str) -> list[tuple[str, pd.Series]]:
@@ -301,8 +387,10 @@ def _grid_style(rr: pd.DataFrame, others: list[str], t: int, values: tuple) -> d
 
 
 def _save(fig, path: Path) -> Path:
+    """``path`` (PNG, 150 dpi) and a PDF beside it (vector, fonts embedded: for a paper)."""
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
     plt.close(fig)
     return path
