@@ -245,7 +245,7 @@ def svm_accuracy(xtr, ytr, xte, yte, C: float = 1.0) -> float:
 def _svm_threads(x: np.ndarray) -> int:
     """Threads for :func:`svm_accuracy`: each holds liblinear's copy of the non-zero features (16 bytes each); at most
     half the available memory, and the usable cores."""
-    from .pipelines import usable_cores
+    from .util.env import usable_cores
 
     try:
         import psutil

@@ -88,7 +88,7 @@ def _launch(a):
 
 
 def cmd_sweep(a):
-    from . import sweep as sw
+    from . import study as sw
 
     total = {"runs": 0, "image_iterations": 0.0, "left": 0.0}
     states: collections.Counter = collections.Counter()
@@ -99,7 +99,7 @@ def cmd_sweep(a):
                           "only --dry-run works without one (an estimate from ILSVRC2012's class sizes)")
     on_slurm = a.backend == "slurm" and not a.dry_run
     if on_slurm:  # resources checked against the partition before any work; every path absolute (jobs start in --out)
-        from . import slurm
+        from .study import slurm
 
         if a.submit:
             slurm.require_submit()
@@ -174,7 +174,8 @@ STATE_ORDER = ("finished", "running", "pending", "stuck", "failed", "cancelled",
 
 def _states(runs, out: Path) -> dict[str, str]:
     """Each run's state for --dry-run: ``state`` or ``state: detail``."""
-    from . import slurm, sweep as sw
+    from . import study as sw
+    from .study import slurm
 
     queued, note = slurm.queue_states(runs, out) if (out / "slurm").is_dir() else ({}, "")
     if note:
@@ -185,7 +186,7 @@ def _states(runs, out: Path) -> dict[str, str]:
 
 def _submit(plans: list, a, res, cluster) -> None:
     """``--backend slurm``: the plans' runs as job arrays, written and (``--submit``) submitted (fastft.slurm)."""
-    from . import slurm
+    from .study import slurm
 
     s = slurm.sweep(plans, Path(a.out), res, cluster, a.submit)
     print(f"SLURM: {s['resources']}")

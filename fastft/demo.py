@@ -14,7 +14,7 @@ from .errors import FastFTError
 
 
 def demo(out: str | Path = "fastft-demo", seeds: int = 3, parallel: int = 2) -> dict:
-    from . import sweep as sw
+    from . import study as sw
     from .report import write_report
     from .shard import ShardConfig, write_store
     from .store import verify

@@ -24,7 +24,6 @@ from __future__ import annotations
 import collections
 import math
 import mmap
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 from . import preprocess
+from .util.env import gpu_share, node_share, usable_cores
 from .errors import FastFTError
 from .store import View, open_view
 
@@ -233,7 +233,7 @@ class Loader:
             raise FastFTError(f"cpu_decode is the share of each batch decoded on the host cores: 0 to 1, got {cfg.cpu_decode}")
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise FastFTError("device 'cuda' requested but no CUDA GPU is visible")
-        threads = cfg.num_threads or max(1, usable_cores() // _node_share(world_size))
+        threads = cfg.num_threads or max(1, usable_cores() // node_share(world_size))
         if cfg.cache:
             self._impl = _CacheBackend(self, threads)
         else:
@@ -505,21 +505,9 @@ class _TorchBackend:
             yield x, y.to(dev, non_blocking=True), weights[s]
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (a SLURM job's or container's cpuset, else all)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _node_share(world_size: int = 1) -> int:
-    """How many loaders share this node's cores and memory: the runs a sweep packs on it (``FASTFT_NODE_RUNS``) ×
-    this run's ranks on the node (``LOCAL_WORLD_SIZE``, set by torchrun / accelerate launch; else all ranks)."""
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-    return max(1, int(os.environ.get("FASTFT_NODE_RUNS", "1"))) * max(1, local)
-
-
 def host_cache_budget(world_size: int = 1) -> float:
     """``host_cache_gb: auto``: half of this machine's memory (or of the job's cgroup limit, under SLURM), split among
-    the loaders on the node (:func:`_node_share`: every rank of a multi-GPU run caches the whole split, since its
+    the loaders on the node (:func:`fastft.util.env.node_share`: every rank of a multi-GPU run caches the whole split, since its
     samples change every epoch), and never more than 80 % of what is free now."""
     info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line) \
         if Path("/proc/meminfo").exists() else {}
@@ -528,7 +516,7 @@ def host_cache_budget(world_size: int = 1) -> float:
     cg = Path("/sys/fs/cgroup/memory.max")
     if cg.exists() and cg.read_text().strip().isdigit():
         total = min(total, float(cg.read_text().strip()))
-    return max(0.0, min(0.5 * total / _node_share(world_size), 0.8 * avail))
+    return max(0.0, min(0.5 * total / node_share(world_size), 0.8 * avail))
 
 
 def _crop(images, slot, x0, y0, mirror, crop: int) -> torch.Tensor:
@@ -587,7 +575,7 @@ class _CacheBackend:
             budget = cfg.cache_gb * 1e9
         elif self.dev.type == "cuda":  # a sweep packing k runs on one GPU sets FASTFT_GPU_SHARE=k
             free, total = torch.cuda.mem_get_info(self.dev)
-            budget = min(0.8 * free, 0.8 * total / int(os.environ.get("FASTFT_GPU_SHARE", "1")))
+            budget = min(0.8 * free, 0.8 * total / gpu_share())
         else:
             budget = n * per
         host = host_cache_budget(loader.plan.world_size) if cfg.host_cache_gb == "auto" else float(cfg.host_cache_gb) * 1e9

@@ -16,7 +16,7 @@ import yaml
 
 import fastft
 from fastft import runs as runs_mod
-from fastft import slurm as sl
+from fastft.study import slurm as sl
 from fastft import sweep as sw
 from fastft.errors import FastFTError
 from fastft.report import write_report

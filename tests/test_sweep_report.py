@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fastft import sweep as sw
+from fastft import study as sw
+from fastft.study import bind, leases
 from fastft.errors import FastFTError
 from fastft.report import write_report
 
@@ -96,7 +97,7 @@ def test_views_resolved_by_several_processes_equal_those_resolved_in_one(store, 
     plan["seeds"] = [0, 1]
     one = sw.expand(plan)
     sw.prepare(plan, one, str(store), tmp_path / "a")
-    monkeypatch.setattr(sw, "POOL_AFTER_S", 0.0)  # as for ILSVRC2012-sized views: after the first, a process pool
+    monkeypatch.setattr(bind, "POOL_AFTER_S", 0.0)  # as for ILSVRC2012-sized views: after the first, a process pool
     pool = sw.expand(plan)
     sw.prepare(plan, pool, str(store), tmp_path / "b")
     assert [r.run_id for r in pool] == [r.run_id for r in one]
@@ -238,18 +239,18 @@ def test_run_claimed_by_a_dead_host_is_waited_for_then_taken_over_once_its_claim
 
 
 def test_a_refreshed_claim_is_not_taken_over_by_a_sweep_that_saw_it_stale(tmp_path, monkeypatch):
-    monkeypatch.setattr(sw, "CLAIM_STALE_S", 5.0)
+    monkeypatch.setattr(leases, "CLAIM_STALE_S", 5.0)
     claim = tmp_path / "claims" / "run1"
     claim.parent.mkdir()
     claim.write_text("other-host 7")
     old = time.time() - 60
     os.utime(claim, (old, old))
-    assert sw._stale(claim) > 55
+    assert leases.stale(claim) > 55
     os.utime(claim)  # ... and the other host refreshes it (or another sweep just took it over) before the move
-    sw._take_over(claim)
+    leases.take_over(claim)
     assert claim.read_text() == "other-host 7", "a fresh claim is put back"
     os.utime(claim, (old, old))
-    sw._take_over(claim)
+    leases.take_over(claim)
     assert not claim.exists() and not list(claim.parent.iterdir())
 
 

@@ -51,10 +51,11 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import FastFTError
-from .runs import complete_checkpoints
-from .store import fsync_write, lock_file
-from .sweep import RunSpec, _record_membership, merge, state as dir_state
+from ..errors import FastFTError
+from ..runs import complete_checkpoints
+from ..store import fsync_write, lock_file
+from .local import record_membership, state as dir_state
+from .plan import RunSpec, merge
 
 SIGNAL_RESOLUTION_S = 60  # SLURM may send a --signal up to this much earlier than asked
 LOCK_WAIT_S = 600         # a --submit waits this long for another one on the same runs directory
@@ -593,7 +594,7 @@ def sweep(plans_runs: list[list[RunSpec]], out: Path, res: Resources, c: Cluster
         placed, dead = _queued(runs, out, tasks, cancel=do_submit)
         queued = len(placed)
         for r in runs:
-            _record_membership(r)
+            record_membership(r)
         arrays = plan_arrays(runs, placed, c.max_array)
         write_arrays(arrays, runs, out, res)
         ids = submit(arrays, out) if do_submit and arrays else {}

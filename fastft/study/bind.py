@@ -1,0 +1,154 @@
+"""Binding a plan's runs to data: draw each seed's subsets (specs), resolve the views once (shared by equal content,
+several processes for large ones), give each run its id and directory, and cost the whole (image-iterations)."""
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+
+from ..errors import FastFTError
+from .plan import RunSpec
+
+
+ILSVRC_TRAIN_PER_CLASS = 1281167 / 1000  # nominal, for cost estimates without a store
+
+
+# ---------------------------------------------------------------- binding a plan to a store
+def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path, progress: bool = False) -> dict:
+    """Make the specs (one per seed), resolve views, compute run ids and directories. Returns {seed: spec path}."""
+    from ..config import build
+    from ..store import fill_store_params, open_view
+    from ..subsets import load_spec, make
+    from ..trainer import TrainConfig, resolve_device, run_dir_for, run_identity, view_path_for
+    from .. import runs as runs_mod
+
+    out.mkdir(parents=True, exist_ok=True)
+    specs = {}
+    params = fill_store_params(dict(plan["params"]), store, f"plan {plan['name']}")
+    for seed in sorted({r.seed for r in runs}):
+        p = out / "specs" / f"{plan['name']}-seed{seed}.json"
+        spec = make(plan["construction"], seed, **params)
+        if p.exists() and load_spec(p).hash != spec.hash:
+            raise FastFTError(f"{p} exists with different content (plan changed?); use a new --out")
+        spec.save(p)
+        specs[seed] = p
+    if store:
+        _resolve_views(specs, {(r.seed, r.overrides["set"]) for r in runs}, store, out / "views", progress, plan["name"])
+    by_key = {r.key: r for r in runs}
+    for r in runs:
+        spec = load_spec(specs[r.seed])
+        if r.overrides["set"] not in spec.sets:
+            raise FastFTError(f"run {r.key}: construction {plan['construction']} has no set {r.overrides['set']!r} (it has {list(spec.sets)})")
+        r.overrides.update(spec=str(specs[r.seed]), out=str(out), name=r.key)
+        if store:
+            r.overrides["store"] = str(store)
+        if r.labels["mode"] == "finetune" and r.labels.get("source_template"):
+            r.labels["distance"] = _distance(spec, by_key[r.deps[0]].overrides["set"], r.overrides["set"])
+        if not store:  # estimate from nominal ILSVRC2012 counts; a pseudo id lets the cost count shared runs once
+            cs = spec.sets[r.overrides["set"]]
+            per_class = min(cs.cap or 1e9, ILSVRC_TRAIN_PER_CLASS)
+            r.images_per_epoch = len(cs.classes) * max(per_class, int(r.overrides.get("augment_to", 0)))  # §4.6 copies
+            from ..trainer import IDENTITY_KEYS
+
+            cfg = build(TrainConfig, r.overrides, f"run {r.key}")
+            ident = {k: getattr(cfg, k) for k in IDENTITY_KEYS}
+            ident.update(lr=cfg.base_lr, classes=list(cs.classes), cap=cs.cap,
+                         source=by_key[r.deps[0]].pseudo_id if r.deps else None)
+            r.pseudo_id = runs_mod.run_id(ident)
+            continue
+        src_dir = by_key[r.deps[0]].run_dir if r.deps else None
+        cfg = build(TrainConfig, {**r.overrides, **({"source": str(src_dir)} if src_dir else {})}, f"run {r.key}")
+        cfg.validate()
+        view = open_view(view_path_for(cfg), check_store=False)  # the run verifies its shards when it starts
+        try:
+            view.check_crop(cfg.crop)
+        except FastFTError as e:
+            raise FastFTError(f"run {r.key}: {e}") from None
+        # §4.6 copies grow each class to augment_to (exact when no class already has more)
+        r.images_per_epoch = max(view.split("train")["samples"], view.num_classes * cfg.augment_to)
+        _, precision = resolve_device(cfg)
+        src = by_key[r.deps[0]].run_id if r.deps else None
+        r.run_id = runs_mod.run_id(run_identity(cfg, view.meta, precision, src))
+        r.run_dir = run_dir_for(cfg, r.run_id)
+        existing = sorted(out.glob(f"*-{r.run_id}"))
+        if existing and r.run_dir not in existing:  # the same run made by another plan: reuse it, never train it twice
+            r.run_dir = existing[0]
+            r.overrides["name"] = existing[0].name[: -len(r.run_id) - 1]
+    return specs
+
+
+POOL_AFTER_S = 2.0  # views are resolved by several processes when the first took this long
+
+
+def _resolve_views(specs: dict, pairs: set, store: str, views_dir: Path, progress: bool, plan: str) -> None:
+    """Resolve the views a plan needs that do not exist yet (each (seed, set) once), with a progress bar. Where one
+    takes seconds (ILSVRC2012: a 500-class view is 640k samples), the rest are resolved by several processes."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    from tqdm import tqdm
+
+    from ..util.env import usable_cores
+    from ..store import open_store, shared_view, view_content
+    from ..subsets import load_spec
+
+    todo = []
+    for seed, name in sorted(pairs):
+        if name in json.loads(Path(specs[seed]).read_text())["sets"]:  # else prepare names the mistake below
+            if not (shared_view(specs[seed], name, store, views_dir, existing_only=True) / "view.json").exists():
+                todo.append((str(specs[seed]), name))
+    if not todo:
+        return
+    # views of equal content share their files (store.view_content): one of each is resolved, the others then link
+    st, unique, same = open_store(store), {}, []
+    for sp, name in todo:
+        content = view_content(load_spec(sp), name, st, views_dir)
+        if content in unique:
+            same.append((sp, name))
+        else:
+            unique[content] = (sp, name)
+    todo = list(unique.values())
+    with tqdm(total=len(todo) + len(same), unit="view", desc=f"{plan}: resolve views", disable=not progress,
+              dynamic_ncols=True) as bar:
+        t = time.time()
+        shared_view(*todo[0], store, views_dir)
+        bar.update()
+        rest = todo[1:]
+        workers = min(len(rest), usable_cores(), 8)
+        if workers < 2 or time.time() - t < POOL_AFTER_S:  # small views: a process pool would cost more than it saves
+            rest, same = rest + same, []
+        else:
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:  # spawn: this process has torch loaded
+                for f in as_completed([ex.submit(shared_view, sp, name, store, views_dir) for sp, name in rest]):
+                    f.result()
+                    bar.update()
+            rest = []
+        for sp, name in rest + same:
+            shared_view(sp, name, store, views_dir)
+            bar.update()
+
+
+def _distance(spec, source_set: str, target_set: str) -> float:
+    return _wup_nearest(tuple(spec.sets[target_set].classes), tuple(spec.sets[source_set].classes))
+
+
+@functools.lru_cache(maxsize=256)
+def _wup_nearest(targets: tuple, sources: tuple) -> float:
+    """Once per class sets: a §4.4 grid fine-tunes the same classes from the same source at many image counts."""
+    from ..taxonomy import load
+
+    return round(load().distance(list(targets), list(sources))["wup_nearest"], 4)
+
+
+def cost(runs: list[RunSpec], epochs_default: int = 100, seen: set | None = None) -> dict:
+    """Runs and image-iterations, counting a run shared with another plan (same id) once (pass one ``seen`` set)."""
+    seen = set() if seen is None else seen
+    uniq = []
+    for r in runs:
+        rid = r.run_id or r.pseudo_id or r.key
+        if rid not in seen:
+            seen.add(rid)
+            uniq.append(r)
+    iters = sum(r.images_per_epoch * int(r.overrides.get("epochs", epochs_default)) for r in uniq)
+    return {"runs": len(uniq), "image_iterations": iters, "shared": len(runs) - len(uniq)}

@@ -1,0 +1,140 @@
+"""Plans: the YAML that names a study's construction, seeds, shared settings, run templates and the paper's findings
+it checks, validated whole when it loads (before any work); expanded into run specs (template × grid point × seed,
+in dependency order), and several plans merged into one DAG. Torch-free.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import yaml
+
+from ..errors import FastFTError
+from ..report.claims import check_claim
+
+
+PLAN_KEYS = {"name", "construction", "params", "seeds", "defaults", "runs", "description", "claims"}
+
+
+RUN_KEYS = {"name", "set", "mode", "source", "grid", "paper", "overrides"}
+
+
+PAPER_KEYS = {"top1", "std", "ref", "svm", "svm_before", "probes", "probes_before",  # the paper's numbers a run is reported next to
+              "filters_beats"}  # Fig. 9: {other template: % of classes where this model's conv5 filters are more sensitive}
+
+
+@dataclass
+class RunSpec:
+    key: str                      # "<template>[-k=v…]-s<seed>": unique inside the plan
+    template: str
+    seed: int
+    overrides: dict               # TrainConfig values (without source)
+    deps: list[str] = field(default_factory=list)
+    grid: dict = field(default_factory=dict)
+    labels: dict = field(default_factory=dict)
+    run_id: str | None = None
+    pseudo_id: str | None = None  # dry runs without a store
+    run_dir: Path | None = None
+    images_per_epoch: float = 0.0
+    also: list = field(default_factory=list)  # the same run in other plans (see merge): it serves them too
+
+    def args(self, source_dir: Path | None = None) -> list[str]:
+        kv = dict(self.overrides)
+        if source_dir is not None:
+            kv["source"] = str(source_dir)
+        return [f"{k}={json.dumps(list(v)) if isinstance(v, (list, tuple)) else v}" for k, v in kv.items()]
+
+
+def load_plan(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise FastFTError(f"plan {p} does not exist")
+    plan = yaml.safe_load(p.read_text()) or {}
+    unknown = set(plan) - PLAN_KEYS
+    if unknown:
+        raise FastFTError(f"plan {p}: unknown key(s) {sorted(unknown)}; valid: {sorted(PLAN_KEYS)}")
+    for k in ("name", "construction", "runs"):
+        if k not in plan:
+            raise FastFTError(f"plan {p}: missing {k!r}")
+    names = [r.get("name") for r in plan["runs"]]
+    if len(set(names)) != len(names) or None in names:
+        raise FastFTError(f"plan {p}: every run needs a unique name (got {names})")
+    for r in plan["runs"]:
+        bad = set(r) - RUN_KEYS
+        if bad:
+            raise FastFTError(f"plan {p}: run {r['name']!r} has unknown key(s) {sorted(bad)}; valid: {sorted(RUN_KEYS)}")
+        bad = set(r.get("paper") or {}) - PAPER_KEYS
+        if bad:
+            raise FastFTError(f"plan {p}: run {r['name']!r} has unknown paper key(s) {sorted(bad)}; valid: {sorted(PAPER_KEYS)}")
+        if r.get("source") and r["source"] not in names:
+            raise FastFTError(f"plan {p}: run {r['name']!r} has source {r['source']!r}, which is not a run of the plan")
+    for c in plan.get("claims") or []:
+        check_claim(c, plan, p)
+    plan.setdefault("seeds", [0, 1, 2, 3, 4])
+    plan.setdefault("params", {})
+    plan.setdefault("defaults", {})
+    plan["_path"] = str(p)
+    return plan
+
+
+def expand(plan: dict, seeds: list[int] | None = None) -> list[RunSpec]:
+    """Plan → run specs in dependency order (a source before its fine-tunes)."""
+    out: list[RunSpec] = []
+    order = _topo(plan["runs"])
+    for seed in seeds if seeds is not None else plan["seeds"]:
+        by_template: dict[str, list[RunSpec]] = {}
+        for t in order:
+            grid = t.get("grid") or {}
+            keys = sorted(grid)
+            for values in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
+                g = dict(zip(keys, values))
+                suffix = "".join(f"-{k}{v}" for k, v in g.items())
+                ov = {**plan["defaults"], **(t.get("overrides") or {}), "set": t["set"], "mode": t.get("mode", "scratch"), "seed": seed, **g}
+                rs = RunSpec(key=f"{t['name']}{suffix}-s{seed}", template=t["name"], seed=seed, overrides=ov, grid=g,
+                             labels={"plan": plan["name"], "template": t["name"], "grid": g, "seed": seed, "set": t["set"],
+                                     "mode": ov["mode"], "source_template": t.get("source"), "paper": t.get("paper"),
+                                     "claims": plan.get("claims")})
+                if t.get("source"):
+                    srcs = by_template[t["source"]]
+                    if len(srcs) != 1:
+                        raise FastFTError(f"run {t['name']!r}: source {t['source']!r} has a grid; a source must be a single run")
+                    rs.deps = [srcs[0].key]
+                by_template.setdefault(t["name"], []).append(rs)
+                out.append(rs)
+    return out
+
+
+def _topo(templates: list[dict]) -> list[dict]:
+    done, order, pending = set(), [], list(templates)
+    while pending:
+        progress = False
+        for t in list(pending):
+            if not t.get("source") or t["source"] in done:
+                order.append(t)
+                done.add(t["name"])
+                pending.remove(t)
+                progress = True
+        if not progress:
+            raise FastFTError(f"plan has a dependency cycle among {[t['name'] for t in pending]}")
+    return order
+
+
+def merge(plans_runs: list[list[RunSpec]]) -> list[RunSpec]:
+    """The prepared runs of several plans as one DAG, so that one local sweep packs every plan's runs onto its GPUs
+    at once (plan after plan, each plan's last runs would leave GPUs idle). Keys become ``<plan>/<key>``; a run that
+    several plans share (same id) appears once and serves each of them (``also``)."""
+    merged, canon = [], {}
+    for runs in plans_runs:
+        plan = runs[0].labels["plan"] if runs else ""
+        rename = {r.key: canon[r.run_id].key if r.run_id in canon else f"{plan}/{r.key}" for r in runs}
+        for r in runs:
+            if r.run_id in canon:
+                c = canon[r.run_id]
+                c.also.append(replace(r, run_dir=c.run_dir))
+                continue
+            m = replace(r, key=rename[r.key], deps=[rename[d] for d in r.deps], also=[])
+            canon[r.run_id] = m
+            merged.append(m)
+    return merged
