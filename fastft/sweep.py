@@ -49,6 +49,7 @@ from pathlib import Path
 import yaml
 
 from .errors import FastFTError
+from .files import write_json
 
 PLAN_KEYS = {"name", "construction", "params", "seeds", "defaults", "runs", "description", "claims"}
 # the paper's findings a plan checks (fastft report.claims): a beats b, paired by seed at each common grid point;
@@ -647,9 +648,7 @@ def _record_membership(r: RunSpec) -> None:
         plan = x.labels["plan"]
         entry = {**x.labels, "key": x.key[len(plan) + 1:] if x.key.startswith(f"{plan}/") else x.key}
         d["memberships"] = [m for m in d["memberships"] if (m["plan"], m["key"]) != (entry["plan"], entry["key"])] + [entry]
-    tmp = p.with_name(f"sweep.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(d, indent=1) + "\n")
-    os.replace(tmp, p)
+    write_json(p, d)
 
 
 def gpu_ids(gpus: str) -> list[str]:
