@@ -257,23 +257,24 @@ def checkpoint_problem(ckpt: Path) -> str | None:
 def resume_checkpoint(run_dir: Path, say=print, set_aside: bool = True) -> Path | None:
     """The newest complete checkpoint that verifies (None for a run without checkpoints). Newer ones that do not
     are named (``say``) and, with ``set_aside`` (one process of a run), renamed ``<name>.damaged``: kept for
-    inspection, never resumed from or counted among the kept checkpoints. Raises when none verifies."""
+    inspection, never resumed from or counted among the kept checkpoints. When none verifies, this raises and
+    leaves them all in place (a re-run refuses again rather than silently starting over)."""
     bad = []
     for c in reversed(complete_checkpoints(run_dir)):
         problem = checkpoint_problem(c)
         if problem is None:
             if bad:
-                say(f"checkpoint {'; '.join(bad)}: resuming from the previous one, {c.name}" +
+                say(f"checkpoint {'; '.join(why for _, why in bad)}: resuming from the previous one, {c.name}" +
                     (" (the damaged ones are kept as *.damaged)" if set_aside else ""))
+            for b, _ in bad if set_aside else ():
+                aside = b.with_name(b.name + ".damaged")
+                shutil.rmtree(aside, ignore_errors=True)
+                os.replace(b, aside)
             return c
-        bad.append(f"{c.name} does not verify: {problem}")
-        if set_aside:
-            aside = c.with_name(c.name + ".damaged")
-            shutil.rmtree(aside, ignore_errors=True)
-            os.replace(c, aside)
+        bad.append((c, f"{c.name} does not verify: {problem}"))
     if bad:
-        raise FastFTError(f"no checkpoint of {run_dir} verifies ({'; '.join(bad)}): the run cannot resume; remove "
-                          f"{Path(run_dir) / CKPT_DIR} to train it from the start")
+        raise FastFTError(f"no checkpoint of {run_dir} verifies ({'; '.join(why for _, why in bad)}): the run cannot "
+                          f"resume; remove {Path(run_dir) / CKPT_DIR} to train it from the start")
     return None
 
 

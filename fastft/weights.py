@@ -20,6 +20,7 @@ wrong or missing field is a :class:`FastFTError`, never a ``KeyError`` deep in t
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 import re
@@ -128,6 +129,9 @@ def check_model(blob, f: Path) -> ModelFile:
         raise FastFTError(f"{f}: 'model' must be a state dict (parameter name -> tensor)")
     if not isinstance(mc, dict):
         raise FastFTError(f"{f}: model_config must be a mapping, got {type(mc).__name__}")
+    lacking = [k.name for k in dataclasses.fields(ModelConfig) if k.name not in mc]
+    if lacking:  # a model file states its whole architecture: a default here would build some other network
+        raise FastFTError(f"{f}: model_config lacks {', '.join(lacking)}; expected {MODEL_FORMAT}")
     cfg = config.build(ModelConfig, mc, f"{f}: model_config")
     bad = [(k, v) for k, v, ok in (("num_classes", cfg.num_classes, cfg.num_classes >= 1),
                                    ("width", cfg.width, math.isfinite(cfg.width) and cfg.width > 0),
