@@ -112,14 +112,18 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(source_run, store,
 def test_config_mistakes_are_named_before_work(source_run, store, tmp_path):
     out, spec, src = source_run
     base = [f"spec={spec}", "set=target", f"store={store}", f"out={tmp_path}", *SMALL]
+    notes = tmp_path / "notes.json"  # a source that is a file but not a checkpoint
+    notes.write_text('{"model": "mine"}\n')
     cases = [(["epcohs=3"], "unknown key 'epcohs'"), (["epochs=three"], "epochs: expected an integer"),
              (["mode=finetune", f"source={tmp_path / 'nope'}"], "does not exist"),
              (["mode=finetune"], "needs source"), (["set=nonexistent"], "no set 'nonexistent'"),
              (["host_cache_gb=lots"], "host_cache_gb must be auto or a number"), (["conv1_pad=5"], "conv1_pad must be 0, 4 or 8"),
-             (["cpu_decode=2"], "cpu_decode is a share"), (["crop=81"], "crop 81 is larger than the store's images (--resize 80x80)")]
+             (["cpu_decode=2"], "cpu_decode is a share"), (["crop=81"], "crop 81 is larger than the store's images (--resize 80x80)"),
+             (["momentum=-0.9"], "momentum must be in [0, 1)"), (["batch_size=4096"], "is larger than the training split ("),
+             (["mode=finetune", f"source={notes}"], f"finetune source {notes} is not a PyTorch weights file")]
     for extra, msg in cases:
         r = fastft("train", *base, *extra, check=False)
-        assert r.returncode == 2 and msg in r.stderr, (extra, r.stderr[-500:])
+        assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, (extra, r.stderr[-500:])
     assert not list(tmp_path.glob("scratch-*")), "a refused run leaves no run directory"
     # a source trained on some (not all) of the target classes is refused unless allowed
     from fastft.subsets import ClassSet, SubsetSpec
