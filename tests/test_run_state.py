@@ -211,6 +211,10 @@ def test_checkpoint_checksums_name_each_kind_of_damage(source_run, tmp_path):
         shutil.copytree(ck[-1], c)
         hurt(c)
         assert msg in (runs.checkpoint_problem(c) or ""), what
+    legacy = tmp_path / "legacy" / ck[-1].name  # the marker of earlier versions (the name, no checksums): nothing to check
+    shutil.copytree(ck[-1], legacy)
+    (legacy / "COMPLETE").write_text(ck[-1].name)
+    assert runs.checkpoint_problem(legacy) is None and weights.load_checkpoint(legacy, 0)[1] is not None
     said = []
     truncate(ck[-1] / "state.pt")
     assert runs.resume_checkpoint(d, say=said.append) == ck[0]
