@@ -228,6 +228,12 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and "." not in p.name and (p / MARKER).exists())
 
 
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint, not verified (what a sweep shows; a resume uses :func:`resume_checkpoint`)."""
+    c = complete_checkpoints(run_dir)
+    return c[-1] if c else None
+
+
 def checkpoint_problem(ckpt: Path) -> str | None:
     """Why a complete checkpoint cannot be trusted (a file missing, or not matching its recorded sha256), or None.
     A marker of an earlier fastft version (its name only, no checksums) passes: there is nothing to check."""
