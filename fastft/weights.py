@@ -88,6 +88,7 @@ class ModelFile:
     config: ModelConfig
     classes: list | None        # wnids in label order (None: not recorded)
     run_id: str | None
+    preprocess: str | None = None  # the input preprocessing's name, when the file records one ({"name": …, …})
 
     def model(self, device: str = "cpu") -> AlexNet:
         """The model it describes, with its weights, in eval mode."""
@@ -146,7 +147,10 @@ def check_model(blob, f: Path) -> ModelFile:
     run_id = blob.get("run_id")
     if run_id is not None and not isinstance(run_id, str):
         raise FastFTError(f"{f}: run_id must be a string, got {type(run_id).__name__}")
-    return ModelFile(f, state, cfg, classes, run_id)
+    pre = blob.get("preprocess")
+    if pre is not None and not (isinstance(pre, dict) and isinstance(pre.get("name"), str)):
+        raise FastFTError(f"{f}: preprocess must be a mapping with the preprocessing's name, got {pre!r:.80}")
+    return ModelFile(f, state, cfg, classes, run_id, pre["name"] if pre else None)
 
 
 def load_checkpoint(ckpt: Path, rank: int) -> tuple[dict, dict | None]:

@@ -125,12 +125,12 @@ def test_foreign_truncated_and_malformed_model_files_get_clear_errors(source_run
             "width-text": {**blob, "model_config": {**mc, "width": "wide"}}, "width-zero": {**blob, "model_config": {**mc, "width": 0.0}},
             "unknown-key": {**blob, "model_config": {**mc, "depth": 5}}, "config-list": {**blob, "model_config": [1]},
             "classes-short": {**blob, "classes": blob["classes"][:-1]}, "run-id-int": {**blob, "run_id": 7},
-            "state-not-tensors": {**blob, "model": {"conv1.0.weight": [1.0]}}, "no-model": {k: v for k, v in blob.items() if k != "model"}}
+            "state-not-tensors": {**blob, "model": {"conv1.0.weight": [1.0]}}, "preprocess-text": {**blob, "preprocess": "caffe"}, "no-model": {k: v for k, v in blob.items() if k != "model"}}
     for name, b in meta.items():
         torch.save(b, tmp_path / f"{name}.pt")
     expect = {"plain-dict": "has no model or model_config", "bare-state-dict": "bare state dict", "no-width": "model_config lacks width",
               "width-text": "width: expected float", "width-zero": "width 0.0 is out of range", "unknown-key": "unknown key 'depth'",
-              "classes-short": "classes must be a list", "run-id-int": "run_id must be a string", "no-model": "has no model"}
+              "classes-short": "classes must be a list", "run-id-int": "run_id must be a string", "preprocess-text": "preprocess must be a mapping", "no-model": "has no model"}
     for name in [*cases, *(f"{m}.pt" for m in meta)]:
         with pytest.raises(FastFTError) as e:
             weights.read_model(tmp_path / name)
