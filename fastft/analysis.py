@@ -33,25 +33,26 @@ import torch
 from . import preprocess
 from . import probes as probes_mod
 from .errors import FastFTError
-from .model import LAYERS, AlexNet, ModelConfig
+from .files import write_json
+from .model import LAYERS, AlexNet
 from .report import beats_figure
+from .runs import is_finished, locate, memberships, read_config, run_dirs
 from .store import view_tag
+from .weights import ModelFile, read_model
 
 
 # ---------------------------------------------------------------- which runs, on which views
 def _expand(paths: list, plan: str | None) -> tuple[list[tuple[Path, dict]], list[tuple[Path, dict]]]:
     """(the runs ``paths`` name, with their configs; every run beside them). ``paths`` are run directories, or
     directories of runs — their finished runs, only ``plan``'s if given."""
-    from .runs import run_dirs
-
     runs, beside = [], {}
     for p in map(Path, paths):
         if (p / "config.json").exists():
-            runs.append((p, json.loads((p / "config.json").read_text())))
+            runs.append((p, read_config(p)))
             beside.update(run_dirs(p.parent))
         elif p.is_dir():
             here = run_dirs(p)
-            found = [(d, cfg) for d, cfg in here if (d / "final.json").exists() and (plan is None or plan in _plans(d))]
+            found = [(d, cfg) for d, cfg in here if is_finished(d) and (plan is None or plan in _plans(d))]
             if not found:
                 raise FastFTError(f"{p} holds no finished runs" + (f" of plan {plan!r}" if plan else "") +
                                   (f" (its plans: {', '.join(sorted({q for d, _ in here for q in _plans(d)}))})" if plan else ""))
@@ -70,7 +71,6 @@ def analysis_targets(paths: list, view=None, plan: str | None = None) -> list[tu
     trained on a target set on its own view; a source model on the views of the runs fine-tuned from it, found beside
     it (Table 3's "before fine-tuning"; with ``plan``, that plan's fine-tunes). So one call analyses a five-seed
     study, each seed's models on that seed's target, and ``filters`` / ``probes`` compare the models of one view."""
-    from .runs import locate
     from .subsets import is_target_set
 
     runs, beside = _expand(paths, plan)
@@ -103,8 +103,6 @@ def distance_targets(paths: list, plan: str | None = None) -> list[tuple[Path, P
     """``(source model, source view, target view)`` for each fine-tuned run among ``paths`` (as in
     :func:`analysis_targets`): the feature distance of a study's source→target pairs, measured in the source model's
     fc7 — what fine-tuning starts from. Each pair once."""
-    from .runs import locate
-
     runs, beside = _expand(paths, plan)
     configs = {d.resolve(): cfg for d, cfg in beside}
     out = {}
@@ -112,7 +110,7 @@ def distance_targets(paths: list, plan: str | None = None) -> list[tuple[Path, P
         src = locate(cfg["config"].get("source"), r)
         scfg = configs.get(src.resolve()) if src is not None else None
         if scfg is None and src is not None and (src / "config.json").exists():  # a source kept elsewhere
-            scfg = json.loads((src / "config.json").read_text())
+            scfg = read_config(src)
         sview = locate(scfg["config"].get("view"), src, "views") if scfg else None
         tview = locate(cfg["config"].get("view"), r, "views")
         if sview is not None and tview is not None:
@@ -125,26 +123,19 @@ def distance_targets(paths: list, plan: str | None = None) -> list[tuple[Path, P
 
 def _plans(run: Path) -> set[str]:
     """The plans a run serves (its ``sweep.json``)."""
-    from .runs import memberships
-
     return {m["plan"] for m in memberships(run) if m.get("plan")}
 
 
-def load_model(run: str | Path, device: str = "cpu") -> tuple[AlexNet, dict]:
-    run = Path(run)
-    f = run / "model.pt" if run.is_dir() else run
-    if not f.exists():
-        raise FastFTError(f"{run} has no model.pt (is the run finished?)")
-    blob = torch.load(f, map_location="cpu", weights_only=False)
-    mc = blob["model_config"]
-    m = AlexNet(ModelConfig(**mc))
-    m.load_state_dict(blob["model"])
-    return m.to(device).eval(), blob
+def load_model(run: str | Path, device: str = "cpu") -> tuple[AlexNet, ModelFile]:
+    """A run's (or a model file's) model in eval mode, and the checked file: read without running code, a run's
+    ``model.pt`` checked against the sha256 its ``final.json`` records (see :mod:`fastft.weights`)."""
+    mf = read_model(run)
+    return mf.model(device), mf
 
 
-def model_preprocess(blob: dict) -> str:
+def model_preprocess(mf: ModelFile) -> str:
     """The preprocessing a model file was trained with (files from before it was recorded: ``imagenet``)."""
-    name = (blob.get("preprocess") or {}).get("name", preprocess.LEGACY)
+    name = mf.preprocess or preprocess.LEGACY
     preprocess.mean_std(name)  # a name this version knows, or a clear error
     return name
 
@@ -169,7 +160,7 @@ def features(run: str | Path, view, split: str, layers: tuple[str, ...], *, devi
     loader = Loader(view, split, LoaderConfig(batch_size=batch, crop=crop, backend=backend, device=dev,
                                               preprocess=model_preprocess(blob)), train=False)
     n = len(loader.src)
-    tag = hashlib.sha256(json.dumps([blob.get("run_id"), view.meta["splits"][split]["keys_sha256"], view.meta["manifest_sha256"],
+    tag = hashlib.sha256(json.dumps([blob.run_id, view.meta["splits"][split]["keys_sha256"], view.meta["manifest_sha256"],
                                      split, pool]).encode()).hexdigest()[:16]
     cache = (Path(run) if Path(run).is_dir() else Path(run).parent) / "analysis" / "features"
     cache.mkdir(parents=True, exist_ok=True)
@@ -308,7 +299,7 @@ def filters(runs: list, view, device: str = "auto", out: str | Path | None = Non
     if out:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "filters.json").write_text(json.dumps(res, indent=1))
+        write_json(out / "filters.json", res)
         _pr_figure(aps, view, out / "filters-pr.png", pr_classes)
         beats_figure(beats, names, out / "filters-beats.png")
         res["figure"], res["beats_figure"] = str(out / "filters-pr.png"), str(out / "filters-beats.png")
@@ -376,6 +367,9 @@ def class_images(run, classes: list[int], steps: int = 200, lr: float = 1.0, l2:
     preprocessing, so ``lr`` and ``l2`` mean the same for a Caffe-scale and a normalised model."""
     dev = _device(device)
     model, blob = load_model(run, dev)
+    bad = [c for c in classes if not 0 <= c < model.cfg.num_classes]
+    if bad:
+        raise FastFTError(f"classes {bad} are not classes of {blob.path} (it has {model.cfg.num_classes}: 0 … {model.cfg.num_classes - 1})")
     s = model.cfg.input_size
     mean, std = (torch.tensor(v, device=dev).view(1, 3, 1, 1) for v in preprocess.mean_std(model_preprocess(blob)))
     unit = torch.tensor(preprocess.mean_std("imagenet")[1], device=dev).view(1, 3, 1, 1)  # one unit of z, in pixels
@@ -390,7 +384,7 @@ def class_images(run, classes: list[int], steps: int = 200, lr: float = 1.0, l2:
             z += lr * g
     with torch.no_grad():
         end = scores(z)
-    res = {"analysis": "classviz", "classes": [blob["classes"][c] for c in classes], "score_before": start.tolist(), "score_after": end.tolist()}
+    res = {"analysis": "classviz", "classes": [blob.classes[c] for c in classes] if blob.classes else list(classes), "score_before": start.tolist(), "score_after": end.tolist()}
     if out:
         from PIL import Image
 
@@ -437,4 +431,4 @@ def _save(run, name: str, res: dict, view=None) -> None:
     if view is not None:
         res = {**res, "view_tag": view_tag(view)}
         name = f"{name}-{res['view_tag']}"
-    (d / f"{name}.json").write_text(json.dumps(res, indent=1) + "\n")
+    write_json(d / f"{name}.json", res)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 from .errors import FastFTError
+from .files import write_json
 
 FAILED = "failed.json"
 
@@ -77,10 +77,7 @@ def finite(obj):
 
 def mark_failed(run_dir: Path, record: dict) -> None:
     """Write ``failed.json`` atomically (a later sweep or report reads it)."""
-    p = Path(run_dir) / FAILED
-    tmp = p.with_name(FAILED + ".tmp")
-    tmp.write_text(json.dumps(finite({"status": "failed", **record}), indent=1, allow_nan=False) + "\n")
-    os.replace(tmp, p)
+    write_json(Path(run_dir) / FAILED, finite({"status": "failed", **record}))
 
 
 def failure(run_dir: Path) -> dict | None:

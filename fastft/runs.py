@@ -7,8 +7,12 @@ identity (spec hash, set, store manifest hash), model, protocol and seed — and
 threads), so the same run is never trained twice and a re-run finds its directory.
 
 Checkpoints are atomic: written into ``checkpoints/<name>.tmp/``, every file fsynced, a ``COMPLETE`` marker written
-last, then the directory is renamed; older checkpoints are deleted only after the new one is complete. Resume takes
-the newest directory that has the marker.
+last — it records the sha256 of every file of the checkpoint — then the directory is renamed; older checkpoints are
+deleted only after the new one is complete. Resume takes the newest checkpoint whose files match their checksums
+(:func:`resume_checkpoint`): a truncated or overwritten file is named, that checkpoint set aside as
+``<name>.damaged``, and the one before it tried. Every other file a later step reads is written whole or not at all
+(:func:`fastft.files.fsync_write`), and read back only through a check: a damaged ``final.json`` means the run is not
+finished (:func:`read_final`); the ``model.pt`` it lists must match the sha256 it records (:func:`verify_model`).
 """
 from __future__ import annotations
 
@@ -18,19 +22,97 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from .errors import FastFTError
+from .files import atomic_file, fsync_dir, write_json
+from .store import lock_file, sha256_file
 
 CKPT_DIR = "checkpoints"
+MARKER = "COMPLETE"
 
 
 def run_id(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
 
 
+def read_json(path: Path, what: str) -> dict | None:
+    """A JSON object fastft wrote (None if the file is absent); a file that is empty, cut short or not an object is
+    a :class:`FastFTError` naming it — never a ``JSONDecodeError`` in a later step."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise FastFTError(f"{path} is damaged (empty, cut short or not JSON)" + (f"; {what}" if what else "")) from None
+    if not isinstance(d, dict):
+        raise FastFTError(f"{path} is damaged (not a JSON object)" + (f"; {what}" if what else ""))
+    return d
+
+
+def read_final(run_dir: Path, say=None) -> dict | None:
+    """``final.json`` of a finished run; None while the run is not finished — also when the file is damaged (``say``
+    is told): a half-written summary is never trusted, the run's end is redone from its last checkpoint."""
+    p = Path(run_dir) / "final.json"
+    try:
+        d = read_json(p, "")
+    except FastFTError:
+        d = {}
+    if d is not None and "run_id" not in d:
+        if say:
+            say(f"{p} is damaged (empty, cut short or not a run summary): the run is not finished; its end is redone "
+                "from its last checkpoint")
+        return None
+    return d
+
+
 def is_finished(run_dir: Path) -> bool:
-    return (Path(run_dir) / "final.json").exists()
+    return read_final(run_dir) is not None
+
+
+def read_config(run_dir: Path) -> dict:
+    """A run's ``config.json`` (resolved config and identity)."""
+    d = read_json(Path(run_dir) / "config.json", "re-run its fastft train command to rewrite it")
+    if d is None:
+        raise FastFTError(f"{run_dir} is not a run directory (no config.json)")
+    return d
+
+
+def start_run(run_dir: Path, resolved: dict, say=print):
+    """Take a run directory for training: its lock (returned; held while the file stays open), then ``config.json``
+    (checked against this run's identity) and ``env.json``, written atomically."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    held = lock_file(run_dir / ".lock", f"run {run_dir}")
+    try:
+        old = read_json(run_dir / "config.json", "")
+    except FastFTError as e:  # the directory's name carries the run id (the identity's hash): rewriting is safe
+        say(f"{e}; rewritten from this run's config")
+        old = None
+    if old is not None and old.get("identity") != resolved["identity"]:
+        held.close()
+        raise FastFTError(f"{run_dir} holds a different run (config changed); use another out: or name:")
+    write_json(run_dir / "config.json", resolved)
+    write_json(run_dir / "env.json", environment())
+    return held
+
+
+def write_final(run_dir: Path, final: dict) -> None:
+    """The run's summary, written last: from now on the run is finished."""
+    write_json(Path(run_dir) / "final.json", final)
+
+
+def verify_model(f: Path) -> None:
+    """A ``model.pt`` whose run's ``final.json`` records its sha256 must match it (runs of earlier fastft versions
+    recorded none)."""
+    f = Path(f)
+    final = read_final(f.parent) if f.name == "model.pt" else None
+    want = (final or {}).get("model_sha256")
+    if want and sha256_file(f) != want:
+        raise FastFTError(f"{f} does not match the sha256 that {f.parent / 'final.json'} recorded for it: the file was "
+                          "damaged or replaced after the run finished; restore it, or retrain the run (delete its "
+                          "final.json and re-run its fastft train command)")
 
 
 def locate(recorded: str | None, run_dir: Path, beside: str = "") -> Path | None:
@@ -51,8 +133,11 @@ def run_dirs(root: str | Path) -> list[tuple[Path, dict]]:
     out = []
     for f in sorted(Path(root).rglob("config.json")):
         try:
-            cfg = json.loads(f.read_text())
-        except (json.JSONDecodeError, OSError):
+            cfg = read_json(f, "the run is left out; re-run its fastft train command to rewrite it")
+        except FastFTError as e:
+            print(f"fastft: warning: {e}", file=sys.stderr)
+            continue
+        except OSError:
             continue
         if isinstance(cfg, dict) and "run_id" in cfg:
             out.append((f.parent, cfg))
@@ -62,8 +147,7 @@ def run_dirs(root: str | Path) -> list[tuple[Path, dict]]:
 def memberships(run_dir: Path) -> list[dict]:
     """What a run serves: one entry per (plan, template, grid point) from its ``sweep.json`` (``[{}]`` for a run
     trained outside a sweep)."""
-    p = Path(run_dir) / "sweep.json"
-    d = json.loads(p.read_text()) if p.exists() else {}
+    d = read_json(Path(run_dir) / "sweep.json", "re-run the sweep (fastft sweep) to rewrite it") or {}
     return d.get("memberships") or [d]
 
 
@@ -96,59 +180,108 @@ def environment() -> dict:
     return env
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def save_file(obj, path: Path) -> None:
+def save_file(obj, path: Path) -> str:
+    """``torch.save`` of ``obj`` to ``path``, whole or not at all; returns the file's sha256."""
     import torch
 
-    with open(path, "wb") as f:
+    with atomic_file(path) as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    return sha256_file(path)
 
 
 def checkpoint_tmp(run_dir: Path, name: str) -> Path:
+    """The empty directory a checkpoint is written into (left-overs of a killed attempt removed first)."""
     tmp = Path(run_dir) / CKPT_DIR / f"{name}.tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     return tmp
 
 
 def commit_checkpoint(run_dir: Path, name: str, keep: int = 2) -> Path:
-    """Mark ``<name>.tmp`` complete, rename it into place, then prune old complete checkpoints (keeping ``keep``)."""
+    """Mark ``<name>.tmp`` complete (the marker records every file's sha256), rename it into place, then prune old
+    complete checkpoints (keeping ``keep``)."""
     root = Path(run_dir) / CKPT_DIR
     tmp, final = root / f"{name}.tmp", root / name
-    for f in tmp.iterdir():
-        if f.is_file():
+    sums = {}
+    for f in sorted(tmp.iterdir()):
+        if f.name.endswith(".tmp"):  # a write that never completed is no part of the checkpoint
+            f.unlink()
+        elif f.is_file() and f.name != MARKER:
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-    (tmp / "COMPLETE").write_text(name)
-    _fsync_dir(tmp)
+            sums[f.name] = sha256_file(f)
+    write_json(tmp / MARKER, {"name": name, "sha256": sums})
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     for old in complete_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (names sort by epoch then step)."""
+    """Complete checkpoints, oldest first (names sort by epoch then step; ``.tmp`` and ``.damaged`` ones are not)."""
     root = Path(run_dir) / CKPT_DIR
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.endswith(".tmp") and (p / "COMPLETE").exists())
+    return sorted(p for p in root.iterdir() if p.is_dir() and "." not in p.name and (p / MARKER).exists())
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint, not verified (what a sweep shows; a resume uses :func:`resume_checkpoint`)."""
     c = complete_checkpoints(run_dir)
     return c[-1] if c else None
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why a complete checkpoint cannot be trusted (a file missing, or not matching its recorded sha256), or None.
+    A marker of an earlier fastft version (its name only, no checksums) passes: there is nothing to check."""
+    ckpt = Path(ckpt)
+    try:
+        text = (ckpt / MARKER).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        return f"its {MARKER} marker cannot be read ({e})"
+    if text.strip() == ckpt.name:
+        return None
+    try:
+        sums = json.loads(text).get("sha256")
+    except (json.JSONDecodeError, AttributeError):
+        sums = None
+    if not (isinstance(sums, dict) and "state.pt" in sums and all(isinstance(k, str) and "/" not in k and k not in (".", "..")
+                                                                  and isinstance(v, str) for k, v in sums.items())):
+        return f"its {MARKER} marker is damaged"
+    for fname, want in sorted(sums.items()):
+        p = ckpt / fname
+        if not p.is_file():
+            return f"{fname} is missing"
+        if sha256_file(p) != want:
+            return f"{fname} does not match its recorded sha256 (changed or damaged after it was written)"
+    return None
+
+
+def resume_checkpoint(run_dir: Path, say=print, set_aside: bool = True) -> Path | None:
+    """The newest complete checkpoint that verifies (None for a run without checkpoints). Newer ones that do not
+    are named (``say``) and, with ``set_aside`` (one process of a run), renamed ``<name>.damaged``: kept for
+    inspection, never resumed from or counted among the kept checkpoints. When none verifies, this raises and
+    leaves them all in place (a re-run refuses again rather than silently starting over)."""
+    bad = []
+    for c in reversed(complete_checkpoints(run_dir)):
+        problem = checkpoint_problem(c)
+        if problem is None:
+            if bad:
+                say(f"checkpoint {'; '.join(why for _, why in bad)}: resuming from the previous one, {c.name}" +
+                    (" (the damaged ones are kept as *.damaged)" if set_aside else ""))
+            for b, _ in bad if set_aside else ():
+                aside = b.with_name(b.name + ".damaged")
+                shutil.rmtree(aside, ignore_errors=True)
+                os.replace(b, aside)
+            return c
+        bad.append((c, f"{c.name} does not verify: {problem}"))
+    if bad:
+        raise FastFTError(f"no checkpoint of {run_dir} verifies ({'; '.join(why for _, why in bad)}): the run cannot "
+                          f"resume; remove {Path(run_dir) / CKPT_DIR} to train it from the start")
+    return None
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -160,20 +293,28 @@ def read_metrics(run_dir: Path) -> list[dict]:
     out = []
     for i, line in enumerate(lines):
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
+            rec = json.loads(line)
+            if not isinstance(rec, dict) or not isinstance(rec.get("epoch"), int):
+                raise ValueError
+            out.append(rec)
+        except ValueError:  # JSONDecodeError is one
             if i < len(lines) - 1:
-                raise FastFTError(f"{p}: line {i + 1} is not JSON") from None
+                raise FastFTError(f"{p}: line {i + 1} is not an epoch's record (damaged)") from None
     return out
 
 
 def trim_metrics(run_dir: Path, epochs: int) -> None:
-    """Before a resumed run goes on from a checkpoint taken ``epochs`` epochs in: drop records of later epochs (a
-    kill between writing an epoch's record and its checkpoint leaves one, and the epoch runs again) and a cut line."""
+    """Before a run goes on from a checkpoint taken ``epochs`` epochs in (0: a start from scratch): drop records of
+    later epochs — a kill between writing an epoch's record and its checkpoint leaves one, a kill before the first
+    checkpoint leaves several, and those epochs run again — and a cut line. The metrics then are exactly those of an
+    uninterrupted run."""
     p = Path(run_dir) / "metrics.jsonl"
     if not p.exists():
         return
+    if epochs == 0:  # nothing to keep (and nothing to parse: a damaged file is simply replaced)
+        p.unlink()
+        fsync_dir(p.parent)
+        return
     keep = [m for m in read_metrics(run_dir) if m["epoch"] <= epochs]
-    tmp = p.with_name("metrics.jsonl.tmp")
-    tmp.write_text("".join(json.dumps(m) + "\n" for m in keep))
-    os.replace(tmp, p)
+    with atomic_file(p) as f:
+        f.write("".join(json.dumps(m) + "\n" for m in keep).encode())

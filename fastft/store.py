@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FastFTError
+from .files import fsync_write  # noqa: F401 (the writer, fastft.shard, imports it from here)
 from .taxonomy import load
 
 STORE_VERSION = 1
@@ -51,16 +52,6 @@ def parse_resize(spec: str):
     if spec == "none":
         return ("none", 0, 0)
     raise FastFTError(f"--resize must be WxH (e.g. 256x256), short:N or none; got {spec!r}")
-
-
-def fsync_write(path: Path, data: bytes) -> None:
-    """Write ``path`` whole or not at all: a temp file, fsync, rename (a crash leaves the old file or none)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def sha256_file(path: Path, progress=None) -> str:

@@ -9,6 +9,7 @@ schedule) does not depend on the number of processes.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -22,13 +23,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import preprocess, runs
+from . import preprocess, runs, weights
 from .config import to_dict
 from .errors import FastFTError
 from .guard import FAILED, Diverged, NonFiniteWatch, clear_failure, finite, mark_failed, plateau_flag
-from .model import AlexNet, ModelConfig
+from .model import FREEZABLE, AlexNet, ModelConfig
 
 MODES = ("scratch", "finetune")
+SEED_MAX = (2 ** 32 - 1000) // 1000  # per-rank seeds seed * 1000 + 1 + rank stay below 2**32 (numpy's limit)
+MIN_CROP = 67                         # AlexNet's smallest input (one pixel left after pool5)
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,8 @@ class TrainConfig:
     progress: bool = True
 
     def validate(self) -> None:
+        """Every key's range, before any work (types are checked by ``fastft.config``)."""
+        self._validate_numbers()
         if self.mode not in MODES:
             raise FastFTError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.view is None and (self.spec is None or self.store is None):
@@ -94,9 +99,6 @@ class TrainConfig:
             raise FastFTError("mode finetune needs source: <run dir or model.pt>")
         if self.mode == "scratch" and (self.source or self.freeze):
             raise FastFTError("mode scratch takes no source and no freeze; use mode finetune")
-        for k in ("epochs", "batch_size", "lr_step", "eval_every", "checkpoint_every", "keep_checkpoints"):
-            if getattr(self, k) < 1:
-                raise FastFTError(f"{k} must be >= 1, got {getattr(self, k)}")
         if self.backend not in ("dali", "pytorch"):
             raise FastFTError(f"backend must be dali or pytorch, got {self.backend!r}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -106,21 +108,38 @@ class TrainConfig:
         for k in ("compile", "cache"):
             if getattr(self, k) not in (True, False, "auto"):
                 raise FastFTError(f"{k} must be true, false or auto, got {getattr(self, k)!r}")
-        if not (self.host_cache_gb == "auto" or isinstance(self.host_cache_gb, (int, float)) and self.host_cache_gb >= 0):
+        if not (self.host_cache_gb == "auto" or isinstance(self.host_cache_gb, (int, float)) and 0 <= self.host_cache_gb < math.inf):
             raise FastFTError(f"host_cache_gb must be auto or a number of GB >= 0, got {self.host_cache_gb!r}")
         for k in ("hw_decoder_load", "cpu_decode"):
             if not (isinstance(getattr(self, k), (int, float)) and 0 <= getattr(self, k) <= 1):
                 raise FastFTError(f"{k} is a share: 0 to 1, got {getattr(self, k)!r}")
         if self.conv1_pad not in (0, 4, 8):
             raise FastFTError(f"conv1_pad must be 0, 4 or 8, got {self.conv1_pad!r}")
-        if self.lr is not None and self.lr <= 0:
-            raise FastFTError(f"lr must be positive, got {self.lr}")
         preprocess.mean_std(self.preprocess)
-        for k in ("bias_lr_mult", "bias_decay_mult", "head_lr_mult"):
-            if getattr(self, k) < 0:
-                raise FastFTError(f"{k} must be >= 0, got {getattr(self, k)}")
-        if self.plateau_epochs < 0 or not 0 <= self.plateau_tol < 1:
-            raise FastFTError(f"plateau_epochs must be >= 0 and plateau_tol in [0, 1), got {self.plateau_epochs}, {self.plateau_tol}")
+
+    def _validate_numbers(self) -> None:
+        def need(key: str, ok, rule: str) -> None:
+            v = getattr(self, key)
+            if isinstance(v, float) and not math.isfinite(v) or not ok(v):
+                raise FastFTError(f"{key} must be {rule}, got {v!r}")
+
+        for k in ("epochs", "batch_size", "lr_step", "eval_every", "checkpoint_every", "keep_checkpoints"):
+            need(k, lambda v: v >= 1, ">= 1")
+        for k in ("weight_decay", "num_threads", "augment_to", "cache_gb"):
+            need(k, lambda v: v >= 0, ">= 0")
+        need("freeze", lambda v: 0 <= v <= len(FREEZABLE), f"0 … {len(FREEZABLE)} (the layers conv1 … fc7 kept fixed)")
+        need("lr", lambda v: v is None or v > 0, "positive")
+        # the LR is multiplied by lr_gamma every lr_step epochs: 1 keeps it constant, above 1 it would grow
+        need("lr_gamma", lambda v: 0 < v <= 1, "in (0, 1]: the LR is multiplied by it every lr_step epochs (1 = constant)")
+        need("momentum", lambda v: 0 <= v < 1, "in [0, 1)")
+        # per-rank seeds are seed * 1000 + 1 + rank (numpy takes 32 bits)
+        need("seed", lambda v: 0 <= v <= SEED_MAX, f"0 … {SEED_MAX}")
+        need("width", lambda v: v > 0, "positive (1.0 = the paper's AlexNet)")
+        need("crop", lambda v: v >= MIN_CROP, f">= {MIN_CROP} (AlexNet's smallest input)")
+        for k in ("bias_lr_mult", "bias_decay_mult", "head_lr_mult"):  # Caffe's lr_mult / decay_mult
+            need(k, lambda v: v >= 0, ">= 0")
+        need("plateau_epochs", lambda v: v >= 0, ">= 0 (0 = no learning check)")
+        need("plateau_tol", lambda v: 0 <= v < 1, "in [0, 1): a share of ln C")
 
     @property
     def base_lr(self) -> float:
@@ -224,17 +243,13 @@ class Preempted(SystemExit):
         super().__init__(128 + int(signum))
 
 
-def _source_model(path: str) -> tuple[dict, dict, Path]:
+def _source_model(path: str) -> weights.ModelFile:
+    """A fine-tune source: a run directory (its ``model.pt``) or a model file, read without running code and checked
+    (see :mod:`fastft.weights`)."""
     p = Path(path)
-    f = p / "model.pt" if p.is_dir() else p
-    if not f.exists():
-        if p.is_dir() and not runs.is_finished(p):
-            raise FastFTError(f"source run {p} has not finished (no model.pt); train it first")
+    if not p.exists():
         raise FastFTError(f"finetune source {path} does not exist")
-    blob = torch.load(f, map_location="cpu", weights_only=False)
-    if "model" not in blob or "model_config" not in blob:
-        raise FastFTError(f"{f} is not a fastft model file")
-    return blob["model"], blob, f
+    return weights.read_model(p, "finetune source")
 
 
 def view_path_for(cfg: TrainConfig, existing_only: bool = False) -> str:
@@ -270,34 +285,38 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
     view_path = view_path_for(cfg) if acc.is_main_process else None
     acc.wait_for_everyone()
     view_path = view_path or view_path_for(cfg, existing_only=True)
-    from .store import lock_file, open_view  # data module: no DALI import
+    from .store import open_view  # data module: no DALI import
 
     # the node's first rank hashes the view's shards (remembered in the store); its other ranks then find them checked
     with acc.local_main_process_first():
         view = open_view(view_path)
     for split in ("train", "val"):
         view.split(split)
+    n_train = view.split("train")["samples"]
+    if cfg.batch_size > n_train:  # one "epoch" would be several passes over the split (pipelines.EpochPlan pads)
+        raise FastFTError(f"batch_size {cfg.batch_size} is larger than the training split ({n_train} images in "
+                          f"{view_path}): use batch_size <= {n_train}")
     view.check_crop(cfg.crop)
     num_classes = view.num_classes
 
     # ---- source (fine-tuning) checks, before any work
-    src_state = src_blob = None
+    src = None
     source_id = None
     if cfg.mode == "finetune":
-        src_state, src_blob, src_file = _source_model(cfg.source)
-        mc = src_blob["model_config"]
-        if (mc["width"], mc["groups"]) != (cfg.width, cfg.groups):
-            raise FastFTError(f"source {src_file} has width {mc['width']}, groups {mc['groups']}; this run asks width {cfg.width}, groups {cfg.groups}")
-        src_pre = (src_blob.get("preprocess") or {}).get("name", preprocess.LEGACY)
+        src = _source_model(cfg.source)
+        src_file, mc = src.path, src.config
+        if (mc.width, mc.groups) != (cfg.width, cfg.groups):
+            raise FastFTError(f"source {src_file} has width {mc.width}, groups {mc.groups}; this run asks width {cfg.width}, groups {cfg.groups}")
+        src_pre = src.preprocess or preprocess.LEGACY
         if src_pre != cfg.preprocess:
             raise FastFTError(f"source {src_file} was trained with preprocess {src_pre!r}; this run asks {cfg.preprocess!r}: "
                               f"a model must see its inputs on the scale it learnt (set preprocess: {src_pre})")
-        overlap = set(src_blob.get("classes", [])) & set(view.classes)
+        overlap = set(src.classes or []) & set(view.classes)
         if 0 < len(overlap) < len(view.classes) and not cfg.allow_overlap:
             raise FastFTError(f"source {src_file} was trained on {len(overlap)} of the {len(view.classes)} target classes "
                               f"(e.g. {sorted(overlap)[:3]}); sources must be disjoint from the target or contain all of it "
                               "(set allow_overlap: true if this is intended)")
-        source_id = src_blob.get("run_id") or str(src_file)
+        source_id = src.run_id or str(src_file)
     identity = run_identity(cfg, view.meta, precision, source_id)
     rid = runs.run_id(identity)
     run_dir = run_dir_for(cfg, rid)
@@ -313,26 +332,20 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
                 "step": {"compile": use_compile, "cuda_graph": use_graph, "fused_sgd": cfg.fused_sgd and device == "cuda",
                          "conv1_pad": cfg.conv1_pad if device == "cuda" else 0},
                 "device": device, "precision": precision, "num_classes": num_classes}
-    if runs.is_finished(run_dir):
+    done = runs.read_final(run_dir, say=acc.print)
+    if done is not None:
         acc.print(f"run {run_dir} is already finished; nothing to do")
-        return json.loads((run_dir / "final.json").read_text())
-    held = None  # the run directory's lock: two processes training one run would overwrite each other's checkpoints
-    if acc.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        held = lock_file(run_dir / ".lock", f"run {run_dir}")
-        cp = run_dir / "config.json"
-        if cp.exists() and json.loads(cp.read_text())["identity"] != identity:
-            raise FastFTError(f"{run_dir} holds a different run (config changed); use another out: or name:")
-        cp.write_text(json.dumps(resolved, indent=1) + "\n")
-        (run_dir / "env.json").write_text(json.dumps(runs.environment(), indent=1) + "\n")
+        return done
+    # the run directory's lock: two processes training one run would overwrite each other's checkpoints
+    held = runs.start_run(run_dir, resolved, say=acc.print) if acc.is_main_process else None
     acc.wait_for_everyone()
 
     # ---- model and optimiser (identical on every rank), then per-rank RNG for dropout
     mcfg = ModelConfig(num_classes, cfg.width, cfg.crop, cfg.groups, init=cfg.init)
     if cfg.mode == "finetune":
-        model = AlexNet(ModelConfig(src_blob["model_config"]["num_classes"], cfg.width, cfg.crop, cfg.groups, init=cfg.init))
+        model = AlexNet(ModelConfig(src.config.num_classes, cfg.width, cfg.crop, cfg.groups, init=cfg.init))
         try:
-            model.load_state_dict(src_state)
+            model.load_state_dict(src.state)
         except RuntimeError as e:
             raise FastFTError(f"source weights do not fit this model (crop {cfg.crop}, width {cfg.width}): {str(e)[:200]}") from None
         torch.manual_seed(cfg.seed)  # the new head is identical on every rank
@@ -351,20 +364,18 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
     opt = sgd(param_groups(model, cfg, head), cfg.base_lr, cfg.momentum, cfg.weight_decay, fused=cfg.fused_sgd and device == "cuda")
 
     start_epoch, loader_state, partial = 0, None, None
-    ckpt = runs.latest_checkpoint(run_dir)
+    ckpt = runs.resume_checkpoint(run_dir, say=acc.print, set_aside=acc.is_main_process)  # checksums verified
     if ckpt is not None:
-        st = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+        st, local = weights.load_checkpoint(ckpt, rank)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         start_epoch, loader_state = st["epoch"], st["loader"]
-        rng_file = ckpt / f"rng-{rank}.pt"
-        if rng_file.exists():
-            local = torch.load(rng_file, weights_only=False)
+        if local is not None:
             _set_rng(local["rng"])
-            partial = local["partial"]
+            partial = local.get("partial")
         acc.print(f"resuming {run_dir.name} from {ckpt.name} (epoch {loader_state['epoch']}, step {loader_state['step']})")
-        if acc.is_main_process:
-            runs.trim_metrics(run_dir, start_epoch)
+    if acc.is_main_process:  # records of epochs that run again (also on a start from scratch) go
+        runs.trim_metrics(run_dir, start_epoch)
     model, opt = acc.prepare(model, opt)
     if cfg.cuda_graph and device == "cuda" and world > 1:
         acc.print("note: cuda_graph is used in single-process runs only; this run uses plain steps")
@@ -490,10 +501,10 @@ def train(cfg: TrainConfig, loader_factory: Callable) -> dict:
         if flag:
             acc.print(f"warning: {run_dir.name} {flag}; the report marks it and keeps it out of means")
     if acc.is_main_process:
-        runs.save_file({"model": acc.unwrap_model(model).state_dict(), "model_config": vars(acc.unwrap_model(model).cfg),
-                        "classes": view.classes, "run_id": rid, "preprocess": preprocess.describe(cfg.preprocess)},
-                       run_dir / "model.pt")
-        (run_dir / "final.json").write_text(json.dumps(finite(final), indent=1, allow_nan=False) + "\n")  # written last: the run is finished
+        final["model_sha256"] = runs.save_file({"model": acc.unwrap_model(model).state_dict(), "model_config": vars(acc.unwrap_model(model).cfg),
+                                                 "classes": view.classes, "run_id": rid, "preprocess": preprocess.describe(cfg.preprocess)},
+                                                run_dir / "model.pt")
+        runs.write_final(run_dir, finite(final))  # written last: the run is finished
         held.close()
     acc.wait_for_everyone()
     if cfg.trackers:
@@ -640,7 +651,10 @@ def evaluate(acc, model, loader, device: str, channels_last: bool) -> dict:
 
 
 def _get_rng() -> dict:
-    s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's RNG states as plain data and tensors, which :func:`fastft.weights.load` reads without running
+    code (numpy's key vector as a list of ints, not an ndarray)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    s = {"python": random.getstate(), "numpy": [name, keys.tolist(), pos, has_gauss, gauss], "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         s["cuda"] = torch.cuda.get_rng_state_all()
     return s
@@ -648,7 +662,8 @@ def _get_rng() -> dict:
 
 def _set_rng(s: dict) -> None:
     random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
+    name, keys, pos, has_gauss, gauss = s["numpy"]  # keys: a list (or an ndarray in checkpoints of earlier versions)
+    np.random.set_state((name, np.asarray(keys, np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(s["torch"])
     if "cuda" in s and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])

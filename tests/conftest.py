@@ -55,6 +55,19 @@ def view_near(demo_spec, store, tmp_path_factory):
     return resolve(demo_spec, "near", store, tmp_path_factory.mktemp("views") / "near")
 
 
+@pytest.fixture(scope="session")
+def source_run(demo_spec, store, tmp_path_factory):
+    """A finished 4-epoch scratch run on the near set: (runs dir, spec path, run dir); its checkpoints e0002 and e0003
+    are kept. Tests that change it work on a copy."""
+    from clirun import SMALL, fastft, run_dir
+
+    out = tmp_path_factory.mktemp("runs")
+    spec = out / "spec.json"
+    demo_spec.save(spec)
+    fastft("train", f"spec={spec}", "set=near", f"store={store}", f"out={out}", "name=near", "epochs=4", "lr=0.005", *SMALL)
+    return out, spec, run_dir(out, "near")
+
+
 @pytest.fixture
 def hold_lock():
     """``with hold_lock(path):`` — another process holds fastft's lock on ``path`` (as a concurrent shard or run would)."""

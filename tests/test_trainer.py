@@ -3,41 +3,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from clirun import SMALL, fastft, metrics, run_dir, strip_speed
 
 from fastft.model import AlexNet, ModelConfig
 from fastft.trainer import TrainConfig, lr_at
-
-SMALL = ["width=0.25", "crop=71", "batch_size=32", "init=paper-scaled", "plateau_epochs=0", "progress=false", "num_threads=1"]
-
-
-def fastft(*args, env=None, check=True):
-    e = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    r = subprocess.run([sys.executable, "-m", "fastft", *map(str, args)], capture_output=True, text=True, env=e, timeout=600)
-    if check and r.returncode:
-        raise AssertionError(f"fastft {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
-    return r
-
-
-def run_dir(out: Path, name: str) -> Path:
-    (d,) = [p for p in out.iterdir() if p.name.startswith(name + "-")]
-    return d
-
-
-def metrics(d: Path) -> list[dict]:
-    return [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def source_run(demo_spec, store, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    spec = out / "spec.json"
-    demo_spec.save(spec)
-    fastft("train", f"spec={spec}", "set=near", f"store={store}", f"out={out}", "name=near", "epochs=4", "lr=0.005", *SMALL)
-    return out, spec, run_dir(out, "near")
 
 
 def test_paper_initialisation():
@@ -79,8 +51,8 @@ def test_finetune_replaces_head_and_freezes(source_run, store):
     fastft("train", f"spec={spec}", "set=target", f"store={store}", f"out={out}", "name=ft", "mode=finetune", f"source={src}",
            "freeze=3", "epochs=2", "cache=true", *SMALL)
     ft = run_dir(out, "ft")
-    a = torch.load(src / "model.pt", weights_only=False)["model"]
-    b = torch.load(ft / "model.pt", weights_only=False)["model"]
+    a = torch.load(src / "model.pt", weights_only=True)["model"]
+    b = torch.load(ft / "model.pt", weights_only=True)["model"]
     for k in a:
         if k.startswith(("conv1", "conv2", "conv3")):
             assert torch.equal(a[k], b[k]), f"{k} is frozen"
@@ -115,8 +87,7 @@ def test_two_process_run_stops_on_sigterm_in_short_epochs_and_resumes_like_unint
     assert r.returncode != 0 and "preempted: checkpointed at epoch 1 step 0" in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
     assert not (b / "final.json").exists() and len(metrics(b)) == 1
     fastft(*args, f"out={out / 'pb'}", *procs)
-    strip = lambda ms: [{k: v for k, v in x.items() if k not in ("img_per_s", "train_secs")} for x in ms]  # noqa: E731
-    assert strip(metrics(run_dir(out / "pa", "ps"))) == strip(metrics(b))
+    assert strip_speed(metrics(run_dir(out / "pa", "ps"))) == strip_speed(metrics(b))
 
 
 def test_sigterm_checkpoints_and_resume_matches_uninterrupted(source_run, store, hold_lock):
@@ -135,22 +106,25 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(source_run, store,
         r = fastft(*args, f"out={out / 'b'}", check=False)
         assert r.returncode == 2 and "being written by another process" in r.stderr, r.stderr[-2000:]
     fastft(*args, f"out={out / 'b'}")
-    strip = lambda ms: [{k: v for k, v in x.items() if k not in ("img_per_s", "train_secs")} for x in ms]  # noqa: E731
-    assert strip(metrics(run_dir(out / "a", "far"))) == strip(metrics(b))
+    assert strip_speed(metrics(run_dir(out / "a", "far"))) == strip_speed(metrics(b))
     assert "already finished" in fastft(*args, f"out={out / 'b'}").stdout
 
 
 def test_config_mistakes_are_named_before_work(source_run, store, tmp_path):
     out, spec, src = source_run
     base = [f"spec={spec}", "set=target", f"store={store}", f"out={tmp_path}", *SMALL]
+    notes = tmp_path / "notes.json"  # a source that is a file but not a checkpoint
+    notes.write_text('{"model": "mine"}\n')
     cases = [(["epcohs=3"], "unknown key 'epcohs'"), (["epochs=three"], "epochs: expected an integer"),
              (["mode=finetune", f"source={tmp_path / 'nope'}"], "does not exist"),
              (["mode=finetune"], "needs source"), (["set=nonexistent"], "no set 'nonexistent'"),
              (["host_cache_gb=lots"], "host_cache_gb must be auto or a number"), (["conv1_pad=5"], "conv1_pad must be 0, 4 or 8"),
-             (["cpu_decode=2"], "cpu_decode is a share"), (["crop=81"], "crop 81 is larger than the store's images (--resize 80x80)")]
+             (["cpu_decode=2"], "cpu_decode is a share"), (["crop=81"], "crop 81 is larger than the store's images (--resize 80x80)"),
+             (["momentum=-0.9"], "momentum must be in [0, 1)"), (["batch_size=4096"], "is larger than the training split ("),
+             (["mode=finetune", f"source={notes}"], f"finetune source {notes} is not a PyTorch weights file")]
     for extra, msg in cases:
         r = fastft("train", *base, *extra, check=False)
-        assert r.returncode == 2 and msg in r.stderr, (extra, r.stderr[-500:])
+        assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, (extra, r.stderr[-500:])
     assert not list(tmp_path.glob("scratch-*")), "a refused run leaves no run directory"
     # a source trained on some (not all) of the target classes is refused unless allowed
     from fastft.subsets import ClassSet, SubsetSpec

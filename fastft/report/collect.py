@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import FastFTError
-from ..runs import locate, memberships, read_metrics, run_dirs
+from ..runs import locate, memberships, read_final, read_metrics, run_dirs
 from ..subsets import grid_set
 
 
@@ -18,7 +18,7 @@ def collect(runs_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per run, one row per run × epoch)."""
     rows, curves = [], []
     for d, cfg in run_dirs(runs_dir):
-        fin = json.loads((d / "final.json").read_text()) if (d / "final.json").exists() else {}
+        fin = read_final(d) or {}  # a damaged summary counts as not finished
         for sw in memberships(d):  # one row per plan the run serves
             _collect_one(d, cfg, cfg["config"], sw, fin, rows, curves)
     if not rows:

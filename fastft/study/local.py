@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 
 from ..errors import FastFTError
+from ..files import write_json
 from ..guard import failure, mark_failed
+from ..runs import is_finished, read_final
 from ..util import env
 from . import leases
 from .plan import RunSpec
@@ -29,7 +31,7 @@ def state(out: Path, r: RunSpec) -> str:
 
     if r.run_dir is None:
         return "to run"
-    if (r.run_dir / "final.json").exists():
+    if is_finished(r.run_dir):
         return "finished"
     claim = out / "claims" / (r.run_id or "")
     if r.run_id and claim.exists() and leases.stale(claim) is None:
@@ -61,7 +63,7 @@ class _Scheduler:
         self.running: dict[str, tuple[subprocess.Popen, dict, object]] = {}
         self.free = list(slots)
         for r in runs:
-            if (r.run_dir / "final.json").exists():
+            if is_finished(r.run_dir):
                 self.state[r.key] = "done"
                 record_membership(r)
         self.bar = tqdm(total=len(runs), initial=sum(s == "done" for s in self.state.values()), unit="run", desc="sweep",
@@ -122,7 +124,7 @@ class _Scheduler:
             self.free.append(slot)
             leases.release(self.out, r)
             log = r.run_dir / "sweep.log"
-            if rc == 0 and (r.run_dir / "final.json").exists():
+            if rc == 0 and is_finished(r.run_dir):
                 self._done(key)
             elif self.attempts[key] <= self.retries:
                 self.state[key] = "pending"
@@ -141,7 +143,7 @@ class _Scheduler:
                 continue
             r = self.by_key[key]
             claim = self.out / "claims" / r.run_id
-            if (r.run_dir / "final.json").exists():
+            if is_finished(r.run_dir):
                 self._done(key)
             elif not claim.exists():
                 self.state[key] = "pending"
@@ -157,7 +159,7 @@ class _Scheduler:
                 return
             if self.state[r.key] != "pending" or any(self.state[d] != "done" for d in r.deps):
                 continue
-            if (r.run_dir / "final.json").exists():
+            if is_finished(r.run_dir):
                 self._done(r.key)
                 continue
             if not leases.take(self.out, r):
@@ -192,10 +194,7 @@ class _Scheduler:
 
 def _learned(run_dir: Path) -> bool:
     """Whether a finished run left the ln C plateau (``final.json``'s ``learned``, see :mod:`fastft.guard`)."""
-    try:
-        return json.loads((run_dir / "final.json").read_text()).get("learned", True) is not False
-    except (OSError, json.JSONDecodeError):
-        return True
+    return (read_final(run_dir) or {}).get("learned", True) is not False
 
 
 class Terminated(SystemExit):
@@ -234,9 +233,7 @@ def record_membership(r: RunSpec) -> None:
         plan = x.labels["plan"]
         entry = {**x.labels, "key": x.key[len(plan) + 1:] if x.key.startswith(f"{plan}/") else x.key}
         d["memberships"] = [m for m in d["memberships"] if (m["plan"], m["key"]) != (entry["plan"], entry["key"])] + [entry]
-    tmp = p.with_name(f"sweep.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(d, indent=1) + "\n")
-    os.replace(tmp, p)
+    write_json(p, d)
 
 
 def gpu_ids(gpus: str) -> list[str]:

@@ -52,8 +52,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import FastFTError
-from ..runs import complete_checkpoints
-from ..store import fsync_write, lock_file
+from ..runs import complete_checkpoints, is_finished
+from ..files import fsync_write
+from ..store import lock_file
 from .local import record_membership, state as dir_state
 from .plan import RunSpec, merge
 
@@ -356,7 +357,7 @@ def queue_states(runs: list[RunSpec], out: Path) -> tuple[dict[str, tuple[str, s
     if not reg:
         return {}, ""
     tasks = tasks or {}
-    gone = [reg[r.run_id] for r in runs if r.run_id in reg and reg[r.run_id] not in tasks and not (r.run_dir / "final.json").exists()]
+    gone = [reg[r.run_id] for r in runs if r.run_id in reg and reg[r.run_id] not in tasks and not is_finished(r.run_dir)]
     ended, why = accounting(gone)
     notes = [n for n in (note, why) if n]
     by_key = {r.key: r for r in runs}
@@ -400,7 +401,7 @@ def plan_arrays(runs: list[RunSpec], placed: dict, max_array: int) -> list[Array
     task): tasks of earlier submissions still queued; filled here). Runs that wait for the same tasks share an array
     (see the module's docstring); arrays come in dependency order, none larger than ``max_array``."""
     by_key = {r.key: r for r in runs}
-    todo = [r for r in runs if r.run_id not in placed and not (r.run_dir / "final.json").exists()]
+    todo = [r for r in runs if r.run_id not in placed and not is_finished(r.run_dir)]
     depth: dict[str, int] = {}
     for r in todo:  # runs come in dependency order (sweep.expand, sweep.merge)
         depth[r.key] = 1 + max((depth[d] for d in r.deps if d in depth), default=-1)
@@ -566,10 +567,10 @@ def _queued(runs: list[RunSpec], out: Path, tasks: dict[str, Task] | None, cance
     for r in runs:  # dependency order: a source is decided before its fine-tunes
         task = reg.get(r.run_id)
         t = (tasks or {}).get(task or "")
-        if t is None or t.state not in LIVE or (r.run_dir / "final.json").exists():
+        if t is None or t.state not in LIVE or is_finished(r.run_dir):
             continue
         if t.state == "PENDING":
-            lost = [d for d in r.deps if by_key[d].run_id not in placed and not (by_key[d].run_dir / "final.json").exists()]
+            lost = [d for d in r.deps if by_key[d].run_id not in placed and not is_finished(by_key[d].run_dir)]
             if t.reason == "DependencyNeverSatisfied" or lost:
                 dead.append(task)
                 continue

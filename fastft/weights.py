@@ -1,0 +1,175 @@
+"""Reading weights files without running code: the one loader for every ``.pt`` file fastft reads.
+
+fastft reads model files (``model.pt`` of a run, a fine-tune ``source:``, a file given to ``fastft analyze``) and its
+own checkpoints (``state.pt``, ``rng-<rank>.pt``). A ``.pt`` file is a pickle, and a full unpickler runs whatever
+callables the file names — anyone who hands a researcher a model file could run code as that researcher. So every
+such file goes through :func:`load`: ``torch.load(weights_only=True)``, PyTorch's restricted unpickler, which builds
+only tensors, storages and plain containers (dicts, lists, tuples, strings, numbers) and refuses any other global.
+There is no switch back to full pickle; a refusal is a :class:`FastFTError` naming the file and what it contained.
+
+Why this and not safetensors + JSON: fastft's files already consist of exactly those types — a model file is
+``{"model": state dict, "model_config": dict, "classes": [wnid, …], "run_id": str}``, a checkpoint holds the
+optimiser's state dict (nested dicts with integer keys, which safetensors cannot hold) and plain numbers — so every
+``model.pt`` written so far is read safely as it is, with no conversion step, and one format serves both. RNG states
+are stored as plain data too (``fastft.trainer`` writes numpy's key vector as a list). The allow-list beyond torch's
+defaults is empty for model files; for ``rng-<rank>.pt`` files written by earlier fastft versions (numpy's state as an
+ndarray) it holds numpy's array reconstruction, which builds arrays of numbers and nothing else.
+
+What a file says about itself (its model config, classes, run id) is checked like a config (:func:`read_model`): a
+wrong or missing field is a :class:`FastFTError`, never a ``KeyError`` deep in the trainer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import pickle
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import config, runs
+from .errors import FastFTError
+from .model import INITS, AlexNet, ModelConfig
+
+_NP_CORE = getattr(np, "_core", None) or np.core  # numpy 2 | numpy 1
+# numpy's RNG state as an ndarray (rng-<rank>.pt of earlier fastft versions), under either numpy's module names
+LEGACY_RNG_GLOBALS = [(_NP_CORE.multiarray._reconstruct, "numpy._core.multiarray._reconstruct"),
+                      (_NP_CORE.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype,
+                      type(np.dtype(np.uint32))]
+
+MODEL_FORMAT = "{model: state dict, model_config: {num_classes, width, input_size, groups, dropout, init}, classes, run_id}"
+
+
+def load(path: str | Path, what: str, allow: list = ()):
+    """The content of a torch file, loaded on the CPU without running code. ``what`` names the file in errors (e.g.
+    "finetune source"); ``allow``: globals beyond torch's safe defaults (see :data:`LEGACY_RNG_GLOBALS`)."""
+    path = Path(path)
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        raise FastFTError(f"{what} {path} does not exist") from None
+    except OSError as e:
+        raise FastFTError(f"{what} {path} cannot be read: {e.strerror}") from None
+    try:
+        with warnings.catch_warnings(), torch.serialization.safe_globals(list(allow)):
+            warnings.simplefilter("ignore")  # torch's protocol warning on plain pickles: the error below says more
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise FastFTError(_refusal(path, what, str(e))) from None
+    except Exception as e:  # whatever else the reader raises (zip, EOF, index errors): the file is not a whole torch file
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise FastFTError(f"{what} {path} is not a readable PyTorch file: truncated, damaged or another format "
+                          f"({type(e).__name__}{': ' + first if first else ''})") from None
+
+
+def _refusal(path: Path, what: str, msg: str) -> str:
+    """torch's UnpicklingError (a screen of advice to turn the check off) as one line that says what was found."""
+    glob = re.search(r"GLOBAL ([\w.]+)", msg)
+    if glob:
+        return (f"{what} {path} was refused: it refers to {glob[1]}, which is neither weights nor plain data "
+                "(unpickling it would run arbitrary code); fastft reads weights files without running code, so use "
+                "only files of tensors and plain data, such as a fastft model.pt")
+    detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|Check the documentation|$)", msg, re.S)
+    reason = detail[1].splitlines()[0] if detail else msg.strip().splitlines()[0]
+    return (f"{what} {path} is not a PyTorch weights file: another format, or a pickle with instructions that "
+            f"torch.save does not write ({reason[:160]})")
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A checked model file: weights, the architecture they fit, and what they were trained on."""
+    path: Path
+    state: dict                 # state dict: name -> tensor
+    config: ModelConfig
+    classes: list | None        # wnids in label order (None: not recorded)
+    run_id: str | None
+    preprocess: str | None = None  # the input preprocessing's name, when the file records one ({"name": …, …})
+
+    def model(self, device: str = "cpu") -> AlexNet:
+        """The model it describes, with its weights, in eval mode."""
+        m = AlexNet(self.config)
+        try:
+            m.load_state_dict(self.state)
+        except RuntimeError as e:
+            raise FastFTError(f"{self.path}: its weights do not fit its model_config {vars(self.config)}: "
+                              f"{' '.join(str(e).split())[:200]}") from None
+        return m.to(device).eval()
+
+
+def read_model(path: str | Path, what: str = "model file") -> ModelFile:
+    """A model file (or a run directory's ``model.pt``), loaded safely and checked. A ``model.pt`` beside the
+    ``final.json`` that recorded its sha256 must match it (a damaged or replaced file is named before it is read)."""
+    p = Path(path)
+    f = p / "model.pt" if p.is_dir() else p
+    if not f.exists():
+        if p.is_dir():
+            raise FastFTError(f"{what} {p} has no model.pt" + ("" if runs.is_finished(p) else " (the run has not finished; train it first)"))
+        raise FastFTError(f"{what} {p} does not exist")
+    runs.verify_model(f)
+    return check_model(load(f, what), f)
+
+
+def check_model(blob, f: Path) -> ModelFile:
+    """Validate a loaded model file's content like a config."""
+    if not isinstance(blob, dict):
+        raise FastFTError(f"{f} is not a fastft model file: it holds a {type(blob).__name__}, not {MODEL_FORMAT}")
+    missing = [k for k in ("model", "model_config") if k not in blob]
+    if missing:
+        bare = blob and all(isinstance(v, torch.Tensor) for v in blob.values())
+        raise FastFTError(f"{f} is not a fastft model file: " +
+                          ("it is a bare state dict, without the model_config that says which AlexNet it fits" if bare
+                           else f"it has no {' or '.join(missing)} (its keys: {', '.join(map(str, list(blob)[:8]))})") +
+                          f"; expected {MODEL_FORMAT}")
+    state, mc = blob["model"], blob["model_config"]
+    if not (isinstance(state, dict) and state and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())):
+        raise FastFTError(f"{f}: 'model' must be a state dict (parameter name -> tensor)")
+    if not isinstance(mc, dict):
+        raise FastFTError(f"{f}: model_config must be a mapping, got {type(mc).__name__}")
+    lacking = [k.name for k in dataclasses.fields(ModelConfig) if k.name not in mc]
+    if lacking:  # a model file states its whole architecture: a default here would build some other network
+        raise FastFTError(f"{f}: model_config lacks {', '.join(lacking)}; expected {MODEL_FORMAT}")
+    cfg = config.build(ModelConfig, mc, f"{f}: model_config")
+    bad = [(k, v) for k, v, ok in (("num_classes", cfg.num_classes, cfg.num_classes >= 1),
+                                   ("width", cfg.width, math.isfinite(cfg.width) and cfg.width > 0),
+                                   ("dropout", cfg.dropout, 0 <= cfg.dropout < 1),
+                                   ("init", cfg.init, cfg.init in INITS)) if not ok]
+    if bad:
+        raise FastFTError(f"{f}: model_config {bad[0][0]} {bad[0][1]!r} is out of range")
+    classes = blob.get("classes")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+                                    and len(classes) == cfg.num_classes):
+        raise FastFTError(f"{f}: classes must be a list of {cfg.num_classes} class names (wnids), one per output")
+    run_id = blob.get("run_id")
+    if run_id is not None and not isinstance(run_id, str):
+        raise FastFTError(f"{f}: run_id must be a string, got {type(run_id).__name__}")
+    pre = blob.get("preprocess")
+    if pre is not None and not (isinstance(pre, dict) and isinstance(pre.get("name"), str)):
+        raise FastFTError(f"{f}: preprocess must be a mapping with the preprocessing's name, got {pre!r:.80}")
+    return ModelFile(f, state, cfg, classes, run_id, pre["name"] if pre else None)
+
+
+def load_checkpoint(ckpt: Path, rank: int) -> tuple[dict, dict | None]:
+    """A checkpoint's ``state.pt`` (model, optimiser, epoch, loader position) and this rank's ``rng-<rank>.pt``
+    (RNG states and the partial epoch's sums; None when the checkpoint has none for this rank)."""
+    f = Path(ckpt) / "state.pt"
+    st = load(f, "checkpoint file")
+    _fields(st, f, {"model": dict, "opt": dict, "epoch": int, "loader": dict})
+    rng = Path(ckpt) / f"rng-{rank}.pt"
+    if not rng.exists():
+        return st, None
+    local = load(rng, "checkpoint file", allow=LEGACY_RNG_GLOBALS)
+    _fields(local, rng, {"rng": dict})
+    return st, local
+
+
+def _fields(blob, f: Path, need: dict) -> None:
+    if not isinstance(blob, dict):
+        raise FastFTError(f"{f} is not a fastft checkpoint file (it holds a {type(blob).__name__})")
+    for k, tp in need.items():
+        if not isinstance(blob.get(k), tp):
+            raise FastFTError(f"{f} is not a fastft checkpoint file: {k!r} is missing or not a {tp.__name__}")
