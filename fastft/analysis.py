@@ -38,6 +38,7 @@ from .model import LAYERS, AlexNet
 from .report import beats_figure
 from .runs import is_finished, locate, memberships, read_config, run_dirs
 from .store import view_tag
+from .util.device import resolve
 from .weights import ModelFile, read_model
 
 
@@ -141,7 +142,7 @@ def model_preprocess(mf: ModelFile) -> str:
 
 
 def _device(device: str) -> str:
-    return device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve(device)
 
 
 def features(run: str | Path, view, split: str, layers: tuple[str, ...], *, device: str = "auto", batch: int = 128,

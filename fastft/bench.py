@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .util.device import resolve
+
 
 def hardware() -> dict:
     hw = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
@@ -84,7 +86,7 @@ def bench_loader(view: str, batch: int = 256, device: str = "auto", seconds: flo
     JPEGs beyond the hardware decoder's share are decoded wholly on the GPU (``LoaderConfig.gpu_huffman``)."""
     from .pipelines import Loader, LoaderConfig, batch_format
 
-    dev = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = resolve(device)
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     fmt = batch_format(dev, "bf16" if dev == "cuda" else "fp32")
     res = {"bench": "loader", "view": str(view), "batch": batch, "device": dev, **fmt, "gpu_huffman": gpu_huffman}
@@ -115,7 +117,7 @@ def _make_step(mode: str, nc: int, dev: str, prec: str, width: float, crop: int)
     from contextlib import nullcontext
 
     from .model import AlexNet, ModelConfig
-    from .trainer import Step, cuda_autocast, sgd
+    from .train import Step, cuda_autocast, sgd
 
     flags = set() if mode == "eager" else set(mode.split("+"))
     if not flags <= set(STEP_FLAGS) or len(flags & {"pad4", "pad8"}) > 1:
@@ -162,7 +164,7 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
     from .pipelines import Loader, LoaderConfig, batch_format
     from .store import open_view
 
-    dev = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = resolve(device)
     prec = precision if precision != "auto" else ("bf16" if dev == "cuda" else "fp32")
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     if dev == "cuda":

@@ -175,6 +175,9 @@ def cmd_verify(a):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fastft", description="Transfer-learning studies on ImageNet subsets chosen through WordNet, "
                                 "at the speed of the GPU: shard → subsets → train → sweep → report.")
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"fastft {__version__}")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
 
     s = sub.add_parser("taxonomy", help="show a WordNet synset and the ILSVRC2012 classes under it")

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 from .errors import FastFTError
+from .util.device import cuda_available
+from .util.env import usable_cores
 
 
 def loader_factory(cfg):
@@ -23,7 +25,7 @@ def loader_factory(cfg):
     :class:`fastft.pipelines._CacheBackend`). GPU batches come as float16 in NHWC memory when training in bf16."""
     from .pipelines import Loader, LoaderConfig, batch_format
     from .store import open_view
-    from .trainer import resolve_device
+    from .train.config import resolve_device
 
     dev, precision = resolve_device(cfg)
 
@@ -40,28 +42,35 @@ def loader_factory(cfg):
     return make
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def cmd_train(a):
     from . import config
-    from .trainer import TrainConfig, train
+    from .train import TrainConfig, train
 
     if a.config and "=" in a.config and not Path(a.config).exists():  # only key=value overrides were given
         a.overrides, a.config = [a.config, *a.overrides], None
     cfg = config.load(TrainConfig, a.config, a.overrides)
     cfg.validate()
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and "WORLD_SIZE" not in os.environ:
+        # Accelerate's CPU launcher starts one process whatever --num_processes says, and tells the process nothing
+        raise FastFTError("`accelerate launch --cpu` starts one process, whatever --num_processes asks; for N CPU "
+                          "processes use `fastft train … --procs N` (torchrun with gloo), for one plain `fastft train …`")
     if a.procs and a.procs > 1 and "RANK" not in os.environ and "ACCELERATE_PROCESS_INDEX" not in os.environ:
         return _launch(a)
-    final = train(cfg, loader_factory(cfg))
+    final = train(cfg, loader_factory(cfg), on_step=_test_sigterm_hook())
     if int(os.environ.get("RANK", "0")):
         return
     top1 = final.get("top1")
     print(f"run {final['name']}: top-1 {top1:.2f}%  top-5 {final.get('top5', float('nan')):.2f}%  ({final['epochs']} epochs)" if top1 is not None
           else f"run {final['name']} finished")
+
+
+def _test_sigterm_hook():
+    """``FASTFT_TEST_SIGTERM_AT_STEP=N`` (tests only): a real SIGTERM to this process at global step N, exercising the
+    preemption path at an exact step through the real CLI — injected here, not read in the training loop."""
+    at = int(os.environ.get("FASTFT_TEST_SIGTERM_AT_STEP", "-1"))
+    if at < 0:
+        return None
+    return lambda step: step == at and os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _launch(a):
@@ -70,8 +79,8 @@ def _launch(a):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(a.procs), "--master_port", str(a.port),
            "-m", "fastft", "train"] + ([a.config] if a.config else []) + list(a.overrides)
     env = dict(os.environ)
-    if not _cuda():
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // a.procs)))
+    if not cuda_available():
+        env.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // a.procs)))
     p = subprocess.Popen(cmd, env=env)
     # SIGTERM / SIGUSR1 to this launcher alone (a SLURM task's shell passes its time-limit signal on to it): torchrun
     # gets SIGTERM, which it passes to the ranks, and this process waits while they checkpoint
@@ -314,14 +323,11 @@ def cmd_demo(a):
 
 
 def _train_keys() -> str:
-    """The config keys with defaults and comments, read from TrainConfig's source (importing it would load torch)."""
-    import re
+    """The config keys with defaults and help (fastft.train.config, torch-free)."""
+    from .train.config import key_help
 
-    src = (Path(__file__).parent / "trainer.py").read_text()
-    body = src[src.index("class TrainConfig"):src.index("def validate", src.index("class TrainConfig"))]
-    rows = [re.match(r"    (\w+): [^=]+= (.+?)(?:\s+# (.*))?$", line) for line in body.splitlines()]
-    return "config keys (default) — see fastft/trainer.py TrainConfig:\n" + "\n".join(
-        f"  {m[1]:16s} {m[2]:10s} {m[3] or ''}".rstrip() for m in rows if m)
+    return "config keys (default) — fastft.train.TrainConfig:\n" + "\n".join(
+        f"  {k:16s} {d:10s} {h}".rstrip() for k, d, h in key_help())
 
 
 def add_commands(sub) -> None:

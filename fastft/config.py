@@ -88,6 +88,8 @@ def load(cls, path: str | Path | None = None, overrides: list[str] = ()):
             raise FastFTError(f"config file {p} is not valid YAML: {e}") from None
         if not isinstance(data, dict):
             raise FastFTError(f"config file {p} must be a mapping of key: value")
+        if {"run_id", "identity", "config"} <= set(data):  # a run directory's config.json: its resolved config
+            data = dict(data["config"])
     for o in overrides:
         k, v = parse_override(o)
         data[k] = v

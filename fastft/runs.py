@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from .errors import FastFTError
-from .files import atomic_file, fsync_dir, write_json
+from .files import atomic_file, fsync_dir, fsync_write, write_json
 from .store import lock_file, sha256_file
 
 CKPT_DIR = "checkpoints"
@@ -96,6 +96,18 @@ def start_run(run_dir: Path, resolved: dict, say=print):
     write_json(run_dir / "config.json", resolved)
     write_json(run_dir / "env.json", environment())
     return held
+
+
+REPLAY = "config.yaml"  # the run's config as ``fastft train FILE`` takes it: every key, paths absolute
+
+
+def write_replay(run_dir: Path, config: dict) -> None:
+    """``config.yaml``: ``fastft train <run>/config.yaml`` from any directory is this run again (it resumes or says
+    it is finished)."""
+    import yaml
+
+    head = f"# fastft train {(Path(run_dir) / REPLAY).resolve()}  — replays this run (the keys of fastft train --help)\n"
+    fsync_write(Path(run_dir) / REPLAY, head + yaml.safe_dump(config, sort_keys=False))
 
 
 def write_final(run_dir: Path, final: dict) -> None:

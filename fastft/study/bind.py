@@ -20,7 +20,7 @@ def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path, progr
     from ..config import build
     from ..store import fill_store_params, open_view
     from ..subsets import load_spec, make
-    from ..trainer import TrainConfig, resolve_device, run_dir_for, run_identity, view_path_for
+    from ..train.config import TrainConfig, resolve_device, run_dir_for, run_identity, view_path_for
     from .. import runs as runs_mod
 
     out.mkdir(parents=True, exist_ok=True)
@@ -41,6 +41,10 @@ def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path, progr
         if r.overrides["set"] not in spec.sets:
             raise FastFTError(f"run {r.key}: construction {plan['construction']} has no set {r.overrides['set']!r} (it has {list(spec.sets)})")
         r.overrides.update(spec=str(specs[r.seed]), out=str(out), name=r.key)
+        if r.overrides.get("trackers"):  # W&B: one project per study, a group per plan, tagged by template and seed
+            r.overrides.setdefault("tracker_project", Path(out).resolve().name)
+            r.overrides.setdefault("tracker_group", plan["name"])
+            r.overrides.setdefault("tracker_tags", [r.template, f"seed-{r.seed}"])
         if store:
             r.overrides["store"] = str(store)
         if r.labels["mode"] == "finetune" and r.labels.get("source_template"):
@@ -49,7 +53,7 @@ def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path, progr
             cs = spec.sets[r.overrides["set"]]
             per_class = min(cs.cap or 1e9, ILSVRC_TRAIN_PER_CLASS)
             r.images_per_epoch = len(cs.classes) * max(per_class, int(r.overrides.get("augment_to", 0)))  # §4.6 copies
-            from ..trainer import IDENTITY_KEYS
+            from ..train.config import IDENTITY_KEYS
 
             cfg = build(TrainConfig, r.overrides, f"run {r.key}")
             ident = {k: getattr(cfg, k) for k in IDENTITY_KEYS}
