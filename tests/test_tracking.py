@@ -86,7 +86,7 @@ def test_a_killed_run_resumes_without_doubled_tensorboard_steps(demo_spec, store
     script = textwrap.dedent(f"""
         import os, signal
         from fastft import config
-        from fastft.cli_run import loader_factory
+        from fastft.cli.train import loader_factory
         from fastft.train import TrainConfig, train
         cfg = config.load(TrainConfig, None, {keys + [f"out={tmp_path / 'killed'}"]!r})
         train(cfg, loader_factory(cfg), on_step=lambda s: s == {kill_at} and os.kill(os.getpid(), signal.SIGKILL))

@@ -1,38 +1,11 @@
-"""The ``fastft`` command line: one subcommand per step of the flow, each a thin layer over a library function.
-
-User mistakes (:class:`FastFTError`) print one line ``fastft: error: …`` and exit 2; nothing imports this module.
-"""
+"""``fastft taxonomy``, ``subsets``, ``synth``, ``shard``, ``verify``: the hierarchy, class subsets and stores."""
 from __future__ import annotations
 
-import argparse
-import errno
 import json
-import os
-import sys
 from pathlib import Path
 
-from .errors import FastFTError
-
-
-class _Help(argparse.HelpFormatter):
-    """Help that names each option's default (unless it is empty or the help already says it); a description or epilog
-    with line breaks (e.g. train's table of config keys) is printed as written, others are wrapped."""
-
-    def _fill_text(self, text, width, indent):
-        return "".join(indent + line for line in text.splitlines(keepends=True)) if "\n" in text else super()._fill_text(text, width, indent)
-
-    def _get_help_string(self, action):
-        h = action.help or ""
-        d = action.default
-        if action.option_strings and not (d is None or d is False or d == argparse.SUPPRESS) and "default" not in h:
-            h += f" (default: {action.default})"
-        return h
-
-
-class _Parser(argparse.ArgumentParser):
-    def __init__(self, *a, **kw):
-        kw.setdefault("formatter_class", _Help)
-        super().__init__(*a, **kw)
+from ..errors import FastFTError
+from .args import add_options, config_from
 
 
 def _params(pairs: list[str]) -> dict:
@@ -48,9 +21,8 @@ def _params(pairs: list[str]) -> dict:
     return out
 
 
-# ---------------------------------------------------------------- taxonomy / subsets / synth
 def cmd_taxonomy(a):
-    from .taxonomy import load
+    from ..taxonomy import load
 
     h = load()
     w = h.check(a.wnid)
@@ -65,16 +37,16 @@ def cmd_taxonomy(a):
 
 
 def cmd_subsets_list(a):
-    from .subsets import CONSTRUCTIONS
+    from ..subsets import CONSTRUCTIONS
 
     for name, c in CONSTRUCTIONS.items():
         print(f"{name:12s} {c.summary}\n{'':12s} parameters: {json.dumps(c.defaults)}")
 
 
 def cmd_subsets_make(a):
-    from .subsets import make
+    from ..subsets import make
 
-    from .store import fill_store_params
+    from ..store import fill_store_params
 
     spec = make(a.construction, a.seed, **fill_store_params(_params(a.param), a.store, f"construction {a.construction!r}"))
     path = spec.save(a.out)
@@ -83,8 +55,8 @@ def cmd_subsets_make(a):
 
 
 def cmd_subsets_show(a):
-    from .subsets import load_spec
-    from .taxonomy import load
+    from ..subsets import load_spec
+    from ..taxonomy import load
 
     h, spec = load(), load_spec(a.spec)
     if a.json:
@@ -103,7 +75,7 @@ def cmd_subsets_show(a):
 
 
 def cmd_subsets_distance(a):
-    from .subsets import distances, load_spec
+    from ..subsets import distances, load_spec
 
     rows = distances(load_spec(a.spec))
     if a.json:
@@ -115,8 +87,8 @@ def cmd_subsets_distance(a):
 
 
 def cmd_subsets_resolve(a):
-    from .store import resolve
-    from .subsets import load_spec
+    from ..store import resolve
+    from ..subsets import load_spec
 
     v = resolve(load_spec(a.spec), a.set, a.store, a.out)
     splits = ", ".join(f"{k}: {s['samples']} samples in {len(s['shards'])} shards" for k, s in v.meta["splits"].items())
@@ -126,7 +98,7 @@ def cmd_subsets_resolve(a):
 
 
 def cmd_synth(a):
-    from .synth import synth
+    from ..synth import synth
 
     classes = a.classes
     if classes and len(classes) == 1 and Path(classes[0]).is_file():
@@ -138,15 +110,25 @@ def cmd_synth(a):
           (" (as the downloaded archives)" if a.archives else ""))
 
 
-# ---------------------------------------------------------------- store
+SHARD_HELP = {  # ShardConfig's keys as options: defaults from the dataclass
+    "resize": "WxH (256x256, as in the paper), short:N, or none",
+    "quality": "JPEG quality of re-encoded images",
+    "shard_mb": "target shard size in MB",
+    "classes": "only these wnids, or a file of wnids",
+    "val_layout": "how val/ is labelled (auto: detected, and named in the manifest)",
+    "seed": "seed of the global shuffle across shards",
+    "allow_missing": "shard the classes present; missing ones are recorded, not an error",
+    "skip_unknown": "skip folders that are not ILSVRC2012 wnids instead of failing",
+}
+
+
 def cmd_shard(a):
-    from .shard import ShardConfig, write_store
+    from ..shard import ShardConfig, write_store
 
     classes = a.classes or []
     if len(classes) == 1 and Path(classes[0]).is_file():
         classes = Path(classes[0]).read_text().split()
-    cfg = ShardConfig(resize=a.resize, quality=a.quality, shard_mb=a.shard_mb, seed=a.seed, val_layout=a.val_layout,
-                      classes=tuple(classes), allow_missing=a.allow_missing, skip_unknown=a.skip_unknown)
+    cfg = config_from(ShardConfig, a, SHARD_HELP, classes=tuple(classes))
     m = write_store(a.root, a.out, cfg, workers=a.workers, progress=not a.quiet)
     t = m["totals"]
     print(f"store {a.out}: {t['written']} written + {t['rejected']} rejected = {t['inputs']} inputs "
@@ -160,7 +142,7 @@ def cmd_shard(a):
 
 
 def cmd_verify(a):
-    from .store import open_store, verify
+    from ..store import open_store, verify
 
     problems = verify(a.store, full=not a.quick, progress=True)
     if problems:
@@ -171,15 +153,7 @@ def cmd_verify(a):
     print(f"OK {a.store}: {len(m['shards'])} shards, {m['totals']['written']} samples, hashes match the manifest")
 
 
-# ---------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="fastft", description="Transfer-learning studies on ImageNet subsets chosen through WordNet, "
-                                "at the speed of the GPU: shard → subsets → train → sweep → report.")
-    from . import __version__
-
-    p.add_argument("--version", action="version", version=f"fastft {__version__}")
-    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
-
+def add_commands(sub) -> None:
     s = sub.add_parser("taxonomy", help="show a WordNet synset and the ILSVRC2012 classes under it")
     s.add_argument("wnid", help="synset id (e.g. n02084071) or name (e.g. dog)")
     s.add_argument("--rule", default="primary", choices=["primary", "any"], help="primary: along each class's primary (longest) path (paper's sizes); any: any hypernym path")
@@ -236,16 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("root", help="ImageNet root holding train/ and val/ (or ILSVRC/Data/CLS-LOC/), or the downloaded archives "
                    "ILSVRC2012_img_train.tar + ILSVRC2012_img_val.tar + ILSVRC2012_devkit_t12.tar.gz, read in place (no extraction)")
     s.add_argument("--out", required=True, help="store directory (re-running on it resumes; finished shards are kept)")
-    s.add_argument("--resize", default="256x256", help="WxH (default 256x256, as in the paper), short:N, or none")
-    s.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images")
-    s.add_argument("--shard-mb", type=float, default=256.0, help="target shard size in MB")
-    s.add_argument("--classes", nargs="*", help="only these wnids, or a file of wnids")
-    s.add_argument("--val-layout", default="auto", choices=["auto", "folders", "devkit", "kaggle"],
-                   help="how val/ is labelled (auto: detected, and named in the manifest)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the global shuffle across shards")
+    from ..shard import ShardConfig
+
+    add_options(s, ShardConfig, SHARD_HELP, choices={"val_layout": ("auto", "folders", "devkit", "kaggle")})
     s.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
-    s.add_argument("--allow-missing", action="store_true", help="shard the classes present; missing ones are recorded, not an error")
-    s.add_argument("--skip-unknown", action="store_true", help="skip folders that are not ILSVRC2012 wnids instead of failing")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_shard)
 
@@ -253,35 +221,3 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("store", help="a store directory (fastft shard)")
     s.add_argument("--quick", action="store_true", help="check presence and sizes only")
     s.set_defaults(fn=cmd_verify)
-
-    from . import cli_run  # training, sweeps, reports, benchmarks, demo
-
-    cli_run.add_commands(sub)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        args.fn(args)
-    except FastFTError as e:
-        print(f"fastft: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("fastft: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # output piped into `head` and the like: stop quietly (before OSError: it is one)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        where = f" writing {e.filename}" if e.filename else ""
-        print(f"fastft: error: no space left on the device{where}; free space and re-run the same command (it resumes: "
-              "finished shards and complete checkpoints are kept)", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
