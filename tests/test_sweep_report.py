@@ -120,12 +120,17 @@ def test_sweep_runs_skips_and_retries(store, tmp_path):
     slots = [{"OMP_NUM_THREADS": "1", "FASTFT_TEST_SIGTERM_AT_STEP": "3"}]
     s = sw.run_local(runs, tmp_path / "out", slots, retries=1, progress=False)
     assert sorted(s["done"]) == sorted(r.key for r in runs) and not s["failed"]
+    eff = s["efficiency"]  # the sweep's share of slot-time in training steps, from every run's recorded costs
+    steps = [json.loads((r.run_dir / "final.json").read_text())["costs"]["sum_step_s"] for r in runs]
+    assert eff["runs"] == 3 and eff["sum_step_s"] == pytest.approx(sum(steps), abs=0.05)
+    assert 0 < eff["efficiency"] < 1 and eff["efficiency"] == pytest.approx(sum(steps) / eff["wall_s"], abs=0.01)
+    assert {"startup", "open_view", "loaders", "first_step", "eval", "checkpoint"} <= set(eff["fixed_s"])
     for r in runs:
         log = (r.run_dir / "sweep.log").read_text()
         assert log.count("$ ") == 2 and "resuming" in log
         assert json.loads((r.run_dir / "sweep.json").read_text())["memberships"][0]["template"] == r.template
     s = sw.run_local(again, tmp_path / "out", slots, retries=1, progress=False)
-    assert sorted(s["done"]) == sorted(r.key for r in runs)
+    assert sorted(s["done"]) == sorted(r.key for r in runs) and s["efficiency"] is None  # nothing trained now
     assert all((r.run_dir / "sweep.log").read_text().count("$ ") == 2 for r in runs), "finished runs are not started again"
     rep = write_report(tmp_path / "out", tmp_path / "report")
     assert rep["finished"] == 3 and any("grid-tiny-freeze" in f for f in rep["figures"])

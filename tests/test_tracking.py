@@ -103,6 +103,19 @@ def test_a_killed_run_resumes_without_doubled_tensorboard_steps(demo_spec, store
     assert [s for s, _ in scalars(killed, "train/loss")] == [s for s, _ in scalars(whole, "train/loss")]
 
 
+def test_final_json_counts_the_fixed_costs(tracked):
+    """Every part of a run besides its training steps, in seconds; the training loop holds the steps."""
+    _, _, d, _ = tracked
+    import json
+
+    c = json.loads((d / "final.json").read_text())["costs"]
+    parts = ("startup", "accelerator", "open_view", "build", "loaders", "first_batch", "first_step", "train", "eval",
+             "checkpoint", "finish")
+    assert set(parts) <= set(c) and all(c[k] >= 0 for k in parts), c
+    assert c["sum_step_s"] == pytest.approx(sum(m["train_secs"] for m in metrics(d)), abs=0.01)
+    assert c["train"] + c["first_step"] + c["first_batch"] >= 0.9 * c["sum_step_s"]
+
+
 def test_version():
     r = fastft("--version")
     from fastft import __version__

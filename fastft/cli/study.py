@@ -70,6 +70,12 @@ def cmd_sweep(a):
             print(f"plan {name}: {n['done']} done, {n['failed']} failed, {n['skipped']} skipped (dependency failed)" +
                   (f", {shared} shared with plans above" if shared else "") + f"; runs in {a.out}")
         print(f"{len(merged)} runs in {summary['secs']:.0f} s")
+        eff = summary.get("efficiency")
+        if eff:
+            top = sorted(eff["fixed_s"].items(), key=lambda kv: -kv[1])[:4]
+            print(f"efficiency: {eff['efficiency']:.0%} of {eff['slots']} slot(s) × {eff['wall_s']:.0f} s in training steps "
+                  f"({eff['sum_step_s']:.0f} s over {eff['runs']} runs trained now); the rest, summed over runs: "
+                  + ", ".join(f"{k} {v:.0f} s" for k, v in top))
         for k in summary["failed"]:
             print(f"  FAILED {k}: see its sweep.log and failed.json")
         for k in summary["did_not_learn"]:

@@ -58,6 +58,8 @@ class _Scheduler:
 
         self.runs, self.out, self.retries = runs, out, retries
         self.state = {r.key: "pending" for r in runs}
+        self.trained: list[str] = []  # runs this sweep trained to the end (for its efficiency)
+        self.slots = len(slots)
         self.attempts = {r.key: 0 for r in runs}
         self.by_key = {r.key: r for r in runs}
         self.running: dict[str, tuple[subprocess.Popen, dict, object]] = {}
@@ -91,6 +93,7 @@ class _Scheduler:
         summary = {k: [key for key, s in self.state.items() if s == k] for k in ("done", "failed", "skipped")}
         summary["did_not_learn"] = [key for key in summary["done"] if not _learned(self.by_key[key].run_dir)]
         summary["secs"] = round(time.time() - t0, 1)
+        summary["efficiency"] = efficiency([self.by_key[k].run_dir for k in self.trained], summary["secs"], self.slots)
         return summary
 
     def step(self) -> bool:
@@ -126,6 +129,7 @@ class _Scheduler:
             log = r.run_dir / "sweep.log"
             if rc == 0 and is_finished(r.run_dir):
                 self._done(key)
+                self.trained.append(key)
             elif self.attempts[key] <= self.retries:
                 self.state[key] = "pending"
                 self.bar.write(f"run {key} failed (exit {rc}); retrying ({self.attempts[key]}/{self.retries}) — log {log}")
@@ -190,6 +194,23 @@ class _Scheduler:
         if c != self.shown:  # redraw on change only (logs stay readable when stdout is a file)
             self.bar.set_postfix(c)
             self.shown = c
+
+
+def efficiency(run_dirs: list[Path], wall_s: float, slots: int) -> dict | None:
+    """How much of a sweep's slot-time trained: the sum of its runs' training-step time (``final.json``'s
+    ``costs.sum_step_s``) over ``slots × wall_s``, and each fixed cost summed over the runs (where the rest went)."""
+    costs = [(read_final(d) or {}).get("costs") or {} for d in run_dirs]
+    costs = [c for c in costs if "sum_step_s" in c]
+    if not costs or wall_s <= 0:
+        return None
+    fixed: dict[str, float] = {}
+    for c in costs:
+        for k, v in c.items():
+            if k not in ("sum_step_s", "train") and isinstance(v, (int, float)):
+                fixed[k] = round(fixed.get(k, 0.0) + v, 2)
+    step = sum(c["sum_step_s"] for c in costs)
+    return {"runs": len(costs), "wall_s": wall_s, "slots": slots, "sum_step_s": round(step, 2),
+            "efficiency": round(step / (slots * wall_s), 4), "fixed_s": fixed}
 
 
 def _learned(run_dir: Path) -> bool:

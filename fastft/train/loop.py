@@ -11,6 +11,7 @@ from it, exercising preemption at an exact step).
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,35 @@ class _Run:
     run_dir: Path = None
     rid: str = ""
     frozen: list = field(default_factory=list)
+    costs: "Costs" = None
+
+
+class Costs:
+    """A run's fixed costs, in seconds (``final.json``'s ``costs``): what the run spends besides training steps, so
+    a sweep of small runs can be judged by how much of its time trains (see ``fastft sweep``'s efficiency line)."""
+
+    def __init__(self):
+        self.s = {"startup": _since_process_start()}  # process start and imports, up to train()
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        """Add the time since the previous lap to ``name``."""
+        now = time.perf_counter()
+        self.s[name] = round(self.s.get(name, 0.0) + now - self._t, 3)
+        self._t = now
+
+    def add(self, name: str, secs: float) -> None:
+        self.s[name] = round(self.s.get(name, 0.0) + secs, 3)
+
+
+def _since_process_start() -> float | None:
+    """Seconds since this process started (Linux: /proc), or None where that cannot be read."""
+    try:
+        start_ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+        uptime = float(open("/proc/uptime").read().split()[0])
+        return round(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 3)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def train(cfg: TrainConfig, loader_factory: Callable, on_step: Callable[[int], None] | None = None) -> dict:
@@ -54,8 +84,12 @@ def train(cfg: TrainConfig, loader_factory: Callable, on_step: Callable[[int], N
 
     ``loader_factory(view_path, split, batch_size, rank, world_size, seed, train)`` builds per-rank loaders.
     """
+    costs = Costs()
     r = _accelerate(cfg)
+    r.costs = costs
+    costs.lap("accelerator")
     _open_data(r)
+    costs.lap("open_view")  # the view's shards hashed against the store (or found checked)
     src, source_id = _check_source(r)
     identity = run_identity(cfg, r.view.meta, r.precision, source_id)
     r.rid = runs.run_id(identity)
@@ -69,6 +103,7 @@ def train(cfg: TrainConfig, loader_factory: Callable, on_step: Callable[[int], N
         model, opt = _build(r, src)
         ckpts = Checkpoints(r.acc, r.run_dir, cfg.keep_checkpoints)
         start_epoch, loader_state, partial = ckpts.resume(model, opt)
+        costs.lap("build")  # source check, run directory, model, optimiser, resume
         final = _epochs(r, model, opt, ckpts, loader_factory, start_epoch, loader_state, partial, on_step)
         return _finish(r, model, final, held)
     except BaseException as e:
@@ -251,7 +286,9 @@ def _epochs(r: _Run, model, opt, ckpts: Checkpoints, loader_factory, start_epoch
         runs.trim_metrics(r.run_dir, start_epoch)
     model, opt = acc.prepare(model, opt)
     step_fn = _step_fn(r, model, opt)
+    r.costs.lap("build")
     train_loader, val_loader = _loaders(r, loader_factory, loader_state)
+    r.costs.lap("loaders")  # DALI pipelines (or the fallback) built
     steps = len(train_loader)
     done_steps = start_epoch * steps + (loader_state["step"] if loader_state else 0)
     trackers = Trackers(acc, cfg, r.run_dir, done_steps)
@@ -261,17 +298,23 @@ def _epochs(r: _Run, model, opt, ckpts: Checkpoints, loader_factory, start_epoch
         for epoch in range(start_epoch, cfg.epochs):
             rec, stop = _epoch(r, model, opt, ckpts, step_fn, train_loader, epoch, partial, pre, watch, pbar, trackers, on_step)
             partial = None
+            r.costs.lap("train")
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                 rec.update(evaluate(acc, model, val_loader, r.device, cfg.channels_last))
+                r.costs.lap("eval")
             _record(r, rec, pbar, trackers, (epoch + 1) * steps)
             if ((epoch + 1) % cfg.checkpoint_every == 0 or stop) and epoch + 1 < cfg.epochs:
                 ckpts.save(f"e{epoch + 1:04d}-s000000", model, opt, train_loader, None)
+                r.costs.lap("checkpoint")
                 if stop:
                     r.log.say(f"preempted: checkpointed at epoch {epoch + 1} step 0; re-run to resume")
                     raise Preempted(pre.signum)
     if pbar is not None:
         pbar.close()
     trackers.finish()
+    r.costs.lap("train")
+    r.costs.add("train", -step_fn.capture_s)
+    r.costs.add("capture", step_fn.capture_s)  # CUDA-graph captures (one per LR value)
     return {"wall_secs": round(time.time() - t_run, 2)}
 
 
@@ -290,7 +333,14 @@ def _epoch(r: _Run, model, opt, ckpts, step_fn, loader, epoch: int, partial, pre
         n_steps, secs_before = partial["n_steps"], partial["secs"]
     stop_after = False
     for x, y, _ in loader.epoch(epoch):
+        first = "first_step" not in r.costs.s
+        if first:
+            r.costs.lap("first_batch")  # the loader's start: pipelines' prefetch (and the first images of a cache fill)
         loss = step_fn(x, y)
+        if first:
+            if r.device == "cuda":
+                torch.cuda.synchronize()
+            r.costs.lap("first_step")  # torch.compile's compilation, cuDNN autotuning, lazy initialisation
         loss_sum += loss
         n_steps += 1
         gstep = epoch * steps + loader.position[1]
@@ -371,6 +421,8 @@ def _finish(r: _Run, model, final: dict, held) -> dict:
         final["model_sha256"] = runs.save_file({"model": m.state_dict(), "model_config": vars(m.cfg), "classes": r.view.classes,
                                                  "run_id": r.rid, "preprocess": preprocess.describe(cfg.preprocess)},
                                                 r.run_dir / "model.pt")
+        r.costs.lap("finish")  # model.pt written
+        final["costs"] = {**r.costs.s, "sum_step_s": round(sum(m["train_secs"] for m in metrics), 3)}
         runs.write_final(r.run_dir, finite(final))  # written last: the run is finished
         if final.get("top1") is not None:
             r.log.note(f"finished: top-1 {final['top1']:.2f}%, top-5 {final.get('top5') or float('nan'):.2f}% after {cfg.epochs} epochs")
