@@ -325,7 +325,7 @@ def _fake_run(root: Path, name: str, template: str, seed: int, top1: float, pape
                                                                           **config}, "num_classes": 100}))
     (d / "sweep.json").write_text(json.dumps({"plan": plan, "template": template, "seed": seed, "paper": paper, "grid": grid or {},
                                               "distance": 0.1, "source_template": source_template, "claims": claims}))
-    (d / "final.json").write_text(json.dumps({"top1": top1, "top5": top1 + 10, "epochs": 2}))
+    (d / "final.json").write_text(json.dumps({"run_id": name, "top1": top1, "top5": top1 + 10, "epochs": 2}))
     (d / "metrics.jsonl").write_text("\n".join(json.dumps({"epoch": e, "top1": top1 * e / 2, "train_loss": 2 - e / 2, "lr": 0.01}) for e in (1, 2)))
 
 
