@@ -547,8 +547,8 @@ def _convert(im, raw: bytes, resize: str, quality: int) -> tuple[bytes, str]:
     declared = im.size
     if fmt in ("JPEG", "MPO"):
         target = _target_size(im.size, how, w, h) if how != "none" else im.size
-        k = next((k for k in (1, 2, 4, 8) if -(-im.width // k) * -(-im.height // k) <= MAX_PIXELS), 8)
-        im.draft("RGB" if mode == "RGB" else None, (min(target[0], -(-im.width // k)), min(target[1], -(-im.height // k))))
+        fit = _jpeg_fit(im.size)  # draft picks the greatest reduction that still covers the size asked for
+        im.draft("RGB" if mode == "RGB" else None, (min(target[0], fit[0]), min(target[1], fit[1])))
     if im.width * im.height > MAX_PIXELS:
         raise _Rejected(f"too large ({declared[0]}×{declared[1]} px; fastft decodes at most {MAX_PIXELS / 1e6:.0f} Mpx)")
     _check_plausible(im, declared, len(raw))
@@ -568,6 +568,15 @@ def _convert(im, raw: bytes, resize: str, quality: int) -> tuple[bytes, str]:
     b = io.BytesIO()
     _to_rgb(im).save(b, "JPEG", quality=quality)
     return b.getvalue(), kind
+
+
+def _jpeg_fit(size: tuple[int, int]) -> tuple[int, int]:
+    """A JPEG's size at the least DCT reduction (1, 1/2, 1/4, 1/8) that keeps it within :data:`MAX_PIXELS`."""
+    for k in (1, 2, 4, 8):
+        w, h = -(-size[0] // k), -(-size[1] // k)
+        if w * h <= MAX_PIXELS:
+            break
+    return w, h
 
 
 def _has_alpha(im) -> bool:
@@ -613,8 +622,7 @@ def _check_plausible(im, declared: tuple[int, int], nbytes: int) -> None:
     compresses at most 1032:1."""
     need = 0
     for t in im.tile:
-        x0, y0, x1, y1 = t.extents if hasattr(t, "extents") else t[1]
-        codec, offset = (t.codec_name, t.offset) if hasattr(t, "codec_name") else (t[0], t[2])
+        codec, (x0, y0, x1, y1), offset = t[0], t[1], t[2]  # (codec, extents, offset, args): a tuple in Pillow 10
         bits = max(0, x1 - x0) * max(0, y1 - y0)
         if codec == "raw":
             need = max(need, offset + bits // 8)

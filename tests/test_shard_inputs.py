@@ -369,3 +369,21 @@ def test_mutated_tree_through_the_cli_shards_and_verifies(tmp_path):
     assert t["rejected"] >= 1
     v = fastft("verify", out)
     assert v.returncode == 0
+
+
+def test_non_images_in_the_downloaded_val_archive_are_rejected_not_fatal(tmp_path):
+    """A `.DS_Store` inside ILSVRC2012_img_val.tar (flat, Kaggle labels) is rejected with the reason, as in a tree."""
+    from fastft.shard import VAL_TAR
+
+    root = tmp_path / "a"
+    synth(root, classes=list(load().wnids[:2]), train_per_class=1, val_per_class=1, size=24, val_layout="kaggle", seed=1,
+          archives=True)
+    with tarfile.open(root / VAL_TAR, "a") as t:
+        ti = tarfile.TarInfo(".DS_Store")
+        ti.size = 8
+        t.addfile(ti, io.BytesIO(b"\0\0\0\1Bud1"))
+    m = write_store(root, tmp_path / "s", CFG, workers=1, progress=False)
+    assert m["totals"]["inputs"] == 5 and m["totals"]["rejected"] == 1
+    (row,) = csv.DictReader(open(tmp_path / "s" / "rejected.csv"))
+    assert row["source"] == f"{VAL_TAR}/.DS_Store"
+    assert row["reason"] == "no label in LOC_val_solution.csv (not an ILSVRC2012_val_* file)"
