@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tarfile
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,8 @@ def _p(colours):
 
 
 def _u16(v, mode="I;16"):
-    return Image.fromarray(np.full(S[::-1], v, np.uint16)).convert(mode) if mode != "I;16" else Image.fromarray(np.full(S[::-1], v, np.uint16))
+    im = Image.fromarray(np.full(S[::-1], v, np.uint16))  # mode I;16
+    return im if mode == "I;16" else im.convert(mode)
 
 
 # file name -> (image, save keyword arguments, the RGB expected in the store, worked out by hand)
@@ -61,7 +63,7 @@ MODES = {
     "16bit-mid.png": (_u16(32768), {}, (128, 128, 128)),                      # PIL alone clips this to 255
     "16bit-dark.png": (_u16(1000), {}, (4, 4, 4)),
     "16bit-white.png": (_u16(65535), {}, (255, 255, 255)),
-    "16bit-big-endian.tif": (_u16(32768).convert("I").convert("I;16B"), {}, (128, 128, 128)),
+    "16bit-big-endian.tif": (_u16(32768, "I").convert("I;16B"), {}, (128, 128, 128)),
     "int32.tif": (_u16(32768, "I"), {}, (128, 128, 128)),
     "16bit.pgm": (_u16(20000, "I"), {"format": "PPM"}, (78, 78, 78)),           # read by PIL as mode I
     "float-half.tif": (Image.fromarray(np.full(S[::-1], 0.5, np.float32)), {}, (128, 128, 128)),
@@ -274,16 +276,10 @@ def test_a_class_whose_every_input_is_rejected_is_an_error_or_listed_missing(tmp
         p.write_bytes(b"<html>gone</html>")
     cfg = ShardConfig(resize="24x24")
     with pytest.raises(FastFTError, match=rf"1 classes have no usable training image.*first: {c}, 1 files"):
-        write_store(root, tmp_path / "s", replace_cfg(cfg, classes=tuple(load().wnids[:2])), workers=1, progress=False)
-    m = write_store(root, tmp_path / "s2", replace_cfg(cfg, classes=tuple(load().wnids[:2]), allow_missing=True), workers=1,
+        write_store(root, tmp_path / "s", replace(cfg, classes=tuple(load().wnids[:2])), workers=1, progress=False)
+    m = write_store(root, tmp_path / "s2", replace(cfg, classes=tuple(load().wnids[:2]), allow_missing=True), workers=1,
                     progress=False)
     assert m["missing_classes"] == [c] and m["totals"]["rejected"] == 1
-
-
-def replace_cfg(cfg, **kw):
-    from dataclasses import replace
-
-    return replace(cfg, **kw)
 
 
 # ---------------------------------------------------------------- fuzz
