@@ -26,6 +26,7 @@ import pickle
 import random
 import re
 import shutil
+import stat
 import tarfile
 import tempfile
 import time
@@ -78,6 +79,7 @@ class Input:
     archive: str = ""  # an uncompressed tar (relative to the root) holding the bytes at ``offset`` (``size`` bytes)
     offset: int = 0
     size: int = 0
+    reason: str = ""   # set by the scan for an input rejected unread (outside any class folder, unlabelled in val/)
 
 
 def _tree_root(root: Path) -> Path | None:
@@ -128,28 +130,80 @@ def _devkit_ids(meta) -> dict[int, str]:
 
 def _val_labels(layout: str, label_file: Path) -> dict[str, str]:
     """Validation image stem (``ILSVRC2012_val_00000001``) -> wnid, from the devkit's ground truth + meta.mat (a
-    devkit folder, or the downloaded ``ILSVRC2012_devkit_t12.tar.gz`` read in place) or Kaggle's LOC_val_solution.csv."""
+    devkit folder, or the downloaded ``ILSVRC2012_devkit_t12.tar.gz`` read in place) or Kaggle's LOC_val_solution.csv.
+    Every label is checked before any work: a line that is not an ID / wnid, or an image given two labels, is an
+    error naming the file and line."""
     if layout == "devkit":
         if label_file.name.endswith(".tar.gz"):
             try:
                 with tarfile.open(label_file, "r:gz") as t:
-                    gt = t.extractfile(f"{DEVKIT_DIR}/data/ILSVRC2012_validation_ground_truth.txt").read().decode()
+                    gt = t.extractfile(f"{DEVKIT_DIR}/data/ILSVRC2012_validation_ground_truth.txt").read()
                     meta = io.BytesIO(t.extractfile(f"{DEVKIT_DIR}/data/meta.mat").read())
             except (KeyError, tarfile.TarError, OSError, EOFError) as e:
                 raise FastFTError(f"{label_file} is not a readable ILSVRC2012 devkit (needs data/meta.mat and "
                                   f"data/ILSVRC2012_validation_ground_truth.txt): {e}") from None
+            where = f"{label_file.name}: ILSVRC2012_validation_ground_truth.txt"
         else:
             meta = label_file.parent / "meta.mat"
             if not meta.exists():
                 raise FastFTError(f"devkit layout needs {meta} to map ILSVRC2012_IDs to wnids")
-            gt, meta = label_file.read_text(), str(meta)
-        ids = _devkit_ids(meta)
-        return {f"ILSVRC2012_val_{i:08d}": ids[int(x)] for i, x in enumerate(gt.split(), 1)}
-    labels = {}
-    with open(label_file, newline="") as f:
-        for row in csv.DictReader(f):
-            labels[row["ImageId"]] = row["PredictionString"].split()[0]
-    return labels
+            gt, meta, where = label_file.read_bytes(), str(meta), label_file.name
+        return _devkit_labels(_text(gt, where), _devkit_ids(meta), where)
+    return _kaggle_labels(_text(label_file.read_bytes(), label_file.name), label_file.name)
+
+
+def _text(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8-sig")  # a byte-order mark (saved by Excel, Notepad) is not part of the first line
+    except UnicodeDecodeError as e:
+        raise FastFTError(f"{where} is not UTF-8 text (byte {e.start}): is it the right file?") from None
+
+
+def _devkit_labels(gt: str, ids: dict[int, str], where: str) -> dict[str, str]:
+    """Line i of the ground truth = the ILSVRC2012_ID of ``ILSVRC2012_val_{i:08d}``; blank lines only at the end."""
+    h = load()
+    lines = gt.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    out = {}
+    for i, line in enumerate(lines, 1):
+        x = line.strip()
+        if not x.isdigit() or int(x) not in ids:
+            raise FastFTError(f"{where} line {i}: {x!r} is not an ILSVRC2012_ID of a class in meta.mat")
+        if ids[int(x)] not in h.label:
+            raise FastFTError(f"{where} line {i}: ID {x} is {ids[int(x)]!r} in meta.mat, not an ILSVRC2012 wnid")
+        out[f"ILSVRC2012_val_{i:08d}"] = ids[int(x)]
+    return out
+
+
+def _kaggle_labels(text: str, where: str) -> dict[str, str]:
+    """``ImageId,PredictionString`` rows; the wnid is every 5th token of the prediction (one per box, all the same)."""
+    h = load()
+    rows = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)  # "a, b" as well as "a,b"; CRLF or LF
+    header = [c.strip() for c in next(rows, [])]
+    if "ImageId" not in header or "PredictionString" not in header:
+        raise FastFTError(f"{where} line 1: expected the header ImageId,PredictionString, got {','.join(header)!r}")
+    col_id, col_pred = header.index("ImageId"), header.index("PredictionString")
+    out, line_of = {}, {}
+    for row in rows:
+        n = rows.line_num
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) <= max(col_id, col_pred):
+            raise FastFTError(f"{where} line {n}: {len(row)} fields, expected ImageId,PredictionString")
+        image, tokens = row[col_id].strip(), row[col_pred].split()
+        if not tokens:
+            raise FastFTError(f"{where} line {n}: {image} has an empty PredictionString (no label)")
+        wnids = set(tokens[::5])
+        if len(wnids) > 1:
+            raise FastFTError(f"{where} line {n}: {image} has boxes of several classes ({', '.join(sorted(wnids))})")
+        wnid = tokens[0]
+        if wnid not in h.label:
+            raise FastFTError(f"{where} line {n}: {image} is labelled {wnid!r}, not an ILSVRC2012 wnid")
+        if out.get(image, wnid) != wnid:
+            raise FastFTError(f"{where} line {n}: {image} is labelled {wnid}, but {out[image]} on line {line_of[image]}")
+        out[image], line_of[image] = wnid, n
+    return out
 
 
 # the files image-net.org serves (also what torchvision.datasets.ImageNet reads)
@@ -240,15 +294,12 @@ def _scan_archives(root: Path, cfg: ShardConfig, progress: bool = False) -> tupl
                 raise FastFTError(f"cannot label {VAL_TAR} ({'--val-layout ' + cfg.val_layout if cfg.val_layout != 'auto' else 'auto'}): "
                                   f"it holds flat files; put {DEVKIT_TGZ} or LOC_val_solution.csv next to it")
             by_stem = _val_labels(layout, label_files[layout][0])
-            labels = {}
-            for m, _, _ in files:
-                stem = Path(m).name.split(".")[0]
-                if stem not in by_stem:
-                    raise FastFTError(f"{VAL_TAR}: {m} has no label in {label_files[layout][0].name}")
-                labels[m] = by_stem[stem]
+            name = label_files[layout][0].name
+            labels = {m: _val_label(m, by_stem, f"{VAL_TAR}: {m}", name) for m, _, _ in files}
         wanted = set(cfg.classes or h.wnids)
-        inputs += [Input("val", labels[m], f"{VAL_TAR}/{m}", archive=VAL_TAR, offset=o, size=k)
-                   for m, o, k in files if labels[m] in wanted]
+        inputs += [Input("val", labels[m], f"{VAL_TAR}/{m}", archive=VAL_TAR, offset=o, size=k,
+                         reason="" if labels[m] else f"no label in {name} (not an ILSVRC2012_val_* file)")
+                   for m, o, k in files if not labels[m] or labels[m] in wanted]
     elif cfg.val_layout != "auto":
         raise FastFTError(f"--val-layout {cfg.val_layout} given but {val} does not exist")
     return _assign_keys(inputs), {"val_layout": layout, "missing": missing, "skipped_folders": unknown}
@@ -272,6 +323,19 @@ def _classes(found: list[str], cfg: ShardConfig, what: str) -> tuple[list[str], 
     return [w for w in wanted if w not in set(missing)], missing, unknown
 
 
+def _emptied_classes(rows: list[dict], rejected: list[dict], allow_missing: bool, out: Path) -> list[str]:
+    """Classes that had training inputs but of which every one was rejected (known only once all are read): an error,
+    or with ``allow_missing`` listed as missing in the manifest, never a class silently at 0 samples."""
+    written = {r["wnid"] for r in rows if r["split"] == "train"}
+    lost = Counter(r["wnid"] for r in rejected if r["split"] == "train" and r["wnid"] and r["wnid"] not in written)
+    if lost and not allow_missing:
+        w, n = sorted(lost.items())[0]
+        raise FastFTError(f"{len(lost)} classes have no usable training image: every one of their inputs was rejected "
+                          f"(first: {w}, {n} files; reasons in {out / 'rejected.csv'}); fix those files, or pass "
+                          "--allow-missing (with a new --out) to shard the rest")
+    return sorted(lost)
+
+
 def scan(root: str | Path, cfg: ShardConfig, progress: bool = False) -> tuple[list[Input], dict]:
     """Every input file of the tree (or of the downloaded archives, see :func:`_scan_archives`) with its split and
     wnid; raises on unknown / missing / empty classes."""
@@ -283,40 +347,72 @@ def scan(root: str | Path, cfg: ShardConfig, progress: bool = False) -> tuple[li
         return _scan_archives(root, cfg, progress)
     data_root = _find_root(root)
     rel = lambda d, name: str((d / name).relative_to(root))  # noqa: E731
-    present, missing, unknown = _classes(_entries(data_root / "train", dirs=True), cfg, "train/ folder")
+    tdir, vdir = data_root / "train", data_root / "val"
+    present, missing, unknown = _classes(_entries(tdir, dirs=True), cfg, "train/ folder")
     wanted_set = set(cfg.classes or h.wnids)
-    inputs: list[Input] = []
+    inputs = _stray(root, tdir)
     for w in present:
-        files = _entries(data_root / "train" / w)
+        files = _class_files(tdir / w, root)
         if not files:
             raise FastFTError(f"class folder train/{w} is empty")
-        inputs += [Input("train", w, rel(data_root / "train" / w, f)) for f in files]
+        inputs += [Input("train", w, rel(tdir / w, f)) for f in files]
     layout, label_file = _detect_val_layout(root, data_root, cfg.val_layout)
-    vdir = data_root / "val"
     if layout == "folders":
+        inputs += _stray(root, vdir)
         for d in _entries(vdir, dirs=True):
             if d not in h.label:
                 if cfg.skip_unknown:
                     continue
                 raise FastFTError(f"val/ has a folder that is not an ILSVRC2012 wnid: {d}")
             if d in wanted_set:
-                inputs += [Input("val", d, rel(vdir / d, f)) for f in _entries(vdir / d)]
+                inputs += [Input("val", d, rel(vdir / d, f)) for f in _class_files(vdir / d, root)]
     elif layout in ("devkit", "kaggle"):
         labels = _val_labels(layout, label_file)
         for f in _entries(vdir):
-            stem = f.split(".")[0]
-            if stem not in labels:
-                raise FastFTError(f"val/{f} has no label in {label_file.name}")
-            if labels[stem] in wanted_set:
-                inputs.append(Input("val", labels[stem], rel(vdir, f)))
+            label = _val_label(f, labels, f"val/{f}", label_file.name)
+            if not label or label in wanted_set:
+                inputs.append(Input("val", label, rel(vdir, f),
+                                    reason="" if label else f"no label in {label_file.name} (not an ILSVRC2012_val_* file)"))
     return _assign_keys(inputs), {"val_layout": layout, "missing": missing, "skipped_folders": unknown}
 
 
+_VAL_NAME = re.compile(r"ILSVRC2012_val_\d{8}$")
+
+
+def _val_label(name: str, labels: dict[str, str], where: str, label_file: str) -> str:
+    """The wnid of the flat val file ``name``; "" for a file that is not a val image by its name (``.DS_Store``, a
+    ``Thumbs.db``: rejected with that reason, as non-images in train/ are); an error for a val image with no label."""
+    stem = Path(name).name.split(".")[0]
+    if stem in labels:
+        return labels[stem]
+    if _VAL_NAME.match(stem):
+        raise FastFTError(f"{where} has no label in {label_file}")
+    return ""
+
+
+def _stray(root: Path, d: Path) -> list[Input]:
+    """The files directly in ``train/`` (or a wnid-folder ``val/``), outside every class folder: rejected, counted."""
+    return [Input(d.name, "", str((d / f).relative_to(root)), reason="not in a class folder")
+            for f in _entries(d)]
+
+
+def _class_files(d: Path, root: Path) -> list[str]:
+    """The inputs of one class folder; a folder inside it (a class extracted twice, ``n01440764/n01440764/``) is an
+    error before any work, since its images would otherwise be silently left out."""
+    sub = _entries(d, dirs=True)
+    if sub:
+        raise FastFTError(f"{(d / sub[0]).relative_to(root)}/ is a folder inside a class folder ({len(sub)} in "
+                          f"{d.relative_to(root)}/); class folders hold images only: move its files up or remove it")
+    return _entries(d)
+
+
 def _entries(d: Path, dirs: bool = False) -> list[str]:
-    """Sorted names of the regular files (or folders) in ``d``. ``os.scandir`` knows each entry's type from the
-    directory listing, so 1.28M training files cost no stat calls (which on a network file system add minutes)."""
+    """Sorted names of the folders in ``d`` (``dirs``), or of everything else: regular files, and also dangling
+    symlinks, FIFOs and the like, which the workers reject with the reason (never left out unseen). ``os.scandir``
+    knows each entry's type from the directory listing, so 1.28M training files cost no stat calls (which on a
+    network file system add minutes)."""
     with os.scandir(d) as it:
-        return sorted(e.name for e in it if (e.is_dir() if dirs else e.is_file()))
+        return sorted(e.name for e in it if e.is_dir() == dirs)
 
 
 def _assign_keys(inputs: list[Input]) -> list[Input]:
@@ -336,43 +432,204 @@ def _assign_keys(inputs: list[Input]) -> list[Input]:
 
 
 # ---------------------------------------------------------------- per-image work (runs in worker processes)
+MAX_PIXELS = 200_000_000
+"""The most pixels fastft decodes for one image (e.g. 20000×10000, at most 800 MB at 4 bytes a pixel). A JPEG is
+decoded at 1/2, 1/4 or 1/8 scale (in the DCT, by ``Image.draft``) when that is enough for the store's size or needed to
+stay within the limit, so it may declare up to 64× more (every JPEG: 65535×65535 at 1/8 is 67 Mpx). PIL's own check
+(``Image.MAX_IMAGE_PIXELS``, made at open and for some formats' frames and tiles) is set to this limit; an image beyond
+it is rejected as too large before anything is allocated."""
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_WHITE = (255, 255, 255)
+# inputs by kind in the manifest: PIL mode -> name (a non-JPEG adds its format: "png-rgba")
+_KINDS = {"RGB": "rgb", "L": "grayscale", "CMYK": "cmyk", "RGBA": "rgba", "LA": "grayscale-alpha", "P": "palette",
+          "PA": "palette-alpha", "1": "bilevel", "I;16": "grayscale-16bit", "I;16L": "grayscale-16bit",
+          "I;16B": "grayscale-16bit", "I;16N": "grayscale-16bit", "I": "grayscale-32bit", "F": "grayscale-float",
+          "YCbCr": "ycbcr", "RGBX": "rgb"}
+
+
+class _Rejected(Exception):
+    """An input that cannot be written; the message is its reason in ``rejected.csv``."""
+
+
 def _process(args) -> tuple[bytes | None, str]:
-    """Decode, normalise to RGB, resize and re-encode one input. Returns (jpeg, kind) or (None, reason)."""
-    path, member, resize, quality = args
+    """Decode, normalise to RGB, resize and re-encode one input. Returns (jpeg, kind) or (None, reason).
+
+    Never raises: whatever one input does to a decoder (a lying header, a decompression bomb, a bug in a PIL plugin)
+    rejects that input, with the exception as its reason, and the run goes on. ``args`` may carry a reason found by
+    the scan (a file outside any class folder, an unlabelled file in a flat val/): that input is rejected unread."""
+    path, member, resize, quality, *pre = args
+    if pre and pre[0]:
+        return None, pre[0]
+    import warnings
+
+    from PIL import Image
+
+    fmt = "image"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "corrupt EXIF" & co. from thousands of inputs would bury the progress bar
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # over the limit is a rejection, not a warning
+        try:
+            raw = _read_input(path, member)
+            im = _open(raw)
+            fmt = im.format or fmt
+            return _convert(im, raw, resize, quality)
+        except _Rejected as e:
+            return None, str(e)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # raised by a plugin, e.g. a GIF frame
+            return None, f"too large ({_bomb_pixels(e)}; fastft decodes at most {MAX_PIXELS / 1e6:.0f} Mpx)"
+        except MemoryError:
+            return None, f"undecodable {fmt} (out of memory)"
+        except Exception as e:  # noqa: BLE001 -- any fault of one input is that input's rejection, never the run's end
+            return None, f"undecodable {fmt} ({type(e).__name__}: {e})"
+
+
+def _read_input(path: str, member) -> bytes:
+    """The bytes of one input, or :class:`_Rejected` (a dangling symlink, a FIFO or device, an unreadable file)."""
+    if member:
+        try:
+            raw = _read_member(path, *member)
+        except OSError as e:
+            raise _Rejected(f"unreadable ({e.strerror or e})") from None
+    else:
+        try:  # O_NONBLOCK: opening a FIFO that nobody writes would otherwise block the worker forever
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            if os.path.islink(path):
+                raise _Rejected(f"dangling symlink (to {os.readlink(path)})") from None
+            raise _Rejected("unreadable (No such file: removed after the scan?)") from None
+        except OSError as e:
+            raise _Rejected(f"unreadable ({e.strerror or e})") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                what = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device"
+                raise _Rejected(f"not a regular file ({what})")
+            with os.fdopen(os.dup(fd), "rb") as f:
+                raw = f.read()
+        except OSError as e:
+            raise _Rejected(f"unreadable ({e.strerror or e})") from None
+        finally:
+            os.close(fd)
+    if not raw:
+        raise _Rejected("0-byte file")
+    return raw
+
+
+def _open(raw: bytes):
+    """PIL's view of ``raw`` (only the header is read), with fastft's pixel limit as PIL's."""
     from PIL import Image, UnidentifiedImageError
 
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS * (64 if raw[:3] == _JPEG_MAGIC else 1)  # a JPEG is decoded at >= 1/8 scale
     try:
-        raw = _read_member(path, *member) if member else Path(path).read_bytes()
-    except OSError as e:
-        return None, f"unreadable: {e.strerror or e}"
-    if not raw:
-        return None, "0-byte file"
-    fmt = "image"
-    try:
-        im = Image.open(io.BytesIO(raw))
-        fmt, mode = im.format, im.mode
-        mode_kind, w, h = parse_resize(resize)
-        if fmt == "JPEG" and mode_kind != "none":
-            im.draft("RGB" if mode == "RGB" else None, _target_size(im.size, mode_kind, w, h))  # DCT-domain downscale: fast, exact enough
-        im.load()
+        return Image.open(io.BytesIO(raw))
     except UnidentifiedImageError:
-        return None, f"not an image ({_sniff(raw)})"
-    except (OSError, SyntaxError, ValueError) as e:
-        return None, f"undecodable {fmt} ({e})"
-    kind = {"RGB": "rgb", "L": "grayscale", "CMYK": "cmyk", "RGBA": "rgba", "LA": "grayscale-alpha", "P": "palette"}.get(mode, mode.lower())
+        raise _Rejected(f"not an image ({_sniff(raw)})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise _Rejected(f"too large ({_bomb_pixels(e)}; fastft decodes at most {MAX_PIXELS / 1e6:.0f} Mpx)") from None
+
+
+def _bomb_pixels(e: Exception) -> str:
+    m = re.search(r"\((\d+) pixels\)", str(e))
+    return f"{int(m.group(1)) / 1e6:,.0f} Mpx" if m else str(e)
+
+
+def _convert(im, raw: bytes, resize: str, quality: int) -> tuple[bytes, str]:
+    """The store's JPEG of the opened image ``im`` (see :func:`_to_rgb` for what each mode becomes) and its kind."""
+    from PIL import Image
+
+    fmt, mode = im.format, im.mode
+    kind = "palette-alpha" if mode == "P" and "transparency" in im.info else _KINDS.get(mode, mode.lower())
     if fmt != "JPEG":
         kind = f"{fmt.lower()}-{kind}"
-    if mode_kind == "none" and fmt == "JPEG" and mode == "RGB":
+    if not im.width or not im.height:
+        raise _Rejected(f"empty image ({im.width}×{im.height} px)")
+    how, w, h = parse_resize(resize)
+    declared = im.size
+    if fmt in ("JPEG", "MPO"):
+        target = _target_size(im.size, how, w, h) if how != "none" else im.size
+        fit = _jpeg_fit(im.size)  # draft picks the greatest reduction that still covers the size asked for
+        im.draft("RGB" if mode == "RGB" else None, (min(target[0], fit[0]), min(target[1], fit[1])))
+    if im.width * im.height > MAX_PIXELS:
+        raise _Rejected(f"too large ({declared[0]}×{declared[1]} px; fastft decodes at most {MAX_PIXELS / 1e6:.0f} Mpx)")
+    _check_plausible(im, declared, len(raw))
+    im.load()
+    if how == "none" and fmt == "JPEG" and mode == "RGB" and im.size == declared:
         return raw, kind  # keep the original bytes
-    if mode != "RGB":
-        im = im.convert("RGB")
-    if mode_kind != "none":
-        size = _target_size(im.size, mode_kind, w, h)
-        if size != im.size:
+    if _has_alpha(im) and im.mode not in ("RGBA", "LA"):
+        im = im.convert("RGBA")  # before resampling, so that the alpha is resampled with the colours
+    elif im.mode in ("1", "P", "PA"):
+        im = im.convert("L" if im.mode == "1" else "RGB")  # PIL resamples these only by nearest neighbour
+    if how != "none":
+        size = _target_size(im.size, how, w, h)
+        if size[0] * size[1] > MAX_PIXELS or max(size) > 65500:  # 65535: JPEG's largest side
+            raise _Rejected(f"too large after --resize {resize} ({size[0]}×{size[1]} px from {declared[0]}×{declared[1]})")
+        if size != im.size:  # resampled in the input's own mode (16-bit, float, CMYK …): cheaper, and no early rounding
             im = im.resize(size, Image.BILINEAR)
     b = io.BytesIO()
-    im.save(b, "JPEG", quality=quality)
+    _to_rgb(im).save(b, "JPEG", quality=quality)
     return b.getvalue(), kind
+
+
+def _jpeg_fit(size: tuple[int, int]) -> tuple[int, int]:
+    """A JPEG's size at the least DCT reduction (1, 1/2, 1/4, 1/8) that keeps it within :data:`MAX_PIXELS`."""
+    for k in (1, 2, 4, 8):
+        w, h = -(-size[0] // k), -(-size[1] // k)
+        if w * h <= MAX_PIXELS:
+            break
+    return w, h
+
+
+def _has_alpha(im) -> bool:
+    return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode in ("P", "L", "RGB") and "transparency" in im.info)
+
+
+def _to_rgb(im):
+    """``im`` as 8-bit RGB, by pixel value:
+
+    * RGB as is; L, 1 (0/255), P (its palette), YCbCr, RGBX by PIL; CMYK by PIL's conversion (as ILSVRC's 22 CMYK
+      JPEGs need, see reliability.md), ICC profiles not applied;
+    * 16-bit (I;16, I;16B, I;16L — PNG, TIFF) scaled 0..65535 → 0..255 (round(v / 257): mid-gray 32768 → 128; PIL's own
+      conversion clips every value above 255 to white); I (32-bit integer, which is how PIL reads 16-bit PGM) is taken
+      as 16-bit, clipped to 0..65535; F (32-bit float) as 0.0..1.0, the convention of float images, clipped (NaN → 0);
+    * alpha (RGBA, LA, PA, a palette or L/RGB with a transparent colour) is composited on white: ILSVRC's images come
+      from web pages, which show transparent parts on white, and the colour stored under alpha 0 is arbitrary (often
+      black), so dropping alpha would show what the author hid.
+    """
+    from PIL import Image
+
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode.startswith("I"):
+        a = np.asarray(im).astype(np.int32)
+        return Image.fromarray(((np.clip(a, 0, 65535) + 128) // 257).astype(np.uint8), "L").convert("RGB")
+    if mode == "F":
+        a = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0)
+        return Image.fromarray((np.clip(a, 0.0, 1.0) * 255 + 0.5).astype(np.uint8), "L").convert("RGB")
+    if _has_alpha(im):
+        rgba = im.convert("RGBA")
+        out = Image.new("RGB", im.size, _WHITE)
+        out.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
+        return out
+    if mode in ("LAB", "HSV"):  # PIL's convert copies the bands as if they were RGB
+        raise _Rejected(f"unsupported colour mode ({mode})")
+    return im.convert("RGB")
+
+
+def _check_plausible(im, declared: tuple[int, int], nbytes: int) -> None:
+    """Reject a header that claims more pixels than the file can hold (a 2 KB BMP "of" 20000×15000 would otherwise
+    be allocated first and found truncated after): raw pixel data needs at least a bit a pixel, and zlib (PNG)
+    compresses at most 1032:1."""
+    need = 0
+    for t in im.tile:
+        codec, (x0, y0, x1, y1), offset = t[0], t[1], t[2]  # (codec, extents, offset, args): a tuple in Pillow 10
+        bits = max(0, x1 - x0) * max(0, y1 - y0)
+        if codec == "raw":
+            need = max(need, offset + bits // 8)
+        elif codec == "zip":
+            need = max(need, offset + bits // 8 // 1032)
+    if need > nbytes:
+        raise _Rejected(f"header claims more pixels than the file holds ({declared[0]}×{declared[1]} px in {nbytes:,} bytes)")
 
 
 _ARCHIVES: dict[str, int] = {}  # per worker process: archive path -> open descriptor (positioned reads need no seek)
@@ -650,7 +907,8 @@ def _write_shards(root: Path, out: Path, cfg: ShardConfig, h, inputs: list[Input
         if pos >= len(items):
             continue
         writer = _ShardWriter(out, split, index)
-        jobs = ((str(root / (x.archive or x.source)), (x.offset, x.size) if x.archive else None, cfg.resize, cfg.quality)
+        jobs = ((str(root / (x.archive or x.source)), (x.offset, x.size) if x.archive else None, cfg.resize, cfg.quality,
+                 x.reason)
                 for x in items[pos:])
         for x, (jpg, info) in zip(items[pos:], bounded_imap(pool, _process, jobs, spool)):
             writer.consumed += 1
@@ -700,10 +958,11 @@ def _finish(out: Path, records: list[dict], settings: dict, scan_info: dict, sec
     w.writeheader()
     w.writerows(sorted(rejected, key=lambda r: r["source"]))
     fsync_write(out / "rejected.csv", buf.getvalue().encode())
+    empty = _emptied_classes(rows, rejected, settings["allow_missing"], out)  # after rejected.csv: it says why
     kinds = Counter(r["kind"] for r in rows)
     manifest = {
         "format": "fastft-store", "store_version": STORE_VERSION, "settings": settings, "val_layout": scan_info["val_layout"],
-        "missing_classes": scan_info["missing"], "skipped_folders": scan_info["skipped_folders"],
+        "missing_classes": scan_info["missing"] + empty, "skipped_folders": scan_info["skipped_folders"],
         "totals": {"inputs": settings["inputs"], "written": written, "rejected": len(rejected),
                    "by_split": dict(Counter(r["split"] for r in rows)), "classes": len({r["wnid"] for r in rows}),
                    "bytes": sum(r["bytes"] for r in records)},
