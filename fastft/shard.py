@@ -319,20 +319,42 @@ def _entries(d: Path, dirs: bool = False) -> list[str]:
         return sorted(e.name for e in it if (e.is_dir() if dirs else e.is_file()))
 
 
+KEY_STEM_MAX = 64  # characters of the readable part of a key: ``<wnid>_`` + 64 + ``~<ordinal>`` + ``.jpg`` fit ustar's 100
+
+
+def _key_base(x: Input) -> str:
+    """The readable part of a key: the file name's stem (up to its last dot) with every run of characters other than
+    ``A-Z a-z 0-9 _ -`` replaced by one ``-`` (dots, spaces, non-ASCII and undecodable bytes; ``~`` too, which only
+    a collision suffix holds), cut to :data:`KEY_STEM_MAX`; training keys start with their wnid."""
+    name = Path(x.source).name
+    stem = _SAFE.sub("-", name.rsplit(".", 1)[0] if "." in name else name).strip("-")[:KEY_STEM_MAX].strip("-") or "img"
+    if x.split == "train" and not stem.startswith(x.wnid):
+        stem = f"{x.wnid}_{stem}"
+    return stem
+
+
 def _assign_keys(inputs: list[Input]) -> list[Input]:
-    """Keys safe for WebDataset (no dots: it splits the key at the first one) and unique across the whole store."""
-    out, seen = [], Counter()
-    for x in inputs:
-        name = Path(x.source).name
-        stem = _SAFE.sub("-", name.rsplit(".", 1)[0] if "." in name else name).strip("-") or "img"
-        if not stem.startswith(x.wnid) and x.split == "train":
-            stem = f"{x.wnid}_{stem}"
-        key = stem
-        seen[stem] += 1
-        if seen[stem] > 1:  # `a.b.JPEG` vs `a-b.JPEG`, `x.JPEG` vs `x.jpg`
-            key = f"{stem}-{seen[stem]}"
-        out.append(replace(x, key=key))
-    return out
+    """Keys unique across the whole store by construction, and safe for WebDataset, DALI and ustar tar names (no dots:
+    WebDataset splits a name at the first one; ASCII, at most 86 characters).
+
+    An input whose readable base (:func:`_key_base`) no other input shares keeps it as its key (``n01440764_10026``).
+    Inputs sharing a base — ``x.JPEG`` and ``x.jpg``, ``a.b.JPEG`` and ``a-b.JPEG``, long names alike in their first
+    64 characters, names with no ASCII letter — are keyed ``<base>~<n>``, ``n`` = 1, 2, … in the order of (split,
+    wnid, file name bytes). ``~`` appears in no base, so a suffixed key never equals a plain one (``x-2.JPEG`` stays
+    ``x-2``) and two suffixed keys differ in base or ordinal. Deterministic: the same input list gives the same keys,
+    whether read from the extracted tree or the downloaded archives."""
+    bases = [_key_base(x) for x in inputs]
+    groups: dict[str, list[int]] = collections.defaultdict(list)
+    for i, b in enumerate(bases):
+        groups[b].append(i)
+    keys = list(bases)
+    split_order = {"train": 0, "val": 1}
+    for b, members in groups.items():
+        if len(members) > 1:
+            members.sort(key=lambda i: (split_order.get(inputs[i].split, 2), inputs[i].wnid, os.fsencode(Path(inputs[i].source).name)))
+            for n, i in enumerate(members, 1):
+                keys[i] = f"{b}~{n}"
+    return [replace(x, key=k) for x, k in zip(inputs, keys)]
 
 
 # ---------------------------------------------------------------- per-image work (runs in worker processes)

@@ -218,6 +218,74 @@ def verify(path: str | Path, full: bool = True, progress: bool = False) -> list[
     for (_, want, msg), got in zip(to_hash, _each_file([p for p, _, _ in to_hash], sha256_file, progress)):
         if got != want:
             problems.append(msg)
+    if (st.path / "samples.csv.gz").exists():
+        problems += check_sample_index(st, full)
+    return problems
+
+
+def _members(path: Path, full: bool) -> dict[str, tuple[int, int]] | None:
+    """name -> (data offset, size) of a shard's members: from the tar's own headers (``full``), else from its DALI
+    index (checked against the manifest by :func:`verify`). None if unreadable (verify names that already)."""
+    try:
+        if full:
+            with tarfile.open(path.with_suffix(".tar")) as tf:
+                return {m.name: (m.offset_data, m.size) for m in tf if m.isreg()}
+        out = {}
+        for line in path.with_suffix(".idx").read_text().splitlines()[1:]:
+            t = line.split()
+            for i in range(0, len(t) - 3, 4):  # ext offset size name, per component
+                out[t[i + 3]] = (int(t[i + 1]), int(t[i + 2]))
+        return out
+    except (OSError, tarfile.TarError, ValueError, IndexError, EOFError):
+        return None
+
+
+def _named(what: str, items: list[str]) -> str:
+    return f"{len(items)} {what} (first: {', '.join(items[:5])})"
+
+
+def check_sample_index(st: Store, full: bool = True) -> list[str]:
+    """Problems with the sample index (``samples.csv.gz``) against the shards: keys unique within the store, every
+    row's wnid/label/shard known, and its ``<key>.jpg`` / ``<key>.cls`` the members at the row's offsets with its
+    sizes, inside the tar; every member of a shard in exactly one row, and the per-shard counts those of the manifest.
+    Members are read from the tar headers (``full``) or the DALI index files."""
+    df = st.samples(["key", "wnid", "label", "shard", "jpg_offset", "jpg_size", "cls_offset"])
+    problems = []
+    dup = df["key"][df["key"].duplicated()].unique().tolist()
+    if dup:
+        problems.append(f"samples.csv.gz: {_named('keys appear in more than one row', dup)}")
+    h = load()
+    bad = df[df["label"] != df["wnid"].map(h.label).fillna(-1)]
+    if len(bad):
+        problems.append(f"samples.csv.gz: {_named('rows have a label other than their wnid', bad['key'].tolist())}")
+    by_name = {s["name"]: s for s in st.shards}
+    unknown = sorted(set(df["shard"]) - set(by_name))
+    if unknown:
+        problems.append(f"samples.csv.gz: rows name shards the manifest does not list: {unknown[:5]}")
+    groups = dict(tuple(df.groupby("shard", sort=True)))
+    for name, s in by_name.items():
+        g = groups.get(name)
+        n = 0 if g is None else len(g)
+        if n != s["samples"]:
+            problems.append(f"samples.csv.gz: {n} rows for {name}, the manifest lists {s['samples']} samples")
+        members = _members(st.path / f"{name}.tar", full)
+        if members is None or g is None:
+            continue
+        tar_size = (st.path / f"{name}.tar").stat().st_size if (st.path / f"{name}.tar").exists() else s["bytes"]
+        outside, wrong, seen = [], [], set()
+        for k, jo, js, co in zip(g["key"].tolist(), g["jpg_offset"].tolist(), g["jpg_size"].tolist(), g["cls_offset"].tolist()):
+            if jo < 0 or co < 0 or jo + js > tar_size or co + 4 > tar_size:
+                outside.append(k)
+            elif members.get(f"{k}.jpg") != (jo, js) or members.get(f"{k}.cls") != (co, 4):
+                wrong.append(k)
+            seen.update((f"{k}.jpg", f"{k}.cls"))
+        if outside:
+            problems.append(f"{name}.tar: {_named('sample-index rows point outside the tar', outside)}")
+        if wrong:
+            problems.append(f"{name}.tar: {_named('sample-index rows do not match the member of their key (name, offset, size)', wrong)}")
+        orphans = sorted(set(members) - seen)
+        if orphans:
+            problems.append(f"{name}.tar: {_named('members no sample-index row names', orphans)}")
     return problems
 
 

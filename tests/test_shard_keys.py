@@ -1,0 +1,193 @@
+"""`fastft shard` keys, sample index and `fastft verify` on real trees of awkward names: every input gets its own key
+(collision-free by construction), the index matches the tars, and verify names every kind of damage to the index."""
+import gzip
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastft.store import open_store, verify
+from fastft.taxonomy import load
+
+W1, W2, W3 = "n01440764", "n01443537", "n01484850"
+
+# file names (bytes: any legal Linux name) per class folder; several sets that collide once sanitised
+TRAIN_NAMES = {
+    W1: [b"x.JPEG", b"x.jpg", b"x-2.JPEG",                                  # the issue's: `x-2` was given twice
+         f"{W1}_x.JPEG".encode(),                                          # the wnid prefix makes `x` this name
+         b"a.b.JPEG", b"a-b.JPEG", b"a b.JPEG", b"a~1.JPEG", b"a-1.JPEG", b"a-b~1.JPEG"],  # dots, spaces, the suffix mark
+    W2: [b"L" * 150 + b"1.JPEG", b"L" * 150 + b"2.JPEG", b"L" * 64 + b".JPEG",  # alike in the first 64 characters
+         b"M" * 95 + b".JPEG", b"N" * 240 + b".JPEG"],                      # past ustar's 100
+    W3: [b"img.JPEG", b"---.JPEG", ".jpg".encode(), "猫.jpg".encode(), "犬.jpg".encode(),  # nothing readable left
+         b"my photo (1).JPEG", b"v1.2.3.final.jpeg", "naïve résumé.JPEG".encode(), b"100%.JPEG"],
+}
+VAL_NAMES = {W1: [f"{W1}_x.JPEG".encode(), b"x.JPEG"]}  # val keys have no wnid prefix: `n01440764_x` again
+
+
+def _color(i: int) -> tuple[int, int, int]:
+    return (10 + 20 * (i % 12), 10 + 20 * (i // 12 % 12), 128)
+
+
+def _jpeg(i: int) -> bytes:
+    from PIL import Image
+
+    b = io.BytesIO()
+    Image.new("RGB", (40, 30), _color(i)).save(b, "JPEG", quality=95)
+    return b.getvalue()
+
+
+def _which(jpg: bytes) -> int:
+    """The file index whose colour a decoded sample has."""
+    from PIL import Image
+
+    px = np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB"), np.int32).reshape(-1, 3).mean(0)
+    return int(round((px[0] - 10) / 20)) + 12 * int(round((px[1] - 10) / 20))
+
+
+def make_tree(root: Path, train: dict, val: dict) -> dict[bytes, tuple[int, str, str]]:
+    """A tree of distinct solid-colour JPEGs under the given names; relative path bytes -> (colour index, split, wnid)."""
+    files, i = {}, 0
+    for split, names in (("train", train), ("val", val)):
+        for w, ns in names.items():
+            d = os.fsencode(root / split / w)
+            os.makedirs(d, exist_ok=True)
+            for n in ns:
+                with open(os.path.join(d, n), "wb") as f:
+                    f.write(_jpeg(i))
+                files[f"{split}/{w}/".encode() + n] = (i, split, w)
+                i += 1
+    return files
+
+
+def shard_cli(root: Path, out: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "fastft", "shard", str(root), "--out", str(out), "--resize", "32x32", "--shard-mb", "0.004",
+           "--classes", W1, W2, W3, "--workers", "2", "--quiet", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def odd(tmp_path_factory):
+    """(tree, {path bytes: (colour, split, wnid)}, store): the awkward names sharded by the real `fastft shard`."""
+    root = tmp_path_factory.mktemp("odd") / "ILSVRC2012"
+    files = make_tree(root, TRAIN_NAMES, VAL_NAMES)
+    out = root.parent / "store"
+    r = shard_cli(root, out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root, files, out
+
+
+def _rows(store: Path):
+    return open_store(store).samples()
+
+
+def test_colliding_names_each_get_their_own_key_and_read_back_distinct(odd):
+    import webdataset as wds
+
+    root, files, out = odd
+    m = open_store(out).manifest
+    assert m["totals"]["inputs"] == m["totals"]["written"] == len(files) and m["totals"]["rejected"] == 0
+    df = _rows(out)
+    assert len(df) == len(files) and df["key"].is_unique
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+(~[0-9]+)?", k) and len(k) + 4 <= 100 for k in df["key"])
+    # the issue's names: three keys, none of them twice, `x-2` kept for the file of that name
+    key = {(r.split, r.source): r.key for r in df.itertuples()}
+    assert key[("train", f"train/{W1}/x-2.JPEG")] == f"{W1}_x-2"
+    assert {key[("train", f"train/{W1}/{n}")] for n in ("x.JPEG", "x.jpg", f"{W1}_x.JPEG")} == {f"{W1}_x~{n}" for n in (1, 2, 3)}
+    assert key[("val", f"val/{W1}/{W1}_x.JPEG")] == f"{W1}_x~4"
+    # every sample, read at its index offsets, is the image of its own source file, with its label
+    h = load()
+    seen = set()
+    for r in df.itertuples():
+        with open(out / f"{r.shard}.tar", "rb") as f:
+            jpg = os.pread(f.fileno(), r.jpg_size, r.jpg_offset)
+            cls = np.frombuffer(os.pread(f.fileno(), 4, r.cls_offset), np.int32)[0]
+        i, split, w = files[r.source.encode()]
+        assert _which(jpg) == i and (r.split, r.wnid) == (split, w) and cls == r.label == h.label[w]
+        seen.add(i)
+    assert seen == {i for i, _, _ in files.values()}
+    # and WebDataset groups the tar members into exactly these samples
+    tars = sorted(str(p) for p in out.glob("*.tar"))
+    got = {s["__key__"]: _which(s["jpg"]) for s in wds.WebDataset(tars, shardshuffle=False)}
+    assert got == {r.key: files[r.source.encode()][0] for r in df.itertuples()}
+
+
+def test_keys_are_the_same_whatever_order_the_inputs_come_in(odd):
+    from dataclasses import replace
+
+    from fastft.shard import Input, _assign_keys
+
+    _, files, _ = odd
+    inputs = [Input(s, w, os.fsdecode(p)) for p, (_, s, w) in files.items()]
+    keys = {x.source: x.key for x in _assign_keys(inputs)}
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        shuffled = [inputs[i] for i in rng.permutation(len(inputs))]
+        assert {x.source: x.key for x in _assign_keys(shuffled)} == keys
+    # the same names read from the downloaded archives (other paths, same folders) get the same keys
+    arch = [replace(x, source=f"ILSVRC2012_img_{x.split}.tar/{x.source.split('/', 1)[1]}") for x in inputs]
+    assert [x.key for x in _assign_keys(arch)] == [keys[x.source] for x in inputs]
+
+
+def _damaged(out: Path, dst: Path, edit) -> Path:
+    """A copy of the store whose sample index ``edit(rows)`` changed, its hash updated in the manifest (what a writer
+    bug, not a bit flip, leaves: only the index checks can see it)."""
+    import hashlib
+    import json
+
+    import pandas as pd
+
+    shutil.copytree(out, dst)
+    df = edit(pd.read_csv(dst / "samples.csv.gz"))
+    data = gzip.compress(df.to_csv(index=False).encode(), mtime=0)
+    (dst / "samples.csv.gz").write_bytes(data)
+    m = json.loads((dst / "manifest.json").read_text())
+    m["files"]["samples.csv.gz"] = hashlib.sha256(data).hexdigest()
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
+
+
+def test_verify_names_every_damage_to_the_sample_index(odd, tmp_path):
+    import pandas as pd
+
+    _, _, out = odd
+    assert verify(out) == [] and verify(out, full=False) == []
+    df = _rows(out)
+    shard = df["shard"].value_counts().index[0]  # a shard with several samples
+    a, b = df[df["shard"] == shard]["key"].tolist()[:2]
+
+    def dup(d):
+        return pd.concat([d, d[d["key"] == a]])
+
+    def outside(d):
+        d.loc[d["key"] == a, "jpg_offset"] = (out / f"{shard}.tar").stat().st_size - 10
+        return d
+
+    def wrong(d):  # a's row points at b's image (right offset and size of another member)
+        for c in ("jpg_offset", "jpg_size"):
+            d.loc[d["key"] == a, c] = d.loc[d["key"] == b, c].iloc[0]
+        return d
+
+    def foreign(d):  # a row of a shard the manifest does not list, and a row dropped from another
+        d.loc[d["key"] == a, "shard"] = "train-999999"
+        return d
+
+    for name, edit, want in [
+        ("dup", dup, [f"keys appear in more than one row (first: {a})", f"rows for {shard}, the manifest lists"]),
+        ("outside", outside, [f"{shard}.tar: 1 sample-index rows point outside the tar (first: {a})"]),
+        ("wrong", wrong, [f"{shard}.tar: 1 sample-index rows do not match the member of their key (name, offset, size) (first: {a})"]),
+        ("foreign", foreign, ["train-999999", f"{shard}.tar: 2 members no sample-index row names (first: {a}.cls, {a}.jpg)"]),
+    ]:
+        bad = _damaged(out, tmp_path / name, edit)
+        for full in (True, False):
+            problems = verify(bad, full=full)
+            for w in want:
+                assert any(w in p for p in problems), (name, full, w, problems)
+    r = subprocess.run([sys.executable, "-m", "fastft", "verify", str(tmp_path / "wrong")], capture_output=True, text=True)
+    assert r.returncode == 1 and f"FAIL {shard}.tar: 1 sample-index rows do not match" in r.stdout
