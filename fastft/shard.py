@@ -26,6 +26,7 @@ import pickle
 import random
 import re
 import shutil
+import sys
 import tarfile
 import tempfile
 import time
@@ -495,27 +496,32 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
         raise FastFTError(f"no input images found under {root}")
     settings = {"store_version": STORE_VERSION, **asdict(cfg), "classes": list(cfg.classes), "val_layout_found": scan_info["val_layout"],
                 "class_list_sha256": hashlib.sha256("\n".join(h.wnids).encode()).hexdigest(), "inputs": len(inputs)}
+    fingerprint = input_fingerprint(root, inputs)
     out.mkdir(parents=True, exist_ok=True)
     sp = out / "settings.json"
     if (out / "manifest.json").exists() and sp.exists():  # finished: confirmed, nothing written (read-only stores too)
         _same_settings(out, settings)
+        _same_input(out, fingerprint, finished=True)
         return json.loads((out / "manifest.json").read_text())
     with lock_file(out / ".lock", f"the store {out}"):  # two `fastft shard` on one store would interleave shards
         if sp.exists():
             _same_settings(out, settings)
             if (out / "manifest.json").exists():  # finished by the writer that held the lock before us
+                _same_input(out, fingerprint, finished=True)
                 return json.loads((out / "manifest.json").read_text())
-        else:
-            if any(p.name != ".lock" for p in out.iterdir()):
-                raise FastFTError(f"{out} is not empty and holds no fastft store; choose an empty or new directory")
-            fsync_write(sp, json.dumps(settings, indent=1).encode())
+            if not _same_input(out, fingerprint, finished=False):
+                _start_over(out)
+        elif any(p.name != ".lock" for p in out.iterdir()):
+            raise FastFTError(f"{out} is not empty and holds no fastft store; choose an empty or new directory")
+        if not sp.exists():
+            # the input's fingerprint is kept here, not in the manifest: the same images copied elsewhere (other
+            # mtimes) must still give the same manifest, which views and reports name stores by
+            fsync_write(sp, json.dumps({**settings, "input_fingerprint": fingerprint}, indent=1).encode())
         for tmp in out.glob("*.tmp"):
             tmp.unlink()
 
         records: list[dict] = []
         # fork is cheapest, but forking a process that already runs DALI's thread pools can deadlock: spawn then
-        import sys
-
         ctx = get_context("fork" if hasattr(os, "fork") and "nvidia.dali" not in sys.modules else "spawn")
         workers = workers or os.cpu_count() or 1
         t0 = time.time()
@@ -557,9 +563,58 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
 
 def _same_settings(out: Path, settings: dict) -> None:
     old = json.loads((out / "settings.json").read_text())
+    old.pop("input_fingerprint", None)  # checked by _same_input
     if old != settings:
         diff = sorted(k for k in settings if old.get(k) != settings.get(k))
         raise FastFTError(f"{out} holds a store made with different settings ({', '.join(diff)}); use a new --out or the same settings")
+
+
+def input_fingerprint(root: Path, inputs: list[Input]) -> str:
+    """sha256 of the input list as the writer will use it: each input's split, wnid, exact path bytes, size and mtime
+    (inside an archive: its offset and size, and the archive's size and mtime). A resume compares it with the one
+    recorded when the store was started (``settings.json``): a renamed, added, removed or rewritten file changes it.
+    The files are stat'ed by threads (on a network file system each stat is a round trip)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def stat(path: Path) -> str:
+        try:
+            st = path.stat()
+            return f"{st.st_size} {st.st_mtime_ns}"
+        except OSError:  # gone since the scan: the reader rejects it; the fingerprint still differs from a present file
+            return "missing"
+    archives = {a: stat(root / a) for a in sorted({x.archive for x in inputs if x.archive})}
+    with ThreadPoolExecutor(16) as pool:
+        stats = list(pool.map(stat, (root / x.source for x in inputs if not x.archive), chunksize=256))
+    it = iter(stats)
+    d = hashlib.sha256()
+    for a, st in archives.items():
+        d.update(b"archive\0" + os.fsencode(a) + f"\0{st}\n".encode())
+    for x in inputs:
+        where = f"{x.offset} {x.size}" if x.archive else next(it)
+        d.update(f"{x.split}\0{x.wnid}\0".encode() + os.fsencode(x.source) + f"\0{where}\n".encode())
+    return d.hexdigest()
+
+
+def _same_input(out: Path, fingerprint: str, finished: bool) -> bool:
+    """Whether the store in ``out`` was started on the same input (see :func:`input_fingerprint`). A finished store
+    of another input is an error (it may be in use: never removed); an unfinished one is started over (False)."""
+    old = json.loads((out / "settings.json").read_text()).get("input_fingerprint")
+    if old == fingerprint or (finished and old is None):  # (a store finished before fingerprints: its settings match)
+        return True
+    if finished:
+        raise FastFTError(f"{out} is a finished store of a different input (files were renamed, added, removed or changed "
+                          "since it was written); use a new --out, or remove it to shard again")
+    why = "was started before inputs were fingerprinted" if old is None else "was started on a different input (files were renamed, added, removed or changed)"
+    print(f"fastft shard: the unfinished store {out} {why}: starting over", file=sys.stderr, flush=True)
+    return False
+
+
+def _start_over(out: Path) -> None:
+    """Remove what a writer leaves in an unfinished store (its shards, records and settings), and nothing else."""
+    pattern = re.compile(r"(train|val)-\d{6}\.(tar|idx|json)(\.tmp)?|settings\.json")
+    for p in out.iterdir():
+        if pattern.fullmatch(p.name) or p.name.endswith(".tmp"):
+            p.unlink()
 
 
 def _ignore_sigint() -> None:

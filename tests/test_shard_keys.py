@@ -191,3 +191,41 @@ def test_verify_names_every_damage_to_the_sample_index(odd, tmp_path):
                 assert any(w in p for p in problems), (name, full, w, problems)
     r = subprocess.run([sys.executable, "-m", "fastft", "verify", str(tmp_path / "wrong")], capture_output=True, text=True)
     assert r.returncode == 1 and f"FAIL {shard}.tar: 1 sample-index rows do not match" in r.stdout
+
+
+def _tree_files(root: Path) -> dict[str, str]:
+    """Relative path -> wnid of every image of a synthetic tree (val as wnid folders)."""
+    return {str(p.relative_to(root)): p.parent.name for p in root.glob("*/*/*") if p.is_file()}
+
+
+def test_resume_after_an_input_was_renamed_starts_over_and_writes_every_image_once(tmp_path, capsys):
+    from fastft.errors import FastFTError
+    from fastft.shard import ShardConfig, write_store
+    from fastft.synth import synth
+
+    root, out = tmp_path / "tree", tmp_path / "store"
+    synth(root, [W1, W2, W3], train_per_class=16, val_per_class=3, size=40, val_layout="folders", seed=1)
+    cfg = ShardConfig(resize="32x32", shard_mb=0.02, classes=(W1, W2, W3))
+    with pytest.raises(KeyboardInterrupt):
+        write_store(root, out, cfg, workers=2, progress=False, stop_after_shards=3)
+    import json
+
+    done = json.loads((out / "train-000001.json").read_text())["rows"][0]["source"]  # already in a finished shard
+    renamed = (root / done).with_name("renamed.JPEG")
+    (root / done).rename(renamed)
+    capsys.readouterr()
+    m = write_store(root, out, cfg, workers=2, progress=False)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"fastft shard: the unfinished store {out} was started on a different input (files were renamed, added, "
+                   "removed or changed): starting over"]
+    files = _tree_files(root)
+    df = _rows(out)
+    h = load()
+    assert sorted(df["source"]) == sorted(files) and m["totals"]["written"] == len(files)  # each once, none lost
+    assert all(files[r.source] == r.wnid and r.label == h.label[r.wnid] for r in df.itertuples())
+    assert verify(out) == []
+    # the same input again: confirmed, nothing written; a finished store of another input is never trusted
+    assert write_store(root, out, cfg, workers=2, progress=False)["shards"] == m["shards"]
+    renamed.rename(root / done)
+    with pytest.raises(FastFTError, match="is a finished store of a different input"):
+        write_store(root, out, cfg, workers=2, progress=False)
