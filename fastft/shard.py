@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FastFTError
-from .store import SAMPLE_COLUMNS, STORE_VERSION, dali_index, fsync_write, lock_file, parse_resize, sha256_file
+from .store import SAMPLE_COLUMNS, STORE_VERSION, dali_index, encode_source, fsync_write, lock_file, parse_resize, sha256_file
 from .taxonomy import load
 
 _SAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -458,7 +458,7 @@ class _ShardWriter:
         self.tf.addfile(_tarinfo(f"{x.key}.jpg", len(jpg)), io.BytesIO(jpg))
         self.tf.addfile(_tarinfo(f"{x.key}.cls", len(cls)), io.BytesIO(cls))
         self.rows.append({"key": x.key, "wnid": x.wnid, "label": label, "split": x.split, "shard": self.name,
-                          "jpg_size": len(jpg), "source": x.source, "kind": kind})
+                          "jpg_size": len(jpg), "source": encode_source(x.source), "kind": kind})
 
     def close(self) -> dict:
         self.tf.close()
@@ -732,7 +732,7 @@ def _write_shards(root: Path, out: Path, cfg: ShardConfig, h, inputs: list[Input
         for x, (jpg, info) in zip(items[pos:], bounded_imap(pool, _process, jobs, spool)):
             writer.consumed += 1
             if jpg is None:
-                writer.rejected.append({"source": x.source, "split": x.split, "wnid": x.wnid, "reason": info})
+                writer.rejected.append({"source": encode_source(x.source), "split": x.split, "wnid": x.wnid, "reason": info})
             else:
                 writer.add(x, h.label[x.wnid], jpg, info)
             pbar.update(1)

@@ -54,6 +54,23 @@ def parse_resize(spec: str):
     raise FastFTError(f"--resize must be WxH (e.g. 256x256), short:N or none; got {spec!r}")
 
 
+_ESCAPE = re.compile(r"[%\x00-\x1f\x7f\udc80-\udcff]")
+
+
+def encode_source(path: str) -> str:
+    """An input's path as the sample index and ``rejected.csv`` hold it (the ``source`` column): the path as text,
+    with ``%``, control characters and every byte that is not UTF-8 (a Linux name may hold any byte but ``/`` and NUL;
+    Python reads those as surrogate escapes) written ``%XX``. :func:`source_bytes` gives the exact bytes back."""
+    return _ESCAPE.sub(lambda m: "".join(f"%{b:02X}" for b in m[0].encode("utf-8", "surrogateescape")), path)
+
+
+def source_bytes(source: str) -> bytes:
+    """The exact path bytes of a ``source`` column value (the inverse of :func:`encode_source`; ``os.fsdecode`` of
+    it opens the file)."""
+    parts = re.split(r"%([0-9A-F]{2})", source)
+    return b"".join(bytes([int(p, 16)]) if i % 2 else p.encode() for i, p in enumerate(parts))
+
+
 def sha256_file(path: Path, progress=None) -> str:
     """sha256 of a file; ``progress(n)`` is told every chunk's size."""
     h = hashlib.sha256()

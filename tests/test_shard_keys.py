@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastft.store import open_store, verify
+from fastft.store import open_store, source_bytes, verify
 from fastft.taxonomy import load
 
 W1, W2, W3 = "n01440764", "n01443537", "n01484850"
@@ -26,8 +26,10 @@ TRAIN_NAMES = {
     W2: [b"L" * 150 + b"1.JPEG", b"L" * 150 + b"2.JPEG", b"L" * 64 + b".JPEG",  # alike in the first 64 characters
          b"M" * 95 + b".JPEG", b"N" * 240 + b".JPEG"],                      # past ustar's 100
     W3: [b"img.JPEG", b"---.JPEG", ".jpg".encode(), "猫.jpg".encode(), "犬.jpg".encode(),  # nothing readable left
-         b"my photo (1).JPEG", b"v1.2.3.final.jpeg", "naïve résumé.JPEG".encode(), b"100%.JPEG"],
+         b"my photo (1).JPEG", b"v1.2.3.final.jpeg", "naïve résumé.JPEG".encode(), b"100%.JPEG",
+         b"\xff\xfe.JPEG", b"caf\xe9.JPEG", "café.JPEG".encode(), b"new\nline.JPEG", b"tab\there, comma.JPEG"],  # not UTF-8, controls
 }
+BROKEN_NAMES = {W3: [b"\xff" * 120 + b".JPEG", "断.JPEG".encode()]}  # rejected: the ledger keeps their names exactly too
 VAL_NAMES = {W1: [f"{W1}_x.JPEG".encode(), b"x.JPEG"]}  # val keys have no wnid prefix: `n01440764_x` again
 
 
@@ -51,8 +53,14 @@ def _which(jpg: bytes) -> int:
     return int(round((px[0] - 10) / 20)) + 12 * int(round((px[1] - 10) / 20))
 
 
-def make_tree(root: Path, train: dict, val: dict) -> dict[bytes, tuple[int, str, str]]:
-    """A tree of distinct solid-colour JPEGs under the given names; relative path bytes -> (colour index, split, wnid)."""
+def make_tree(root: Path, train: dict, val: dict, broken: dict) -> dict[bytes, tuple[int, str, str]]:
+    """A tree of distinct solid-colour JPEGs under the given names, and of ``broken`` (not images) in train/;
+    relative path bytes of the images -> (colour index, split, wnid)."""
+    for w, ns in broken.items():
+        os.makedirs(os.fsencode(root / "train" / w), exist_ok=True)
+        for n in ns:
+            with open(os.path.join(os.fsencode(root / "train" / w), n), "wb") as f:
+                f.write(b"<html>not an image</html>")
     files, i = {}, 0
     for split, names in (("train", train), ("val", val)):
         for w, ns in names.items():
@@ -76,7 +84,7 @@ def shard_cli(root: Path, out: Path, *extra: str, env: dict | None = None) -> su
 def odd(tmp_path_factory):
     """(tree, {path bytes: (colour, split, wnid)}, store): the awkward names sharded by the real `fastft shard`."""
     root = tmp_path_factory.mktemp("odd") / "ILSVRC2012"
-    files = make_tree(root, TRAIN_NAMES, VAL_NAMES)
+    files = make_tree(root, TRAIN_NAMES, VAL_NAMES, BROKEN_NAMES)
     out = root.parent / "store"
     r = shard_cli(root, out)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -92,12 +100,16 @@ def test_colliding_names_each_get_their_own_key_and_read_back_distinct(odd):
 
     root, files, out = odd
     m = open_store(out).manifest
-    assert m["totals"]["inputs"] == m["totals"]["written"] == len(files) and m["totals"]["rejected"] == 0
+    assert m["totals"]["written"] == len(files) and m["totals"]["rejected"] == 2 and m["totals"]["inputs"] == len(files) + 2
     df = _rows(out)
     assert len(df) == len(files) and df["key"].is_unique
     assert all(re.fullmatch(r"[A-Za-z0-9_-]+(~[0-9]+)?", k) and len(k) + 4 <= 100 for k in df["key"])
     # the issue's names: three keys, none of them twice, `x-2` kept for the file of that name
     key = {(r.split, r.source): r.key for r in df.itertuples()}
+    # names with nothing readable share the base `img`: numbered in name-byte order (rejected inputs hold numbers too)
+    nothing = sorted([b"---.JPEG", b".jpg", b"img.JPEG", "猫.jpg".encode(), "犬.jpg".encode(), b"\xff\xfe.JPEG"] + BROKEN_NAMES[W3])
+    n = nothing.index(b"\xff\xfe.JPEG") + 1
+    assert key[("train", f"train/{W3}/%FF%FE.JPEG")] == f"{W3}_img~{n}"
     assert key[("train", f"train/{W1}/x-2.JPEG")] == f"{W1}_x-2"
     assert {key[("train", f"train/{W1}/{n}")] for n in ("x.JPEG", "x.jpg", f"{W1}_x.JPEG")} == {f"{W1}_x~{n}" for n in (1, 2, 3)}
     assert key[("val", f"val/{W1}/{W1}_x.JPEG")] == f"{W1}_x~4"
@@ -108,14 +120,14 @@ def test_colliding_names_each_get_their_own_key_and_read_back_distinct(odd):
         with open(out / f"{r.shard}.tar", "rb") as f:
             jpg = os.pread(f.fileno(), r.jpg_size, r.jpg_offset)
             cls = np.frombuffer(os.pread(f.fileno(), 4, r.cls_offset), np.int32)[0]
-        i, split, w = files[r.source.encode()]
+        i, split, w = files[source_bytes(r.source)]
         assert _which(jpg) == i and (r.split, r.wnid) == (split, w) and cls == r.label == h.label[w]
         seen.add(i)
     assert seen == {i for i, _, _ in files.values()}
     # and WebDataset groups the tar members into exactly these samples
     tars = sorted(str(p) for p in out.glob("*.tar"))
     got = {s["__key__"]: _which(s["jpg"]) for s in wds.WebDataset(tars, shardshuffle=False)}
-    assert got == {r.key: files[r.source.encode()][0] for r in df.itertuples()}
+    assert got == {r.key: files[source_bytes(r.source)][0] for r in df.itertuples()}
 
 
 def test_keys_are_the_same_whatever_order_the_inputs_come_in(odd):
@@ -125,6 +137,7 @@ def test_keys_are_the_same_whatever_order_the_inputs_come_in(odd):
 
     _, files, _ = odd
     inputs = [Input(s, w, os.fsdecode(p)) for p, (_, s, w) in files.items()]
+    assert len({x.key for x in _assign_keys(inputs)}) == len(inputs)
     keys = {x.source: x.key for x in _assign_keys(inputs)}
     rng = np.random.default_rng(0)
     for _ in range(5):
@@ -133,6 +146,24 @@ def test_keys_are_the_same_whatever_order_the_inputs_come_in(odd):
     # the same names read from the downloaded archives (other paths, same folders) get the same keys
     arch = [replace(x, source=f"ILSVRC2012_img_{x.split}.tar/{x.source.split('/', 1)[1]}") for x in inputs]
     assert [x.key for x in _assign_keys(arch)] == [keys[x.source] for x in inputs]
+
+
+def test_any_legal_name_is_written_verified_and_kept_exactly_in_the_index(odd):
+    """Long, non-UTF-8, spaced, dotted, unicode, %, newline and comma names: `fastft verify` passes, the `source` column
+    gives each file's exact path bytes back (and opens it), and rejected.csv names the rejected ones exactly."""
+    import csv
+
+    root, files, out = odd
+    r = subprocess.run([sys.executable, "-m", "fastft", "verify", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith(f"OK {out}"), r.stdout + r.stderr
+    df = _rows(out)
+    assert sorted(source_bytes(s) for s in df["source"]) == sorted(files)
+    for s in df["source"]:
+        with open(os.path.join(os.fsencode(root), source_bytes(s)), "rb") as f:
+            assert f.read(2) == b"\xff\xd8"  # the JPEG it names
+    with open(out / "rejected.csv", newline="", encoding="utf-8") as f:
+        rejected = [source_bytes(x["source"]) for x in csv.DictReader(f)]
+    assert sorted(rejected) == sorted(f"train/{W3}/".encode() + n for n in BROKEN_NAMES[W3])
 
 
 def _damaged(out: Path, dst: Path, edit) -> Path:
