@@ -19,16 +19,13 @@ import errno
 import gzip
 import hashlib
 import io
-import itertools
 import json
 import os
-import pickle
 import random
 import re
 import shutil
 import sys
 import tarfile
-import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -40,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FastFTError
+from .spool import bounded_imap, spool_dir  # noqa: F401 (bounded_imap: also imported from here)
 from .store import SAMPLE_COLUMNS, STORE_VERSION, dali_index, encode_source, fsync_write, lock_file, parse_resize, sha256_file
 from .taxonomy import load
 
@@ -532,8 +530,7 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
             # message (seen as a hang after "disk full"), and a worker killed by the OOM killer loses its task and
             # hangs imap. shutdown() cancels the queued chunks and lets the running ones finish (a chunk each); a
             # dead worker raises BrokenProcessPool (results come through files: see bounded_imap).
-            _remove_dead_spools()
-            with tempfile.TemporaryDirectory(prefix=f"{SPOOL}{os.getpid()}-") as spool:  # removed once no worker writes
+            with spool_dir() as spool:  # removed once no worker writes
                 pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_sigint)
                 try:
                     _write_shards(root, out, cfg, h, inputs, pool, spool, records, pbar, stop_after_shards)
@@ -649,64 +646,6 @@ def _check_space(out: Path, records: list[dict], total: int) -> None:
                           f"(at {_size(sum(r['bytes'] for r in records) / max(done, 1))} each so far) and only "
                           f"{_size(free)} are free; free space (or use another --out) and re-run the same command: it "
                           "resumes after the last finished shard")
-
-
-def bounded_imap(pool, fn, jobs, spool: str | Path, window: int = 2048, chunksize: int = 8):
-    """``map(fn, jobs)`` on a ``ProcessPoolExecutor`` (results in order), with at most two windows of jobs submitted
-    ahead of the consumer: submitting every job at once keeps every result the consumer has not taken yet, and with
-    1.28M images and a writer slower than the workers (a network file system), finished JPEGs would pile up.
-
-    Each chunk's results travel through a file in the local directory ``spool``; the pipe carries only its name. A
-    worker killed (out of memory) while writing a large result into the pipe leaves half a message there, which the
-    executor's result thread then waits on forever: the run hangs instead of failing. A message this small is
-    written by one atomic ``write``, so a killed worker is always seen (``BrokenProcessPool``). The caller removes
-    ``spool`` after shutting the pool down (a chunk still running when the consumer stops writes its file later)."""
-    it = iter(jobs)
-    pending: collections.deque = collections.deque()
-    n = 0
-    while True:
-        batch = list(itertools.islice(it, window))
-        if batch:
-            futures = []
-            for i in range(0, len(batch), chunksize):
-                futures.append(pool.submit(_spooled, fn, batch[i:i + chunksize], os.path.join(spool, str(n))))
-                n += 1
-            pending.append(futures)
-        if len(pending) == 2 or (pending and not batch):  # the next window runs while this one is consumed
-            for f in pending.popleft():
-                path = f.result()
-                with open(path, "rb") as fh:
-                    results = pickle.load(fh)
-                os.unlink(path)
-                yield from results
-        if not pending:
-            return
-
-
-SPOOL = "fastft-spool-"  # + <pid>-<random>: write_store's spool directory in $TMPDIR
-
-
-def _remove_dead_spools() -> None:
-    """Spool directories that a killed ``fastft shard`` left in ``$TMPDIR`` (those of a process that no longer runs;
-    at most two windows of encoded images each)."""
-    for d in Path(tempfile.gettempdir()).glob(f"{SPOOL}*-*"):
-        pid = d.name[len(SPOOL):].split("-")[0]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(d, ignore_errors=True)
-        except PermissionError:  # alive, another user's
-            pass
-
-
-def _spooled(fn, items: list, path: str) -> str:
-    """In a worker: ``fn`` of each item, the results pickled to ``path`` (see :func:`bounded_imap`)."""
-    results = [fn(x) for x in items]
-    with open(path, "wb") as fh:
-        pickle.dump(results, fh, protocol=pickle.HIGHEST_PROTOCOL)
-    return path
 
 
 def _write_shards(root: Path, out: Path, cfg: ShardConfig, h, inputs: list[Input], pool, spool: str, records: list[dict], pbar,

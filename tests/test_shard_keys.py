@@ -260,3 +260,80 @@ def test_resume_after_an_input_was_renamed_starts_over_and_writes_every_image_on
     renamed.rename(root / done)
     with pytest.raises(FastFTError, match="is a finished store of a different input"):
         write_store(root, out, cfg, workers=2, progress=False)
+
+
+# ---------------------------------------------------------------- the spool between worker processes
+class _Planted:
+    """A pickle that, when loaded, creates the file ``path`` (what a planted spool file would do with pickle.load)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_spool_directory_is_private_and_a_planted_pickle_is_never_run(tmp_path, monkeypatch):
+    import pickle
+    import stat
+    import tempfile
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from fastft.errors import FastFTError
+    from fastft.spool import bounded_imap, read_spool, spool_dir, write_spool
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    old = os.umask(0)  # the most permissive umask: the directory is still the user's alone
+    try:
+        with spool_dir() as d:
+            st = os.stat(d)
+            assert Path(d).parent == tmp_path and stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.getuid()
+            write_spool(Path(d) / "r", [(b"\xff\xd8jpeg", "rgb"), (None, "not an image (text)"), 3, "caf\udce9"])
+            assert read_spool(Path(d) / "r") == [(b"\xff\xd8jpeg", "rgb"), (None, "not an image (text)"), 3, "caf\udce9"]
+            assert stat.S_IMODE(os.stat(Path(d) / "r").st_mode) == 0o600
+    finally:
+        os.umask(old)
+    assert not Path(d).exists()
+
+    sentinel = tmp_path / "PWNED"
+    planted = tmp_path / "spool"
+    planted.mkdir()
+    evil = pickle.dumps([_Planted(sentinel)])
+    pickle.loads(evil)  # (it works: loading it creates the sentinel)
+    assert sentinel.exists()
+    sentinel.unlink()
+    (planted / "p").write_bytes(evil)
+    with pytest.raises(FastFTError, match="is not a fastft spool file"):
+        read_spool(planted / "p")
+    (planted / "0").write_bytes(evil)  # where the first chunk's results go: the worker never writes through it
+    with ProcessPoolExecutor(1, mp_context=get_context("fork")) as pool:
+        with pytest.raises(FastFTError, match="was there before its worker wrote it"):
+            list(bounded_imap(pool, abs, [-1, -2], planted, window=8))
+        assert list(bounded_imap(pool, abs, [-1, -2], tmp_path, window=8)) == [1, 2]
+    assert not sentinel.exists()
+
+
+def test_a_full_tmpdir_is_named_as_such_not_as_a_full_store_disk(tmp_path, tmpfs):
+    from PIL import Image
+
+    root = tmp_path / "tree"
+    rng = np.random.default_rng(0)
+    for w in (W1, W2, W3):
+        (root / "train" / w).mkdir(parents=True)
+        for i in range(4):  # noise: every spool file (a chunk of up to 8 images) needs more than one 4 KiB page
+            Image.fromarray(rng.integers(0, 256, (48, 48, 3), np.uint8)).save(root / "train" / w / f"{i}.JPEG", quality=95)
+    small = tmpfs("64k")
+    fd = os.open(small / "filler", os.O_WRONLY | os.O_CREAT)  # another program filled it, up to one page (Python
+    with pytest.raises(OSError, match="No space left"):        # ignores a $TMPDIR it cannot write 4 bytes to)
+        while True:
+            os.write(fd, b"\0" * 4096)
+    os.ftruncate(fd, os.fstat(fd).st_size - 4096)
+    os.close(fd)
+    r = shard_cli(root, tmp_path / "s", env={"TMPDIR": str(small)})
+    assert r.returncode == 2 and "no space left on the device writing the store" not in r.stderr, r.stderr[-2000:]
+    (line,) = r.stderr.strip().splitlines()
+    assert f"the temporary directory {small} ($TMPDIR) is full" in line and "point TMPDIR at" in line and "re-run" in line
+    r = shard_cli(root, tmp_path / "s")  # with room: it goes on and finishes
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [p.name for p in small.iterdir()] == ["filler"]  # the spool was removed
