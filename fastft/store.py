@@ -8,6 +8,8 @@ A store (written by :func:`fastft.shard.write_store`, ``fastft shard``) is a dir
     train-000000.json …           per-shard record, written when the shard is complete (what a resume trusts)
     val-000000.tar/.idx/.json     the same for the validation split
     samples.csv.gz                the sample index: key, wnid, label, split, shard, byte offsets/sizes, source path, input kind
+                                  (``source``: the exact path bytes, see :func:`encode_source`; keys are unique in the store,
+                                  ``[A-Za-z0-9_-]`` with at most one ``~<n>``, see ``fastft.shard._assign_keys``)
     rejected.csv                  the ledger: every input that was not written, with its reason
     manifest.json                 written last: settings, per-shard samples/bytes/sha256/class histogram, totals, hashes
 
@@ -383,7 +385,8 @@ def view_tag(view) -> str:
 
 def verify_shards(store: str | Path, names: list[str], st: Store | None = None) -> list[str]:
     """Full (sha256) verification of some shards, remembered per shard (a stamp: the file's sha256, size and mtime)
-    so that each shard is hashed once however many runs read it; a changed file is hashed again. Stamps live in
+    so that each shard is hashed once however many runs read it; a changed file is hashed again. The sample index is
+    checked against the shards' DALI indexes once per store version (:func:`check_sample_index`). Stamps live in
     ``<store>/.verified/``, or for a read-only store in ``$XDG_CACHE_HOME/fastft/verified/<manifest hash>/``. Runs
     starting together on a node share the work: each shard is hashed under a lock, by one of them."""
     st = st or open_store(store)
@@ -416,7 +419,22 @@ def verify_shards(store: str | Path, names: list[str], st: Store | None = None) 
         return None
     if todo:  # (the common case, every shard stamped, needs no pool)
         problems += [p for p in _each_file([st.path / f"{n}.tar" for n in todo], check, progress=len(todo) > 8) if p]
-    return problems
+    return problems + _checked_index(st, stamps)
+
+
+def _checked_index(st: Store, stamps: Path | None) -> list[str]:
+    """:func:`check_sample_index` against the DALI index files, once per store version (its stamp is named after the
+    file it certifies, ``samples.csv.gz``, and holds the manifest's hash)."""
+    name = "samples.csv.gz"
+    with _stamp_lock(stamps, name):
+        if stamps is not None and (stamps / name).is_file() and (stamps / name).read_text() == st.sha256:
+            return []
+        problems = [f"{p}; run `fastft verify {st.path}`" for p in check_sample_index(st, full=False)]
+        if not problems and stamps is not None:
+            tmp = stamps / f"{name}.{os.getpid()}.tmp"
+            tmp.write_text(st.sha256)
+            os.replace(tmp, stamps / name)
+        return problems
 
 
 def _stamp_dir(st: Store) -> Path | None:

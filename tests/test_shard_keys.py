@@ -130,6 +130,32 @@ def test_colliding_names_each_get_their_own_key_and_read_back_distinct(odd):
     assert got == {r.key: files[source_bytes(r.source)][0] for r in df.itertuples()}
 
 
+def test_a_view_of_the_awkward_names_reads_every_sample_through_dali(odd, tmp_path):
+    from nvidia.dali import fn, pipeline_def, types
+
+    from fastft.store import resolve
+    from fastft.subsets import ClassSet, SubsetSpec
+
+    _, files, out = odd
+    v = resolve(SubsetSpec("custom", 0, {}, {"t": ClassSet((W1, W2, W3))}, {}), "t", out, tmp_path / "view")
+    df = _rows(out)
+    want = {r.key: files[source_bytes(r.source)][0] for r in df[df["split"] == "train"].itertuples()}
+    tars, idxs = v.files("train")
+
+    @pipeline_def(batch_size=len(want), num_threads=1, device_id=None)
+    def pipe():
+        jpg, cls = fn.readers.webdataset(paths=tars, index_paths=idxs, ext=["jpg", "cls"], dtypes=[types.UINT8, types.INT32],
+                                         missing_component_behavior="error", name="r")
+        return fn.get_property(jpg, key="source_info"), jpg
+
+    p = pipe()
+    p.build()
+    assert p.epoch_size("r") == len(want)
+    info, jpg = p.run()
+    got = {bytes(np.array(info[i])).decode().rsplit(":", 1)[-1].split(".")[0]: _which(bytes(np.array(jpg[i]))) for i in range(len(info))}
+    assert got == want
+
+
 def test_keys_are_the_same_whatever_order_the_inputs_come_in(odd):
     from dataclasses import replace
 
@@ -220,6 +246,15 @@ def test_verify_names_every_damage_to_the_sample_index(odd, tmp_path):
             problems = verify(bad, full=full)
             for w in want:
                 assert any(w in p for p in problems), (name, full, w, problems)
+    # a run reading a view of such a store refuses to start (checked once per store version, with the shard hashes)
+    from fastft.errors import FastFTError
+    from fastft.store import open_view, resolve
+    from fastft.subsets import ClassSet, SubsetSpec
+
+    spec = SubsetSpec("custom", 0, {}, {"t": ClassSet((W1, W2, W3))}, {})
+    open_view(resolve(spec, "t", out, tmp_path / "view-ok").path)
+    with pytest.raises(FastFTError, match=f"rows do not match the member of their key .* run `fastft verify {tmp_path / 'wrong'}`"):
+        open_view(resolve(spec, "t", tmp_path / "wrong", tmp_path / "view").path)
     r = subprocess.run([sys.executable, "-m", "fastft", "verify", str(tmp_path / "wrong")], capture_output=True, text=True)
     assert r.returncode == 1 and f"FAIL {shard}.tar: 1 sample-index rows do not match" in r.stdout
 
