@@ -22,13 +22,12 @@ import io
 import itertools
 import json
 import os
-import pickle
 import random
 import re
 import shutil
 import stat
+import sys
 import tarfile
-import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -40,7 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FastFTError
-from .store import SAMPLE_COLUMNS, STORE_VERSION, dali_index, fsync_write, lock_file, parse_resize, sha256_file
+from .spool import bounded_imap, spool_dir  # noqa: F401 (bounded_imap: also imported from here)
+from .store import SAMPLE_COLUMNS, STORE_VERSION, dali_index, encode_source, fsync_write, lock_file, parse_resize, sha256_file
 from .taxonomy import load
 
 _SAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -415,20 +415,42 @@ def _entries(d: Path, dirs: bool = False) -> list[str]:
         return sorted(e.name for e in it if e.is_dir() == dirs)
 
 
+KEY_STEM_MAX = 64  # characters of the readable part of a key: ``<wnid>_`` + 64 + ``~<ordinal>`` + ``.jpg`` fit ustar's 100
+
+
+def _key_base(x: Input) -> str:
+    """The readable part of a key: the file name's stem (up to its last dot) with every run of characters other than
+    ``A-Z a-z 0-9 _ -`` replaced by one ``-`` (dots, spaces, non-ASCII and undecodable bytes; ``~`` too, which only
+    a collision suffix holds), cut to :data:`KEY_STEM_MAX`; training keys start with their wnid."""
+    name = Path(x.source).name
+    stem = _SAFE.sub("-", name.rsplit(".", 1)[0] if "." in name else name).strip("-")[:KEY_STEM_MAX].strip("-") or "img"
+    if x.split == "train" and not stem.startswith(x.wnid):
+        stem = f"{x.wnid}_{stem}"
+    return stem
+
+
 def _assign_keys(inputs: list[Input]) -> list[Input]:
-    """Keys safe for WebDataset (no dots: it splits the key at the first one) and unique across the whole store."""
-    out, seen = [], Counter()
-    for x in inputs:
-        name = Path(x.source).name
-        stem = _SAFE.sub("-", name.rsplit(".", 1)[0] if "." in name else name).strip("-") or "img"
-        if not stem.startswith(x.wnid) and x.split == "train":
-            stem = f"{x.wnid}_{stem}"
-        key = stem
-        seen[stem] += 1
-        if seen[stem] > 1:  # `a.b.JPEG` vs `a-b.JPEG`, `x.JPEG` vs `x.jpg`
-            key = f"{stem}-{seen[stem]}"
-        out.append(replace(x, key=key))
-    return out
+    """Keys unique across the whole store by construction, and safe for WebDataset, DALI and ustar tar names (no dots:
+    WebDataset splits a name at the first one; ASCII, at most 86 characters).
+
+    An input whose readable base (:func:`_key_base`) no other input shares keeps it as its key (``n01440764_10026``).
+    Inputs sharing a base — ``x.JPEG`` and ``x.jpg``, ``a.b.JPEG`` and ``a-b.JPEG``, long names alike in their first
+    64 characters, names with no ASCII letter — are keyed ``<base>~<n>``, ``n`` = 1, 2, … in the order of (split,
+    wnid, file name bytes). ``~`` appears in no base, so a suffixed key never equals a plain one (``x-2.JPEG`` stays
+    ``x-2``) and two suffixed keys differ in base or ordinal. Deterministic: the same input list gives the same keys,
+    whether read from the extracted tree or the downloaded archives."""
+    bases = [_key_base(x) for x in inputs]
+    groups: dict[str, list[int]] = collections.defaultdict(list)
+    for i, b in enumerate(bases):
+        groups[b].append(i)
+    keys = list(bases)
+    split_order = {"train": 0, "val": 1}
+    for b, members in groups.items():
+        if len(members) > 1:
+            members.sort(key=lambda i: (split_order.get(inputs[i].split, 2), inputs[i].wnid, os.fsencode(Path(inputs[i].source).name)))
+            for n, i in enumerate(members, 1):
+                keys[i] = f"{b}~{n}"
+    return [replace(x, key=k) for x, k in zip(inputs, keys)]
 
 
 # ---------------------------------------------------------------- per-image work (runs in worker processes)
@@ -692,7 +714,7 @@ class _ShardWriter:
         self.tf.addfile(_tarinfo(f"{x.key}.jpg", len(jpg)), io.BytesIO(jpg))
         self.tf.addfile(_tarinfo(f"{x.key}.cls", len(cls)), io.BytesIO(cls))
         self.rows.append({"key": x.key, "wnid": x.wnid, "label": label, "split": x.split, "shard": self.name,
-                          "jpg_size": len(jpg), "source": x.source, "kind": kind})
+                          "jpg_size": len(jpg), "source": encode_source(x.source), "kind": kind})
 
     def close(self) -> dict:
         self.tf.close()
@@ -730,27 +752,32 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
         raise FastFTError(f"no input images found under {root}")
     settings = {"store_version": STORE_VERSION, **asdict(cfg), "classes": list(cfg.classes), "val_layout_found": scan_info["val_layout"],
                 "class_list_sha256": hashlib.sha256("\n".join(h.wnids).encode()).hexdigest(), "inputs": len(inputs)}
+    fingerprint = input_fingerprint(root, inputs)
     out.mkdir(parents=True, exist_ok=True)
     sp = out / "settings.json"
     if (out / "manifest.json").exists() and sp.exists():  # finished: confirmed, nothing written (read-only stores too)
         _same_settings(out, settings)
+        _same_input(out, fingerprint, finished=True)
         return json.loads((out / "manifest.json").read_text())
     with lock_file(out / ".lock", f"the store {out}"):  # two `fastft shard` on one store would interleave shards
         if sp.exists():
             _same_settings(out, settings)
             if (out / "manifest.json").exists():  # finished by the writer that held the lock before us
+                _same_input(out, fingerprint, finished=True)
                 return json.loads((out / "manifest.json").read_text())
-        else:
-            if any(p.name != ".lock" for p in out.iterdir()):
-                raise FastFTError(f"{out} is not empty and holds no fastft store; choose an empty or new directory")
-            fsync_write(sp, json.dumps(settings, indent=1).encode())
+            if not _same_input(out, fingerprint, finished=False):
+                _start_over(out)
+        elif any(p.name != ".lock" for p in out.iterdir()):
+            raise FastFTError(f"{out} is not empty and holds no fastft store; choose an empty or new directory")
+        if not sp.exists():
+            # the input's fingerprint is kept here, not in the manifest: the same images copied elsewhere (other
+            # mtimes) must still give the same manifest, which views and reports name stores by
+            fsync_write(sp, json.dumps({**settings, "input_fingerprint": fingerprint}, indent=1).encode())
         for tmp in out.glob("*.tmp"):
             tmp.unlink()
 
         records: list[dict] = []
         # fork is cheapest, but forking a process that already runs DALI's thread pools can deadlock: spawn then
-        import sys
-
         ctx = get_context("fork" if hasattr(os, "fork") and "nvidia.dali" not in sys.modules else "spawn")
         workers = workers or os.cpu_count() or 1
         t0 = time.time()
@@ -761,8 +788,7 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
             # message (seen as a hang after "disk full"), and a worker killed by the OOM killer loses its task and
             # hangs imap. shutdown() cancels the queued chunks and lets the running ones finish (a chunk each); a
             # dead worker raises BrokenProcessPool (results come through files: see bounded_imap).
-            _remove_dead_spools()
-            with tempfile.TemporaryDirectory(prefix=f"{SPOOL}{os.getpid()}-") as spool:  # removed once no worker writes
+            with spool_dir() as spool:  # removed once no worker writes
                 pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_sigint)
                 try:
                     _write_shards(root, out, cfg, h, inputs, pool, spool, records, pbar, stop_after_shards)
@@ -792,9 +818,59 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
 
 def _same_settings(out: Path, settings: dict) -> None:
     old = json.loads((out / "settings.json").read_text())
+    old.pop("input_fingerprint", None)  # checked by _same_input
     if old != settings:
         diff = sorted(k for k in settings if old.get(k) != settings.get(k))
         raise FastFTError(f"{out} holds a store made with different settings ({', '.join(diff)}); use a new --out or the same settings")
+
+
+def input_fingerprint(root: Path, inputs: list[Input]) -> str:
+    """sha256 of the input list as the writer will use it: each input's split, wnid, exact path bytes, size and mtime
+    (inside an archive: its offset and size, and the archive's size and mtime). A resume compares it with the one
+    recorded when the store was started (``settings.json``): a renamed, added, removed or rewritten file changes it.
+    The files are stat'ed by threads (on a network file system each stat is a round trip)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def stat(path: Path) -> str:
+        try:
+            st = path.stat()
+            return f"{st.st_size} {st.st_mtime_ns}"
+        except OSError:  # gone since the scan: the reader rejects it; the fingerprint still differs from a present file
+            return "missing"
+    archives = {a: stat(root / a) for a in sorted({x.archive for x in inputs if x.archive})}
+    paths = [root / x.source for x in inputs if not x.archive]
+    blocks = [paths[i:i + 1024] for i in range(0, len(paths), 1024)]  # a task per block: 1.28M futures cost seconds
+    with ThreadPoolExecutor(16) as pool:
+        it = itertools.chain.from_iterable(pool.map(lambda b: [stat(p) for p in b], blocks))
+    d = hashlib.sha256()
+    for a, st in archives.items():
+        d.update(b"archive\0" + os.fsencode(a) + f"\0{st}\n".encode())
+    for x in inputs:
+        where = f"{x.offset} {x.size}" if x.archive else next(it)
+        d.update(f"{x.split}\0{x.wnid}\0".encode() + os.fsencode(x.source) + f"\0{where}\n".encode())
+    return d.hexdigest()
+
+
+def _same_input(out: Path, fingerprint: str, finished: bool) -> bool:
+    """Whether the store in ``out`` was started on the same input (see :func:`input_fingerprint`). A finished store
+    of another input is an error (it may be in use: never removed); an unfinished one is started over (False)."""
+    old = json.loads((out / "settings.json").read_text()).get("input_fingerprint")
+    if old == fingerprint or (finished and old is None):  # (a store finished before fingerprints: its settings match)
+        return True
+    if finished:
+        raise FastFTError(f"{out} is a finished store of a different input (files were renamed, added, removed or changed "
+                          "since it was written); use a new --out, or remove it to shard again")
+    why = "was started before inputs were fingerprinted" if old is None else "was started on a different input (files were renamed, added, removed or changed)"
+    print(f"fastft shard: the unfinished store {out} {why}: starting over", file=sys.stderr, flush=True)
+    return False
+
+
+def _start_over(out: Path) -> None:
+    """Remove what a writer leaves in an unfinished store (its shards, records and settings), and nothing else."""
+    pattern = re.compile(r"(train|val)-\d{6}\.(tar|idx|json)(\.tmp)?|settings\.json")
+    for p in out.iterdir():
+        if pattern.fullmatch(p.name) or p.name.endswith(".tmp"):
+            p.unlink()
 
 
 def _ignore_sigint() -> None:
@@ -831,64 +907,6 @@ def _check_space(out: Path, records: list[dict], total: int) -> None:
                           "resumes after the last finished shard")
 
 
-def bounded_imap(pool, fn, jobs, spool: str | Path, window: int = 2048, chunksize: int = 8):
-    """``map(fn, jobs)`` on a ``ProcessPoolExecutor`` (results in order), with at most two windows of jobs submitted
-    ahead of the consumer: submitting every job at once keeps every result the consumer has not taken yet, and with
-    1.28M images and a writer slower than the workers (a network file system), finished JPEGs would pile up.
-
-    Each chunk's results travel through a file in the local directory ``spool``; the pipe carries only its name. A
-    worker killed (out of memory) while writing a large result into the pipe leaves half a message there, which the
-    executor's result thread then waits on forever: the run hangs instead of failing. A message this small is
-    written by one atomic ``write``, so a killed worker is always seen (``BrokenProcessPool``). The caller removes
-    ``spool`` after shutting the pool down (a chunk still running when the consumer stops writes its file later)."""
-    it = iter(jobs)
-    pending: collections.deque = collections.deque()
-    n = 0
-    while True:
-        batch = list(itertools.islice(it, window))
-        if batch:
-            futures = []
-            for i in range(0, len(batch), chunksize):
-                futures.append(pool.submit(_spooled, fn, batch[i:i + chunksize], os.path.join(spool, str(n))))
-                n += 1
-            pending.append(futures)
-        if len(pending) == 2 or (pending and not batch):  # the next window runs while this one is consumed
-            for f in pending.popleft():
-                path = f.result()
-                with open(path, "rb") as fh:
-                    results = pickle.load(fh)
-                os.unlink(path)
-                yield from results
-        if not pending:
-            return
-
-
-SPOOL = "fastft-spool-"  # + <pid>-<random>: write_store's spool directory in $TMPDIR
-
-
-def _remove_dead_spools() -> None:
-    """Spool directories that a killed ``fastft shard`` left in ``$TMPDIR`` (those of a process that no longer runs;
-    at most two windows of encoded images each)."""
-    for d in Path(tempfile.gettempdir()).glob(f"{SPOOL}*-*"):
-        pid = d.name[len(SPOOL):].split("-")[0]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(d, ignore_errors=True)
-        except PermissionError:  # alive, another user's
-            pass
-
-
-def _spooled(fn, items: list, path: str) -> str:
-    """In a worker: ``fn`` of each item, the results pickled to ``path`` (see :func:`bounded_imap`)."""
-    results = [fn(x) for x in items]
-    with open(path, "wb") as fh:
-        pickle.dump(results, fh, protocol=pickle.HIGHEST_PROTOCOL)
-    return path
-
-
 def _write_shards(root: Path, out: Path, cfg: ShardConfig, h, inputs: list[Input], pool, spool: str, records: list[dict], pbar,
                   stop_after_shards: int | None) -> None:
     """The shard loop of :func:`write_store`: per split, skip finished shards, then fill shards in the seeded order."""
@@ -913,7 +931,7 @@ def _write_shards(root: Path, out: Path, cfg: ShardConfig, h, inputs: list[Input
         for x, (jpg, info) in zip(items[pos:], bounded_imap(pool, _process, jobs, spool)):
             writer.consumed += 1
             if jpg is None:
-                writer.rejected.append({"source": x.source, "split": x.split, "wnid": x.wnid, "reason": info})
+                writer.rejected.append({"source": encode_source(x.source), "split": x.split, "wnid": x.wnid, "reason": info})
             else:
                 writer.add(x, h.label[x.wnid], jpg, info)
             pbar.update(1)

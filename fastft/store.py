@@ -8,6 +8,8 @@ A store (written by :func:`fastft.shard.write_store`, ``fastft shard``) is a dir
     train-000000.json …           per-shard record, written when the shard is complete (what a resume trusts)
     val-000000.tar/.idx/.json     the same for the validation split
     samples.csv.gz                the sample index: key, wnid, label, split, shard, byte offsets/sizes, source path, input kind
+                                  (``source``: the exact path bytes, see :func:`encode_source`; keys are unique in the store,
+                                  ``[A-Za-z0-9_-]`` with at most one ``~<n>``, see ``fastft.shard._assign_keys``)
     rejected.csv                  the ledger: every input that was not written, with its reason
     manifest.json                 written last: settings, per-shard samples/bytes/sha256/class histogram, totals, hashes
 
@@ -52,6 +54,23 @@ def parse_resize(spec: str):
     if spec == "none":
         return ("none", 0, 0)
     raise FastFTError(f"--resize must be WxH (e.g. 256x256), short:N or none; got {spec!r}")
+
+
+_ESCAPE = re.compile(r"[%\x00-\x1f\x7f\udc80-\udcff]")
+
+
+def encode_source(path: str) -> str:
+    """An input's path as the sample index and ``rejected.csv`` hold it (the ``source`` column): the path as text,
+    with ``%``, control characters and every byte that is not UTF-8 (a Linux name may hold any byte but ``/`` and NUL;
+    Python reads those as surrogate escapes) written ``%XX``. :func:`source_bytes` gives the exact bytes back."""
+    return _ESCAPE.sub(lambda m: "".join(f"%{b:02X}" for b in m[0].encode("utf-8", "surrogateescape")), path)
+
+
+def source_bytes(source: str) -> bytes:
+    """The exact path bytes of a ``source`` column value (the inverse of :func:`encode_source`; ``os.fsdecode`` of
+    it opens the file)."""
+    parts = re.split(r"%([0-9A-F]{2})", source)
+    return b"".join(bytes([int(p, 16)]) if i % 2 else p.encode() for i, p in enumerate(parts))
 
 
 def sha256_file(path: Path, progress=None) -> str:
@@ -218,6 +237,74 @@ def verify(path: str | Path, full: bool = True, progress: bool = False) -> list[
     for (_, want, msg), got in zip(to_hash, _each_file([p for p, _, _ in to_hash], sha256_file, progress)):
         if got != want:
             problems.append(msg)
+    if (st.path / "samples.csv.gz").exists():
+        problems += check_sample_index(st, full)
+    return problems
+
+
+def _members(path: Path, full: bool) -> dict[str, tuple[int, int]] | None:
+    """name -> (data offset, size) of a shard's members: from the tar's own headers (``full``), else from its DALI
+    index (checked against the manifest by :func:`verify`). None if unreadable (verify names that already)."""
+    try:
+        if full:
+            with tarfile.open(path.with_suffix(".tar")) as tf:
+                return {m.name: (m.offset_data, m.size) for m in tf if m.isreg()}
+        out = {}
+        for line in path.with_suffix(".idx").read_text().splitlines()[1:]:
+            t = line.split()
+            for i in range(0, len(t) - 3, 4):  # ext offset size name, per component
+                out[t[i + 3]] = (int(t[i + 1]), int(t[i + 2]))
+        return out
+    except (OSError, tarfile.TarError, ValueError, IndexError, EOFError):
+        return None
+
+
+def _named(what: str, items: list[str]) -> str:
+    return f"{len(items)} {what} (first: {', '.join(items[:5])})"
+
+
+def check_sample_index(st: Store, full: bool = True) -> list[str]:
+    """Problems with the sample index (``samples.csv.gz``) against the shards: keys unique within the store, every
+    row's wnid/label/shard known, and its ``<key>.jpg`` / ``<key>.cls`` the members at the row's offsets with its
+    sizes, inside the tar; every member of a shard in exactly one row, and the per-shard counts those of the manifest.
+    Members are read from the tar headers (``full``) or the DALI index files."""
+    df = st.samples(["key", "wnid", "label", "shard", "jpg_offset", "jpg_size", "cls_offset"])
+    problems = []
+    dup = df["key"][df["key"].duplicated()].unique().tolist()
+    if dup:
+        problems.append(f"samples.csv.gz: {_named('keys appear in more than one row', dup)}")
+    h = load()
+    bad = df[df["label"] != df["wnid"].map(h.label).fillna(-1)]
+    if len(bad):
+        problems.append(f"samples.csv.gz: {_named('rows have a label other than their wnid', bad['key'].tolist())}")
+    by_name = {s["name"]: s for s in st.shards}
+    unknown = sorted(set(df["shard"]) - set(by_name))
+    if unknown:
+        problems.append(f"samples.csv.gz: rows name shards the manifest does not list: {unknown[:5]}")
+    groups = dict(tuple(df.groupby("shard", sort=True)))
+    for name, s in by_name.items():
+        g = groups.get(name)
+        n = 0 if g is None else len(g)
+        if n != s["samples"]:
+            problems.append(f"samples.csv.gz: {n} rows for {name}, the manifest lists {s['samples']} samples")
+        members = _members(st.path / f"{name}.tar", full)
+        if members is None or g is None:
+            continue
+        tar_size = (st.path / f"{name}.tar").stat().st_size if (st.path / f"{name}.tar").exists() else s["bytes"]
+        outside, wrong, seen = [], [], set()
+        for k, jo, js, co in zip(g["key"].tolist(), g["jpg_offset"].tolist(), g["jpg_size"].tolist(), g["cls_offset"].tolist()):
+            if jo < 0 or co < 0 or jo + js > tar_size or co + 4 > tar_size:
+                outside.append(k)
+            elif members.get(f"{k}.jpg") != (jo, js) or members.get(f"{k}.cls") != (co, 4):
+                wrong.append(k)
+            seen.update((f"{k}.jpg", f"{k}.cls"))
+        if outside:
+            problems.append(f"{name}.tar: {_named('sample-index rows point outside the tar', outside)}")
+        if wrong:
+            problems.append(f"{name}.tar: {_named('sample-index rows do not match the member of their key (name, offset, size)', wrong)}")
+        orphans = sorted(set(members) - seen)
+        if orphans:
+            problems.append(f"{name}.tar: {_named('members no sample-index row names', orphans)}")
     return problems
 
 
@@ -298,7 +385,8 @@ def view_tag(view) -> str:
 
 def verify_shards(store: str | Path, names: list[str], st: Store | None = None) -> list[str]:
     """Full (sha256) verification of some shards, remembered per shard (a stamp: the file's sha256, size and mtime)
-    so that each shard is hashed once however many runs read it; a changed file is hashed again. Stamps live in
+    so that each shard is hashed once however many runs read it; a changed file is hashed again. The sample index is
+    checked against the shards' DALI indexes once per store version (:func:`check_sample_index`). Stamps live in
     ``<store>/.verified/``, or for a read-only store in ``$XDG_CACHE_HOME/fastft/verified/<manifest hash>/``. Runs
     starting together on a node share the work: each shard is hashed under a lock, by one of them."""
     st = st or open_store(store)
@@ -331,7 +419,22 @@ def verify_shards(store: str | Path, names: list[str], st: Store | None = None) 
         return None
     if todo:  # (the common case, every shard stamped, needs no pool)
         problems += [p for p in _each_file([st.path / f"{n}.tar" for n in todo], check, progress=len(todo) > 8) if p]
-    return problems
+    return problems + _checked_index(st, stamps)
+
+
+def _checked_index(st: Store, stamps: Path | None) -> list[str]:
+    """:func:`check_sample_index` against the DALI index files, once per store version (its stamp is named after the
+    file it certifies, ``samples.csv.gz``, and holds the manifest's hash)."""
+    name = "samples.csv.gz"
+    with _stamp_lock(stamps, name):
+        if stamps is not None and (stamps / name).is_file() and (stamps / name).read_text() == st.sha256:
+            return []
+        problems = [f"{p}; run `fastft verify {st.path}`" for p in check_sample_index(st, full=False)]
+        if not problems and stamps is not None:
+            tmp = stamps / f"{name}.{os.getpid()}.tmp"
+            tmp.write_text(st.sha256)
+            os.replace(tmp, stamps / name)
+        return problems
 
 
 def _stamp_dir(st: Store) -> Path | None:

@@ -69,6 +69,27 @@ def source_run(demo_spec, store, tmp_path_factory):
 
 
 @pytest.fixture
+def tmpfs(tmp_path):
+    """``tmpfs(size)``: a new real file system of ``size`` (``"64k"``, ``"1m"``) mounted in ``tmp_path``, unmounted at
+    the end; skipped with the reason where mounting is not permitted (needs root)."""
+    mounts = []
+
+    def mount(size: str) -> Path:
+        d = tmp_path / f"tmpfs{len(mounts)}"
+        d.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)], capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"needs permission to mount a tmpfs: {r.stderr.strip()}")
+        mounts.append(d)
+        return d
+    try:
+        yield mount
+    finally:
+        for d in mounts:
+            subprocess.run(["umount", str(d)], check=False)
+
+
+@pytest.fixture
 def hold_lock():
     """``with hold_lock(path):`` — another process holds fastft's lock on ``path`` (as a concurrent shard or run would)."""
     @contextlib.contextmanager

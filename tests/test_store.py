@@ -148,16 +148,9 @@ def read_only(tmp_path):
 
 
 @pytest.fixture
-def small_disk(tmp_path):
+def small_disk(tmpfs):
     """A real 1 MB file system (tmpfs), grown by ``remount``; skipped where mounting is not permitted."""
-    d = tmp_path / "disk"
-    d.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)], capture_output=True).returncode:
-        pytest.skip("needs permission to mount a tmpfs")
-    try:
-        yield d
-    finally:
-        subprocess.run(["umount", str(d)], check=False)
+    return tmpfs("1m")
 
 
 def test_full_disk_is_named_early_and_the_store_resumes(synth_tree, store, small_disk):

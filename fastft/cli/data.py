@@ -150,7 +150,7 @@ def cmd_verify(a):
             print(f"FAIL {p}")
         raise SystemExit(1)
     m = open_store(a.store).manifest
-    print(f"OK {a.store}: {len(m['shards'])} shards, {m['totals']['written']} samples, hashes match the manifest")
+    print(f"OK {a.store}: {len(m['shards'])} shards, {m['totals']['written']} samples, hashes match the manifest, the sample index matches the shards")
 
 
 def add_commands(sub) -> None:
