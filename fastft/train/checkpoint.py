@@ -16,14 +16,15 @@ from .. import runs, weights
 class Checkpoints:
     """Save and resume one run's checkpoints; every rank calls both (they synchronise)."""
 
-    def __init__(self, acc, run_dir: Path, keep: int):
+    def __init__(self, acc, run_dir: Path, keep: int, say=None):
         self.acc, self.run_dir, self.keep = acc, Path(run_dir), keep
+        self.say = say or acc.print  # the run's log (train.log and the terminal)
 
     def resume(self, model, opt) -> tuple[int, dict | None, dict | None]:
         """Load the newest checkpoint that verifies into ``model`` and ``opt`` and this rank's RNG; returns (epoch to
         start from, the loader's state, the partial epoch's sums) — (0, None, None) when there is none."""
         acc = self.acc
-        ckpt = runs.resume_checkpoint(self.run_dir, say=acc.print, set_aside=acc.is_main_process)  # checksums verified
+        ckpt = runs.resume_checkpoint(self.run_dir, say=self.say, set_aside=acc.is_main_process)  # checksums verified
         if ckpt is None:
             return 0, None, None
         st, local = weights.load_checkpoint(ckpt, acc.process_index)
@@ -33,7 +34,7 @@ class Checkpoints:
         if local is not None:
             set_rng(local["rng"])
             partial = local.get("partial")
-        acc.print(f"resuming {self.run_dir.name} from {ckpt.name} (epoch {st['loader']['epoch']}, step {st['loader']['step']})")
+        self.say(f"resuming {self.run_dir.name} from {ckpt.name} (epoch {st['loader']['epoch']}, step {st['loader']['step']})")
         return st["epoch"], st["loader"], partial
 
     def save(self, name: str, model, opt, loader, partial: dict | None) -> None:

@@ -101,7 +101,7 @@ def train(cfg: TrainConfig, loader_factory: Callable, on_step: Callable[[int], N
     held = _start(r, identity)
     try:
         model, opt = _build(r, src)
-        ckpts = Checkpoints(r.acc, r.run_dir, cfg.keep_checkpoints)
+        ckpts = Checkpoints(r.acc, r.run_dir, cfg.keep_checkpoints, say=r.log.say)
         start_epoch, loader_state, partial = ckpts.resume(model, opt)
         costs.lap("build")  # source check, run directory, model, optimiser, resume
         final = _epochs(r, model, opt, ckpts, loader_factory, start_epoch, loader_state, partial, on_step)
