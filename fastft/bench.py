@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .files import fsync_write
 from .util.device import resolve
 
 
@@ -294,4 +295,4 @@ def write(res: dict, out: str | None) -> None:
     if out:
         p = Path(out)
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(line + "\n")
+        fsync_write(p, line + "\n")

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FastFTError
-from .files import fsync_write  # noqa: F401 (the writer, fastft.shard, imports it from here)
+from .files import fsync_write  # (fastft.shard imports it from here too)
 from .taxonomy import load
 
 STORE_VERSION = 1
@@ -413,9 +413,7 @@ def verify_shards(store: str | Path, names: list[str], st: Store | None = None) 
                 return f"{tar.name}: {mismatch}"
             if stamps is not None:
                 stat = tar.stat()
-                tmp = stamps / f"{n}.{os.getpid()}.tmp"
-                tmp.write_text(f"{by_name[n]['sha256']} {stat.st_size} {stat.st_mtime_ns}")
-                os.replace(tmp, stamps / n)
+                fsync_write(stamps / n, f"{by_name[n]['sha256']} {stat.st_size} {stat.st_mtime_ns}")
         return None
     if todo:  # (the common case, every shard stamped, needs no pool)
         problems += [p for p in _each_file([st.path / f"{n}.tar" for n in todo], check, progress=len(todo) > 8) if p]
@@ -431,9 +429,7 @@ def _checked_index(st: Store, stamps: Path | None) -> list[str]:
             return []
         problems = [f"{p}; run `fastft verify {st.path}`" for p in check_sample_index(st, full=False)]
         if not problems and stamps is not None:
-            tmp = stamps / f"{name}.{os.getpid()}.tmp"
-            tmp.write_text(st.sha256)
-            os.replace(tmp, stamps / name)
+            fsync_write(stamps / name, st.sha256)
         return problems
 
 
@@ -537,7 +533,7 @@ def shared_view(spec_path: str | Path, set_name: str, store_path: str | Path, vi
                 (tmp / entry.name).symlink_to(Path("..") / data.parent.name / data.name / entry.name)
             except OSError:  # a file system without symbolic links: a copy
                 (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
-    (tmp / "view.json").write_text(json.dumps(meta, indent=1) + "\n")
+    fsync_write(tmp / "view.json", json.dumps(meta, indent=1) + "\n")
     _publish(tmp, path)
     return path
 
@@ -625,5 +621,5 @@ def resolve(spec, set_name: str, store_path: str | Path, out: str | Path) -> Vie
     meta = {"format": "fastft-view", "store": str(st.path.resolve()), "manifest_sha256": st.sha256, "spec_hash": spec.hash,
             "construction": spec.construction, "seed": spec.seed, "set": set_name, "cap": cs.cap, "classes": list(cs.classes),
             "short_classes": short, "splits": splits}
-    (out / "view.json").write_text(json.dumps(meta, indent=1) + "\n")
+    fsync_write(out / "view.json", json.dumps(meta, indent=1) + "\n")
     return View(out, meta)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import FastFTError
+from .files import fsync_write
 from .taxonomy import DOG, HIERARCHY_VERSION, INSTRUMENTALITY, Hierarchy, load
 
 GRID_CLASSES = (100, 80, 40, 20, 10)
@@ -63,7 +64,7 @@ class SubsetSpec:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        fsync_write(path, json.dumps(self.to_json(), indent=1) + "\n")  # concurrent sweeps read it while another writes
         return path
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ..files import fsync_write
 from .claims import claims, scoreboard
 from .collect import collect, counted
 from .figures import beats_figure, figures, gain_lines
@@ -42,7 +43,7 @@ def write_report(runs_dir: str | Path, out: str | Path, include_flagged: bool = 
     if len(found):
         found.to_csv(out / "claims.csv", index=False)
         tables.append(out / "claims.csv")
-    (out / "report.md").write_text(markdown(summary, runs, pairs, beats, found) if not summary.empty else
+    fsync_write(out / "report.md", markdown(summary, runs, pairs, beats, found) if not summary.empty else
                                    "\n".join(["# fastft report", "", "no finished runs to report yet", "", *_problem_runs(runs.drop_duplicates("run_id"))]))
     figs = figures(summary, runs, curves, out) if not summary.empty else []
     for (plan, grid), b in beats.groupby(["plan", "grid"], sort=False):  # Fig. 9 as a matrix, mean over seeds

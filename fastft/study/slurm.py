@@ -501,7 +501,7 @@ def write_arrays(arrays: list[Array], runs: list[RunSpec], out: Path, res: Resou
         body = TASK_BODY.format(list=shlex.quote(str(lst)), setup=setup, lead=res.signal_lead, python=shlex.quote(sys.executable),
                                 port=port)
         A.script = d / f"{A.name}.sbatch"
-        A.script.write_text("#!/bin/bash\n" + "".join(f"#SBATCH {x}\n" for x in head) + "\n" + body)
+        fsync_write(A.script, "#!/bin/bash\n" + "".join(f"#SBATCH {x}\n" for x in head) + "\n" + body)
 
 
 def write_submit(arrays: list[Array], out: Path) -> Path:
@@ -516,7 +516,7 @@ def write_submit(arrays: list[Array], out: Path) -> Path:
                   f'echo "{A.name} ${{{var[A.name]}}}"']
     digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:8]
     p = out / "slurm" / f"submit-{digest}.sh"
-    p.write_text("\n".join(lines) + "\n")
+    fsync_write(p, "\n".join(lines) + "\n")
     return p
 
 
