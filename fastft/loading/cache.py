@@ -1,0 +1,223 @@
+"""The decoded-image cache: a split decoded once into uint8 images kept on the device and in pinned host memory,
+cropped, mirrored and normalised on the device each step; what neither tier holds is decoded by DALI every epoch."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from ..errors import FastFTError
+from ..util.env import gpu_share
+from .augment import _crop, _crop_normalize, _normalize, _pil_decode
+from .dali import EXEC_DYNAMIC, MIXED_THREADS, _dali_decode, _DaliBackend, _require_dali
+from .resources import host_cache_budget
+from .samples import SampleSource
+
+if TYPE_CHECKING:
+    from .loader import Loader
+
+
+class _CacheBackend:
+    """Decoded-image cache: decode once, keep uint8 images [M, H, W, 3], crop/flip/normalise on the device.
+
+    Three tiers, decided once per run by a seeded draw over the split:
+
+    * **device** (``cache_gb``; default 80 % of the GPU's free memory, or of its share when a sweep packs k runs per
+      GPU; on CPU the whole split): a 100-class fine-tuning target (~130k images at 256×256, ~25 GB) fits whole;
+    * **pinned host memory** (``host_cache_gb``) for what the GPU cannot hold: each step's host-tier images are
+      gathered into a pinned staging buffer and copied to the GPU by a helper thread on a copy stream, a step ahead
+      (~5 GB/s of PCIe at 28k img/s: the copy engine, not the SMs, does the work);
+    * **decoded by DALI every epoch**: the rest, and only the rest.
+
+    Each step's batch is served device-tier first, then host-tier, then decoded: the same samples, crops and flags as
+    the decoding backends, in that order within the step. The hardware decoder then needs only the decoded fraction
+    of the step rate. With ``augment_to`` the cache holds the transformed copies (their transforms are fixed per
+    copy), so §4.6 runs are cached too. Needs a fixed-size store."""
+
+    DEVICE, HOST, DECODE = 0, 1, 2
+
+    def __init__(self, loader: Loader, threads: int):
+        cfg = loader.cfg
+        if not loader.fixed_size:
+            raise FastFTError("cache needs a store with a fixed image size (fastft shard --resize WxH)")
+        w, h = loader.image_size
+        n, per = len(loader.src), h * w * 3
+        self.dev = loader.device
+        if cfg.cache_gb:
+            budget = cfg.cache_gb * 1e9
+        elif self.dev.type == "cuda":  # a sweep packing k runs on one GPU sets FASTFT_GPU_SHARE=k
+            free, total = torch.cuda.mem_get_info(self.dev)
+            budget = min(0.8 * free, 0.8 * total / gpu_share())
+        else:
+            budget = n * per
+        host = host_cache_budget(loader.plan.world_size) if cfg.host_cache_gb == "auto" else float(cfg.host_cache_gb) * 1e9
+        m = min(n, int(budget // per))
+        mh = min(n - m, int(host // per))
+        if m + mh < 1:
+            raise FastFTError(f"no room to cache decoded images ({budget / 1e9:.2f} GB for {per / 1e6:.2f} MB images); train without cache")
+        if m + mh < n and cfg.backend != "dali":
+            raise FastFTError(f"the cache holds {m + mh} of {n} images; caching part of a split needs backend dali")
+        order = np.arange(n) if m == n else np.random.default_rng([loader.plan.seed, 0xCAC]).permutation(n)
+        self.tier = np.full(n, self.DECODE, np.int8)
+        self.slot = np.zeros(n, np.int64)
+        for t, rows in ((self.DEVICE, np.sort(order[:m])), (self.HOST, np.sort(order[m:m + mh]))):
+            self.tier[rows], self.slot[rows] = t, np.arange(len(rows))
+        self.rows = [np.flatnonzero(self.tier == t) for t in (self.DEVICE, self.HOST)]
+        self.fraction, self.host_fraction = m / n, mh / n
+        self.dali = _DaliBackend(loader, threads) if m + mh < n else None
+        self.L, self.threads, self.hw = loader, threads, (h, w)
+        self.images: torch.Tensor | None = None
+        self.host: torch.Tensor | None = None
+        self._compiled = None  # the compiled crop (GPU), or False after a compile failure
+        self.mean, self.std = (torch.tensor(v, device=self.dev) for v in cfg.mean_std)
+
+    def _fill(self) -> None:
+        """Decode the device and host tiers once (one pass of DALI, or PIL for the fallback)."""
+        h, w = self.hw
+        src, cfg = self.L.src, self.L.cfg
+        dev_rows, host_rows = self.rows
+        self.images = torch.empty((len(dev_rows), h, w, 3), dtype=torch.uint8, device=self.dev)
+        try:
+            self.host = torch.empty((len(host_rows), h, w, 3), dtype=torch.uint8, pin_memory=self.dev.type == "cuda")
+        except RuntimeError as e:
+            raise FastFTError(f"could not allocate {len(host_rows) * h * w * 3 / 1e9:.1f} GB of pinned host memory for the "
+                              f"cache's host tier ({str(e)[:120]}); set host_cache_gb lower, or 0") from None
+        dests = [(self.images, j) for j in range(len(dev_rows))] + [(self.host, j) for j in range(len(host_rows))]
+        rows = np.concatenate([dev_rows, host_rows])
+        if cfg.backend == "pytorch":
+            for (dst, j), i in zip(dests, rows):
+                dst[j] = torch.from_numpy(np.asarray(_pil_decode(src, i)).copy())
+            return
+        _require_dali()
+        from nvidia.dali import fn, pipeline_def, types
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        bs = cfg.batch_size
+        order = np.resize(rows, -(-len(rows) // bs) * bs)
+
+        threads = min(self.threads, MIXED_THREADS) if self.dev.type == "cuda" else self.threads  # as the loader's mixed pipeline
+
+        @pipeline_def(batch_size=bs, num_threads=threads, device_id=self.dev.index if self.dev.type == "cuda" else None,
+                      prefetch_queue_depth=2, exec_dynamic=EXEC_DYNAMIC)
+        def decode():
+            n_aug = len(SampleSource.AUG) if src.aug is not None else 0
+
+            def feed(i):
+                idx = order[i * bs:(i + 1) * bs]
+                return (src.jpegs(idx),) + tuple(src.aug[k][idx] for k in SampleSource.AUG[:n_aug])
+            jpegs, *aug = fn.external_source(source=feed, num_outputs=1 + n_aug, batch=True, dtype=[types.UINT8] + [types.FLOAT] * n_aug)
+            return _dali_decode(jpegs, self.dev.type, cfg.hw_decoder_load, aug, (w, h), gpu_huffman=cfg.gpu_huffman)
+
+        p = decode()
+        p.build()
+        buf = torch.empty((bs, h, w, 3), dtype=torch.uint8, device=self.dev)
+        md = len(dev_rows)
+        from tqdm import tqdm
+
+        for b in tqdm(range(len(order) // bs), desc=f"decoding {len(rows)} images into the cache", unit="batch",
+                      disable=None if len(rows) >= 50_000 else True, leave=False):
+            (out,) = p.run()
+            feed_ndarray(out.as_tensor(), buf, cuda_stream=torch.cuda.current_stream(self.dev) if self.dev.type == "cuda" else None)
+            lo, hi = b * bs, min((b + 1) * bs, len(rows))
+            if lo < md:
+                self.images[lo:min(hi, md)] = buf[: min(hi, md) - lo]
+            if hi > md:
+                self.host[max(lo, md) - md:hi - md] = buf[max(lo, md) - lo:hi - lo]  # device → pinned host (synchronous)
+        del p
+
+    def order(self, plan: dict) -> tuple[dict, np.ndarray]:
+        """The plan with each step's samples reordered by tier (device, host, decoded; stable within a tier), and the
+        per-step count of each tier, [steps, 3]. A split wholly on the device keeps the plan's order."""
+        tier = self.tier[plan["index"]]
+        if not tier.any():  # all DEVICE (0): nothing to reorder
+            return plan, np.stack([np.full(len(tier), tier.shape[1]), np.zeros(len(tier), int), np.zeros(len(tier), int)], 1)
+        perm = np.argsort(tier, axis=1, kind="stable")
+        counts = np.stack([(tier == t).sum(1) for t in (self.DEVICE, self.HOST, self.DECODE)], 1)
+        return {k: np.take_along_axis(v, perm, 1) for k, v in plan.items()}, counts
+
+    def _staged(self, slots: list[np.ndarray]):
+        """The host-tier images of each step (``slots``: their rows of the host tier) as device uint8 tensors, in
+        order. On a GPU a helper thread gathers them into one of three pinned buffers and copies them on a copy
+        stream two steps ahead; events order the reuse of each buffer."""
+        if self.dev.type != "cuda":
+            for sl in slots:
+                yield self.host[torch.from_numpy(sl)]
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        R, B = 3, max((len(s) for s in slots), default=0)
+        pinned = [torch.empty((B, *self.host.shape[1:]), dtype=torch.uint8, pin_memory=True) for _ in range(R)]
+        dev = [torch.empty((B, *self.host.shape[1:]), dtype=torch.uint8, device=self.dev) for _ in range(R)]
+        ready = [torch.cuda.Event() for _ in range(R)]
+        free = [torch.cuda.Event() for _ in range(R)]
+        copy = torch.cuda.Stream(self.dev)
+
+        def stage(j: int):
+            r, k = j % R, len(slots[j])
+            free[r].synchronize()  # the crop that read this buffer three steps ago has run
+            torch.index_select(self.host, 0, torch.from_numpy(slots[j]), out=pinned[r][:k])
+            with torch.cuda.stream(copy):
+                dev[r][:k].copy_(pinned[r][:k], non_blocking=True)
+                ready[r].record(copy)
+            return r, k
+
+        with ThreadPoolExecutor(1) as pool:
+            futs = [pool.submit(stage, j) for j in range(min(R - 1, len(slots)))]
+            for j in range(len(slots)):
+                r, k = futs[j].result()
+                torch.cuda.current_stream(self.dev).wait_event(ready[r])
+                yield dev[r][:k]
+                free[r].record(torch.cuda.current_stream(self.dev))  # after the consumer's crop was enqueued
+                if j + R - 1 < len(slots):
+                    futs.append(pool.submit(stage, j + R - 1))
+
+    def _batch(self, images: torch.Tensor, slot: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, mirror: torch.Tensor,
+               whole: bool = False) -> torch.Tensor:
+        """Crop + mirror + normalise ``images[slot]`` on the device → [k, 3, c, c]. ``whole``: a full batch from the
+        device tier (fixed shapes): on a GPU one compiled kernel (gather, convert, normalise) instead of four."""
+        cfg = self.L.cfg
+        if whole and self.dev.type == "cuda" and self._compiled is not False:
+            try:
+                if self._compiled is None:
+                    self._compiled = torch.compile(_crop_normalize, dynamic=False)
+                return self._compiled(images, slot, x0, y0, mirror, self.mean, self.std, cfg.crop, cfg.fp16, cfg.channels_last)
+            except Exception as e:  # noqa: BLE001 - an inductor failure must not stop training: the eager ops are equivalent
+                import warnings
+
+                warnings.warn(f"compiled crop failed ({type(e).__name__}: {str(e)[:200]}); using eager ops")
+                self._compiled = False
+        return _normalize(_crop(images, slot, x0, y0, mirror, cfg.crop), self.mean, self.std, cfg.fp16, cfg.channels_last)
+
+    def run(self, plan: dict, start: int):
+        if self.images is None:
+            self._fill()
+        h, w = self.hw
+        cfg = self.L.cfg
+        c, B = cfg.crop, plan["index"].shape[1]
+        plan, k = self.order(plan)
+        labels, weights = self.L.src.targets(plan, self.dev)
+        # the whole epoch's draws in one host-to-device copy each; steps then only index device tensors
+        slot = torch.from_numpy(self.slot[plan["index"]]).to(self.dev)
+        x0 = torch.from_numpy(np.floor(plan["crop_x"] * max(w - c, 0) + 0.5).astype(np.int64)).to(self.dev)  # half up, as DALI
+        y0 = torch.from_numpy(np.floor(plan["crop_y"] * max(h - c, 0) + 0.5).astype(np.int64)).to(self.dev)
+        mirror = torch.from_numpy(plan["mirror"].astype(bool)).to(self.dev)
+        steps = range(start, len(plan["index"]))
+        kd, kh = k[:, 0], k[:, 0] + k[:, 1]  # ends of the device and host tiers within each step
+        feed = [(plan["index"][s, kh[s]:], plan["crop_x"][s, kh[s]:], plan["crop_y"][s, kh[s]:], plan["mirror"][s, kh[s]:])
+                for s in steps if kh[s] < B]
+        decoded = self.dali.decode(feed) if feed else iter(())
+        staged = self._staged([self.slot[plan["index"][s, kd[s]:kh[s]]] for s in steps if kh[s] > kd[s]])
+        for s in steps:
+            a, b = int(kd[s]), int(kh[s])
+            parts = []
+            if a:
+                parts.append(self._batch(self.images, slot[s, :a], x0[s, :a], y0[s, :a], mirror[s, :a], whole=a == B))
+            if b > a:
+                imgs = next(staged)
+                ar = torch.arange(b - a, device=self.dev)
+                parts.append(self._batch(imgs, ar, x0[s, a:b], y0[s, a:b], mirror[s, a:b]))
+            if b < B:
+                parts.append(next(decoded))
+            x = parts[0] if len(parts) == 1 else torch.cat(parts)
+            yield x, labels[s], weights[s]
