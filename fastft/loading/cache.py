@@ -10,9 +10,8 @@ import torch
 from ..errors import FastFTError
 from ..util.env import gpu_share
 from .augment import _crop, _crop_normalize, _normalize, _pil_decode
-from .dali import EXEC_DYNAMIC, MIXED_THREADS, _dali_decode, _DaliBackend, _require_dali
+from .dali import _DaliBackend, _DaliPipe, _require_dali
 from .resources import host_cache_budget
-from .samples import SampleSource
 
 if TYPE_CHECKING:
     from .loader import Loader
@@ -27,7 +26,8 @@ class _CacheBackend:
       GPU; on CPU the whole split): a 100-class fine-tuning target (~130k images at 256×256, ~25 GB) fits whole;
     * **pinned host memory** (``host_cache_gb``) for what the GPU cannot hold: each step's host-tier images are
       gathered into a pinned staging buffer and copied to the GPU by a helper thread on a copy stream, a step ahead
-      (~5 GB/s of PCIe at 28k img/s: the copy engine, not the SMs, does the work);
+      (a few GB/s of PCIe at the loader's rates: the copy engine, not the SMs, does the work; the host tier end to end:
+      ``benchmarks/results/train-h200-2026-11-26c.json``);
     * **decoded by DALI every epoch**: the rest, and only the rest.
 
     Each step's batch is served device-tier first, then host-tier, then decoded: the same samples, crops and flags as
@@ -90,41 +90,24 @@ class _CacheBackend:
                 dst[j] = torch.from_numpy(np.asarray(_pil_decode(src, i)).copy())
             return
         _require_dali()
-        from nvidia.dali import fn, pipeline_def, types
         from nvidia.dali.plugin.pytorch import feed_ndarray
+        from tqdm import tqdm
 
         bs = cfg.batch_size
         order = np.resize(rows, -(-len(rows) // bs) * bs)
-
-        threads = min(self.threads, MIXED_THREADS) if self.dev.type == "cuda" else self.threads  # as the loader's mixed pipeline
-
-        @pipeline_def(batch_size=bs, num_threads=threads, device_id=self.dev.index if self.dev.type == "cuda" else None,
-                      prefetch_queue_depth=2, exec_dynamic=EXEC_DYNAMIC)
-        def decode():
-            n_aug = len(SampleSource.AUG) if src.aug is not None else 0
-
-            def feed(i):
-                idx = order[i * bs:(i + 1) * bs]
-                return (src.jpegs(idx),) + tuple(src.aug[k][idx] for k in SampleSource.AUG[:n_aug])
-            jpegs, *aug = fn.external_source(source=feed, num_outputs=1 + n_aug, batch=True, dtype=[types.UINT8] + [types.FLOAT] * n_aug)
-            return _dali_decode(jpegs, self.dev.type, cfg.hw_decoder_load, aug, (w, h), gpu_huffman=cfg.gpu_huffman)
-
-        p = decode()
-        p.build()
+        pipe = _DaliPipe(self.L, bs, self.threads, decode_only=True)  # as the loader's pipelines, up to the crop
         buf = torch.empty((bs, h, w, 3), dtype=torch.uint8, device=self.dev)
         md = len(dev_rows)
-        from tqdm import tqdm
-
-        for b in tqdm(range(len(order) // bs), desc=f"decoding {len(rows)} images into the cache", unit="batch",
-                      disable=None if len(rows) >= 50_000 else True, leave=False):
-            (out,) = p.run()
-            feed_ndarray(out.as_tensor(), buf, cuda_stream=torch.cuda.current_stream(self.dev) if self.dev.type == "cuda" else None)
+        batches = pipe.outputs([(order[lo:lo + bs],) for lo in range(0, len(order), bs)])
+        for b, out in enumerate(tqdm(batches, total=len(order) // bs, desc=f"decoding {len(rows)} images into the cache",
+                                     unit="batch", disable=None if len(rows) >= 50_000 else True, leave=False)):
+            feed_ndarray(out, buf, cuda_stream=torch.cuda.current_stream(self.dev) if self.dev.type == "cuda" else None)
             lo, hi = b * bs, min((b + 1) * bs, len(rows))
             if lo < md:
                 self.images[lo:min(hi, md)] = buf[: min(hi, md) - lo]
             if hi > md:
                 self.host[max(lo, md) - md:hi - md] = buf[max(lo, md) - lo:hi - lo]  # device → pinned host (synchronous)
-        del p
+        del pipe
 
     def order(self, plan: dict) -> tuple[dict, np.ndarray]:
         """The plan with each step's samples reordered by tier (device, host, decoded; stable within a tier), and the

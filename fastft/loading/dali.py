@@ -22,10 +22,11 @@ from .samples import SampleSource
 if TYPE_CHECKING:
     from .loader import Loader
 
-# DALI settings measured by benchmarks/e2e_probe.py and benchmarks/loader_probe.py (H200, 16 cores, 256x256 JPEGs): the
-# loader alone ran 28.2k img/s with 16 threads, 34.6k with 8 — the rate of DALI's own C++ reader (34.5k), i.e. of
-# the hardware decoder, in the same run. Not copying the feed: 34.6k there too; 29.5k vs 27.5k on another H200
-# (2026-11-27, where DALI's reader ran 31.6k), with the GPU tests passing; on since.
+# DALI settings, measured by benchmarks/loader_probe.py: the loader alone against DALI's own C++ reader in the same run
+# (the rate of the hardware decoder). With 8 threads the loader reaches the reader's rate, with 16 it falls short; not
+# copying the feed is at least as fast as copying it, with the GPU tests passing (on since); the dynamic executor runs
+# at the classic one's rate ("static"). Figures: benchmarks/results/loader-probe-h200-2026-11-26d.json, and on another
+# machine benchmarks/results/loader-probe-h200-2026-11-27b.json.
 EXEC_DYNAMIC = True   # DALI's dynamic executor (the classic one: same rate)
 FEED_NO_COPY = True   # DALI reads the JPEG bytes in the store's memory maps without a copy (_DaliPipe.alive holds them)
 MIXED_THREADS = 8     # at most this many CPU threads for a GPU-decoding pipeline (more contend for the cores)
@@ -54,8 +55,9 @@ def _dali_decode(jpegs, device: str, hw_decoder_load: float, aug=None, image_siz
     :meth:`SampleSource.augment_to`; originals pass with identity values). Shared by training and the cache fill.
 
     ``host_decode`` on a GPU: libjpeg-turbo on the host cores, and the whole decoded image moves to the GPU (DALI's
-    pinned copy, inside the prefetched pipeline) before anything else. Cropping on the host first would cost 47-68 %
-    more host CPU per image (DALI's CPU crop; ``benchmarks/host_decode.py``) to copy ~20 % fewer bytes.
+    pinned copy, inside the prefetched pipeline) before anything else. Cropping on the host first would cost markedly
+    more host CPU per image (DALI's CPU crop, measured by ``benchmarks/host_decode.py``:
+    ``benchmarks/results/host-decode-cpu2-2026-11-26.json``) to copy ~20 % fewer bytes.
 
     EXIF orientation is not applied, as PIL (the shard tool, the fallback) and torchvision's ImageFolder do not: a
     ``--resize none`` store keeps the original JPEG bytes, tags included, and both backends must see the same pixels."""
@@ -86,27 +88,36 @@ def _require_dali():
 
 
 class _DaliPipe:
-    """One DALI pipeline of :func:`_dali_graph` over externally fed batches of ``(index, crop_x, crop_y, mirror)``."""
+    """The one DALI pipeline builder: externally fed batches of ``(index, crop_x, crop_y, mirror)`` through the whole
+    :func:`_dali_graph` (decoded, cropped, mirrored, normalised), or with ``decode_only`` through its decode step alone
+    (feed ``(index,)``; uint8 HWC images at the store's size, as the decoded-image cache fills its tiers).
+    ``host_decode``: decode on the host cores, the rest of the graph on the GPU (``cpu_decode``'s pipeline)."""
 
-    def __init__(self, loader: Loader, batch: int, threads: int, host_decode: bool = False):
+    def __init__(self, loader: Loader, batch: int, threads: int, host_decode: bool = False, decode_only: bool = False):
         from nvidia.dali import fn, pipeline_def, types
 
         self.src, cfg = loader.src, loader.cfg
+        self.decode_only = decode_only
         self.feed: list = []
         self.alive = collections.deque(maxlen=cfg.prefetch + 2)  # batches DALI may still read (FEED_NO_COPY)
         n_aug = len(SampleSource.AUG) if self.src.aug is not None else 0
+        n_draws = 0 if decode_only else 3
+        if cfg.device == "cuda" and not host_decode:  # a GPU-decoding pipeline: more threads contend for the cores
+            threads = min(threads, MIXED_THREADS)
 
-        @pipeline_def(batch_size=batch, num_threads=threads, device_id=torch.cuda.current_device() if cfg.device == "cuda" else None,
+        @pipeline_def(batch_size=batch, num_threads=threads, device_id=loader.device.index if cfg.device == "cuda" else None,
                       seed=loader.plan.seed, prefetch_queue_depth=cfg.prefetch, exec_dynamic=EXEC_DYNAMIC)
         def pipe():
-            jpegs, cx, cy, mirror, *aug = fn.external_source(
-                source=self._source, num_outputs=4 + n_aug, batch=True, no_copy=FEED_NO_COPY,
-                dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.INT32] + [types.FLOAT] * n_aug)
-            return _dali_graph(jpegs, cx, cy, mirror, device=cfg.device, crop=cfg.crop, fixed_size=loader.fixed_size,
+            jpegs, *rest = fn.external_source(
+                source=self._source, num_outputs=1 + n_draws + n_aug, batch=True, no_copy=FEED_NO_COPY,
+                dtype=[types.UINT8] + [types.FLOAT, types.FLOAT, types.INT32][:n_draws] + [types.FLOAT] * n_aug)
+            draws, aug = rest[:n_draws], rest[n_draws:] or None
+            if decode_only:
+                return _dali_decode(jpegs, cfg.device, cfg.hw_decoder_load, aug, loader.image_size, gpu_huffman=cfg.gpu_huffman)
+            return _dali_graph(jpegs, *draws, device=cfg.device, crop=cfg.crop, fixed_size=loader.fixed_size,
                                hw_decoder_load=cfg.hw_decoder_load, fp16=cfg.fp16, mean_std=cfg.mean_std,
-                               channels_last=cfg.channels_last,
-                               aug=aug or None, image_size=loader.image_size, host_decode=host_decode,
-                               gpu_huffman=cfg.gpu_huffman)
+                               channels_last=cfg.channels_last, aug=aug, image_size=loader.image_size,
+                               host_decode=host_decode, gpu_huffman=cfg.gpu_huffman)
 
         self.pipe = pipe()
         self.pipe.build()
@@ -114,8 +125,11 @@ class _DaliPipe:
     def _source(self, iteration: int):
         if iteration >= len(self.feed):
             raise StopIteration
-        idx, cx, cy, mirror = self.feed[iteration]
-        out = (self.src.jpegs(idx), cx, cy, mirror.astype(np.int32))
+        idx, *draws = self.feed[iteration]
+        out = (self.src.jpegs(idx),)
+        if not self.decode_only:
+            cx, cy, mirror = draws
+            out += (cx, cy, mirror.astype(np.int32))
         if self.src.aug is not None:
             out += tuple(self.src.aug[k][idx] for k in SampleSource.AUG)
         self.alive.append(out)
@@ -150,7 +164,7 @@ class _DaliBackend:
         self.kg = B - self.kc
         mixed = max(1, threads // 4) if self.kc else threads  # both pipelines: a quarter of the threads drive the GPU decoder
         host = threads if not self.kg else max(1, threads - mixed)
-        self.main = _DaliPipe(loader, self.kg, min(mixed, MIXED_THREADS) if cfg.device == "cuda" else mixed) if self.kg else None
+        self.main = _DaliPipe(loader, self.kg, mixed) if self.kg else None
         self.host = _DaliPipe(loader, self.kc, host, host_decode=True) if self.kc else None
         self.dev = loader.device
 
