@@ -8,13 +8,25 @@ import numpy as np
 import torch
 
 from ..errors import FastFTError
-from ..util.env import gpu_share
 from .augment import _crop, _crop_normalize, _normalize, _pil_decode
 from .dali import _DaliBackend, _DaliPipe, _require_dali
-from .resources import host_cache_budget
+from .resources import device_cache_budget, host_cache_bytes
 
 if TYPE_CHECKING:
     from .loader import Loader
+
+DEVICE, HOST, DECODE = 0, 1, 2  # a sample's tier (Loader.tiers): kept on the device, in pinned host memory, decoded
+
+
+def _tiers(n: int, m: int, mh: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each sample's tier and its row in that tier's images: ``m`` samples on the device and ``mh`` in the host tier,
+    drawn once per run from ``seed`` (a split that fits wholly stays in order)."""
+    order = np.arange(n) if m == n else np.random.default_rng([seed, 0xCAC]).permutation(n)
+    tier = np.full(n, DECODE, np.int8)
+    slot = np.zeros(n, np.int64)
+    for t, rows in ((DEVICE, np.sort(order[:m])), (HOST, np.sort(order[m:m + mh]))):
+        tier[rows], slot[rows] = t, np.arange(len(rows))
+    return tier, slot
 
 
 class _CacheBackend:
@@ -35,8 +47,6 @@ class _CacheBackend:
     of the step rate. With ``augment_to`` the cache holds the transformed copies (their transforms are fixed per
     copy), so §4.6 runs are cached too. Needs a fixed-size store."""
 
-    DEVICE, HOST, DECODE = 0, 1, 2
-
     def __init__(self, loader: Loader, threads: int):
         cfg = loader.cfg
         if not loader.fixed_size:
@@ -44,26 +54,16 @@ class _CacheBackend:
         w, h = loader.image_size
         n, per = len(loader.src), h * w * 3
         self.dev = loader.device
-        if cfg.cache_gb:
-            budget = cfg.cache_gb * 1e9
-        elif self.dev.type == "cuda":  # a sweep packing k runs on one GPU sets FASTFT_GPU_SHARE=k
-            free, total = torch.cuda.mem_get_info(self.dev)
-            budget = min(0.8 * free, 0.8 * total / gpu_share())
-        else:
-            budget = n * per
-        host = host_cache_budget(loader.plan.world_size) if cfg.host_cache_gb == "auto" else float(cfg.host_cache_gb) * 1e9
+        budget = device_cache_budget(cfg.cache_gb, self.dev, n * per)
+        host = host_cache_bytes(cfg.host_cache_gb, loader.plan.world_size)
         m = min(n, int(budget // per))
         mh = min(n - m, int(host // per))
         if m + mh < 1:
             raise FastFTError(f"no room to cache decoded images ({budget / 1e9:.2f} GB for {per / 1e6:.2f} MB images); train without cache")
         if m + mh < n and cfg.backend != "dali":
             raise FastFTError(f"the cache holds {m + mh} of {n} images; caching part of a split needs backend dali")
-        order = np.arange(n) if m == n else np.random.default_rng([loader.plan.seed, 0xCAC]).permutation(n)
-        self.tier = np.full(n, self.DECODE, np.int8)
-        self.slot = np.zeros(n, np.int64)
-        for t, rows in ((self.DEVICE, np.sort(order[:m])), (self.HOST, np.sort(order[m:m + mh]))):
-            self.tier[rows], self.slot[rows] = t, np.arange(len(rows))
-        self.rows = [np.flatnonzero(self.tier == t) for t in (self.DEVICE, self.HOST)]
+        self.tier, self.slot = _tiers(n, m, mh, loader.plan.seed)
+        self.rows = [np.flatnonzero(self.tier == t) for t in (DEVICE, HOST)]
         self.fraction, self.host_fraction = m / n, mh / n
         self.dali = _DaliBackend(loader, threads) if m + mh < n else None
         self.L, self.threads, self.hw = loader, threads, (h, w)
@@ -71,6 +71,15 @@ class _CacheBackend:
         self.host: torch.Tensor | None = None
         self._compiled = None  # the compiled crop (GPU), or False after a compile failure
         self.mean, self.std = (torch.tensor(v, device=self.dev) for v in cfg.mean_std)
+
+    def stats(self) -> dict:
+        """What the cache holds (see :meth:`Loader.stats`); the decoding of the rest as the DALI backend's."""
+        filled = self.images is not None
+        return {**(self.dali.stats() if self.dali else {"decode_batch": None, "decode_threads": None}),
+                "cache_fraction": self.fraction, "host_cache_fraction": self.host_fraction, "cache_filled": filled,
+                "cached_images": {"device": len(self.images) if filled else 0, "host": len(self.host) if filled else 0},
+                "cached_image_shape": tuple(self.images.shape[1:]) if filled else None,
+                "compiled_crop": None if self._compiled is None else self._compiled is not False}
 
     def _fill(self) -> None:
         """Decode the device and host tiers once (one pass of DALI, or PIL for the fallback)."""
@@ -116,7 +125,7 @@ class _CacheBackend:
         if not tier.any():  # all DEVICE (0): nothing to reorder
             return plan, np.stack([np.full(len(tier), tier.shape[1]), np.zeros(len(tier), int), np.zeros(len(tier), int)], 1)
         perm = np.argsort(tier, axis=1, kind="stable")
-        counts = np.stack([(tier == t).sum(1) for t in (self.DEVICE, self.HOST, self.DECODE)], 1)
+        counts = np.stack([(tier == t).sum(1) for t in (DEVICE, HOST, DECODE)], 1)
         return {k: np.take_along_axis(v, perm, 1) for k, v in plan.items()}, counts
 
     def _staged(self, slots: list[np.ndarray]):

@@ -168,6 +168,12 @@ class _DaliBackend:
         self.host = _DaliPipe(loader, self.kc, host, host_decode=True) if self.kc else None
         self.dev = loader.device
 
+    def stats(self) -> dict:
+        """Samples of a full batch each pipeline decodes (``main``: the mixed decoder on a GPU, DALI's CPU backend
+        otherwise; ``host``: the ``cpu_decode`` share), and each pipeline's threads (0: no such pipeline)."""
+        return {"decode_batch": {"main": self.kg, "host": self.kc},
+                "decode_threads": {k: p.pipe.num_threads if p else 0 for k, p in (("main", self.main), ("host", self.host))}}
+
     def _host_count(self, n: int) -> int:
         """Samples of an n-sample batch for the host pipeline: its share, within both pipelines' batch sizes."""
         return min(self.kc, max(n - self.kg, round(self.kc * n / (self.kc + self.kg))))

@@ -47,6 +47,10 @@ class _TorchBackend:
                                               pin_memory=loader.cfg.device == "cuda", persistent_workers=bool(workers),
                                               multiprocessing_context="fork" if workers else None, prefetch_factor=4 if workers else None)
 
+    def stats(self) -> dict:
+        """The DataLoader's worker processes (0: decoding in this process)."""
+        return {"workers": self.dl.num_workers}
+
     def __iter__(self):  # the DataLoader's batch sampler: the jobs of the running epoch
         return iter(self.jobs)
 

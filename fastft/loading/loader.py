@@ -15,11 +15,11 @@ import torch
 from .. import preprocess
 from ..errors import FastFTError
 from ..store import View, open_view
-from ..util.env import node_share, usable_cores
-from .cache import _CacheBackend
+from .cache import DECODE, _CacheBackend
 from .dali import _DaliBackend
 from .fallback import _TorchBackend
 from .order import EpochPlan
+from .resources import loader_threads
 from .samples import SampleSource
 
 
@@ -81,7 +81,7 @@ class Loader:
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise FastFTError("device 'cuda' requested but no CUDA GPU is visible")
         self.device = torch.device("cuda", torch.cuda.current_device()) if cfg.device == "cuda" else torch.device("cpu")
-        threads = cfg.num_threads or max(1, usable_cores() // node_share(world_size))
+        self.threads = threads = loader_threads(cfg.num_threads, world_size)
         if cfg.cache:
             self._impl = _CacheBackend(self, threads)
         else:
@@ -112,8 +112,39 @@ class Loader:
         (default: the restored position if it is in this epoch, else 0)."""
         if start_step is None:
             start_step = self.position[1] if self.position[0] == epoch else 0
-        plan = self.plan.epoch(epoch)
-        for step, batch in enumerate(self._impl.run(plan, start_step), start_step):
+        for step, batch in enumerate(self.batches(self.plan.epoch(epoch), start_step), start_step):
             self.position = (epoch, step + 1)
             yield batch
         self.position = (epoch + 1, 0)
+
+    def batches(self, plan: dict, start_step: int = 0):
+        """Yield the batches of an explicit ``plan`` (arrays [steps, batch_size] as :meth:`EpochPlan.epoch` returns:
+        ``index`` into :attr:`src`, ``weight``, ``crop_x``, ``crop_y``, ``mirror``) from ``start_step``, without
+        moving the loader's position. :meth:`epoch` runs this loader's own plan through it."""
+        return self._impl.run(plan, start_step)
+
+    def tiers(self, rows: np.ndarray) -> np.ndarray:
+        """The cache tier of samples ``rows`` (0 device, 1 pinned host, 2 decoded each epoch; all 2 without a cache).
+        The cache serves each step's samples in this order (stable within a tier): ``argsort(tiers(row), stable)``."""
+        tier = getattr(self._impl, "tier", None)
+        return np.full(np.shape(rows), DECODE, np.int8) if tier is None else tier[rows]
+
+    def fill_cache(self) -> None:
+        """Decode the cache's device and host tiers now rather than at the first batch (a benchmark times this pass
+        apart); nothing to do without a cache, or once filled."""
+        if isinstance(self._impl, _CacheBackend) and self._impl.images is None:
+            self._impl._fill()
+
+    def stats(self) -> dict:
+        """What this loader runs on: ``backend`` (dali | pytorch), ``cache`` (bool), ``device``, ``threads``,
+        ``samples`` and ``steps``; the cache's ``cache_fraction`` / ``host_cache_fraction`` (shares of the split on
+        the device / in pinned host memory; None / 0.0 without a cache), ``cache_filled``, ``cached_images``
+        (``{"device": n, "host": n}``, once filled), ``cached_image_shape`` (H, W, 3), ``compiled_crop`` (True once
+        the compiled crop served a batch, False after it failed, None if not used); the DALI decoding's
+        ``decode_batch`` / ``decode_threads`` (``{"main": …, "host": …}``: samples of a full batch and threads of the
+        mixed-or-CPU and the host-decoding pipeline; None when DALI decodes nothing); the fallback's ``workers``."""
+        out = {"backend": self.cfg.backend, "cache": self.cfg.cache, "device": str(self.device), "threads": self.threads,
+               "samples": len(self.src), "steps": len(self), "cache_fraction": None, "host_cache_fraction": 0.0,
+               "cache_filled": False, "cached_images": {"device": 0, "host": 0}, "cached_image_shape": None,
+               "compiled_crop": None, "decode_batch": None, "decode_threads": None, "workers": None}
+        return {**out, **self._impl.stats()}
