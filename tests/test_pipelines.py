@@ -12,6 +12,7 @@ from fastft.errors import FastFTError
 from fastft.loading import EpochPlan, Loader, LoaderConfig
 from fastft.loading.augment import _torch_augment
 from fastft.loading.cache import DECODE
+from fastft.train.loop import _cache_fractions
 
 CFG = LoaderConfig(batch_size=8, crop=71, num_threads=1)
 
@@ -228,6 +229,7 @@ def test_partial_cache_decodes_only_the_rest_and_serves_the_same_samples(view_ne
     st = L.stats()
     assert not st["cache_filled"] and st["decode_batch"] is not None, "not filled before the first batch; DALI decodes the rest"
     assert abs(st["cache_fraction"] - on_device) < 0.01 and abs(st["host_cache_fraction"] - on_host) < 0.01
+    assert _cache_fractions(L) == (st["cache_fraction"], st["host_cache_fraction"]), "what the trainer logs"
     for epoch in (0, 1):
         plan = ref_loader.plan.epoch(epoch)
         tier = L.tiers(plan["index"])
@@ -298,6 +300,7 @@ def test_stats_name_the_backend_without_a_cache(view_near):
     assert t["backend"] == "pytorch" and t["workers"] == 0 and t["decode_batch"] is None and t["cache_fraction"] is None
     assert t["samples"] == len(L.src) and t["steps"] == len(L)
     assert (L.tiers(L.epoch_indices(0)) == DECODE).all()
+    assert _cache_fractions(L) == (None, 0.0) and _cache_fractions(object()) == (None, 0.0), "an injected loader may lack stats()"
 
 
 def test_old_import_path_re_exports_the_loading_package(monkeypatch):
