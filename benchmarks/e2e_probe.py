@@ -13,7 +13,7 @@ overlapped. The variants, all within +10 % of that:
   order and crops drawn by DALI — for speed only) (+0 %).
 
 So the Python feed is not the bottleneck: GPU decoding and the training step compete for the GPU. fastft's answer is
-the cache (decode once; device and pinned host tiers), see ``fastft.pipelines._CacheBackend``.
+the cache (decode once; device and pinned host tiers), see ``fastft.loading.cache``.
 
 Usage: python benchmarks/e2e_probe.py VIEW [--step graph|compile+graph] [--seconds 4] [--variants ...]
 """
@@ -23,9 +23,8 @@ import threading
 
 import torch
 
-from fastft import pipelines
 from fastft.bench import _forever, _make_step, _rate, _stepped, hardware, synthetic_batch, write
-from fastft.pipelines import Loader, LoaderConfig, batch_format
+from fastft.loading import Loader, LoaderConfig, batch_format, dali
 from fastft.store import open_view
 from fastft.preprocess import DEFAULT, mean_std
 
@@ -112,11 +111,11 @@ def main():
     }
 
     def static():
-        pipelines.EXEC_DYNAMIC = False
+        dali.EXEC_DYNAMIC = False
         try:
             return _rate(_stepped(step, xy(loader())), a.seconds, 5, sync)[0]
         finally:
-            pipelines.EXEC_DYNAMIC = True
+            dali.EXEC_DYNAMIC = True
     runs["static-exec"] = static
     for name in a.variants.split(","):
         try:

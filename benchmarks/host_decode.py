@@ -1,7 +1,7 @@
 """What a host-decoded sample costs the CPU: DALI's CPU decoder (libjpeg-turbo) on a view's JPEGs, alone and followed
 by the host-side uint8 crop + mirror that ``cpu_decode`` used to do before copying to the GPU. Prints one JSON object.
 
-``cpu_decode`` (fastft.pipelines._dali_decode) now copies the whole decoded image to the GPU and crops there; this
+``cpu_decode`` (fastft.loading.dali._dali_decode) now copies the whole decoded image to the GPU and crops there; this
 measures the CPU that saves, per thread and with every usable core, on the same images in the same run. On a 2-core
 x86_64 VM (2026-11-26; ``fastft synth --size 300`` sharded to 256x256 q90, ~23 kB per JPEG), three runs: 1 thread
 2,520-2,690 img/s decoding vs 1,670-1,770 with the host crop; 2 threads 4,210-4,710 vs 2,700-2,820, i.e. the crop
@@ -15,7 +15,8 @@ import time
 import numpy as np
 
 from fastft.bench import hardware, write
-from fastft.pipelines import SampleSource, usable_cores
+from fastft.loading import SampleSource
+from fastft.util.env import usable_cores
 from fastft.store import open_view
 
 

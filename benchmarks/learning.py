@@ -79,7 +79,7 @@ def init_signal(view: Path, width: float, crop: int, recipes: list[tuple[str, st
     import torch.nn.functional as F
 
     from fastft.model import LAYERS, AlexNet, ModelConfig
-    from fastft.pipelines import Loader, LoaderConfig
+    from fastft.loading import Loader, LoaderConfig
 
     out = {}
     for init, pre in recipes:

@@ -38,9 +38,8 @@ import time
 import torch
 
 from e2e_probe import _reader_batches
-from fastft import pipelines
 from fastft.bench import _forever, hardware, write
-from fastft.pipelines import Loader, LoaderConfig, batch_format
+from fastft.loading import Loader, LoaderConfig, batch_format, dali
 
 
 def _measure(batches, seconds: float, warmup: int, sync) -> dict:
@@ -101,14 +100,14 @@ def main():
         for m in variant.split("+"):
             if m != "dali":
                 cfg.update(mods[m][0]), flags.update(mods[m][1])
-        old = {k: getattr(pipelines, k) for k in flags}
+        old = {k: getattr(dali, k) for k in flags}
         try:
             for k, v in flags.items():
-                setattr(pipelines, k, v)
+                setattr(dali, k, v)
             return _measure(loader(**cfg), a.seconds, 3, sync)
         finally:
             for k, v in old.items():
-                setattr(pipelines, k, v)
+                setattr(dali, k, v)
 
     res = {"bench": "loader_probe", "view": a.view, "batch": a.batch, "hw_decoder_load": a.hw_load, "cpu_topology": _cpu_topology()}
     res["pytorch"] = _measure(loader("pytorch"), a.seconds, 3, sync)  # first: its workers fork before DALI's threads exist
@@ -126,7 +125,7 @@ def main():
     ok = {k: r["img_s"] for k, r in v.items() if isinstance(r, dict)}
     if "cpu100" in ok and ("threads4" in ok or "dali" in ok):
         # the host share that balances the two decoders: the host pipeline gets 3/4 of the threads and the hardware
-        # decoder's pipeline 1/4 (pipelines._DaliBackend), so each is expected at its rate measured with those threads
+        # decoder's pipeline 1/4 (fastft.loading.dali._DaliBackend), so each is expected at its rate measured with those threads
         host = ok["cpu100"] * 0.75
         gpu = ok.get("threads4", ok.get("dali"))
         share = round(100 * host / (host + gpu))

@@ -29,12 +29,12 @@ from .util.device import resolve
 def hardware() -> dict:
     hw = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-    from . import pipelines
+    from .loading import dali
     from .runs import environment
 
     hw["dali"] = environment()["dali"]
     # the module-level DALI settings the figures were measured with
-    hw["dali_settings"] = {k.lower(): getattr(pipelines, k) for k in ("EXEC_DYNAMIC", "FEED_NO_COPY", "MIXED_THREADS")}
+    hw["dali_settings"] = {k.lower(): getattr(dali, k) for k in ("EXEC_DYNAMIC", "FEED_NO_COPY", "MIXED_THREADS")}
     return hw
 
 
@@ -83,9 +83,9 @@ def bench_loader(view: str, batch: int = 256, device: str = "auto", seconds: flo
                  crop: int = 227, hw_loads: tuple[float, ...] = (1.0,), cpu_shares: tuple[float, ...] = (0.0,),
                  gpu_huffman: bool = False) -> dict:
     """The fallback (PIL DataLoader) and the DALI pipeline for each hardware-decoder share × host-decoded share
-    (``cpu_decode``), emitting what training consumes (:func:`~fastft.pipelines.batch_format`). ``gpu_huffman``: the
+    (``cpu_decode``), emitting what training consumes (:func:`~fastft.loading.batch_format`). ``gpu_huffman``: the
     JPEGs beyond the hardware decoder's share are decoded wholly on the GPU (``LoaderConfig.gpu_huffman``)."""
-    from .pipelines import Loader, LoaderConfig, batch_format
+    from .loading import Loader, LoaderConfig, batch_format
 
     dev = resolve(device)
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
@@ -135,7 +135,7 @@ def _make_step(mode: str, nc: int, dev: str, prec: str, width: float, crop: int)
 
 def synthetic_batch(batch: int, crop: int, dev: str, prec: str) -> torch.Tensor:
     """The ceiling's input: random values in the format the loaders emit for training (:func:`batch_format`)."""
-    from .pipelines import batch_format
+    from .loading import batch_format
 
     f = batch_format(dev, prec)
     x = torch.randn(batch, 3, crop, crop, device=dev, dtype=torch.float16 if f["fp16"] else torch.float32)
@@ -162,7 +162,7 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
     """Ceilings for each step mode on synthetic device tensors, then — with the fastest mode — the DataLoader
     baseline, fastft's DALI path for each hardware-decoder share × host-decoded share, and (``cache``) the
     decoded-image cache."""
-    from .pipelines import Loader, LoaderConfig, batch_format
+    from .loading import Loader, LoaderConfig, batch_format
     from .store import open_view
 
     dev = resolve(device)
@@ -209,7 +209,7 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
                                                host_cache_gb=hgb, **fmt), seed=0)
         if cached == 1.0:
             t0 = time.perf_counter()
-            L._impl._fill()  # the one decode pass, timed apart from the steady state
+            L.fill_cache()  # the one decode pass, timed apart from the steady state
             sync()
             res["cache_fill_secs"] = round(time.perf_counter() - t0, 2)
             res["cache_fill_img_s"] = round(len(L.src) / max(res["cache_fill_secs"], 1e-9), 1)
@@ -240,7 +240,7 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
 
 def _pack_worker(view, batch, seconds, mode, cache, hw, barrier, out_q, idx):
     dev = "cuda"
-    from .pipelines import Loader, LoaderConfig, batch_format
+    from .loading import Loader, LoaderConfig, batch_format
     from .store import open_view
 
     torch.backends.cudnn.benchmark = True

@@ -141,7 +141,7 @@ def _standardisation(batches, layers) -> dict[str, tuple[torch.Tensor, torch.Ten
 def train_group(train_src, val_src, layers, num_classes: int, n_train: int, *, seed: int = 0, epochs: int = EPOCHS,
                 min_steps: int = MIN_STEPS, batch: int = BATCH) -> dict[str, float]:
     """Probes for ``layers`` from a source of their features (in memory or streamed) → val top-1 (%) per layer."""
-    from .pipelines import EpochPlan
+    from .loading import EpochPlan
 
     stats = _standardisation(train_src.sorted_batches(batch), layers)
     plan = EpochPlan(n_train, batch, seed=seed, shuffle=True)
@@ -173,7 +173,7 @@ def probe_model(model, preprocess: str, view, layers: tuple[str, ...], device: s
                 memory_gb: float | None = None, seed: int = 0, epochs: int = EPOCHS, min_steps: int = MIN_STEPS,
                 batch: int = BATCH, backend: str = "dali") -> tuple[dict[str, float], list[dict]]:
     """Val top-1 (%) of a probe per layer of ``model`` on ``view``, and how each group of layers was held."""
-    from .pipelines import Loader, LoaderConfig
+    from .loading import Loader, LoaderConfig
 
     crop = model.cfg.input_size
     cfg = LoaderConfig(batch_size=batch, crop=crop, backend=backend, device=device, preprocess=preprocess)

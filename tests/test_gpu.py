@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fastft.pipelines import Loader, LoaderConfig
+from fastft.loading import Loader, LoaderConfig
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -24,7 +24,7 @@ def test_host_decoded_share_on_gpu_matches_cpu_backend(view_near):
     cpu = list(Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71), seed=1).epoch(0))
     L = Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, device="cuda", cpu_decode=0.4, fp16=True,
                                                      channels_last=True), seed=1)
-    g = L._impl.kg
+    g = L.stats()["decode_batch"]["main"]
     assert g == 4
     gpu = list(L.epoch(0))
     assert len(cpu) == len(gpu)
@@ -71,7 +71,7 @@ def test_whole_device_cache_on_gpu_matches_decoding(view_near):
     for (xa, ya, _), (xb, yb, _) in zip(ref.epoch(1), L.epoch(1), strict=True):
         assert torch.equal(ya, yb) and xb.dtype == torch.float16 and xb.is_contiguous(memory_format=torch.channels_last)
         assert (xa.float() - xb.float()).abs().mean() < 0.05
-    assert L._impl._compiled not in (None, False), "the compiled kernel served the batches"
+    assert L.stats()["compiled_crop"] is True, "the compiled kernel served the batches"
 
 
 def test_host_tier_on_gpu_serves_the_same_batches(view_near):
@@ -84,9 +84,9 @@ def test_host_tier_on_gpu_serves_the_same_batches(view_near):
     n, per = len(ref.src), 80 * 80 * 3
     L = Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, device="cuda", cache=True, cache_gb=n // 3 * per / 1e9,
                                                      host_cache_gb=n // 3 * per / 1e9, **fmt), seed=4)
-    assert L._impl.host_fraction > 0.3
+    assert L.stats()["host_cache_fraction"] > 0.3
     for epoch in (0, 1):
-        tier = L._impl.tier[ref.plan.epoch(epoch)["index"]]
+        tier = L.tiers(ref.plan.epoch(epoch)["index"])
         for s, ((xa, ya, _), (xb, yb, _)) in enumerate(zip(ref.epoch(epoch), L.epoch(epoch), strict=True)):
             perm = torch.from_numpy(np.argsort(tier[s], kind="stable")).cuda()
             assert torch.equal(ya[perm], yb) and xb.is_contiguous(memory_format=torch.channels_last)

@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from fastft.errors import FastFTError
-from fastft.pipelines import EpochPlan, Loader, LoaderConfig, _torch_augment
+from fastft.loading import EpochPlan, Loader, LoaderConfig
+from fastft.loading.augment import _torch_augment
+from fastft.loading.cache import DECODE
+from fastft.train.loop import _cache_fractions
 
 CFG = LoaderConfig(batch_size=8, crop=71, num_threads=1)
 
@@ -119,7 +122,7 @@ def test_ranks_in_separate_processes_cover_the_view(view_near, tmp_path):
     """3 real processes, per-rank batch 8: equal steps, every sample once, padding < one global batch."""
     script = textwrap.dedent(f"""
         import json, sys, torch
-        from fastft.pipelines import Loader, LoaderConfig
+        from fastft.loading import Loader, LoaderConfig
         r, w = int(sys.argv[1]), int(sys.argv[2])
         L = Loader({str(view_near.path)!r}, "train", LoaderConfig(batch_size=8, crop=71, num_threads=1), rank=r, world_size=w, seed=0)
         idx = L.epoch_indices(0)
@@ -165,7 +168,7 @@ def test_augmentation_grows_classes_with_transformed_copies(view_near):
     orig = int(np.flatnonzero(L.src.keys[:n0] == L.src.keys[copy])[0])
     plan = {"index": np.array([[orig] * 4 + [copy] * 4]), "weight": np.ones((1, 8), np.float32),
             "crop_x": np.full((1, 8), 0.5, np.float32), "crop_y": np.full((1, 8), 0.5, np.float32), "mirror": np.zeros((1, 8), np.int32)}
-    (x, y, _), = list(L._impl.run(plan, 0))
+    (x, y, _), = list(L.batches(plan))
     assert torch.equal(x[0], x[1]) and not torch.allclose(x[0], x[4], atol=0.1) and y[0] == y[4]
     assert Loader(view_near.path, "val", cfg, train=False).plan.n == len(Loader(view_near.path, "val", CFG, train=False).src)
 
@@ -202,12 +205,13 @@ def test_decoded_cache_serves_the_same_batches(view_near):
         for (xa, ya, wa), (xb, yb, wb) in zip(ref, got):
             assert torch.equal(ya, yb) and torch.equal(wa, wb)
             assert torch.allclose(xa, xb, atol=1e-4)
-        assert L._impl.images.shape == (len(L.src), 80, 80, 3)
+        st = L.stats()
+        assert st["cached_images"] == {"device": len(L.src), "host": 0} and st["cached_image_shape"] == (80, 80, 3)
     # §4.6: the cache holds the transformed copies; batches equal the decoding pipeline's
     ref = list(Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, num_threads=1, augment_to=60), seed=5).epoch(0))
     L = Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, num_threads=1, augment_to=60, cache=True), seed=5)
     got = list(L.epoch(0))
-    assert L._impl.images.shape[0] == 8 * 60 and len(got) == len(ref)
+    assert L.stats()["cached_images"]["device"] == 8 * 60 and len(got) == len(ref)
     for (xa, ya, _), (xb, yb, _) in zip(ref, got):
         assert torch.equal(ya, yb) and torch.allclose(xa, xb, atol=1e-4)
 
@@ -222,13 +226,14 @@ def test_partial_cache_decodes_only_the_rest_and_serves_the_same_samples(view_ne
     L = Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, num_threads=1, cache=True,
                                                      cache_gb=int(n * on_device) * per / 1e9 + 1e-12,
                                                      host_cache_gb=int(n * on_host) * per / 1e9), seed=5)
-    impl = L._impl
-    assert impl.images is None and impl.dali is not None
-    assert abs(impl.fraction - on_device) < 0.01 and abs(impl.host_fraction - on_host) < 0.01
+    st = L.stats()
+    assert not st["cache_filled"] and st["decode_batch"] is not None, "not filled before the first batch; DALI decodes the rest"
+    assert abs(st["cache_fraction"] - on_device) < 0.01 and abs(st["host_cache_fraction"] - on_host) < 0.01
+    assert _cache_fractions(L) == (st["cache_fraction"], st["host_cache_fraction"]), "what the trainer logs"
     for epoch in (0, 1):
         plan = ref_loader.plan.epoch(epoch)
-        tier = impl.tier[plan["index"]]
-        assert 0 < (tier < impl.DECODE).mean() < 1, "steps mix cached and decoded samples"
+        tier = L.tiers(plan["index"])
+        assert 0 < (tier < DECODE).mean() < 1, "steps mix cached and decoded samples"
         got = list(L.epoch(epoch))
         for s, ((xa, ya, wa), (xb, yb, wb)) in enumerate(zip(ref_loader.epoch(epoch), got)):
             perm = np.argsort(tier[s], kind="stable")  # device tier, host tier, decoded
@@ -237,7 +242,8 @@ def test_partial_cache_decodes_only_the_rest_and_serves_the_same_samples(view_ne
         if epoch == 1:  # resumed mid-epoch: the same remaining batches
             for (xa, ya, _), (xb, yb, _) in zip(got[2:], list(L.epoch(1, start_step=2)), strict=True):
                 assert torch.equal(ya, yb) and torch.equal(xa, xb)
-    assert impl.images.shape == (int(n * on_device), 80, 80, 3) and impl.host.shape == (int(n * on_host), 80, 80, 3)
+    st = L.stats()
+    assert st["cached_images"] == {"device": int(n * on_device), "host": int(n * on_host)} and st["cached_image_shape"] == (80, 80, 3)
 
 
 @pytest.mark.parametrize("share", [0.3, 1.0])
@@ -247,7 +253,7 @@ def test_host_decoded_share_serves_the_same_batches(view_near, share):
     cache's small decoded remainders, and on resume."""
     ref = list(Loader(view_near.path, "train", CFG, seed=6).epoch(1))
     L = Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, num_threads=2, cpu_decode=share), seed=6)
-    assert (L._impl.kc, L._impl.kg) == ((3, 5) if share == 0.3 else (8, 0))
+    assert L.stats()["decode_batch"] == ({"main": 5, "host": 3} if share == 0.3 else {"main": 0, "host": 8})
     got = list(L.epoch(1))
     assert len(got) == len(ref)
     for (xa, ya, wa), (xb, yb, wb) in zip(ref, got, strict=True):
@@ -262,7 +268,7 @@ def test_host_decoded_share_serves_the_same_batches(view_near, share):
     n = len(L.src)  # decoded remainders of 0-8 samples per step: split between the pipelines within their sizes
     part = Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, num_threads=2, cpu_decode=share, cache=True,
                                                         cache_gb=(n // 2) * 80 * 80 * 3 / 1e9 + 1e-12), seed=6)
-    tier = part._impl.tier[part.plan.epoch(1)["index"]]
+    tier = part.tiers(part.plan.epoch(1)["index"])
     for s, ((xa, ya, _), (xb, yb, _)) in enumerate(zip(ref, part.epoch(1), strict=True)):
         perm = np.argsort(tier[s], kind="stable")
         assert torch.equal(ya[perm], yb) and torch.allclose(xa[perm], xb, atol=1e-4)
@@ -272,14 +278,48 @@ def test_host_decoded_share_serves_the_same_batches(view_near, share):
 
 def test_feed_without_copy_serves_the_same_batches(view_near, monkeypatch):
     """``FEED_NO_COPY`` (DALI reads the JPEG bytes in the store's maps): the same batches as the copying feed."""
-    from fastft import pipelines
+    from fastft.loading import dali
 
+    monkeypatch.setattr(dali, "FEED_NO_COPY", False)
     ref = list(Loader(view_near.path, "train", CFG, seed=7).epoch(0))
-    monkeypatch.setattr(pipelines, "FEED_NO_COPY", True)
+    monkeypatch.setattr(dali, "FEED_NO_COPY", True)
     got = list(Loader(view_near.path, "train", CFG, seed=7).epoch(0))
     assert len(got) == len(ref)
     for (xa, ya, _), (xb, yb, _) in zip(ref, got):
         assert torch.equal(ya, yb) and torch.equal(xa, xb)
+
+
+def test_stats_name_the_backend_without_a_cache(view_near):
+    """``Loader.stats()`` without a cache: no cached share (None / 0.0), what each DALI pipeline decodes, or the
+    fallback's worker processes; every sample in the decoded tier."""
+    d = Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, num_threads=1, cpu_decode=0.25), seed=0).stats()
+    assert d["backend"] == "dali" and d["cache"] is False and d["cache_fraction"] is None and d["host_cache_fraction"] == 0.0
+    assert d["decode_batch"] == {"main": 6, "host": 2} and d["decode_threads"]["host"] >= 1 and d["workers"] is None
+    L = Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, num_threads=1, backend="pytorch"), seed=0)
+    t = L.stats()
+    assert t["backend"] == "pytorch" and t["workers"] == 0 and t["decode_batch"] is None and t["cache_fraction"] is None
+    assert t["samples"] == len(L.src) and t["steps"] == len(L)
+    assert (L.tiers(L.epoch_indices(0)) == DECODE).all()
+    assert _cache_fractions(L) == (None, 0.0) and _cache_fractions(object()) == (None, 0.0), "an injected loader may lack stats()"
+
+
+def test_old_import_path_re_exports_the_loading_package(monkeypatch):
+    """``fastft.pipelines`` (kept for one release) names the same objects, and its DALI settings and
+    ``usable_cores`` write through to the modules that read them (monkeypatch restores them there)."""
+    from fastft import loading, pipelines
+    from fastft.loading import dali, resources
+
+    assert (pipelines.Loader, pipelines.LoaderConfig, pipelines.EpochPlan, pipelines.batch_format) == \
+        (loading.Loader, loading.LoaderConfig, loading.EpochPlan, loading.batch_format)
+    assert pipelines._torch_augment is _torch_augment and pipelines.host_cache_budget is resources.host_cache_budget
+    monkeypatch.delenv("FASTFT_NODE_RUNS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    old = dali.FEED_NO_COPY
+    monkeypatch.setattr(pipelines, "FEED_NO_COPY", not old)
+    monkeypatch.setattr(pipelines, "usable_cores", lambda: 3)
+    assert dali.FEED_NO_COPY is (not old) and pipelines.FEED_NO_COPY is (not old) and resources.loader_threads(0) == 3
+    monkeypatch.undo()
+    assert dali.FEED_NO_COPY is old and pipelines.usable_cores is resources.usable_cores
 
 
 def test_cache_needs_dali_for_a_partial_split(view_near):
@@ -302,7 +342,7 @@ def test_node_runs_split_the_machine_memory_and_cores(monkeypatch, view_near):
     """Runs a sweep packs on one node (``FASTFT_NODE_RUNS``, set by its slots) and the ranks of a run on the node
     (``LOCAL_WORLD_SIZE``; not the ranks on other nodes) split the host-memory cache budget and the cores their
     loaders decode with."""
-    from fastft.pipelines import host_cache_budget
+    from fastft.loading import host_cache_budget
     from fastft.sweep import slots_for
 
     monkeypatch.delenv("FASTFT_NODE_RUNS", raising=False)
@@ -314,9 +354,9 @@ def test_node_runs_split_the_machine_memory_and_cores(monkeypatch, view_near):
     monkeypatch.setenv("FASTFT_NODE_RUNS", "1")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert host_cache_budget(world_size=8) < one  # 4 ranks here (of 8 on two nodes) each cache the whole split
-    from fastft import pipelines
+    from fastft.loading import resources
 
-    monkeypatch.setattr(pipelines, "usable_cores", lambda: 16)  # the division, as on a 16-core node
+    monkeypatch.setattr(resources, "usable_cores", lambda: 16)  # the division, as on a 16-core node
     for runs, local, world, threads in (("1", None, 1, 16), ("2", None, 1, 8), ("1", "2", 4, 8), ("1", None, 2, 8), ("2", "4", 8, 2)):
         monkeypatch.setenv("FASTFT_NODE_RUNS", runs)
         if local:
@@ -324,7 +364,7 @@ def test_node_runs_split_the_machine_memory_and_cores(monkeypatch, view_near):
         else:
             monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
         L = Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71), rank=0, world_size=world, seed=0)
-        assert L._impl.main.pipe.num_threads == threads
+        assert L.stats()["decode_threads"]["main"] == threads
     assert [s["FASTFT_NODE_RUNS"] for s in slots_for(None, 1, 2)] == ["2", "2"]
     assert [s["FASTFT_NODE_RUNS"] for s in slots_for("0,1", 2, 1)] == ["4"] * 4
 
@@ -332,7 +372,7 @@ def test_node_runs_split_the_machine_memory_and_cores(monkeypatch, view_near):
 def test_compiled_cache_crop_equals_the_eager_ops():
     """The cache's crop + normalise, compiled (what whole device-tier batches use on GPUs; here inductor's CPU
     backend), equals the eager gather + normalise."""
-    from fastft.pipelines import _crop, _crop_normalize, _normalize
+    from fastft.loading.augment import _crop, _crop_normalize, _normalize
     from fastft.preprocess import mean_std
 
     g = torch.Generator().manual_seed(0)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fastft.pipelines import Loader, LoaderConfig
+from fastft.loading import Loader, LoaderConfig
 from fastft.preprocess import PREPROCESSING, mean_std
 
 TINY = ["width=0.25", "crop=71", "batch_size=32", "progress=false", "num_threads=1"]
@@ -45,16 +45,15 @@ def test_every_feeder_applies_the_runs_preprocessing_by_pixel_value(view_near, p
     for name, kw in feeders.items():
         L = Loader(view_near.path, "val", LoaderConfig(batch_size=8, crop=71, num_threads=1, preprocess=pre, **kw), train=False)
         plan = L.plan.epoch(0)
-        impl = L._impl
         for s, (x, y, w) in enumerate(L.epoch(0)):
-            rows = plan["index"][s]
-            if hasattr(impl, "tier"):  # the cache serves a step device tier first, then host tier, then decoded
-                rows = rows[np.argsort(impl.tier[rows], kind="stable")]
+            rows = plan["index"][s]  # the cache serves a step device tier first, then host tier, then decoded
+            rows = rows[np.argsort(L.tiers(rows), kind="stable")]
             for j, i in enumerate(rows):
                 assert int(y[j]) == int(L.src.labels[i]), name
                 assert torch.allclose(x[j], _expected(L.src, i, 71, pre), atol=1e-3), (name, pre, s, j)
         if name == "device + host + decoded":
-            assert 0 < impl.fraction < 1 and 0 < impl.host_fraction < 1
+            st = L.stats()
+            assert 0 < st["cache_fraction"] < 1 and 0 < st["host_cache_fraction"] < 1
 
 
 def test_caffe_multipliers_reach_the_optimisers_groups(demo_spec, store, tmp_path):

@@ -148,7 +148,7 @@ def test_evaluation_across_ranks_equals_single_process(source_run, tmp_path):
         import json, os, sys
         from accelerate import Accelerator
         from fastft.analysis import load_model
-        from fastft.pipelines import Loader, LoaderConfig
+        from fastft.loading import Loader, LoaderConfig
         from fastft.trainer import evaluate
         acc = Accelerator(cpu=True)
         model, _ = load_model({str(src)!r})

@@ -1,5 +1,5 @@
 """``fastft train``: one run. This is where the pieces are wired: the trainer gets its loaders from
-:mod:`fastft.pipelines` here, so neither imports the other."""
+:mod:`fastft.loading` here, so neither imports the other."""
 from __future__ import annotations
 
 import os
@@ -14,11 +14,11 @@ from ..util.env import usable_cores
 
 
 def loader_factory(cfg):
-    """A ``loader_factory`` for :func:`fastft.trainer.train` backed by :class:`fastft.pipelines.Loader`, from a
+    """A ``loader_factory`` for :func:`fastft.trainer.train` backed by :class:`fastft.loading.Loader`, from a
     :class:`~fastft.trainer.TrainConfig`. ``cache="auto"`` caches decoded training images on GPUs when the store has
     a fixed image size (the cache then holds what fits, on the device and in the host tier; see
-    :class:`fastft.pipelines._CacheBackend`). GPU batches come as float16 in NHWC memory when training in bf16."""
-    from ..pipelines import Loader, LoaderConfig, batch_format
+    :mod:`fastft.loading.cache`). GPU batches come as float16 in NHWC memory when training in bf16."""
+    from ..loading import Loader, LoaderConfig, batch_format
     from ..store import open_view
     from ..train.config import resolve_device
 

@@ -286,8 +286,8 @@ def slots_for(gpus: str | None, per_gpu: int, parallel: int) -> list[dict]:
     """``--gpus 0,1 --per-gpu 2`` → 4 slots (two runs share each GPU); no GPUs → ``parallel`` CPU slots."""
     if gpus:
         ids = gpu_ids(gpus)
-        # runs sharing a GPU split its memory for the decoded-image cache (see fastft.pipelines._CacheBackend)
-        # and the runs on the node split its host memory for the cache's second tier (pipelines.host_cache_budget)
+        # runs sharing a GPU split its memory for the decoded-image cache (fastft.loading.resources.device_cache_budget)
+        # and the runs on the node split its host memory for the cache's second tier (loading.resources.host_cache_budget)
         return [{"CUDA_VISIBLE_DEVICES": g, env.GPU_SHARE: str(per_gpu), env.NODE_RUNS: str(len(ids) * per_gpu)}
                 for g in ids for _ in range(per_gpu)]
     n = max(1, parallel)  # the runs split the node's cores: torch's threads and (FASTFT_NODE_RUNS) the loaders'

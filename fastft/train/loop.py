@@ -260,11 +260,12 @@ def _loaders(r: _Run, loader_factory: Callable, loader_state: dict | None):
 
 
 def _cache_fractions(loader) -> tuple[float | None, float]:
-    """(share of the training images cached on the device, in pinned host memory); (None, 0) without a cache."""
-    impl = getattr(loader, "_impl", None)
-    if getattr(impl, "fraction", None) is None:
+    """(share of the training images cached on the device, in pinned host memory); (None, 0) without a cache, or
+    from an injected loader without :meth:`~fastft.loading.Loader.stats`."""
+    stats = loader.stats() if callable(getattr(loader, "stats", None)) else {}
+    if stats.get("cache_fraction") is None:
         return None, 0.0
-    return impl.fraction, impl.host_fraction or 0.0
+    return stats["cache_fraction"], stats.get("host_cache_fraction") or 0.0
 
 
 def _progress_bar(r: _Run, steps: int, start_epoch: int, loader_state: dict | None):
