@@ -6,6 +6,7 @@ a scaled configuration (see ``_data/demo_plan.yaml``).
 """
 from __future__ import annotations
 
+import re
 import time
 from importlib import resources
 from pathlib import Path
@@ -64,3 +65,25 @@ def demo(out: str | Path = "fastft-demo", seeds: int = 3, parallel: int = 2) -> 
     print(f"figures: {', '.join(r['figures'])}")
     say("done")
     return r
+
+
+# ---------------------------------------------------------------- the README's excerpt of the demo's output
+_STEP = re.compile(r"^\[\s*\d+\.\d+s\] ")
+_KEEP = ("**The paper's findings", "Linear SVM on fc7", "target accuracy:")
+
+
+def excerpt(output: str) -> list[str]:
+    """The lines of ``fastft demo``'s output the README shows (``tools/readme_demo.py`` writes them there; a test
+    checks they are what the demo prints): the timed steps, the findings' verdicts and every table row but the rules.
+    The progress bar (carriage returns) and the prose of the report are left out."""
+    keep = []
+    for line in output.splitlines():
+        line = line.split("\r")[-1].rstrip()
+        if _STEP.match(line) or line.startswith(_KEEP) or line.startswith("| ") and not line.startswith("|---"):
+            keep.append(line)
+    return keep
+
+
+def untimed(lines: list[str]) -> list[str]:
+    """``lines`` with their timestamps masked (what may differ between two runs of the demo)."""
+    return [_STEP.sub("[ ... s] ", line) for line in lines]

@@ -190,18 +190,18 @@ def _cmdline(pid: int) -> bytes:
 def _shard_killed_mid_run(synth_tree, out: Path, env: dict, worker: bool):
     """Runs `fastft shard` into ``out`` and SIGKILLs, once shards are being written, one of its worker processes
     (``worker``) or the command itself. Returns (the command, the Popen, stderr). A run that finished before the kill
-    (the tree is small; a busy machine) is tried again, up to three times."""
+    (the tree is small; a busy machine) is tried again, up to five times."""
     import signal
     import time
 
     cmd = [sys.executable, "-m", "fastft", "shard", str(synth_tree), "--out", str(out), "--resize", "80x80", "--shard-mb", "0.25",
            "--allow-missing", "--workers", "2", "--quiet"]
-    for _ in range(3):
+    for _ in range(5):
         shutil.rmtree(out, ignore_errors=True)
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         own = _cmdline(p.pid)
         killed, t = None, time.time()
-        while killed is None and p.poll() is None and time.time() - t < 60:
+        while killed is None and p.poll() is None and time.time() - t < 600:
             if list(out.glob("train-*.tmp")):  # shards are being written
                 victims = [c for c in _children(p.pid) if _cmdline(c) == own] if worker else [p.pid]  # workers: forks
                 if victims:
@@ -211,7 +211,7 @@ def _shard_killed_mid_run(synth_tree, out: Path, env: dict, worker: bool):
         stderr = p.communicate(timeout=120)[1]
         if killed:
             return cmd, p, stderr
-    pytest.fail("the run finished three times before it could be killed")
+    pytest.fail("the run finished five times before it could be killed")
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker processes in /proc")

@@ -1,10 +1,12 @@
 """Sweeps (expansion, ids, skip/resume/retry, concurrency), reports and the demo. SLURM: tests/test_slurm.py."""
+import difflib
 import json
 import os
 import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -213,17 +215,28 @@ def test_run_claimed_by_a_dead_host_is_waited_for_then_taken_over_once_its_claim
     claim.write_text("gone-host 4242")  # a sweep on another machine sharing the runs directory, refreshed just now
     assert sw.state(out, runs[0]) == "running on gone-host"
     cmd = [sys.executable, "-m", "fastft", "sweep", str(plan_file), "--store", str(store), "--out", str(out), "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "FASTFT_CLAIM_HEARTBEAT_S": "0.3", "FASTFT_CLAIM_STALE_S": "5"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FASTFT_CLAIM_HEARTBEAT_S": "0.3", "FASTFT_CLAIM_STALE_S": "20"}
+    alive = threading.Event()
+    alive.set()
+
+    def other_host():  # the other host keeps refreshing its claim for as long as the test says it lives, however
+        while alive.is_set():  # long the sweep takes to start on a loaded machine
+            os.utime(claim)
+            time.sleep(0.5)
+
+    beat = threading.Thread(target=other_host, daemon=True)
+    beat.start()
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
     while not any("is being trained by" in x for x in seen) and len(seen) < 50 and (x := p.stdout.readline()):
         seen.append(x)
     line = seen[-1] if seen else ""
-    assert f"run dead/{runs[0].key} is being trained by pid 4242 on gone-host" in line and "not been refreshed for 5 s" in line, seen
-    for _ in range(8):  # the other host keeps refreshing its claim: the sweep keeps waiting
-        os.utime(claim)
+    assert f"run dead/{runs[0].key} is being trained by pid 4242 on gone-host" in line and "not been refreshed for 20 s" in line, seen
+    for _ in range(8):  # while the other host lives, the sweep keeps waiting
         time.sleep(0.5)
         assert p.poll() is None and claim.read_text() == "gone-host 4242"
+    alive.clear()
+    beat.join()
     # the other host died: its claim stops being refreshed, and once it is CLAIM_STALE_S old the run is taken over
     old = time.time() - 60
     os.utime(claim, (old, old))
@@ -540,15 +553,26 @@ def test_report_checks_trends_along_a_grid_key_and_of_gains_paired_by_seed(tmp_p
     assert "| fewer classes are easier | §4.4 |" in (tmp_path / "rep" / "report.md").read_text()
 
 
-def test_demo_end_to_end(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "fastft", "demo", "--out", str(tmp_path / "demo"), "--seeds", "1"],
-                       capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+def test_demo_end_to_end_prints_what_the_readme_shows(tmp_path):
+    """``fastft demo`` as a new user runs it (an empty directory, default settings) finishes, and the README's excerpt
+    of its output is exactly what it prints (timestamps aside; ``tools/readme_demo.py`` rewrites it)."""
+    from fastft.demo import excerpt, untimed
+
+    r = subprocess.run([sys.executable, "-m", "fastft", "demo"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=1200)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "6/6 fastft report" in r.stdout and "target accuracy:" in r.stdout and "SVM after" in r.stdout
     assert "| fine-tuning from the near source beats training from scratch | §4.3 |" in r.stdout  # the plan's claims, checked
-    assert (tmp_path / "demo/report/report.md").exists() and (tmp_path / "demo/report/final-demo-near-far.png").exists()
-    runs = pd.read_csv(tmp_path / "demo/report/runs.csv")
-    assert runs["finished"].all() and len(runs) == 5
+    demo = tmp_path / "fastft-demo"
+    assert (demo / "report/report.md").exists() and (demo / "report/final-demo-near-far.png").exists()
+    runs = pd.read_csv(demo / "report/runs.csv")
+    assert runs["finished"].all() and len(runs) == 15
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    m = re.search(r"<!-- demo-output:.*?```\n(.*?)```\n<!-- /demo-output -->", readme, re.S)
+    assert m, "README.md lost its demo-output block"
+    shown, printed = untimed(m.group(1).splitlines()), untimed(excerpt(r.stdout))
+    assert shown == printed, ("README.md's demo excerpt is not what `fastft demo` prints: run `python "
+                              "tools/readme_demo.py`\n" + "\n".join(difflib.unified_diff(shown, printed, lineterm="")))
 
 
 def test_report_grid_and_gain_figures(tmp_path):

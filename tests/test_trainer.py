@@ -110,7 +110,11 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(source_run, store,
     assert "already finished" in fastft(*args, f"out={out / 'b'}").stdout
 
 
-def test_config_mistakes_are_named_before_work(source_run, store, tmp_path):
+def test_config_mistakes_are_named_before_work(source_run, store, tmp_path, capsys):
+    """Each mistake: exit 2 and one line naming it, before any work. The first through the real command (a
+    subprocess), the rest through the same entry point in this process (a torch import each is 2 s on 2 cores)."""
+    from fastft.cli import main as cli_main
+
     out, spec, src = source_run
     base = [f"spec={spec}", "set=target", f"store={store}", f"out={tmp_path}", *SMALL]
     notes = tmp_path / "notes.json"  # a source that is a file but not a checkpoint
@@ -122,9 +126,12 @@ def test_config_mistakes_are_named_before_work(source_run, store, tmp_path):
              (["cpu_decode=2"], "cpu_decode is a share"), (["crop=81"], "crop 81 is larger than the store's images (--resize 80x80)"),
              (["momentum=-0.9"], "momentum must be in [0, 1)"), (["batch_size=4096"], "is larger than the training split ("),
              (["mode=finetune", f"source={notes}"], f"finetune source {notes} is not a PyTorch weights file")]
+    r = fastft("train", *base, *cases[0][0], check=False)
+    assert r.returncode == 2 and cases[0][1] in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr[-500:]
     for extra, msg in cases:
-        r = fastft("train", *base, *extra, check=False)
-        assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, (extra, r.stderr[-500:])
+        rc = cli_main(["train", *map(str, base), *map(str, extra)])
+        err = capsys.readouterr().err
+        assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1, (extra, err[-500:])
     assert not list(tmp_path.glob("scratch-*")), "a refused run leaves no run directory"
     # a source trained on some (not all) of the target classes is refused unless allowed
     from fastft.subsets import ClassSet, SubsetSpec
@@ -132,8 +139,8 @@ def test_config_mistakes_are_named_before_work(source_run, store, tmp_path):
     tgt = json.loads(spec.read_text())["sets"]["target"]["classes"]
     near = json.loads(spec.read_text())["sets"]["near"]["classes"]
     mixed = SubsetSpec("custom", 0, {}, {"t": ClassSet(tuple(near[:2] + tgt[:2]))}, {}).save(tmp_path / "mixed.json")
-    r = fastft("train", f"spec={mixed}", "set=t", f"store={store}", f"out={tmp_path}", "mode=finetune", f"source={src}", *SMALL, check=False)
-    assert r.returncode == 2 and "2 of the 4 target classes" in r.stderr
+    rc = cli_main(["train", f"spec={mixed}", "set=t", f"store={store}", f"out={tmp_path}", "mode=finetune", f"source={src}", *SMALL])
+    assert rc == 2 and "2 of the 4 target classes" in capsys.readouterr().err
     assert not list(tmp_path.glob("finetune-*"))
 
 
