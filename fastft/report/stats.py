@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..analysis import registry
 from .collect import counted
 
 
@@ -38,9 +39,8 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     done = done.assign(top5=done["top5"].where(done["classes"] > 5))  # top-5 of <= 5 classes is 100 % by construction
     g = done.groupby(["plan", "template", "grid"], sort=False, dropna=False)
-    extra = {c: (c, "mean") for c in done.columns
-             if c in ("svm_top1", "svm_before_top1", "mean_sensitivity", "filters_before_mean_sensitivity", "feature_cosine_nearest")
-             or c.startswith("probe_")}
+    averaged = registry.averaged()  # the analyses' columns (fastft.analysis.registry)
+    extra = {c: (c, "mean") for c in done.columns if c in averaged}
     extra.update({c: (c, "first") for c in done.columns if c.startswith(("paper_svm", "paper_probe_")) or c == "source_template"})
     out = g.agg(tested_on=("set", "first"), seeds=("seed", "nunique"), top1_mean=("top1", "mean"), top1_std=("top1", "std"), top5_mean=("top5", "mean"),
                 distance=("distance", "mean"), paper_top1=("paper_top1", "first"), paper_std=("paper_std", "first"),

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..models import all_layers
 from .claims import scoreboard
 from .stats import _ci, paired
-
-LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")  # probe columns in network order
 
 
 def _pm(m, s) -> str:
@@ -20,7 +19,7 @@ def _pm(m, s) -> str:
 
 def _probe_layers(s: pd.DataFrame) -> list[str]:
     """The layers with probe accuracies in the summary (after or before fine-tuning), in network order."""
-    return [l for l in LAYERS if any(c in s and s[c].notna().any() for c in (f"probe_{l}", f"probe_before_{l}"))]
+    return [l for l in all_layers() if any(c in s and s[c].notna().any() for c in (f"probe_{l}", f"probe_before_{l}"))]
 
 
 def _values(row, prefix: str, layers: list[str]) -> list[float]:
