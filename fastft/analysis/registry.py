@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..errors import FastFTError
 from ..files import write_json
+from ..store import view_tag
 
 LAYER = "{layer}"  # in a column or measure name: one entry per layer of every registered model (fastft.models)
 
@@ -122,11 +123,9 @@ def save(run, name: str, res: dict, view=None) -> None:
     """Write a result (``run``: a run directory, or a model file in one) where :func:`result_file` says; with
     ``view``, tagged with it, so that the report pairs a source model's "before" result with its fine-tuned model's
     "after" on the same target view (Table 3)."""
-    from ..store import view_tag
-
-    d = Path(run) if Path(run).is_dir() else Path(run).parent
-    if view is not None:
-        res = {**res, "view_tag": view_tag(view)}
-    path = result_file(d, name, res.get("view_tag") if view is not None else None)
+    tag = view_tag(view) if view is not None else None
+    if tag:
+        res = {**res, "view_tag": tag}
+    path = result_file(Path(run) if Path(run).is_dir() else Path(run).parent, name, tag)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, res)

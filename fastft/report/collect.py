@@ -63,6 +63,7 @@ def _collect_one(d: Path, cfg: dict, c: dict, sw: dict, fin: dict, rows: list, c
     row["source_template"] = sw.get("source_template")
     row["paper_filters_beats"] = json.dumps(paper["filters_beats"]) if paper.get("filters_beats") else None
     row["claims"] = json.dumps(sw["claims"]) if sw.get("claims") else None
+    row["report"] = json.dumps(sw["report"]) if sw.get("report") is not None else None  # the plan's report: key
     row.update({f"grid_{k}": v for k, v in grid.items()})
     if (ki := grid_set(grid.get("set"))) is not None:  # instru-grid sets: classes x images per class (Fig. 12, 14)
         row.update(grid_classes=ki[0], grid_images=ki[1])
