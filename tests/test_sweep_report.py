@@ -330,14 +330,18 @@ def test_interrupted_sweep_checkpoints_its_runs_and_resumes(store, tmp_path):
     assert (near / "sweep.log").read_text().count("resuming") == 2
 
 
+STUDY_REPORT = {"pairs": [["ft-near", "scratch"], ["ft-far", "scratch"], ["ft-near", "ft-far"]],  # the shipped §4.3-4.6 plans'
+                "order": ["ft-near", "ft-far", "near", "far", "scratch"]}
+
+
 def _fake_run(root: Path, name: str, template: str, seed: int, top1: float, paper=None, grid=None, source_template=None, claims=None,
-              plan="p", **config):
+              plan="p", report=None, **config):
     d = root / name
     d.mkdir(parents=True)
     (d / "config.json").write_text(json.dumps({"run_id": name, "config": {"seed": seed, "mode": "finetune", "set": "target", "name": name,
                                                                           **config}, "num_classes": 100}))
     (d / "sweep.json").write_text(json.dumps({"plan": plan, "template": template, "seed": seed, "paper": paper, "grid": grid or {},
-                                              "distance": 0.1, "source_template": source_template, "claims": claims}))
+                                              "distance": 0.1, "source_template": source_template, "claims": claims, "report": report}))
     (d / "final.json").write_text(json.dumps({"run_id": name, "top1": top1, "top5": top1 + 10, "epochs": 2}))
     (d / "metrics.jsonl").write_text("\n".join(json.dumps({"epoch": e, "top1": top1 * e / 2, "train_loss": 2 - e / 2, "lr": 0.01}) for e in (1, 2)))
 
@@ -437,12 +441,12 @@ def test_report_fig9_pairs_each_seeds_models_on_its_target(tmp_path):
         (view / "view.json").write_text(json.dumps({"manifest_sha256": "m", "splits": {"val": {"keys_sha256": f"k{seed}"}}, "classes": ["n01"]}))
         tag = view_tag(str(view))
         near = runs / f"near{seed}"
-        _fake_run(runs, near.name, "near", seed, 50.0, paper={"filters_beats": {"scratch": 51}}, set="near")
+        _fake_run(runs, near.name, "near", seed, 50.0, paper={"filters_beats": {"scratch": 51}}, set="near", report=STUDY_REPORT)
         (near / "analysis").mkdir()
         (near / "analysis" / f"filters-{tag}.json").write_text(json.dumps({"summary": {}, "sensitivity": models["near"]}))
         for t in ("ft-near", "scratch"):
             _fake_run(runs, f"{t}{seed}", t, seed, 60.0, paper={"filters_beats": {"scratch": 61, "near": 75}} if t == "ft-near" else None,
-                      view=str(view), **({"source": str(near), "source_template": "near"} if t == "ft-near" else {}))
+                      view=str(view), report=STUDY_REPORT, **({"source": str(near), "source_template": "near"} if t == "ft-near" else {}))
             (runs / f"{t}{seed}" / "analysis").mkdir()
             (runs / f"{t}{seed}" / "analysis" / f"filters-{tag}.json").write_text(json.dumps({"summary": {}, "sensitivity": models[t]}))
     r = write_report(runs, tmp_path / "rep")
@@ -468,7 +472,7 @@ def test_gains_are_paired_by_seed_while_seeds_are_unfinished():
     rows = [("ft-near", 0, 70.0), ("scratch", 0, 60.0), ("ft-near", 1, 50.0), ("scratch", 1, 40.0),
             ("ft-near", 2, 90.0)]  # seed 2's scratch is still training: an unpaired mean would give 70 - 50 = +20
     r = pd.DataFrame([{"template": t, "seed": s, "top1": v, "grid_images": 30} for t, s, v in rows])
-    ((name, gain),) = gain_lines(r, ["grid_images"], "grid_images")
+    ((name, gain),) = gain_lines(r, ["grid_images"], "grid_images", [("ft-near", "scratch")])
     assert name == "ft-near − scratch" and gain.to_dict() == {30: 10.0}
 
 
@@ -583,9 +587,10 @@ def test_report_grid_and_gain_figures(tmp_path):
             for n in (30, 240, 1200):
                 for aug in (0, 1200):
                     top1 = base + 10 * np.log10(n) + (5 if aug and t == "scratch" else 0) + seed
-                    _fake_run(tmp_path / "runs", f"{t}-{n}-{aug}-{seed}", t, seed, top1, grid={"set": f"k100_n{n}", "augment_to": aug})
+                    _fake_run(tmp_path / "runs", f"{t}-{n}-{aug}-{seed}", t, seed, top1, grid={"set": f"k100_n{n}", "augment_to": aug},
+                              report=STUDY_REPORT)
         for t in ("near", "far"):  # the plan's sources: no grid values
-            _fake_run(tmp_path / "runs", f"{t}-{seed}", t, seed, 45.0)
+            _fake_run(tmp_path / "runs", f"{t}-{seed}", t, seed, 45.0, report=STUDY_REPORT)
     r = write_report(tmp_path / "runs", tmp_path / "rep")
     names = {Path(f).name for f in r["figures"]}
     assert {"grid-p-images.png", "grid-p-augment_to.png", "gains-p.png"} <= names
@@ -605,3 +610,142 @@ def test_report_grid_and_gain_figures(tmp_path):
 
     final, curves = (tuple(x / DPI for x in size) for size in (final, curves))  # inches
     assert final[0] < 7.5 and final[1] > 20 * 0.2 and curves[1] > 4 * 2.8 * 0.9  # side by side: 18 in wide
+
+
+def test_a_plans_report_key_is_checked_when_it_loads(tmp_path):
+    """``report: {pairs, order}`` names runs of the plan, each pair two different ones, each once: any other value is
+    a one-line error naming the plan and the key, from ``fastft sweep`` before anything is resolved or written."""
+    p = tmp_path / "bad.yaml"
+    runs = "runs: [{name: a, set: near}, {name: b, set: target}, {name: c, set: target}]\n"
+    for report, message in (("{pairs: [[b, zz]]}", "report.pairs names 'zz', not a run of the plan \\(its runs: a, b, c\\)"),
+                            ("{order: [b, a, yy]}", "report.order names 'yy'"),
+                            ("{pairs: [[b, a]], pair: [[c, a]]}", r"report must be a mapping of \['order', 'pairs'\]; got unknown key\(s\) \['pair'\]"),
+                            ("[[b, a]]", "report must be a mapping of"),
+                            ("{pairs: [b, a]}", "report.pairs must be a list of \\[a, b\\]"),
+                            ("{pairs: [[b, b]]}", "report.pairs must be a list of \\[a, b\\]: two different runs"),
+                            ("{pairs: [[b, a, c]]}", "report.pairs must be a list of \\[a, b\\]"),
+                            ("{pairs: [[b, [a]]]}", "report.pairs must be a list of \\[a, b\\]"),
+                            ("{order: [a, 1]}", "report.order must be a list of runs of the plan"),
+                            ("{pairs: [[b, a], [b, a]]}", "report.pairs lists a pair twice"),
+                            ("{order: [a, a]}", "report.order must be a list of runs of the plan, each once")):
+        p.write_text(f"name: x\nconstruction: dog\nreport: {report}\n{runs}")
+        with pytest.raises(FastFTError, match=f"^plan {re.escape(str(p))}: {message}"):
+            sw.load_plan(p)
+    p.write_text(f"name: x\nconstruction: dog\nreport: {{pairs: [[b, a], [c, zz]]}}\n{runs}")
+    r = subprocess.run([sys.executable, "-m", "fastft", "sweep", str(p), "--dry-run", "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "report.pairs names 'zz'" in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()  # nothing resolved, nothing written
+    p.write_text(f"name: x\nconstruction: dog\nreport: {{pairs: [[c, a]], order: [c]}}\n{runs}")  # a good one reaches sweep.json
+    (spec, *_) = sw.expand(sw.load_plan(p), [0])
+    spec.run_dir = tmp_path / "run"
+    sw.record_membership(spec)
+    assert json.loads((spec.run_dir / "sweep.json").read_text())["memberships"][0]["report"] == {"pairs": [["c", "a"]], "order": ["c"]}
+
+
+def test_the_report_makes_the_comparisons_each_plan_names(tmp_path):
+    """Plan p names its own pairs (b − a, c − a) and order (c before b): paired.csv, report.md and the gains figure
+    have those; Fig. 9 names its models in that order. Plan q names none: however its templates are called (ft-near,
+    scratch), it gets no paired comparisons, and report.md says why."""
+    from fastft.report import gain_lines, paired
+    from fastft.report.collect import collect
+    from fastft.store import view_tag
+
+    view = tmp_path / "view"
+    view.mkdir()
+    (view / "view.json").write_text(json.dumps({"manifest_sha256": "m", "splits": {"val": {"keys_sha256": "k"}}, "classes": ["n01"]}))
+    tag = view_tag(str(view))
+    own = {"pairs": [["b", "a"], ["c", "a"]], "order": ["c", "b"]}
+    runs = tmp_path / "runs"
+    for seed in range(3):
+        for t, top1, sens in (("a", 50.0, [0.5, 0.5]), ("b", 55.0 + seed, [0.9, 0.1]), ("c", 60.0, [0.9, 0.9])):
+            _fake_run(runs, f"{t}{seed}", t, seed, top1, grid={"set": "k100_n30"}, report=own, view=str(view))
+            (runs / f"{t}{seed}" / "analysis").mkdir()
+            (runs / f"{t}{seed}" / "analysis" / f"filters-{tag}.json").write_text(json.dumps({"summary": {}, "sensitivity": sens}))
+        for t, top1 in (("ft-near", 70.0), ("scratch", 40.0)):
+            _fake_run(runs, f"q-{t}{seed}", t, seed, top1, plan="q")
+    write_report(runs, tmp_path / "rep")
+    pairs = pd.read_csv(tmp_path / "rep" / "paired.csv")
+    assert list(zip(pairs["plan"], pairs["a"], pairs["b"])) == [("p", "b", "a"), ("p", "c", "a")]
+    assert pairs.set_index("a").loc["b", "delta_mean"] == pytest.approx(6.0) and pairs.set_index("a").loc["c", "a_wins"] == 3
+    md = (tmp_path / "rep" / "report.md").read_text()
+    p_part, q_part = md[md.index("## p"):md.index("## q")], md[md.index("## q"):]
+    assert "| b − a | set=k100_n30 | 3 | +6.00 |" in p_part and "| c − a |" in p_part and "No paired comparisons" not in p_part
+    assert "No paired comparisons: the plan names none (`report: {pairs: [[a, b], …]}`" in q_part and "| ft-near − scratch |" not in md
+    beats = pd.read_csv(tmp_path / "rep" / "filters.csv")
+    assert list(zip(beats["a"], beats["b"])) == [("c", "b"), ("c", "a"), ("b", "a")]  # the plan's order, then by name
+    rows, _ = collect(runs)
+    p_rows = rows[rows["plan"] == "p"].assign(grid_images=30)
+    assert [name for name, _ in gain_lines(p_rows, ["grid_images"], "grid_images", [("b", "a"), ("c", "a")])] == ["b − a", "c − a"]
+    assert paired(rows[rows["plan"] == "q"]).empty
+
+
+def test_the_report_its_claims_and_the_plans_import_without_torch():
+    """The registry of analyses (names, columns, measures) is torch-free, so the report, the claim language and the
+    plans read it without importing torch."""
+    for code in ("import fastft.report, fastft.report.claims, fastft.study.plan; import sys; assert 'torch' not in sys.modules",
+                 "import sys, fastft.analysis; from fastft.report.claims import claim_measures; from fastft.analysis import registry;"
+                 "assert 'probe_before_fc7' in claim_measures() and registry.averaged() and 'torch' not in sys.modules"):
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+
+
+TOY = '''"""A toy analysis: a run's top-1 / 10, from its final.json."""
+import json
+from pathlib import Path
+
+from fastft.analysis.registry import save
+
+
+def toy(run, view):
+    score = json.loads((Path(run) / "final.json").read_text())["top1"] / 10
+    save(run, "toy", {"analysis": "toy", "summary": {"score": score}}, view)
+
+
+def cli(a):
+    for run in a.runs:
+        toy(run, a.view)
+        print(f"{Path(run).name}: toy")
+'''
+
+
+def test_a_registered_analysis_reaches_analyze_the_report_and_the_claims(tmp_path, monkeypatch, capsys):
+    """Adding an analysis is one module plus a registration: ``fastft analyze toy`` runs the module's ``cli``; its
+    result's summary becomes the column it names in runs.csv (a source model's, on the same view, the "before"
+    column), summary.csv averages it over seeds, and a plan's claims may compare its measures: validated when the
+    plan loads, checked by the report, or naming ``fastft analyze toy`` while results are missing."""
+    from fastft.analysis import registry
+    from fastft.cli import main
+
+    (tmp_path / "toy_analysis.py").write_text(TOY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(registry.REGISTRY, "toy", registry.Analysis(
+        "toy", "toy_analysis", "a toy score", columns={"score": "toy_score"}, before={"score": "toy_before_score"},
+        measures={"toy": "toy_score", "toy_before": "toy_before_score"}))
+    claims = [{"a": "ft:toy", "b": "ft:toy_before", "text": "fine-tuning raises the toy score"}]
+    plan = tmp_path / "p.yaml"
+    plan.write_text(f"name: p\nconstruction: dog\nclaims: {json.dumps(claims)}\nruns: [{{name: src, set: near}}, "
+                    "{name: ft, set: target, mode: finetune, source: src}]\n")
+    sw.load_plan(plan)  # the measure is known to the claim language
+    plan.write_text(plan.read_text().replace("ft:toy_before", "ft:toy_after"))
+    with pytest.raises(FastFTError, match="'toy_after' is not a measure of a run; measures: .*, toy, toy_before"):
+        sw.load_plan(plan)
+    view = tmp_path / "view"
+    view.mkdir()
+    (view / "view.json").write_text(json.dumps({"manifest_sha256": "m", "splits": {"val": {"keys_sha256": "k"}}, "classes": ["n01"]}))
+    runs = tmp_path / "runs"
+    for seed in range(3):
+        _fake_run(runs, f"src{seed}", "src", seed, 50.0, claims=claims, set="near")
+        _fake_run(runs, f"ft{seed}", "ft", seed, 60.0 + seed, claims=claims, view=str(view), source=str(runs / f"src{seed}"))
+    write_report(runs, tmp_path / "rep")
+    c = pd.read_csv(tmp_path / "rep" / "claims.csv").set_index("claim").loc["fine-tuning raises the toy score"]
+    assert c["fastft"] == "no analysis results for ft:toy, ft:toy_before: run fastft analyze toy RUNS_DIR --plan p"
+    assert main(["analyze", "toy", *map(str, sorted(runs.iterdir())), "--view", str(view)]) == 0
+    assert capsys.readouterr().out.count(": toy\n") == 6
+    write_report(runs, tmp_path / "rep")
+    rows = pd.read_csv(tmp_path / "rep" / "runs.csv").set_index("run")
+    assert rows.loc["ft2", "toy_score"] == pytest.approx(6.2) and rows.loc["ft2", "toy_before_score"] == pytest.approx(5.0)
+    s = pd.read_csv(tmp_path / "rep" / "summary.csv").set_index("template")
+    assert s.loc["ft", "toy_score"] == pytest.approx(6.1) and s.loc["ft", "toy_before_score"] == pytest.approx(5.0)
+    c = pd.read_csv(tmp_path / "rep" / "claims.csv").set_index("claim").loc["fine-tuning raises the toy score"]
+    assert c["verdict"] == "holds" and c["fastft"] == "+1.10 (±0.25, 95 % CI), ahead in 3/3 seeds"

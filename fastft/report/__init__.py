@@ -14,11 +14,11 @@ from ..files import fsync_write
 from .claims import claims, scoreboard
 from .collect import collect, counted
 from .figures import beats_figure, figures, gain_lines
-from .stats import GAIN_PAIRS, MODEL_ORDER, _natural, filter_beats, paired, summarize
+from .stats import filter_beats, model_rank, paired, plan_report, summarize
 from .tables import _problem_runs, markdown
 
-__all__ = ["GAIN_PAIRS", "MODEL_ORDER", "beats_figure", "claims", "collect", "counted", "figures", "filter_beats",
-           "gain_lines", "markdown", "paired", "scoreboard", "summarize", "write_report"]
+__all__ = ["beats_figure", "claims", "collect", "counted", "figures", "filter_beats", "gain_lines", "markdown", "paired",
+           "plan_report", "scoreboard", "summarize", "write_report"]
 
 
 def write_report(runs_dir: str | Path, out: str | Path, include_flagged: bool = False) -> dict:
@@ -47,7 +47,8 @@ def write_report(runs_dir: str | Path, out: str | Path, include_flagged: bool = 
                                    "\n".join(["# fastft report", "", "no finished runs to report yet", "", *_problem_runs(runs.drop_duplicates("run_id"))]))
     figs = figures(summary, runs, curves, out) if not summary.empty else []
     for (plan, grid), b in beats.groupby(["plan", "grid"], sort=False):  # Fig. 9 as a matrix, mean over seeds
-        names = sorted(set(b["a"]) | set(b["b"]), key=lambda m: (MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER), _natural(m)))
+        order = (plan_report(runs[runs["plan"] == plan]) or {}).get("order", [])
+        names = sorted(set(b["a"]) | set(b["b"]), key=model_rank(order))
         m = {a: {} for a in names}
         for r in b.itertuples():
             m[r.a][r.b], m[r.b][r.a] = r.beats_mean, r.b_beats_mean

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 import pandas as pd
 
+from ..analysis import registry
 from ..errors import FastFTError
 from .collect import counted
 from .stats import _ci, _t95
@@ -32,15 +32,10 @@ SET_KEYS = ("classes", "images")  # trend keys read from instru-grid set names k
 
 def claim_measures() -> dict[str, str]:
     """What an ``{a, b}`` claim may compare (``ft-near:svm``; top-1 by default) → the report's column holding it: the
-    run's top-1 / top-5, the ``fastft analyze`` results on its view (SVM on fc7, a layer's probe, conv5 filters' mean
-    sensitivity: the mean AP of each class's top-5 filters) and, ``_before``, its source model's on the same view
-    (Table 3's "before fine-tuning", Fig. 10's dashed lines)."""
-    from ..models import all_layers
-
-    LAYERS = all_layers()
-    return {"top1": "top1", "top5": "top5", "svm": "svm_top1", "svm_before": "svm_before_top1",
-            "filters": "mean_sensitivity", "filters_before": "filters_before_mean_sensitivity",
-            **{f"probe_{x}": f"probe_{x}" for x in LAYERS}, **{f"probe_before_{x}": f"probe_before_{x}" for x in LAYERS}}
+    run's top-1 / top-5, and the measures each ``fastft analyze`` analysis offers (:mod:`fastft.analysis.registry`:
+    SVM on fc7, a layer's probe, conv5 filters' mean sensitivity: the mean AP of each class's top-5 filters) with,
+    ``_before``, its source model's on the same view (Table 3's "before fine-tuning", Fig. 10's dashed lines)."""
+    return {"top1": "top1", "top5": "top5", **registry.measures()}
 
 
 def check_claim(c, plan: dict, p: Path) -> None:
@@ -114,15 +109,14 @@ def claims(runs: pd.DataFrame) -> pd.DataFrame:
             if "a" in c:
                 a, b = _measure(g, c["a"]), _measure(g, c["b"])
                 d = (a - b).dropna()
-                analysis = {x.strip(): m[1] for side in (c["a"], c["b"]) for x in side.split(" - ")
-                            if (m := re.search(r":(svm|probe|filters)", x))}  # terms from `fastft analyze`: which one
+                analysis = {x: a for side in (c["a"], c["b"]) for x in map(str.strip, side.split(" - "))
+                            if (a := registry.offering(x.partition(":")[2]))}  # terms from `fastft analyze`: which one
                 missing = [x for x in analysis if _measure(g, x).isna().all()]
-                run = " and ".join(f"fastft analyze {k.replace('probe', 'probes')} RUNS_DIR --plan {plan}"
-                                   for k in sorted({analysis[x] for x in missing}))
+                run = " and ".join(f"fastft analyze {k} RUNS_DIR --plan {plan}" for k in sorted({analysis[x].name for x in missing}))
                 fastft, verdict = _paired_verdict([x for _, x in d.groupby(level="grid")],
                                                   empty=f"no analysis results for {', '.join(missing)}: run {run}" if missing else
                                                   "no seed with both finished",
-                                                  digits=3 if ":filters" in c["a"] + c["b"] else 2)  # an AP in [0, 1]
+                                                  digits=max([2, *(a.digits for a in analysis.values())]))
             elif "gain" in c:
                 d = _gain(g, c["gain"], c, grid, others)
                 if c.get("vs"):  # the gain exceeds the other template's, paired by seed and grid point

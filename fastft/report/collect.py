@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..analysis import registry
 from ..errors import FastFTError
 from ..runs import locate, memberships, read_final, read_metrics, run_dirs
 from ..subsets import grid_set
@@ -62,6 +63,7 @@ def _collect_one(d: Path, cfg: dict, c: dict, sw: dict, fin: dict, rows: list, c
     row["source_template"] = sw.get("source_template")
     row["paper_filters_beats"] = json.dumps(paper["filters_beats"]) if paper.get("filters_beats") else None
     row["claims"] = json.dumps(sw["claims"]) if sw.get("claims") else None
+    row["report"] = json.dumps(sw["report"]) if sw.get("report") is not None else None  # the plan's report: key
     row.update({f"grid_{k}": v for k, v in grid.items()})
     if (ki := grid_set(grid.get("set"))) is not None:  # instru-grid sets: classes x images per class (Fig. 12, 14)
         row.update(grid_classes=ki[0], grid_images=ki[1])
@@ -73,9 +75,10 @@ def _collect_one(d: Path, cfg: dict, c: dict, sw: dict, fin: dict, rows: list, c
 
 
 def _analyses(run_dir: Path, view: str | None, source: str | None) -> dict:
-    """Analysis results of a run on its own view (``fastft analyze``): SVM on fc7 and probe accuracy per layer (and
-    the source model's on the same view = "before fine-tuning": Table 3, Fig. 10's dashed lines), mean filter
-    sensitivity, feature distance."""
+    """The ``fastft analyze`` results of a run on its own view, and its source model's on the same view ("before
+    fine-tuning": Table 3, Fig. 10's dashed lines), as the columns each analysis's registration names
+    (:mod:`fastft.analysis.registry`: SVM on fc7, probe accuracy per layer, mean filter sensitivity, feature distance).
+    A column the run's own result gives is not replaced by its source model's."""
     out = {}
     view = locate(view, run_dir, "views")
     if view is None:
@@ -87,26 +90,14 @@ def _analyses(run_dir: Path, view: str | None, source: str | None) -> dict:
     except (FastFTError, KeyError, OSError):
         return out
     out["view_tag"] = tag
-    if (run_dir / "analysis" / f"filters-{tag}.json").exists():  # per-class sensitivities: Fig. 9 pairs models by seed
-        out["filters_file"] = str(run_dir / "analysis" / f"filters-{tag}.json")
-    prefixes = {"svm": "", "probes": "probe_", "filters": "", "distance": ""}
-    for name, pre in prefixes.items():
-        p = run_dir / "analysis" / f"{name}-{tag}.json"
-        if p.exists():
-            out.update({f"{pre}{k}": v for k, v in json.loads(p.read_text())["summary"].items()})
     source = locate(source, run_dir)
-    if source is not None:
-        p = source / "analysis" / f"svm-{tag}.json"
-        if p.exists():
-            out["svm_before_top1"] = json.loads(p.read_text())["summary"]["svm_top1"]
-        p = source / "analysis" / f"probes-{tag}.json"
-        if p.exists():
-            out.update({f"probe_before_{k}": v for k, v in json.loads(p.read_text())["summary"].items()})
-        p = source / "analysis" / f"filters-{tag}.json"
-        if p.exists():
-            out["filters_before_file"] = str(p)
-            out["filters_before_mean_sensitivity"] = json.loads(p.read_text())["summary"].get("mean_sensitivity")
-        p = source / "analysis" / f"distance-{tag}.json"  # measured in the source model (fastft analyze distance)
-        if p.exists() and "feature_cosine_nearest" not in out:
-            out["feature_cosine_nearest"] = json.loads(p.read_text())["summary"]["feature_cosine_nearest"]
+    for before, d in ((False, run_dir), (True, source)):
+        for a in registry.reported() if d is not None else []:
+            p = registry.result_file(d, a.name, tag)
+            if not p.exists():
+                continue
+            if a.keep_file:
+                out[f"{a.name}_before_file" if before else f"{a.name}_file"] = str(p)
+            for col, v in registry.columns(json.loads(p.read_text())["summary"], a, before).items():
+                out.setdefault(col, v)
     return out

@@ -7,7 +7,8 @@
   of the table, horizontal when there are more than ``MAX_COLUMNS``;
 * ``grid-<plan>-<key>.png`` — top-1 against a grid key (freeze → Fig. 13, images per class → Fig. 12, lr → Fig. 4),
   a hue per template shaded by the other grid key (classes, augmentation);
-* ``gains-<plan>.png`` — per images per class: fine-tuned − scratch, near − far (Fig. 12 e/f), augmented − not (Fig. 14);
+* ``gains-<plan>.png`` — per images per class: the plan's comparisons (``report: {pairs: …}``: fine-tuned − scratch,
+  near − far: Fig. 12 e/f), augmented − not (Fig. 14);
 * ``probes-<plan>.png`` — linear-probe accuracy per layer, one line per model, source models before fine-tuning
   dashed, and the per-layer gains (Fig. 10; after ``fastft analyze probes``);
 * ``filters-<plan>.png`` — % of classes where model A's conv5 filters are more sensitive than B's, mean over seeds
@@ -23,7 +24,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ..subsets import is_target_set
 from .collect import counted
-from .stats import GAIN_PAIRS, _natural
+from .stats import _natural, pairs_of
 from .tables import _label, _probe_layers, _values
 
 
@@ -318,7 +319,7 @@ def _grid_figures(r: pd.DataFrame, plan: str, out: Path, plt) -> list[Path]:
     x = "grid_images" if "grid_images" in keys else None
     if x is None:
         return made
-    lines = gain_lines(r, keys, x)
+    lines = gain_lines(r, keys, x, pairs_of(r))
     if not lines:
         return made
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -352,16 +353,16 @@ def _family(i: int, j: int = 0, n: int = 1):
     return tuple(c + (1 - c) * w for c in base)
 
 
-def gain_lines(r: pd.DataFrame, keys: list[str], x: str) -> list[tuple[str, pd.Series]]:
-    """The gains figure's lines: (name, mean gain indexed by the other grid keys and ``x``) for the study's
-    comparisons (``GAIN_PAIRS``) and, for templates run with and without it, augmented − not. Each gain is paired by
-    seed (the same class draw), then averaged: while seeds are still training, a difference of means over different
-    seeds would mix draws."""
+def gain_lines(r: pd.DataFrame, keys: list[str], x: str, pairs: list[tuple[str, str]]) -> list[tuple[str, pd.Series]]:
+    """The gains figure's lines: (name, mean gain indexed by the other grid keys and ``x``) for the plan's comparisons
+    (``pairs``: its ``report: {pairs: …}``) and, for templates run with and without it, augmented − not. Each gain is
+    paired by seed (the same class draw), then averaged: while seeds are still training, a difference of means over
+    different seeds would mix draws."""
     by_seed = r.groupby(["template"] + [k for k in keys if k != x] + [x, "seed"], dropna=False)["top1"].mean()
     mean_over_seeds = lambda d: d.dropna().groupby(level=[n for n in d.index.names if n != "seed"], dropna=False).mean()  # noqa: E731
     lines = []
     templates = set(r["template"])
-    for a, b in GAIN_PAIRS:
+    for a, b in pairs:
         if a in templates and b in templates:
             lines.append((f"{a} − {b}", mean_over_seeds(by_seed.xs(a, level="template") - by_seed.xs(b, level="template"))))
     if "grid_augment_to" in keys:  # templates run with and without augmentation (a plan's sources have no grid)

@@ -1,26 +1,46 @@
 """The report's statistics over seeds: per-template summaries (mean ± std, 95 % t-interval), the study's comparisons
-paired by seed, and Fig. 9's % of classes where one model's conv5 filters beat another's. Rows are ordered as people
-read them (plans in the paper's order, numbers in names read as numbers)."""
+paired by seed (the pairs its plan names: ``report: {pairs: …}``), and Fig. 9's % of classes where one model's conv5
+filters beat another's. Rows are ordered as people read them (plans in the paper's order, models in the order the plan
+gives, numbers in names read as numbers)."""
 from __future__ import annotations
 
 import json
 import math
 import re
-
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
+from ..analysis import registry
 from .collect import counted
-
-
-GAIN_PAIRS = (("ft-near", "scratch"), ("ft-far", "scratch"), ("ft-near", "ft-far"))  # the study's comparisons
 
 
 def _natural(text) -> tuple:
     """Sort key reading the numbers in a label as numbers: ``set=k100_n30`` before ``set=k100_n120``, ``lr=0.0005``
     before ``lr=0.001``."""
     return tuple((0, float(t), "") if t[0].isdigit() else (1, 0, t) for t in re.split(r"(\d+(?:\.\d+)?)", str(text or "")) if t)
+
+
+def plan_report(rows: pd.DataFrame) -> dict | None:
+    """A plan's ``report:`` settings as its runs recorded them (``sweep.json``): ``{"pairs": [(a, b), …], "order":
+    [template, …]}``; None for runs of a plan without them (or recorded before plans had them)."""
+    listed = rows["report"].dropna() if "report" in rows else []
+    if not len(listed):
+        return None
+    spec = json.loads(listed.iloc[0])
+    return {"pairs": [tuple(x) for x in spec.get("pairs") or []], "order": list(spec.get("order") or [])}
+
+
+def pairs_of(rows: pd.DataFrame) -> list[tuple[str, str]]:
+    """The comparisons a plan names (none without a ``report:`` key)."""
+    return (plan_report(rows) or {}).get("pairs", [])
+
+
+def model_rank(order) -> Callable[[str], tuple]:
+    """Sort key of template names: those in ``order`` first, in its order; the others after, by name."""
+    order = list(order)
+    return lambda m: (order.index(m) if m in order else len(order), _natural(m))
 
 
 def _in_order(df: pd.DataFrame, *cols: str) -> pd.DataFrame:
@@ -38,9 +58,8 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     done = done.assign(top5=done["top5"].where(done["classes"] > 5))  # top-5 of <= 5 classes is 100 % by construction
     g = done.groupby(["plan", "template", "grid"], sort=False, dropna=False)
-    extra = {c: (c, "mean") for c in done.columns
-             if c in ("svm_top1", "svm_before_top1", "mean_sensitivity", "filters_before_mean_sensitivity", "feature_cosine_nearest")
-             or c.startswith("probe_")}
+    averaged = registry.averaged()  # the analyses' columns (fastft.analysis.registry)
+    extra = {c: (c, "mean") for c in done.columns if c in averaged}
     extra.update({c: (c, "first") for c in done.columns if c.startswith(("paper_svm", "paper_probe_")) or c == "source_template"})
     out = g.agg(tested_on=("set", "first"), seeds=("seed", "nunique"), top1_mean=("top1", "mean"), top1_std=("top1", "std"), top5_mean=("top5", "mean"),
                 distance=("distance", "mean"), paper_top1=("paper_top1", "first"), paper_std=("paper_std", "first"),
@@ -60,14 +79,15 @@ def _t95(n: int) -> float:
 
 
 def paired(runs: pd.DataFrame) -> pd.DataFrame:
-    """The study's comparisons (``GAIN_PAIRS``: fine-tuned from near / far vs scratch, near vs far), paired by seed at
-    each grid point of a plan: a seed is one class draw, so the per-seed difference removes the draw's difficulty.
-    Mean difference, its 95 % t-interval half-width and the seeds where the first model wins."""
+    """The comparisons each plan names (``report: {pairs: [[a, b], …]}``, e.g. fine-tuned from near / far vs scratch,
+    near vs far), paired by seed at each grid point of the plan: a seed is one class draw, so the per-seed difference
+    removes the draw's difficulty. Mean difference, its 95 % t-interval half-width and the seeds where a wins."""
     done = counted(runs)
+    pairs = {plan: pairs_of(g) for plan, g in runs.groupby("plan", sort=False)}
     rows = []
     for (plan, grid), g in done.groupby(["plan", "grid"], sort=False, dropna=False):
         by = g.pivot_table(index="seed", columns="template", values="top1", aggfunc="mean")
-        for a, b in GAIN_PAIRS:
+        for a, b in pairs[plan]:
             if a in by and b in by:
                 d = (by[a] - by[b]).dropna()
                 if len(d):
@@ -75,17 +95,15 @@ def paired(runs: pd.DataFrame) -> pd.DataFrame:
                     rows.append({"plan": plan, "grid": grid, "a": a, "b": b, "seeds": len(d), "delta_mean": d.mean(),
                                  "delta_ci95": _t95(len(d)) * sd / math.sqrt(len(d)), "a_wins": int((d > 0).sum())})
     out = pd.DataFrame(rows, columns=["plan", "grid", "a", "b", "seeds", "delta_mean", "delta_ci95", "a_wins"])
-    out["pair"] = [GAIN_PAIRS.index((a, b)) for a, b in zip(out["a"], out["b"])]
+    out["pair"] = [pairs[p].index((a, b)) for p, a, b in zip(out["plan"], out["a"], out["b"])]
     return _in_order(out, "pair", "grid").drop(columns="pair")  # a comparison's rows together, along the grid
-
-
-MODEL_ORDER = ("ft-near", "ft-far", "near", "far", "scratch")  # Fig. 9's models: A before B in a pair
 
 
 def filter_beats(runs: pd.DataFrame) -> pd.DataFrame:
     """Fig. 9: for each pair of models on one target — the fine-tuned ones, their source models before fine-tuning
     (``fastft analyze filters`` on the target) and scratch — the percentage of the target's classes where A's conv5
-    filters are more sensitive than B's (mean AP of the top-5 filters), per seed, then mean ± std over seeds."""
+    filters are more sensitive than B's (mean AP of the top-5 filters), per seed, then mean ± std over seeds; A before
+    B in the order the plan gives (``report: {order: …}``)."""
     import numpy as np
 
     cols = ["plan", "grid", "a", "b", "seeds", "beats_mean", "beats_std", "b_beats_mean", "paper"]
@@ -97,10 +115,10 @@ def filter_beats(runs: pd.DataFrame) -> pd.DataFrame:
             if isinstance(f, str) and isinstance(name, str):
                 grid, models = groups.setdefault((r.plan, r.seed, r.view_tag), (r.grid, {}))
                 models.setdefault(name, np.array(json.loads(Path(f).read_text())["sensitivity"], dtype=float))
-    rank = lambda m: (MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER), _natural(m))  # noqa: E731
+    rank = {plan: model_rank((plan_report(g) or {}).get("order", [])) for plan, g in runs.groupby("plan", sort=False)}
     values: dict = {}
     for (plan, _, _), (grid, models) in groups.items():
-        names = sorted(models, key=rank)
+        names = sorted(models, key=rank[plan])
         for i, a in enumerate(names):
             for b in names[i + 1:]:
                 values.setdefault((plan, grid, a, b), []).append((100 * float(np.mean(models[a] > models[b])),
@@ -114,7 +132,7 @@ def filter_beats(runs: pd.DataFrame) -> pd.DataFrame:
         rows.append([plan, grid, a, b, len(v), float(np.mean(ab)), float(np.std(ab, ddof=1)) if len(v) > 1 else float("nan"),
                      float(np.mean([y for _, y in v])), pa if pa is not None else (100 - pb if pb is not None else float("nan"))])
     out = pd.DataFrame(rows, columns=cols)
-    out["ra"], out["rb"] = out["a"].map(rank), out["b"].map(rank)
+    out["ra"], out["rb"] = ([rank[p](m) for p, m in zip(out["plan"], out[x])] for x in ("a", "b"))
     return _in_order(out, "grid", "ra", "rb").drop(columns=["ra", "rb"])
 
 def _ci(x: float, digits: int = 2) -> str:

@@ -1,6 +1,6 @@
 """``report.md``: per plan, the summary table (paper numbers alongside), the plan's claims checked, the paired
-comparisons and the analyses' tables (Table 3's SVM, Fig. 9, Fig. 10's probes); the runs that failed or did not
-learn first."""
+comparisons it names and the analyses' tables (Table 3's SVM, Fig. 9, Fig. 10's probes); the runs that failed or did
+not learn first."""
 from __future__ import annotations
 
 import math
@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..models import all_layers
 from .claims import scoreboard
-from .stats import _ci, paired
-
-LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")  # probe columns in network order
+from .stats import _ci, paired, plan_report
 
 
 def _pm(m, s) -> str:
@@ -20,7 +19,7 @@ def _pm(m, s) -> str:
 
 def _probe_layers(s: pd.DataFrame) -> list[str]:
     """The layers with probe accuracies in the summary (after or before fine-tuning), in network order."""
-    return [l for l in LAYERS if any(c in s and s[c].notna().any() for c in (f"probe_{l}", f"probe_before_{l}"))]
+    return [l for l in all_layers() if any(c in s and s[c].notna().any() for c in (f"probe_{l}", f"probe_before_{l}"))]
 
 
 def _values(row, prefix: str, layers: list[str]) -> list[float]:
@@ -74,6 +73,9 @@ def markdown(summary: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame | No
                 lines.append(f"| {r.a} − {r.b} | {r.grid or '–'} | {r.seeds} | {r.delta_mean:+.2f} | {_ci(r.delta_ci95)} | "
                              f"{r.a_wins}/{r.seeds} |")
             lines.append("")
+        elif plan_report(runs[runs["plan"] == plan]) is None:  # a plan that names none: none made up
+            lines += ["No paired comparisons: the plan names none (`report: {pairs: [[a, b], …]}`; add it and run the sweep "
+                      "again, which trains nothing that is finished and records the plan anew).", ""]
         if "svm_top1" in s and s["svm_top1"].notna().any():
             lines += ["Linear SVM on fc7 (Table 3: before fine-tuning = the source model's fc7 on the target):", "",
                       "| run | SVM after | SVM before | paper after | paper before |", "|---|---:|---:|---:|---:|"]

@@ -15,6 +15,9 @@ A plan (YAML) names a subset construction, the seeds, shared training settings a
     claims:                             # the paper's findings, checked by fastft report (see CLAIM_KINDS)
       - {a: ft-near, b: ft-far, text: "the near source fine-tunes better", ref: "§4.3"}
       - {trend: ft-near, vs: scratch, key: images, direction: down, text: "the gain shrinks with more images"}
+    report:                             # fastft report: a − b paired by seed; the order models are named in (Fig. 9)
+      pairs: [[ft-near, scratch], [ft-near, ft-far]]  # none without this key
+      order: [ft-near, ft-far, near, far, scratch]
 
 Each (template × grid point × seed) is one run; ``source: <template>`` makes it depend on that template's run of
 the same seed. A run's id is the trainer's (hash of data, model, protocol, seed, source id), computed before anything
@@ -25,9 +28,9 @@ holds it refreshes its mtime every ``CLAIM_HEARTBEAT_S`` while the run trains, a
 taken over (on the same host: its pid is dead; from another host sharing the runs directory: not refreshed for
 ``CLAIM_STALE_S``, by the file system's clock, so the hosts' clocks need not agree). The plans of one sweep run as one
 DAG (``merge``), locally and on SLURM (:mod:`fastft.slurm`: job arrays, a run shared by plans one task). Every run
-directory gets a ``sweep.json`` listing each (plan, template, grid values, seed, paper reference, WordNet distance) it
-serves — a run shared by two plans (the INSTRU near/far models) is trained once and reported in
-both — all the report needs, so runs gathered from many machines report the same way.
+directory gets a ``sweep.json`` listing each (plan, template, grid values, seed, paper reference, WordNet distance,
+the plan's claims and report settings) it serves — a run shared by two plans (the INSTRU near/far models) is trained
+once and reported in both — all the report needs, so runs gathered from many machines report the same way.
 
 The package, in the order of the flow: :mod:`.plan` (the YAML, validated; expansion; merging plans), :mod:`.bind`
 (subsets, views, run ids, cost), :mod:`.leases`, :mod:`.local` (the local backend), :mod:`.slurm` (job arrays).

@@ -1,6 +1,6 @@
-"""Plans: the YAML that names a study's construction, seeds, shared settings, run templates and the paper's findings
-it checks, validated whole when it loads (before any work); expanded into run specs (template × grid point × seed,
-in dependency order), and several plans merged into one DAG. Torch-free.
+"""Plans: the YAML that names a study's construction, seeds, shared settings, run templates, the paper's findings it
+checks and how its report compares the runs, validated whole when it loads (before any work); expanded into run specs
+(template × grid point × seed, in dependency order), and several plans merged into one DAG. Torch-free.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from ..errors import FastFTError
 from ..report.claims import check_claim
 
 
-PLAN_KEYS = {"name", "construction", "params", "seeds", "defaults", "runs", "description", "claims"}
+PLAN_KEYS = {"name", "construction", "params", "seeds", "defaults", "runs", "description", "claims", "report"}
 
 
 RUN_KEYS = {"name", "set", "mode", "source", "grid", "paper", "overrides"}
@@ -23,6 +23,11 @@ RUN_KEYS = {"name", "set", "mode", "source", "grid", "paper", "overrides"}
 
 PAPER_KEYS = {"top1", "std", "ref", "svm", "svm_before", "probes", "probes_before",  # the paper's numbers a run is reported next to
               "filters_beats"}  # Fig. 9: {other template: % of classes where this model's conv5 filters are more sensitive}
+
+
+# report: the study's comparisons, a − b paired by seed at each grid point (paired.csv, report.md, gains-<plan>.png),
+# and the order models are named in (Fig. 9: A before B; others after, by name)
+REPORT_KEYS = {"pairs", "order"}
 
 
 @dataclass
@@ -72,11 +77,35 @@ def load_plan(path: str | Path) -> dict:
             raise FastFTError(f"plan {p}: run {r['name']!r} has source {r['source']!r}, which is not a run of the plan")
     for c in plan.get("claims") or []:
         check_claim(c, plan, p)
+    _check_report(plan.get("report"), names, p)
     plan.setdefault("seeds", [0, 1, 2, 3, 4])
     plan.setdefault("params", {})
     plan.setdefault("defaults", {})
     plan["_path"] = str(p)
     return plan
+
+
+def _check_report(report, names: list[str], p: Path) -> None:
+    """``report: {pairs: [[a, b], …], order: [template, …]}``, every name a run of the plan."""
+    if report is None:
+        return
+    if not isinstance(report, dict) or set(report) - REPORT_KEYS:
+        raise FastFTError(f"plan {p}: report must be a mapping of {sorted(REPORT_KEYS)}; got "
+                          + (f"unknown key(s) {sorted(set(report) - REPORT_KEYS)}" if isinstance(report, dict) else repr(report)))
+    pairs, order = report.get("pairs", []), report.get("order", [])
+    if not isinstance(pairs, list) or not all(isinstance(x, list) and len(x) == 2 and x[0] != x[1]
+                                              and all(isinstance(t, str) for t in x) for x in pairs):
+        raise FastFTError(f"plan {p}: report.pairs must be a list of [a, b]: two different runs of the plan, compared "
+                          f"as a − b; got {pairs!r}")
+    if len({tuple(x) for x in pairs}) != len(pairs):
+        raise FastFTError(f"plan {p}: report.pairs lists a pair twice: {pairs!r}")
+    if not isinstance(order, list) or not all(isinstance(t, str) for t in order) or len(set(order)) != len(order):
+        raise FastFTError(f"plan {p}: report.order must be a list of runs of the plan, each once; got {order!r}")
+    for key, named in (("pairs", [t for x in pairs for t in x]), ("order", order)):
+        bad = [t for t in named if t not in names]
+        if bad:
+            raise FastFTError(f"plan {p}: report.{key} names {', '.join(map(repr, dict.fromkeys(bad)))}, not a run of "
+                              f"the plan (its runs: {', '.join(names)})")
 
 
 def expand(plan: dict, seeds: list[int] | None = None) -> list[RunSpec]:
@@ -95,7 +124,7 @@ def expand(plan: dict, seeds: list[int] | None = None) -> list[RunSpec]:
                 rs = RunSpec(key=f"{t['name']}{suffix}-s{seed}", template=t["name"], seed=seed, overrides=ov, grid=g,
                              labels={"plan": plan["name"], "template": t["name"], "grid": g, "seed": seed, "set": t["set"],
                                      "mode": ov["mode"], "source_template": t.get("source"), "paper": t.get("paper"),
-                                     "claims": plan.get("claims")})
+                                     "claims": plan.get("claims"), "report": plan.get("report")})
                 if t.get("source"):
                     srcs = by_template[t["source"]]
                     if len(srcs) != 1:

@@ -1,0 +1,93 @@
+"""A trained model and its features on a view, for every analysis: the model read without running code, fed its own
+preprocessing; features from the evaluation pipeline (centre crop, no mirror; padding samples of the last batch
+dropped by weight) through the model's named taps, batch by batch on the GPU when there is one, cached on disk per
+(model, view samples, split, layer, pooling) as float16 ``.npy`` files under ``<run>/analysis/features/`` and read
+back memory-mapped; a request over ``max_gb`` fails naming ``pool=N`` instead of filling the disk."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import preprocess
+from ..errors import FastFTError
+from ..models.alexnet import LAYERS, AlexNet
+from ..util.device import resolve
+from ..weights import ModelFile, read_model
+
+
+def load_model(run: str | Path, device: str = "cpu") -> tuple[AlexNet, ModelFile]:
+    """A run's (or a model file's) model in eval mode, and the checked file: read without running code, a run's
+    ``model.pt`` checked against the sha256 its ``final.json`` records (see :mod:`fastft.weights`)."""
+    mf = read_model(run)
+    return mf.model(device), mf
+
+
+def model_preprocess(mf: ModelFile) -> str:
+    """The preprocessing a model file was trained with (files from before it was recorded: ``imagenet``)."""
+    name = mf.preprocess or preprocess.LEGACY
+    preprocess.mean_std(name)  # a name this version knows, or a clear error
+    return name
+
+
+def features(run: str | Path, view, split: str, layers: tuple[str, ...], *, device: str = "auto", batch: int = 128,
+             pool: int | None = None, max_gb: float = 20.0, backend: str = "dali") -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Features of ``layers`` for every sample of a view split (rows in the view's key order) and their labels."""
+    from ..loading import Loader, LoaderConfig
+    from ..store import View, open_view
+
+    view = view if isinstance(view, View) else open_view(view)
+    dev = resolve(device)
+    model, blob = load_model(run, dev)
+    crop = model.cfg.input_size
+    bad = [l for l in layers if l not in LAYERS]
+    if bad:
+        raise FastFTError(f"unknown layer(s) {bad}; layers are {', '.join(LAYERS)}")
+    loader = Loader(view, split, LoaderConfig(batch_size=batch, crop=crop, backend=backend, device=dev,
+                                              preprocess=model_preprocess(blob)), train=False)
+    n = len(loader.src)
+    tag = hashlib.sha256(json.dumps([blob.run_id, view.meta["splits"][split]["keys_sha256"], view.meta["manifest_sha256"],
+                                     split, pool]).encode()).hexdigest()[:16]
+    cache = (Path(run) if Path(run).is_dir() else Path(run).parent) / "analysis" / "features"
+    cache.mkdir(parents=True, exist_ok=True)
+    paths = {l: cache / f"{tag}-{l}.npy" for l in layers}
+    todo = [l for l in layers if not paths[l].exists()]
+    if todo:
+        with torch.no_grad():
+            probe = model(torch.zeros(1, 3, crop, crop, device=dev), taps=tuple(todo))
+        shapes = {l: pooled(probe[l], pool).shape[1:] for l in todo}
+        need = sum(n * int(np.prod(s)) * 2 for s in shapes.values()) / 1e9
+        if need > max_gb:
+            raise FastFTError(f"features of {todo} for {n} images need {need:.1f} GB (> max_gb {max_gb}); pass pool=N to max-pool conv maps to NxN")
+        outs = {l: np.lib.format.open_memmap(str(paths[l]) + ".tmp.npy", mode="w+", dtype=np.float16, shape=(n, int(np.prod(shapes[l]))))
+                for l in todo}
+        rows = 0
+        from tqdm import tqdm
+
+        with torch.no_grad():  # a progress bar on a terminal only (disable=None)
+            for x, y, w in tqdm(loader.epoch(0), total=len(loader), desc=f"{Path(run).name}: {split} features ({', '.join(todo)})",
+                                unit="batch", disable=None, leave=False):
+                keep = w > 0
+                feats = model(x[keep], taps=tuple(todo))
+                k = int(keep.sum())
+                for l in todo:
+                    outs[l][rows:rows + k] = pooled(feats[l], pool).flatten(1).float().cpu().numpy()
+                rows += k
+        if rows != n:
+            raise FastFTError(f"extracted {rows} of {n} samples")
+        for l in todo:
+            outs[l].flush()
+            del outs[l]
+            Path(str(paths[l]) + ".tmp.npy").replace(paths[l])
+    labels = loader.src.labels.copy()
+    return {l: np.load(paths[l], mmap_mode="r") for l in layers}, labels
+
+
+def pooled(t: torch.Tensor, pool: int | None) -> torch.Tensor:
+    """``t``, its conv maps max-pooled to ``pool``×``pool`` when larger (an explicit option; the paper uses full maps)."""
+    if pool and t.dim() == 4 and t.shape[-1] > pool:
+        return torch.nn.functional.adaptive_max_pool2d(t, pool)
+    return t
