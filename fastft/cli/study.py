@@ -62,7 +62,7 @@ def cmd_sweep(a):
     if plans:  # every plan's runs in one DAG: the GPUs are shared across plans, and a shared run trains once
         merged = sw.merge(plans)
         summary = sw.run_local(merged, Path(a.out), sw.slots_for(a.gpus, a.per_gpu, a.parallel), retries=a.retries,
-                               progress=not a.quiet)
+                               progress=not a.quiet, launcher=a.launch)
         for runs in plans:
             name = runs[0].labels["plan"] if runs else "?"
             n = {k: sum(x.startswith(f"{name}/") for x in summary[k]) for k in ("done", "failed", "skipped")}
@@ -182,6 +182,9 @@ def add_commands(sub) -> None:
                                                                  "runs sharing a GPU split its cache memory, and the node's runs split host_cache_gb auto)")
     s.add_argument("--parallel", type=int, default=1, help="concurrent runs without GPUs")
     s.add_argument("--retries", type=int, default=1, help="retries of a failed run")
+    s.add_argument("--launch", choices=["preloaded", "fresh"], help="local: how each run's process starts — preloaded "
+                   "(default where the OS has a fork server): forked from a process that imported torch, accelerate and "
+                   "DALI once, which saves a small run most of its start-up; fresh: a new interpreter per run")
     s.add_argument("--backend", default="local", choices=["local", "slurm"], help="local: run here, packed onto --gpus; "
                    "slurm: write (and with --submit, submit) job arrays with afterok dependencies")
     s.add_argument("--submit", action="store_true", help="SLURM: submit the job arrays with sbatch (default: only write them); "

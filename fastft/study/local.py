@@ -19,7 +19,7 @@ from ..files import write_json
 from ..guard import failure, mark_failed
 from ..runs import is_finished, read_final
 from ..util import env
-from . import leases
+from . import launch, leases
 from .plan import RunSpec
 
 
@@ -43,26 +43,28 @@ def state(out: Path, r: RunSpec) -> str:
 
 
 def run_local(runs: list[RunSpec], out: Path, slots: list[dict], retries: int = 1, progress: bool = True,
-              poll: float = 0.5) -> dict:
-    """Run the DAG with one process per slot (a slot = env vars, e.g. CUDA_VISIBLE_DEVICES). Returns the summary:
-    the runs done, failed and skipped (a dependency failed), those that finished without learning, and the seconds."""
-    return _Scheduler(runs, out, slots, retries, progress).run(poll)
+              poll: float = 0.5, launcher: str | None = None) -> dict:
+    """Run the DAG with one process per slot (a slot = env vars, e.g. CUDA_VISIBLE_DEVICES), each started by
+    ``launcher`` (:mod:`.launch`: ``preloaded`` or ``fresh``; default: preloaded where the OS can). Returns the
+    summary: the runs done, failed and skipped (a dependency failed), those that finished without learning, the
+    seconds and the sweep's efficiency."""
+    return _Scheduler(runs, out, slots, retries, progress, launch.check(launcher or launch.default())).run(poll)
 
 
 class _Scheduler:
     """One local sweep: each run's state (pending, running, done, failed, skipped, elsewhere: another sweep holds
     it), a pass of :meth:`step` every ``poll`` seconds until nothing is left to wait for."""
 
-    def __init__(self, runs: list[RunSpec], out: Path, slots: list[dict], retries: int, progress: bool):
+    def __init__(self, runs: list[RunSpec], out: Path, slots: list[dict], retries: int, progress: bool, launcher: str):
         from tqdm import tqdm
 
-        self.runs, self.out, self.retries = runs, out, retries
+        self.runs, self.out, self.retries, self.launcher = runs, out, retries, launcher
         self.state = {r.key: "pending" for r in runs}
         self.trained: list[str] = []  # runs this sweep trained to the end (for its efficiency)
         self.slots = len(slots)
         self.attempts = {r.key: 0 for r in runs}
         self.by_key = {r.key: r for r in runs}
-        self.running: dict[str, tuple[subprocess.Popen, dict, object]] = {}
+        self.running: dict[str, tuple[subprocess.Popen | launch.Child, dict, object]] = {}
         self.free = list(slots)
         for r in runs:
             if is_finished(r.run_dir):
@@ -180,11 +182,11 @@ class _Scheduler:
         (r.run_dir / "failed.json").unlink(missing_ok=True)
         self.attempts[r.key] += 1
         src = self.by_key[r.deps[0]].run_dir if r.deps else None
-        cmd = [sys.executable, "-m", "fastft", "train", *r.args(src), "progress=false"]
+        argv = ["train", *r.args(src), "progress=false"]
         logf = open(r.run_dir / "sweep.log", "a")
-        logf.write(f"$ {shlex.join(cmd)}\n")
+        logf.write(f"$ {shlex.join([sys.executable, '-m', 'fastft', *argv])}\n")  # what the run is, however it starts
         logf.flush()
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, **slot})
+        proc = launch.start(self.launcher, argv, {**os.environ, **slot}, logf)
         self.running[r.key] = (proc, slot, logf)
         self.state[r.key] = "running"
 

@@ -1,0 +1,81 @@
+"""A run started by the preloaded launcher (forked from a server that imported torch, accelerate and DALI once) is the
+run a fresh ``python -m fastft train`` is: the same environment (the slot's, read after the fork), working directory,
+log, signals and exit code, and bit-identical results. Real runs, real SIGTERM, both launchers side by side."""
+import os
+import signal
+import time
+
+import pytest
+from clirun import SMALL, metrics, run_dir, strip_speed
+
+from fastft.study import launch
+
+pytestmark = pytest.mark.skipif("forkserver" not in __import__("multiprocessing").get_all_start_methods(),
+                                reason="the preloaded launcher needs a fork server")
+
+
+def _run(launcher, argv, env, log, deadline=600):
+    with open(log, "a") as f:
+        p = launch.start(launcher, argv, env, f)
+        t = time.time()
+        while p.poll() is None:
+            assert time.time() - t < deadline, f"{launcher}: the run did not end in {deadline} s"
+            time.sleep(0.1)
+    return p.poll(), log.read_text()
+
+
+def test_a_preloaded_run_is_the_run_a_fresh_process_is(source_run, store, tmp_path, monkeypatch):
+    """Both launchers, in a working directory of their own with a relative ``out=``: the slot's environment reaches
+    the run (``FASTFT_TEST_SIGTERM_AT_STEP``: a real SIGTERM at step 14, which checkpoints and exits 143; the thread
+    count), the log holds what the run printed, and the resumed runs end bit-identical to each other."""
+    _, spec, _ = source_run
+    argv = ["train", f"spec={spec}", "set=far", f"store={store}", "out=runs", "name=far", "epochs=2", "lr=0.005",
+            *[a for a in SMALL if not a.startswith("num_threads")], "num_threads=0"]
+    ends = {}
+    for launcher in ("fresh", "preloaded"):
+        wd = tmp_path / launcher
+        wd.mkdir()
+        monkeypatch.chdir(wd)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "FASTFT_TEST_SIGTERM_AT_STEP": "14"}
+        rc, log = _run(launcher, argv, env, wd / "run.log")
+        assert rc == 143, (launcher, log[-2000:])
+        d = run_dir(wd / "runs", "far")  # out=runs: relative to the run's working directory
+        assert not (d / "final.json").exists() and any(p.name.startswith("e0001-") for p in (d / "checkpoints").iterdir())
+        env.pop("FASTFT_TEST_SIGTERM_AT_STEP")
+        rc, log = _run(launcher, argv, env, wd / "run.log")
+        assert rc == 0 and "resum" in log and "top-1" in log, (launcher, log[-2000:])
+        ends[launcher] = strip_speed(metrics(d))
+    assert ends["fresh"] == ends["preloaded"]
+
+
+def test_a_preloaded_run_that_crashes_ends_alone_and_the_next_one_runs(source_run, store, tmp_path, monkeypatch):
+    """SIGKILL of a forked run (the out-of-memory killer) is its exit code, as for a fresh process; the server lives
+    on, and a config mistake is the usual one-line exit 2 in the log."""
+    _, spec, _ = source_run
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", f"spec={spec}", "set=far", f"store={store}", "out=runs", "name=far", "epochs=5000", *SMALL]
+    with open(tmp_path / "a.log", "a") as f:
+        p = launch.start("preloaded", argv, dict(os.environ), f)
+        t = time.time()
+        while not list(tmp_path.glob("runs/far-*/metrics.jsonl")) and time.time() - t < 600:
+            assert p.poll() is None, (tmp_path / "a.log").read_text()[-2000:]
+            time.sleep(0.1)  # killed while it trains
+        p.kill()
+        assert p.wait() == -signal.SIGKILL
+    rc, log = _run("preloaded", ["train", f"spec={spec}", "set=far", f"store={store}", "epcohs=3"], dict(os.environ),
+                   tmp_path / "b.log")
+    assert rc == 2 and log.strip().splitlines()[-1].startswith("fastft: error: ") and "epcohs" in log, log[-2000:]
+
+
+def test_a_script_that_starts_runs_is_not_run_again_in_them(tmp_path):
+    """multiprocessing re-imports the parent's ``__main__`` in each child; a user's unguarded script calling the
+    launcher would run again (its sweep too) in every run. Its top level runs once."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "study.py"
+    script.write_text("import os\nfrom fastft.study import launch\nprint('top level', flush=True)\n"
+                      "f = open('run.log', 'a')\nprint('rc', launch.start('preloaded', ['--version'], dict(os.environ), f).wait())\n")
+    r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.splitlines() == ["top level", "rc 0"], r.stdout + r.stderr
+    assert "fastft" in (tmp_path / "run.log").read_text()
