@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .errors import FastFTError
 from .files import atomic_file, fsync_dir, fsync_write, write_json
-from .store import lock_file, sha256_file
+from .data.store import lock_file, sha256_file
 
 CKPT_DIR = "checkpoints"
 MARKER = "COMPLETE"

@@ -54,7 +54,7 @@ from pathlib import Path
 from ..errors import FastFTError
 from ..runs import complete_checkpoints, is_finished
 from ..files import fsync_write
-from ..store import lock_file
+from ..data.store import lock_file
 from .local import record_membership, state as dir_state
 from .plan import RunSpec, merge
 

@@ -1,0 +1,12 @@
+"""The data side of fastft: ILSVRC2012's classes, the study's class subsets, and the shard store they are read from.
+
+One module per thing the flow owns (none imports the loaders, models or trainer):
+
+* :mod:`~fastft.data.taxonomy` — the WordNet hierarchy of the 1000 classes (shipped in ``fastft/_data``), branch
+  rules, distances;
+* :mod:`~fastft.data.subsets` — the study's constructions → hashed subset specs;
+* :mod:`~fastft.data.synth` — a synthetic ImageNet in the ILSVRC2012 layouts (demo, tests);
+* :mod:`~fastft.data.shard` — ``fastft shard``: an input tree or the downloaded archives → a store;
+* :mod:`~fastft.data.spool` — how the shard writer's worker processes hand it their results;
+* :mod:`~fastft.data.store` — the store format: reading, verification, locks.
+"""
