@@ -158,7 +158,7 @@ def test_a_view_of_the_awkward_names_reads_every_sample_through_dali(odd, tmp_pa
 def test_keys_are_the_same_whatever_order_the_inputs_come_in(odd):
     from dataclasses import replace
 
-    from fastft.data.shard import Input, _assign_keys
+    from fastft.data.shard.inputs import Input, _assign_keys
 
     _, files, _ = odd
     inputs = [Input(s, w, os.fsdecode(p)) for p, (_, s, w) in files.items()]

@@ -106,7 +106,7 @@ def test_shard_workers_run_at_most_two_windows_ahead_of_the_writer(tmp_path):
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    from fastft.data.shard import bounded_imap
+    from fastft.data.spool import bounded_imap
 
     drawn = []
 
@@ -317,7 +317,7 @@ def test_val_labels_agree_across_layouts(tmp_path):
 def test_downloaded_archives_shard_like_the_extracted_tree(store, tmp_path):
     """ILSVRC2012_img_train.tar (a tar per class), ILSVRC2012_img_val.tar and the devkit .tar.gz, read in place, give
     byte-identical shards to the extracted tree (broken files rejected alike); damaged archives are named."""
-    from fastft.data.shard import TRAIN_TAR, VAL_TAR
+    from fastft.data.shard.inputs import TRAIN_TAR, VAL_TAR
 
     root = tmp_path / "download"
     synth(root, train_per_class=40, val_per_class=6, size=72, val_layout="devkit", broken=True, seed=0, archives=True)

@@ -203,7 +203,7 @@ def _pack_archives(out: Path) -> None:
     import shutil
     import tarfile
 
-    from .shard import DEVKIT_DIR, DEVKIT_TGZ, TRAIN_TAR, VAL_TAR
+    from .shard.inputs import DEVKIT_DIR, DEVKIT_TGZ, TRAIN_TAR, VAL_TAR
 
     def add(t: tarfile.TarFile, name: str, data: bytes) -> None:
         ti = tarfile.TarInfo(name)
