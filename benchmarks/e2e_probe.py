@@ -25,7 +25,7 @@ import torch
 
 from fastft.bench import _forever, _make_step, _rate, _stepped, hardware, synthetic_batch, write
 from fastft.loading import Loader, LoaderConfig, batch_format, dali
-from fastft.data.store import open_view
+from fastft.data.views import open_view
 from fastft.preprocess import DEFAULT, mean_std
 
 MEAN_STD = mean_std(DEFAULT)  # the preprocessing fastft trains with

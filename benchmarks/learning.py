@@ -126,7 +126,7 @@ def main() -> None:
     jobs = [(i, pre, prec) for i, pre in recipes for prec in a.precision.split(",")]
     with ThreadPoolExecutor(a.parallel) as pool:
         results = list(pool.map(lambda j: train(store, spec, runs, a, *j), jobs))
-    from fastft.data.store import shared_view
+    from fastft.data.views import shared_view
     import torch
 
     view = shared_view(spec, "target", store, runs / "views", existing_only=True)

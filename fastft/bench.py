@@ -163,7 +163,7 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
     baseline, fastft's DALI path for each hardware-decoder share × host-decoded share, and (``cache``) the
     decoded-image cache."""
     from .loading import Loader, LoaderConfig, batch_format
-    from .data.store import open_view
+    from .data.views import open_view
 
     dev = resolve(device)
     prec = precision if precision != "auto" else ("bf16" if dev == "cuda" else "fp32")
@@ -241,7 +241,7 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
 def _pack_worker(view, batch, seconds, mode, cache, hw, barrier, out_q, idx):
     dev = "cuda"
     from .loading import Loader, LoaderConfig, batch_format
-    from .data.store import open_view
+    from .data.views import open_view
 
     torch.backends.cudnn.benchmark = True
     try:

@@ -50,7 +50,7 @@ def demo_spec(store_classes, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def view_near(demo_spec, store, tmp_path_factory):
-    from fastft.data.store import resolve
+    from fastft.data.views import resolve
 
     return resolve(demo_spec, "near", store, tmp_path_factory.mktemp("views") / "near")
 

@@ -15,7 +15,7 @@ PKG = Path(fastft.__file__).parent
 # (module, the call's first argument as written) → why writing in place is right there
 IN_PLACE = {
     ("data/synth.py", "*"): "fake ILSVRC2012 inputs for tests and the demo (the inputs fastft reads, not its own state)",
-    ("data/store.py", "out / split / f'{shards[-1]}.idx'"): "inside a view's temp directory, published whole by rename",
+    ("data/views.py", "out / split / f'{shards[-1]}.idx'"): "inside a view's temp directory, published whole by rename",
     ("data/shard/writer.py", "self.tmp"): "a shard's temp tar, renamed into place when complete",
     ("data/store.py", "path"): "lock_file: an empty file opened to hold a lock",
     ("data/store.py", "stamps / f'{name}.lock'"): "a stamp's lock: an empty file opened to hold a lock",

@@ -73,7 +73,7 @@ def test_exif_orientation_is_ignored_by_both_backends(tmp_path):
     from PIL import Image
 
     from fastft.data.shard import ShardConfig, write_store
-    from fastft.data.store import resolve
+    from fastft.data.views import resolve
     from fastft.data.subsets import ClassSet, SubsetSpec
     from fastft.data.synth import synth
     from fastft.data.taxonomy import load
@@ -144,7 +144,7 @@ def test_ranks_in_separate_processes_cover_the_view(view_near, tmp_path):
 def test_loader_refuses_broken_view(view_near, tmp_path):
     import shutil
 
-    from fastft.data.store import open_view
+    from fastft.data.views import open_view
 
     v = tmp_path / "v"
     shutil.copytree(view_near.path, v)

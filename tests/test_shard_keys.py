@@ -132,7 +132,7 @@ def test_colliding_names_each_get_their_own_key_and_read_back_distinct(odd):
 def test_a_view_of_the_awkward_names_reads_every_sample_through_dali(odd, tmp_path):
     from nvidia.dali import fn, pipeline_def, types
 
-    from fastft.data.store import resolve
+    from fastft.data.views import resolve
     from fastft.data.subsets import ClassSet, SubsetSpec
 
     _, files, out = odd
@@ -247,7 +247,7 @@ def test_verify_names_every_damage_to_the_sample_index(odd, tmp_path):
                 assert any(w in p for p in problems), (name, full, w, problems)
     # a run reading a view of such a store refuses to start (checked once per store version, with the shard hashes)
     from fastft.errors import FastFTError
-    from fastft.data.store import open_view, resolve
+    from fastft.data.views import open_view, resolve
     from fastft.data.subsets import ClassSet, SubsetSpec
 
     spec = SubsetSpec("custom", 0, {}, {"t": ClassSet((W1, W2, W3))}, {})

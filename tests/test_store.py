@@ -14,7 +14,8 @@ import pytest
 
 from fastft.errors import FastFTError
 from fastft.data.shard import ShardConfig, write_store
-from fastft.data.store import dali_index, open_store, open_view, resolve, verify
+from fastft.data.store import dali_index, open_store, verify
+from fastft.data.views import open_view, resolve
 from fastft.data.subsets import ClassSet, SubsetSpec
 from fastft.data.synth import BROKEN, synth
 from fastft.data.taxonomy import load
@@ -396,7 +397,7 @@ def test_view_with_cap_reads_exactly_through_dali_and_webdataset(store, store_cl
 
 
 def test_sets_selecting_the_same_samples_share_their_files_and_keep_their_own_identity(store, store_classes, tmp_path, monkeypatch):
-    from fastft.data.store import shared_view
+    from fastft.data.views import shared_view
     from fastft.data.subsets import make
 
     # the same universe with another target cap: a different spec, equal near/far sets (their seed draws the classes,
@@ -434,7 +435,7 @@ def _key(t) -> str:
 
 
 def test_view_refuses_damaged_store(store, view_near, tmp_path):
-    from fastft.data.store import open_view
+    from fastft.data.views import open_view
 
     assert open_view(view_near.path).num_classes == 8
     with pytest.raises(FastFTError, match="no set"):
@@ -444,7 +445,7 @@ def test_view_refuses_damaged_store(store, view_near, tmp_path):
 
 
 def test_view_refuses_bit_flipped_shard(store, view_near, tmp_path):
-    from fastft.data.store import open_view
+    from fastft.data.views import open_view
 
     bad = tmp_path / "store"
     shutil.copytree(store, bad)

@@ -87,7 +87,7 @@ def cmd_subsets_distance(a):
 
 
 def cmd_subsets_resolve(a):
-    from ..data.store import resolve
+    from ..data.views import resolve
     from ..data.subsets import load_spec
 
     v = resolve(load_spec(a.spec), a.set, a.store, a.out)

@@ -3,7 +3,8 @@
 A *subset spec* is a small JSON file holding named class sets (e.g. ``target``, ``near``, ``far``), each with an
 optional per-class image cap, plus everything needed to recreate it: construction, parameters, seed, hierarchy
 version/hash and branch rule, and a content hash over all of that. Specs say nothing about images; turning a spec
-into concrete samples is the store's job (``fastft.data.store.resolve``), which applies the caps with the same seed.
+into concrete samples is the job of a store's views (``fastft.data.views.resolve``), which apply the caps with the
+same seed.
 
 Draws use ``random.Random`` seeded with a string naming the construction *family* and the seed, so constructions
 of one family agree for the same seed: ``instru``, ``instru-240`` and ``instru-grid`` share INSTRU, near and far

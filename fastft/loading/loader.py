@@ -14,7 +14,7 @@ import torch
 
 from .. import preprocess
 from ..errors import FastFTError
-from ..data.store import View, open_view
+from ..data.views import View, open_view
 from .cache import DECODE, _CacheBackend
 from .dali import _DaliBackend
 from .fallback import _TorchBackend

@@ -18,7 +18,8 @@ ILSVRC_TRAIN_PER_CLASS = 1281167 / 1000  # nominal, for cost estimates without a
 def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path, progress: bool = False) -> dict:
     """Make the specs (one per seed), resolve views, compute run ids and directories. Returns {seed: spec path}."""
     from ..config import build
-    from ..data.store import fill_store_params, open_view
+    from ..data.store import fill_store_params
+    from ..data.views import open_view
     from ..data.subsets import load_spec, make
     from ..train.config import TrainConfig, resolve_device, run_dir_for, run_identity, view_path_for
     from .. import runs as runs_mod
@@ -94,7 +95,8 @@ def _resolve_views(specs: dict, pairs: set, store: str, views_dir: Path, progres
     from tqdm import tqdm
 
     from ..util.env import usable_cores
-    from ..data.store import open_store, shared_view, view_content
+    from ..data.store import open_store
+    from ..data.views import shared_view, view_content
     from ..data.subsets import load_spec
 
     todo = []
@@ -104,7 +106,7 @@ def _resolve_views(specs: dict, pairs: set, store: str, views_dir: Path, progres
                 todo.append((str(specs[seed]), name))
     if not todo:
         return
-    # views of equal content share their files (store.view_content): one of each is resolved, the others then link
+    # views of equal content share their files (views.view_content): one of each is resolved, the others then link
     st, unique, same = open_store(store), {}, []
     for sp, name in todo:
         content = view_content(load_spec(sp), name, st, views_dir)

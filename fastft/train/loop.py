@@ -132,7 +132,7 @@ def _accelerate(cfg: TrainConfig) -> _Run:
 
 def _open_data(r: _Run) -> None:
     """The view (resolved once, by the main process), its shards checked, and the batch and crop checked against it."""
-    from ..data.store import open_view  # data module: no DALI import
+    from ..data.views import open_view  # data module: no DALI import
 
     cfg, acc = r.cfg, r.acc
     view_path = view_path_for(cfg) if acc.is_main_process else None
