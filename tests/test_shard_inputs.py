@@ -17,12 +17,12 @@ import pytest
 from PIL import Image
 
 from clirun import fastft
-from fastft.errors import FastFTError
 from fastft.data.shard import ShardConfig, write_store
 from fastft.data.shard.convert import MAX_PIXELS, _process
 from fastft.data.store import open_store
 from fastft.data.synth import synth
 from fastft.data.taxonomy import load
+from fastft.errors import FastFTError
 
 S = (20, 20)
 CFG = ShardConfig(resize="24x24", allow_missing=True)
@@ -370,7 +370,7 @@ def test_mutated_tree_through_the_cli_shards_and_verifies(tmp_path):
 
 def test_non_images_in_the_downloaded_val_archive_are_rejected_not_fatal(tmp_path):
     """A `.DS_Store` inside ILSVRC2012_img_val.tar (flat, Kaggle labels) is rejected with the reason, as in a tree."""
-    from fastft.data.shard.inputs import VAL_TAR
+    from fastft.data.sources.ilsvrc2012_archives import VAL_TAR
 
     root = tmp_path / "a"
     synth(root, classes=list(load().wnids[:2]), train_per_class=1, val_per_class=1, size=24, val_layout="kaggle", seed=1,

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastft.errors import FastFTError
 from fastft.data.shard import ShardConfig, write_store
 from fastft.data.store import dali_index, open_store, verify
-from fastft.data.views import open_view, resolve
 from fastft.data.subsets import ClassSet, SubsetSpec
 from fastft.data.synth import BROKEN, synth
 from fastft.data.taxonomy import load
+from fastft.data.views import open_view, resolve
+from fastft.errors import FastFTError
 
 CFG = ShardConfig(resize="80x80", shard_mb=0.25, allow_missing=True)
 
@@ -318,7 +318,7 @@ def test_val_labels_agree_across_layouts(tmp_path):
 def test_downloaded_archives_shard_like_the_extracted_tree(store, tmp_path):
     """ILSVRC2012_img_train.tar (a tar per class), ILSVRC2012_img_val.tar and the devkit .tar.gz, read in place, give
     byte-identical shards to the extracted tree (broken files rejected alike); damaged archives are named."""
-    from fastft.data.shard.inputs import TRAIN_TAR, VAL_TAR
+    from fastft.data.sources.ilsvrc2012_archives import TRAIN_TAR, VAL_TAR
 
     root = tmp_path / "download"
     synth(root, train_per_class=40, val_per_class=6, size=72, val_layout="devkit", broken=True, seed=0, archives=True)

@@ -87,8 +87,8 @@ def cmd_subsets_distance(a):
 
 
 def cmd_subsets_resolve(a):
-    from ..data.views import resolve
     from ..data.subsets import load_spec
+    from ..data.views import resolve
 
     v = resolve(load_spec(a.spec), a.set, a.store, a.out)
     splits = ", ".join(f"{k}: {s['samples']} samples in {len(s['shards'])} shards" for k, s in v.meta["splits"].items())

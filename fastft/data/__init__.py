@@ -6,7 +6,9 @@ One module per thing the flow owns (none imports the loaders, models or trainer)
   rules, distances;
 * :mod:`~fastft.data.subsets` — the study's constructions → hashed subset specs;
 * :mod:`~fastft.data.synth` — a synthetic ImageNet in the ILSVRC2012 layouts (demo, tests);
-* :mod:`~fastft.data.shard` — ``fastft shard``: an input tree or the downloaded archives → a store;
+* :mod:`~fastft.data.sources` — the input layouts ``fastft shard`` reads (ILSVRC2012 tree or archives, Kaggle,
+  image folders), one module each, in one registry;
+* :mod:`~fastft.data.shard` — ``fastft shard``: a source's inputs → a store;
 * :mod:`~fastft.data.spool` — how the shard writer's worker processes hand it their results;
 * :mod:`~fastft.data.store` — the store format: reading, verification, locks;
 * :mod:`~fastft.data.views` — views: subsets of a store without copying data (what the loaders read).

@@ -203,7 +203,8 @@ def _pack_archives(out: Path) -> None:
     import shutil
     import tarfile
 
-    from .shard.inputs import DEVKIT_DIR, DEVKIT_TGZ, TRAIN_TAR, VAL_TAR
+    from .sources.ilsvrc2012_archives import TRAIN_TAR, VAL_TAR
+    from .sources.labels import DEVKIT_DIR, DEVKIT_TGZ
 
     def add(t: tarfile.TarFile, name: str, data: bytes) -> None:
         ti = tarfile.TarInfo(name)

@@ -19,8 +19,8 @@ def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path, progr
     """Make the specs (one per seed), resolve views, compute run ids and directories. Returns {seed: spec path}."""
     from ..config import build
     from ..data.store import fill_store_params
-    from ..data.views import open_view
     from ..data.subsets import load_spec, make
+    from ..data.views import open_view
     from ..train.config import TrainConfig, resolve_device, run_dir_for, run_identity, view_path_for
     from .. import runs as runs_mod
 
@@ -96,8 +96,8 @@ def _resolve_views(specs: dict, pairs: set, store: str, views_dir: Path, progres
 
     from ..util.env import usable_cores
     from ..data.store import open_store
-    from ..data.views import shared_view, view_content
     from ..data.subsets import load_spec
+    from ..data.views import shared_view, view_content
 
     todo = []
     for seed, name in sorted(pairs):

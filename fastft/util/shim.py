@@ -20,37 +20,39 @@ def _names(home: types.ModuleType) -> list[str]:
 
 
 def moved(name: str, *homes: types.ModuleType) -> None:
-    """Make the module ``name`` forward to ``homes`` (the first that has a name is the one it is read from)."""
+    """Make the module ``name`` forward to ``homes`` (the first that has a name is the one it is read from).
+
+    Each moved name is a property of the module's class, not an entry of its namespace: a data descriptor is what
+    ``monkeypatch.setattr`` reads the old value through and restores by assignment (with a plain entry it would
+    delete it on undo)."""
     owners: dict[str, list[types.ModuleType]] = {}
     for home in homes:
         for k in _names(home):
             owners.setdefault(k, []).append(home)
     public = sorted({k for home in homes for k in getattr(home, "__all__", [n for n in _names(home) if not n.startswith("_")])})
-
-    class _Moved(types.ModuleType):
-        def __getattr__(self, key):  # only for names not in the old module's own namespace: all the moved ones
-            for home in owners.get(key, ()):
-                value = getattr(home, key, _MISSING)
-                if value is not _MISSING:
-                    return value
-            raise AttributeError(f"module {self.__name__!r} has no attribute {key!r}")
-
-        def __setattr__(self, key, value):
-            if key not in owners:
-                return super().__setattr__(key, value)
-            current = getattr(self, key)
-            for home in owners[key]:  # every alias of the old binding (a function imported into a sibling module)
-                if getattr(home, key, _MISSING) is current:
-                    setattr(home, key, value)
-
-        def __delattr__(self, key):
-            if key not in owners:
-                return super().__delattr__(key)
-            raise AttributeError(f"{self.__name__}.{key} lives in {owners[key][0].__name__}: delete it there")
-
-        def __dir__(self):
-            return sorted(set(super().__dir__()) | set(owners))
-
     module = sys.modules[name]
+    for k in owners:
+        module.__dict__.pop(k, None)  # (a name the shim itself imported would hide the property)
+    namespace = {k: _forward(k, owners[k]) for k in owners}
+    namespace["__dir__"] = lambda self: sorted(set(self.__dict__) | set(owners))
     module.__all__ = public
-    module.__class__ = _Moved
+    module.__class__ = type("_Moved", (types.ModuleType,), namespace)
+
+
+def _forward(key: str, homes: list[types.ModuleType]) -> property:
+    def get(self):
+        for home in homes:
+            value = getattr(home, key, _MISSING)
+            if value is not _MISSING:
+                return value
+        raise AttributeError(f"module {self.__name__!r} has no attribute {key!r}")
+
+    def put(self, value):
+        current = get(self)
+        for home in homes:  # every alias of the old binding (a function imported into a sibling module)
+            if getattr(home, key, _MISSING) is current:
+                setattr(home, key, value)
+
+    def delete(self):
+        raise AttributeError(f"{self.__name__}.{key} lives in {homes[0].__name__}: delete it there")
+    return property(get, put, delete)

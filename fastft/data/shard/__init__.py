@@ -1,8 +1,9 @@
 """``fastft shard``: ILSVRC2012 → a store (see :mod:`fastft.data.store` for what a store holds and how it is read).
 
-``write_store`` reads ILSVRC2012 once — an extracted tree (three val layouts), or the downloaded ``.tar`` files read in
-place — converts every image to an RGB JPEG at the store's size in worker processes, and writes the shards, their
-DALI indexes, the sample index, the ledger of rejected inputs and, last, the manifest.
+``write_store`` reads the input once — as the dataset source that recognises it lists it (:mod:`fastft.data.sources`:
+an extracted ILSVRC2012 tree in one of its val layouts, or the downloaded ``.tar`` files read in place) — converts
+every image to an RGB JPEG at the store's size in worker processes, and writes the shards, their DALI indexes, the
+sample index, the ledger of rejected inputs and, last, the manifest.
 
 Nothing is lost or silent: every input file is either written (converted to RGB JPEG if it was CMYK, grayscale, PNG,
 RGBA, …, and counted per kind) or listed in ``rejected.csv`` with a reason; ``inputs = written + rejected`` is checked.
@@ -11,7 +12,7 @@ are written under temporary names and renamed when complete; a re-run skips comp
 (a lock), and a disk too small for the rest is named after each shard.
 
 This module runs the writer (settings, resume, the worker pool, the shard loop); the steps are its modules:
-:mod:`.config` (:class:`ShardConfig`), :mod:`.inputs` (finding the inputs and their keys), :mod:`.convert` (reading
+:mod:`.config` (:class:`ShardConfig`), :mod:`.inputs` (the source's inputs and their keys), :mod:`.convert` (reading
 and converting one image, in the workers) and :mod:`.writer` (tars, indexes, ledger, manifest).
 """
 from __future__ import annotations

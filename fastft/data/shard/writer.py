@@ -18,7 +18,7 @@ import numpy as np
 
 from ...errors import FastFTError
 from ..store import SAMPLE_COLUMNS, STORE_VERSION, dali_index, encode_source, fsync_write, sha256_file
-from .inputs import Input
+from ..sources import Input
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
