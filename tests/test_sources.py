@@ -1,5 +1,5 @@
 """The dataset-source seam of `fastft shard` and the old module paths: a source added as one class and a registration
-shards a real store (its rejected entries in the ledger), what the writer relies on is checked whatever the source,
+shards a real store (what it cannot convert in the ledger), what the writer relies on is checked whatever the source,
 a root no source recognises names every registered source, and the pre-package module paths read and write through."""
 import csv
 
@@ -17,7 +17,7 @@ CFG = ShardConfig(resize="24x24", allow_missing=True)
 
 
 class CsvList(Source):
-    """The README's example: images anywhere under the root, listed with their split and wnid in labels.csv."""
+    """The README's example ("Adding a dataset source"), as it is there."""
     name = "csv-list"
     describe = "labels.csv (path,split,wnid) and the images it lists"
 
@@ -27,25 +27,28 @@ class CsvList(Source):
 
     def read(self, progress=False):
         with open(self.root / "labels.csv", newline="") as f:
-            return Listing([Input(r["split"], r["wnid"], r["path"], reason=r.get("reason") or "") for r in csv.DictReader(f)])
+            return Listing([Input(r["split"], r["wnid"], r["path"]) for r in csv.DictReader(f)])
 
 
 def _csv_root(tmp_path, rows):
+    """A root of PNGs listed in labels.csv (a row without a wnid: a text file named .png)."""
     root = tmp_path / "in"
     (root / "img").mkdir(parents=True)
     with open(root / "labels.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, ["path", "split", "wnid", "reason"])
+        w = csv.DictWriter(f, ["path", "split", "wnid"])
         w.writeheader()
-        for i, (split, wnid, reason) in enumerate(rows):
-            Image.new("RGB", (30, 20), (40 * i, 100, 200)).save(root / "img" / f"{i}.png")
-            w.writerow({"path": f"img/{i}.png", "split": split, "wnid": wnid, "reason": reason})
+        for i, (split, wnid) in enumerate(rows):
+            if wnid:
+                Image.new("RGB", (30, 20), (40 * i, 100, 200)).save(root / "img" / f"{i}.png")
+            else:
+                (root / "img" / f"{i}.png").write_text("not a picture")
+            w.writerow({"path": f"img/{i}.png", "split": split, "wnid": wnid or load().wnids[0]})
     return root
 
 
 def test_a_source_added_as_one_class_and_a_registration_shards_a_store(tmp_path, monkeypatch):
     a, b = load().wnids[:2]
-    root = _csv_root(tmp_path, [("train", a, ""), ("train", b, ""), ("train", a, ""), ("val", b, ""),
-                                ("train", "", "listed but not wanted")])
+    root = _csv_root(tmp_path, [("train", a), ("train", b), ("train", a), ("val", b), ("train", None)])
     with pytest.raises(FastFTError, match="registered sources"):
         write_store(root, tmp_path / "before", CFG, workers=1, progress=False)
     monkeypatch.setitem(SOURCES, CsvList.name, CsvList)
@@ -57,14 +60,14 @@ def test_a_source_added_as_one_class_and_a_registration_shards_a_store(tmp_path,
     assert sorted(zip(df["source"], df["wnid"], df["split"])) == [
         ("img/0.png", a, "train"), ("img/1.png", b, "train"), ("img/2.png", a, "train"), ("img/3.png", b, "val")]
     rejected = list(csv.DictReader(open(tmp_path / "store" / "rejected.csv")))
-    assert [(r["source"], r["reason"]) for r in rejected] == [("img/4.png", "listed but not wanted")]
+    assert [(r["source"], r["reason"]) for r in rejected] == [("img/4.png", "not an image (text)")]
 
 
 @pytest.mark.parametrize("split, wnid, what", [("train", "cat", "not an ILSVRC2012 class"),
                                                ("test", None, "split other than train or val")])
 def test_what_the_writer_relies_on_is_checked_whatever_the_source(tmp_path, monkeypatch, split, wnid, what):
     a = load().wnids[0]
-    root = _csv_root(tmp_path, [("train", a, ""), (split, wnid or a, "")])
+    root = _csv_root(tmp_path, [("train", a), (split, wnid or a)])
     monkeypatch.setitem(SOURCES, CsvList.name, CsvList)
     with pytest.raises(FastFTError, match=f"source csv-list listed 1 inputs .*{what}"):
         write_store(root, tmp_path / "store", CFG, workers=1, progress=False)
