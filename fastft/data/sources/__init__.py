@@ -16,7 +16,7 @@ before Kaggle's CSV (``--val-layout`` picks one instead).
 Adding a source is one module with a :class:`~.base.Source` subclass, and its class in :data:`SOURCES`.
 
 Where timm's ``create_reader`` is told its reader by name (``tfds/…``, ``wds/…``), a source here is found by what the
-root holds: ``fastft shard`` is pointed at a download as it came, and names the layout it found in the manifest.
+root holds, since ``fastft shard`` is pointed at a download as it came (the manifest records how its val/ was labelled).
 """
 from __future__ import annotations
 
