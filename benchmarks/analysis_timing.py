@@ -30,7 +30,7 @@ def main():
         "classviz": lambda: {"score_after": an.class_images(a.run, [0, 1, 2], out=str(Path(a.run) / "classviz.png"))["score_after"]},
         "distance": lambda: an.feature_distance(a.run, a.source_view, a.view)["summary"],
     }
-    from fastft.store import open_view
+    from fastft.data.views import open_view
 
     v = open_view(a.view)
     res = {"bench": "analysis", "run": a.run, "view": a.view, "classes": v.num_classes,

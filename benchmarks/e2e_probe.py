@@ -24,8 +24,8 @@ import threading
 import torch
 
 from fastft.bench import _forever, _make_step, _rate, _stepped, hardware, synthetic_batch, write
+from fastft.data.views import open_view
 from fastft.loading import Loader, LoaderConfig, batch_format, dali
-from fastft.store import open_view
 from fastft.preprocess import DEFAULT, mean_std
 
 MEAN_STD = mean_std(DEFAULT)  # the preprocessing fastft trains with

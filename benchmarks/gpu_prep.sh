@@ -27,8 +27,8 @@ PY
 WARM=$!
 {
   set -x
-  T=$(python3 -c "from fastft.taxonomy import load; print(' '.join(load().under('n03575240')[:${N_CLASSES:-100}]))")   # 100 instrumentality classes
-  S=$(python3 -c "from fastft.taxonomy import load; print(' '.join(load().under('n02084071')[:20]))")    # 20 dog classes (a far source)
+  T=$(python3 -c "from fastft.data.taxonomy import load; print(' '.join(load().under('n03575240')[:${N_CLASSES:-100}]))")   # 100 instrumentality classes
+  S=$(python3 -c "from fastft.data.taxonomy import load; print(' '.join(load().under('n02084071')[:20]))")    # 20 dog classes (a far source)
   python3 -m fastft synth --out $W/syn --classes $T $S --train-per-class ${PER_CLASS:-100} --val-per-class 4 --size ${SIZE:-300} --val-layout folders
   python3 -m fastft shard $W/syn --out $W/store --allow-missing --quiet
   python3 -m fastft subsets make all --out $W/target.json --param within="$(python3 -c "import json,sys; print(json.dumps(sys.argv[1:]))" $T)"

@@ -15,9 +15,9 @@ import time
 import numpy as np
 
 from fastft.bench import hardware, write
+from fastft.data.views import open_view
 from fastft.loading import SampleSource
 from fastft.util.env import usable_cores
-from fastft.store import open_view
 
 
 def _rate(jpegs: list, threads: int, crop: bool, seconds: float) -> float:

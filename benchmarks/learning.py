@@ -32,10 +32,10 @@ DEFAULT_VARIANTS = "paper:caffe,paper-scaled:caffe,paper-scaled:imagenet,paper:i
 
 
 def build_store(work: Path, classes: int, per_class: int, size: int) -> tuple[Path, Path]:
-    from fastft.shard import ShardConfig, write_store
-    from fastft.subsets import make
-    from fastft.synth import demo_classes, synth
-    from fastft.taxonomy import load
+    from fastft.data.shard import ShardConfig, write_store
+    from fastft.data.subsets import make
+    from fastft.data.synth import demo_classes, synth
+    from fastft.data.taxonomy import load
 
     h = load()
     wnids = demo_classes(max(8, -(-classes // 3)))[:classes]
@@ -126,7 +126,7 @@ def main() -> None:
     jobs = [(i, pre, prec) for i, pre in recipes for prec in a.precision.split(",")]
     with ThreadPoolExecutor(a.parallel) as pool:
         results = list(pool.map(lambda j: train(store, spec, runs, a, *j), jobs))
-    from fastft.store import shared_view
+    from fastft.data.views import shared_view
     import torch
 
     view = shared_view(spec, "target", store, runs / "views", existing_only=True)

@@ -48,8 +48,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     a = ap.parse_args()
-    from fastft.shard import ShardConfig, write_store
-    from fastft.taxonomy import load
+    from fastft.data.shard import ShardConfig, write_store
+    from fastft.data.taxonomy import load
 
     classes = list(load().wnids[:20])
     with tempfile.TemporaryDirectory() as tmp:

@@ -117,7 +117,7 @@ def _make_step(mode: str, nc: int, dev: str, prec: str, width: float, crop: int)
     (fused SGD), ``pad4``/``pad8`` (conv1 input channels, see ``AlexNet.pad_input``)."""
     from contextlib import nullcontext
 
-    from .model import AlexNet, ModelConfig
+    from .models.alexnet import AlexNet, ModelConfig
     from .train import Step, cuda_autocast, sgd
 
     flags = set() if mode == "eager" else set(mode.split("+"))
@@ -163,7 +163,7 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
     baseline, fastft's DALI path for each hardware-decoder share × host-decoded share, and (``cache``) the
     decoded-image cache."""
     from .loading import Loader, LoaderConfig, batch_format
-    from .store import open_view
+    from .data.views import open_view
 
     dev = resolve(device)
     prec = precision if precision != "auto" else ("bf16" if dev == "cuda" else "fp32")
@@ -241,7 +241,7 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
 def _pack_worker(view, batch, seconds, mode, cache, hw, barrier, out_q, idx):
     dev = "cuda"
     from .loading import Loader, LoaderConfig, batch_format
-    from .store import open_view
+    from .data.views import open_view
 
     torch.backends.cudnn.benchmark = True
     try:

@@ -17,9 +17,9 @@ from .errors import FastFTError
 def demo(out: str | Path = "fastft-demo", seeds: int = 3, parallel: int = 2) -> dict:
     from . import study as sw
     from .report import write_report
-    from .shard import ShardConfig, write_store
-    from .store import verify
-    from .synth import synth
+    from .data.shard import ShardConfig, write_store
+    from .data.store import verify
+    from .data.synth import synth
 
     out = Path(out)
     t0 = time.time()

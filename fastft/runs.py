@@ -25,9 +25,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .data.store import lock_file, sha256_file
 from .errors import FastFTError
 from .files import atomic_file, fsync_dir, fsync_write, write_json
-from .store import lock_file, sha256_file
 
 CKPT_DIR = "checkpoints"
 MARKER = "COMPLETE"

@@ -33,7 +33,7 @@ import torch
 
 from . import config, runs
 from .errors import FastFTError
-from .model import INITS, AlexNet, ModelConfig
+from .models.alexnet import INITS, AlexNet, ModelConfig
 
 _NP_CORE = getattr(np, "_core", None) or np.core  # numpy 2 | numpy 1
 # numpy's RNG state as an ndarray (rng-<rank>.pt of earlier fastft versions), under either numpy's module names

@@ -14,7 +14,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 @pytest.fixture(scope="session")
 def synth_tree(tmp_path_factory) -> Path:
-    from fastft.synth import synth
+    from fastft.data.synth import synth
 
     root = tmp_path_factory.mktemp("imagenet") / "ILSVRC2012"
     synth(root, train_per_class=40, val_per_class=6, size=72, val_layout="devkit", broken=True, seed=0)
@@ -23,7 +23,7 @@ def synth_tree(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def store(synth_tree, tmp_path_factory) -> Path:
-    from fastft.shard import ShardConfig, write_store
+    from fastft.data.shard import ShardConfig, write_store
 
     out = tmp_path_factory.mktemp("store") / "imagenet"
     write_store(synth_tree, out, ShardConfig(resize="80x80", shard_mb=0.25, allow_missing=True), workers=2, progress=False)
@@ -32,8 +32,8 @@ def store(synth_tree, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def store_classes(store) -> list[str]:
-    from fastft.store import open_store
-    from fastft.taxonomy import load
+    from fastft.data.store import open_store
+    from fastft.data.taxonomy import load
 
     h = load()
     return sorted({w for s in open_store(store).shards for w in s["classes"]}, key=h.label.__getitem__)
@@ -41,7 +41,7 @@ def store_classes(store) -> list[str]:
 
 @pytest.fixture(scope="session")
 def demo_spec(store_classes, tmp_path_factory):
-    from fastft.subsets import make
+    from fastft.data.subsets import make
 
     spec = make("near-far", 0, within=store_classes)
     spec.save(tmp_path_factory.mktemp("spec") / "spec.json")
@@ -50,7 +50,7 @@ def demo_spec(store_classes, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def view_near(demo_spec, store, tmp_path_factory):
-    from fastft.store import resolve
+    from fastft.data.views import resolve
 
     return resolve(demo_spec, "near", store, tmp_path_factory.mktemp("views") / "near")
 
@@ -94,7 +94,7 @@ def hold_lock():
     """``with hold_lock(path):`` — another process holds fastft's lock on ``path`` (as a concurrent shard or run would)."""
     @contextlib.contextmanager
     def hold(path):
-        code = "import sys, time; from fastft.store import lock_file; f = lock_file(sys.argv[1], 'x'); print('held', flush=True); time.sleep(600)"
+        code = "import sys, time; from fastft.data.store import lock_file; f = lock_file(sys.argv[1], 'x'); print('held', flush=True); time.sleep(600)"
         p = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
         try:
             assert p.stdout.readline().strip() == "held"

@@ -103,7 +103,7 @@ def test_class_images_raise_the_class_score(trained, tmp_path):
 
 
 def test_feature_distance_and_memory_budget(trained, store, demo_spec, tmp_path):
-    from fastft.store import resolve
+    from fastft.data.views import resolve
 
     run, _, view = trained
     far = resolve(demo_spec, "far", store, tmp_path / "far")
@@ -158,7 +158,7 @@ def test_analyze_a_runs_directory_puts_each_seeds_models_on_that_seeds_target(st
     import yaml
 
     from fastft.report import write_report
-    from fastft.store import view_tag
+    from fastft.data.views import view_tag
 
     plan = {"name": "p", "construction": "near-far", "params": {"within": "store", "target": 4, "source": 8},
             "seeds": [0, 1], "defaults": {"width": 0.25, "crop": 71, "batch_size": 32, "init": "paper-scaled", "plateau_epochs": 0, "epochs": 1, "num_threads": 1},

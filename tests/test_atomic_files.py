@@ -8,17 +8,17 @@ import multiprocessing as mp
 from pathlib import Path
 
 import fastft
-from fastft.subsets import load_spec, make
+from fastft.data.subsets import load_spec, make
 
 PKG = Path(fastft.__file__).parent
 
 # (module, the call's first argument as written) → why writing in place is right there
 IN_PLACE = {
-    ("synth.py", "*"): "fake ILSVRC2012 inputs for tests and the demo (the inputs fastft reads, not its own state)",
-    ("store.py", "out / split / f'{shards[-1]}.idx'"): "inside a view's temp directory, published whole by rename",
-    ("shard.py", "self.tmp"): "a shard's temp tar, renamed into place when complete",
-    ("store.py", "path"): "lock_file: an empty file opened to hold a lock",
-    ("store.py", "stamps / f'{name}.lock'"): "a stamp's lock: an empty file opened to hold a lock",
+    ("data/synth.py", "*"): "fake ILSVRC2012 inputs for tests and the demo (the inputs fastft reads, not its own state)",
+    ("data/views.py", "out / split / f'{shards[-1]}.idx'"): "inside a view's temp directory, published whole by rename",
+    ("data/shard/writer.py", "self.tmp"): "a shard's temp tar, renamed into place when complete",
+    ("data/store.py", "path"): "lock_file: an empty file opened to hold a lock",
+    ("data/store.py", "stamps / f'{name}.lock'"): "a stamp's lock: an empty file opened to hold a lock",
     ("study/local.py", "r.run_dir / 'sweep.log'"): "an append-only log for people",
     ("train/tracking.py", "self.path"): "train.log, an append-only log for people",
     ("train/loop.py", "r.run_dir / 'metrics.jsonl'"): "append one line per epoch; runs.read_metrics drops a cut last line "

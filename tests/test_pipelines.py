@@ -72,11 +72,11 @@ def test_exif_orientation_is_ignored_by_both_backends(tmp_path):
     by the tag) and the PIL fallback (which does not) must still see the same pixels."""
     from PIL import Image
 
-    from fastft.shard import ShardConfig, write_store
-    from fastft.store import resolve
-    from fastft.subsets import ClassSet, SubsetSpec
-    from fastft.synth import synth
-    from fastft.taxonomy import load
+    from fastft.data.shard import ShardConfig, write_store
+    from fastft.data.views import resolve
+    from fastft.data.subsets import ClassSet, SubsetSpec
+    from fastft.data.synth import synth
+    from fastft.data.taxonomy import load
 
     classes = list(load().wnids[:2])
     root = tmp_path / "tree"
@@ -144,7 +144,7 @@ def test_ranks_in_separate_processes_cover_the_view(view_near, tmp_path):
 def test_loader_refuses_broken_view(view_near, tmp_path):
     import shutil
 
-    from fastft.store import open_view
+    from fastft.data.views import open_view
 
     v = tmp_path / "v"
     shutil.copytree(view_near.path, v)

@@ -17,11 +17,12 @@ import pytest
 from PIL import Image
 
 from clirun import fastft
+from fastft.data.shard import ShardConfig, write_store
+from fastft.data.shard.convert import MAX_PIXELS, _process
+from fastft.data.store import open_store
+from fastft.data.synth import synth
+from fastft.data.taxonomy import load
 from fastft.errors import FastFTError
-from fastft.shard import MAX_PIXELS, ShardConfig, _process, write_store
-from fastft.store import open_store
-from fastft.synth import synth
-from fastft.taxonomy import load
 
 S = (20, 20)
 CFG = ShardConfig(resize="24x24", allow_missing=True)
@@ -190,7 +191,7 @@ def test_lying_headers_are_rejected_without_allocating(tmp_path):
     for name, data in LYING.items():
         (tmp_path / name).write_bytes(data)
     # VmHWM: this process's peak resident memory (ru_maxrss would carry the parent's over fork + exec)
-    code = ("import re, sys; from fastft.shard import _process\n"
+    code = ("import re, sys; from fastft.data.shard.convert import _process\n"
             "for p in sys.argv[1:]: assert _process((p, None, '24x24', 90))[0] is None\n"
             "print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) // 1024)")
     r = subprocess.run([sys.executable, "-c", code, *map(str, sorted(tmp_path.iterdir()))], capture_output=True, text=True,
@@ -369,7 +370,7 @@ def test_mutated_tree_through_the_cli_shards_and_verifies(tmp_path):
 
 def test_non_images_in_the_downloaded_val_archive_are_rejected_not_fatal(tmp_path):
     """A `.DS_Store` inside ILSVRC2012_img_val.tar (flat, Kaggle labels) is rejected with the reason, as in a tree."""
-    from fastft.shard import VAL_TAR
+    from fastft.data.sources.ilsvrc2012_archives import VAL_TAR
 
     root = tmp_path / "a"
     synth(root, classes=list(load().wnids[:2]), train_per_class=1, val_per_class=1, size=24, val_layout="kaggle", seed=1,

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastft.store import open_store, source_bytes, verify
-from fastft.taxonomy import load
+from fastft.data.store import open_store, source_bytes, verify
+from fastft.data.taxonomy import load
 
 W1, W2, W3 = "n01440764", "n01443537", "n01484850"
 
@@ -132,8 +132,8 @@ def test_colliding_names_each_get_their_own_key_and_read_back_distinct(odd):
 def test_a_view_of_the_awkward_names_reads_every_sample_through_dali(odd, tmp_path):
     from nvidia.dali import fn, pipeline_def, types
 
-    from fastft.store import resolve
-    from fastft.subsets import ClassSet, SubsetSpec
+    from fastft.data.views import resolve
+    from fastft.data.subsets import ClassSet, SubsetSpec
 
     _, files, out = odd
     v = resolve(SubsetSpec("custom", 0, {}, {"t": ClassSet((W1, W2, W3))}, {}), "t", out, tmp_path / "view")
@@ -158,7 +158,7 @@ def test_a_view_of_the_awkward_names_reads_every_sample_through_dali(odd, tmp_pa
 def test_keys_are_the_same_whatever_order_the_inputs_come_in(odd):
     from dataclasses import replace
 
-    from fastft.shard import Input, _assign_keys
+    from fastft.data.shard.inputs import Input, _assign_keys
 
     _, files, _ = odd
     inputs = [Input(s, w, os.fsdecode(p)) for p, (_, s, w) in files.items()]
@@ -247,8 +247,8 @@ def test_verify_names_every_damage_to_the_sample_index(odd, tmp_path):
                 assert any(w in p for p in problems), (name, full, w, problems)
     # a run reading a view of such a store refuses to start (checked once per store version, with the shard hashes)
     from fastft.errors import FastFTError
-    from fastft.store import open_view, resolve
-    from fastft.subsets import ClassSet, SubsetSpec
+    from fastft.data.views import open_view, resolve
+    from fastft.data.subsets import ClassSet, SubsetSpec
 
     spec = SubsetSpec("custom", 0, {}, {"t": ClassSet((W1, W2, W3))}, {})
     open_view(resolve(spec, "t", out, tmp_path / "view-ok").path)
@@ -265,8 +265,8 @@ def _tree_files(root: Path) -> dict[str, str]:
 
 def test_resume_after_an_input_was_renamed_starts_over_and_writes_every_image_once(tmp_path, capsys):
     from fastft.errors import FastFTError
-    from fastft.shard import ShardConfig, write_store
-    from fastft.synth import synth
+    from fastft.data.shard import ShardConfig, write_store
+    from fastft.data.synth import synth
 
     root, out = tmp_path / "tree", tmp_path / "store"
     synth(root, [W1, W2, W3], train_per_class=16, val_per_class=3, size=40, val_layout="folders", seed=1)
@@ -315,7 +315,7 @@ def test_spool_directory_is_private_and_a_planted_pickle_is_never_run(tmp_path, 
     from multiprocessing import get_context
 
     from fastft.errors import FastFTError
-    from fastft.spool import bounded_imap, read_spool, spool_dir, write_spool
+    from fastft.data.spool import bounded_imap, read_spool, spool_dir, write_spool
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     old = os.umask(0)  # the most permissive umask: the directory is still the user's alone

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fastft.data.shard import ShardConfig, write_store
+from fastft.data.store import dali_index, open_store, verify
+from fastft.data.subsets import ClassSet, SubsetSpec
+from fastft.data.synth import BROKEN, synth
+from fastft.data.taxonomy import load
+from fastft.data.views import open_view, resolve
 from fastft.errors import FastFTError
-from fastft.shard import ShardConfig, write_store
-from fastft.store import dali_index, open_store, open_view, resolve, verify
-from fastft.subsets import ClassSet, SubsetSpec
-from fastft.synth import BROKEN, synth
-from fastft.taxonomy import load
 
 CFG = ShardConfig(resize="80x80", shard_mb=0.25, allow_missing=True)
 
@@ -106,7 +107,7 @@ def test_shard_workers_run_at_most_two_windows_ahead_of_the_writer(tmp_path):
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    from fastft.shard import bounded_imap
+    from fastft.data.spool import bounded_imap
 
     drawn = []
 
@@ -269,8 +270,8 @@ def test_shards_are_hashed_once_also_for_a_read_only_store_and_by_runs_starting_
     import threading
     import time
 
-    from fastft import store as store_mod
-    from fastft.store import verify_shards
+    from fastft.data import store as store_mod
+    from fastft.data.store import verify_shards
 
     hashed = []
     real = store_mod.sha256_file
@@ -317,7 +318,7 @@ def test_val_labels_agree_across_layouts(tmp_path):
 def test_downloaded_archives_shard_like_the_extracted_tree(store, tmp_path):
     """ILSVRC2012_img_train.tar (a tar per class), ILSVRC2012_img_val.tar and the devkit .tar.gz, read in place, give
     byte-identical shards to the extracted tree (broken files rejected alike); damaged archives are named."""
-    from fastft.shard import TRAIN_TAR, VAL_TAR
+    from fastft.data.sources.ilsvrc2012_archives import TRAIN_TAR, VAL_TAR
 
     root = tmp_path / "download"
     synth(root, train_per_class=40, val_per_class=6, size=72, val_layout="devkit", broken=True, seed=0, archives=True)
@@ -396,8 +397,8 @@ def test_view_with_cap_reads_exactly_through_dali_and_webdataset(store, store_cl
 
 
 def test_sets_selecting_the_same_samples_share_their_files_and_keep_their_own_identity(store, store_classes, tmp_path, monkeypatch):
-    from fastft.store import shared_view
-    from fastft.subsets import make
+    from fastft.data.views import shared_view
+    from fastft.data.subsets import make
 
     # the same universe with another target cap: a different spec, equal near/far sets (their seed draws the classes,
     # the cap applies to the target only)
@@ -434,7 +435,7 @@ def _key(t) -> str:
 
 
 def test_view_refuses_damaged_store(store, view_near, tmp_path):
-    from fastft.store import open_view
+    from fastft.data.views import open_view
 
     assert open_view(view_near.path).num_classes == 8
     with pytest.raises(FastFTError, match="no set"):
@@ -444,7 +445,7 @@ def test_view_refuses_damaged_store(store, view_near, tmp_path):
 
 
 def test_view_refuses_bit_flipped_shard(store, view_near, tmp_path):
-    from fastft.store import open_view
+    from fastft.data.views import open_view
 
     bad = tmp_path / "store"
     shutil.copytree(store, bad)

@@ -365,7 +365,7 @@ def test_report_tables_from_run_directories(tmp_path):
 def test_report_puts_the_papers_svm_and_probe_numbers_alongside(tmp_path):
     """Table 3's SVM on fc7 (after / before fine-tuning) and Fig. 10's probe accuracies, given as a plan's ``paper``
     values, appear next to fastft's own analysis results in the tables and the probes figure."""
-    from fastft.store import view_tag
+    from fastft.data.views import view_tag
 
     view = tmp_path / "view"
     view.mkdir()
@@ -430,7 +430,7 @@ def test_report_fig9_pairs_each_seeds_models_on_its_target(tmp_path):
     """Fig. 9 from `fastft analyze filters` results: per seed, on that seed's target, the % of classes where A's conv5
     filters are more sensitive than B's — fine-tuned models, their sources before fine-tuning, scratch — then mean ±
     std over seeds, ties counted for neither side, the paper's percentages alongside."""
-    from fastft.store import view_tag
+    from fastft.data.views import view_tag
 
     sens = {0: {"ft-near": [0.9, 0.9, 0.9, 0.1], "scratch": [0.5] * 4, "near": [0.5, 0.5, 0.6, 0.4]},
             1: {"ft-near": [0.9, 0.9, 0.1, 0.1], "scratch": [0.5] * 4, "near": [0.5, 0.5, 0.6, 0.4]}}

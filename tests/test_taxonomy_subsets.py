@@ -3,9 +3,9 @@ import json
 
 import pytest
 
+from fastft.data.subsets import CONSTRUCTIONS, load_spec, make, distances
+from fastft.data.taxonomy import ARTIFACT, DOG, INSTRUMENTALITY, LIVING_THING, load
 from fastft.errors import FastFTError
-from fastft.subsets import CONSTRUCTIONS, load_spec, make, distances
-from fastft.taxonomy import ARTIFACT, DOG, INSTRUMENTALITY, LIVING_THING, load
 
 
 def test_branch_sizes_match_paper():

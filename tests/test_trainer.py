@@ -134,7 +134,7 @@ def test_config_mistakes_are_named_before_work(source_run, store, tmp_path, caps
         assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1, (extra, err[-500:])
     assert not list(tmp_path.glob("scratch-*")), "a refused run leaves no run directory"
     # a source trained on some (not all) of the target classes is refused unless allowed
-    from fastft.subsets import ClassSet, SubsetSpec
+    from fastft.data.subsets import ClassSet, SubsetSpec
 
     tgt = json.loads(spec.read_text())["sets"]["target"]["classes"]
     near = json.loads(spec.read_text())["sets"]["near"]["classes"]

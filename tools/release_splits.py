@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from fastft.subsets import make
+from fastft.data.subsets import make
 from fastft.sweep import load_plan
 
 ROOT = Path(__file__).resolve().parents[1]

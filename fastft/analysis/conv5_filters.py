@@ -45,7 +45,7 @@ def sensitivity(ap: np.ndarray, top: int = 5) -> np.ndarray:
 
 
 def filters(runs: list, view, device: str = "auto", out: str | Path | None = None, pr_classes: int = 3) -> dict:
-    from ..store import open_view
+    from ..data.views import open_view
 
     view = open_view(view) if not hasattr(view, "meta") else view
     sens, names, aps = {}, [], {}

@@ -17,8 +17,8 @@ from .targets import distance_targets
 def feature_distance(run, source_view, target_view, device: str = "auto", layer: str = "fc7") -> dict:
     """Mean over target classes of the cosine distance from the target class's mean feature to the nearest source
     class mean (val split features of one model), next to the WordNet distance of the same class sets."""
-    from ..store import open_view
-    from ..taxonomy import load
+    from ..data.views import open_view
+    from ..data.taxonomy import load
 
     sv, tv = open_view(source_view), open_view(target_view)
     fs, ys = features(run, sv, "val", (layer,), device=device)

@@ -37,7 +37,7 @@ def features(run: str | Path, view, split: str, layers: tuple[str, ...], *, devi
              pool: int | None = None, max_gb: float = 20.0, backend: str = "dali") -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Features of ``layers`` for every sample of a view split (rows in the view's key order) and their labels."""
     from ..loading import Loader, LoaderConfig
-    from ..store import View, open_view
+    from ..data.views import View, open_view
 
     view = view if isinstance(view, View) else open_view(view)
     dev = resolve(device)

@@ -213,7 +213,7 @@ def probes(runs: list, view, layers: tuple[str, ...] = LAYERS, device: str = "au
            memory_gb: float | None = None, **recipe) -> dict:
     """Fig. 10: a linear probe per layer of each run's model on ``view`` (full feature maps unless ``pool``; see
     the module docstring), saved as ``<run>/analysis/probes-<view tag>.json``."""
-    from ..store import open_view
+    from ..data.views import open_view
 
     view = open_view(view) if not hasattr(view, "meta") else view
     bad = [l for l in layers if l not in LAYERS]

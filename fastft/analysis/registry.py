@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import FastFTError
 from ..files import write_json
-from ..store import view_tag
+from ..data.views import view_tag
 
 LAYER = "{layer}"  # in a column or measure name: one entry per layer of every registered model (fastft.models)
 

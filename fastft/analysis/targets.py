@@ -38,7 +38,7 @@ def analysis_targets(paths: list, view=None, plan: str | None = None) -> list[tu
     trained on a target set on its own view; a source model on the views of the runs fine-tuned from it, found beside
     it (Table 3's "before fine-tuning"; with ``plan``, that plan's fine-tunes). So one call analyses a five-seed
     study, each seed's models on that seed's target, and ``filters`` / ``probes`` compare the models of one view."""
-    from ..subsets import is_target_set
+    from ..data.subsets import is_target_set
 
     runs, beside = _expand(paths, plan)
     if view is not None:

@@ -22,7 +22,7 @@ def _params(pairs: list[str]) -> dict:
 
 
 def cmd_taxonomy(a):
-    from ..taxonomy import load
+    from ..data.taxonomy import load
 
     h = load()
     w = h.check(a.wnid)
@@ -37,16 +37,16 @@ def cmd_taxonomy(a):
 
 
 def cmd_subsets_list(a):
-    from ..subsets import CONSTRUCTIONS
+    from ..data.subsets import CONSTRUCTIONS
 
     for name, c in CONSTRUCTIONS.items():
         print(f"{name:12s} {c.summary}\n{'':12s} parameters: {json.dumps(c.defaults)}")
 
 
 def cmd_subsets_make(a):
-    from ..subsets import make
+    from ..data.subsets import make
 
-    from ..store import fill_store_params
+    from ..data.store import fill_store_params
 
     spec = make(a.construction, a.seed, **fill_store_params(_params(a.param), a.store, f"construction {a.construction!r}"))
     path = spec.save(a.out)
@@ -55,8 +55,8 @@ def cmd_subsets_make(a):
 
 
 def cmd_subsets_show(a):
-    from ..subsets import load_spec
-    from ..taxonomy import load
+    from ..data.subsets import load_spec
+    from ..data.taxonomy import load
 
     h, spec = load(), load_spec(a.spec)
     if a.json:
@@ -75,7 +75,7 @@ def cmd_subsets_show(a):
 
 
 def cmd_subsets_distance(a):
-    from ..subsets import distances, load_spec
+    from ..data.subsets import distances, load_spec
 
     rows = distances(load_spec(a.spec))
     if a.json:
@@ -87,8 +87,8 @@ def cmd_subsets_distance(a):
 
 
 def cmd_subsets_resolve(a):
-    from ..store import resolve
-    from ..subsets import load_spec
+    from ..data.subsets import load_spec
+    from ..data.views import resolve
 
     v = resolve(load_spec(a.spec), a.set, a.store, a.out)
     splits = ", ".join(f"{k}: {s['samples']} samples in {len(s['shards'])} shards" for k, s in v.meta["splits"].items())
@@ -98,7 +98,7 @@ def cmd_subsets_resolve(a):
 
 
 def cmd_synth(a):
-    from ..synth import synth
+    from ..data.synth import synth
 
     classes = a.classes
     if classes and len(classes) == 1 and Path(classes[0]).is_file():
@@ -123,7 +123,7 @@ SHARD_HELP = {  # ShardConfig's keys as options: defaults from the dataclass
 
 
 def cmd_shard(a):
-    from ..shard import ShardConfig, write_store
+    from ..data.shard import ShardConfig, write_store
 
     classes = a.classes or []
     if len(classes) == 1 and Path(classes[0]).is_file():
@@ -142,7 +142,7 @@ def cmd_shard(a):
 
 
 def cmd_verify(a):
-    from ..store import open_store, verify
+    from ..data.store import open_store, verify
 
     problems = verify(a.store, full=not a.quick, progress=True)
     if problems:
@@ -210,7 +210,7 @@ def add_commands(sub) -> None:
     s.add_argument("root", help="ImageNet root holding train/ and val/ (or ILSVRC/Data/CLS-LOC/), or the downloaded archives "
                    "ILSVRC2012_img_train.tar + ILSVRC2012_img_val.tar + ILSVRC2012_devkit_t12.tar.gz, read in place (no extraction)")
     s.add_argument("--out", required=True, help="store directory (re-running on it resumes; finished shards are kept)")
-    from ..shard import ShardConfig
+    from ..data.shard import ShardConfig
 
     add_options(s, ShardConfig, SHARD_HELP, choices={"val_layout": ("auto", "folders", "devkit", "kaggle")})
     s.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")

@@ -19,7 +19,7 @@ def loader_factory(cfg):
     a fixed image size (the cache then holds what fits, on the device and in the host tier; see
     :mod:`fastft.loading.cache`). GPU batches come as float16 in NHWC memory when training in bf16."""
     from ..loading import Loader, LoaderConfig, batch_format
-    from ..store import open_view
+    from ..data.views import open_view
     from ..train.config import resolve_device
 
     dev, precision = resolve_device(cfg)

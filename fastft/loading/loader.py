@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from .. import preprocess
+from ..data.views import View, open_view
 from ..errors import FastFTError
-from ..store import View, open_view
 from .cache import DECODE, _CacheBackend
 from .dali import _DaliBackend
 from .fallback import _TorchBackend

@@ -8,7 +8,7 @@ import mmap
 import numpy as np
 import torch
 
-from ..store import View
+from ..data.views import View
 
 
 class SampleSource:

@@ -56,7 +56,7 @@ def check_claim(c, plan: dict, p: Path) -> None:
                               f"measures: {', '.join(claim_measures())}")
     if "trend" in c and c["direction"] not in ("up", "down"):
         raise FastFTError(f"plan {p}: claim {c['text']!r}: direction must be 'up' or 'down', not {c['direction']!r}")
-    from ..subsets import grid_set
+    from ..data.subsets import grid_set
 
     for t in (c[k] for k in ("best", "gain", "trend", "vs") if k in c):
         grid = runs[t].get("grid") or {}

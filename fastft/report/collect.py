@@ -12,7 +12,7 @@ import pandas as pd
 from ..analysis import registry
 from ..errors import FastFTError
 from ..runs import locate, memberships, read_final, read_metrics, run_dirs
-from ..subsets import grid_set
+from ..data.subsets import grid_set
 
 
 def collect(runs_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -83,7 +83,7 @@ def _analyses(run_dir: Path, view: str | None, source: str | None) -> dict:
     view = locate(view, run_dir, "views")
     if view is None:
         return out
-    from ..store import view_tag
+    from ..data.views import view_tag
 
     try:
         tag = view_tag(view)

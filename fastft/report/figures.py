@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from ..subsets import is_target_set
+from ..data.subsets import is_target_set
 from .collect import counted
 from .stats import _natural, pairs_of
 from .tables import _label, _probe_layers, _values

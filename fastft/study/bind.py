@@ -18,8 +18,9 @@ ILSVRC_TRAIN_PER_CLASS = 1281167 / 1000  # nominal, for cost estimates without a
 def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path, progress: bool = False) -> dict:
     """Make the specs (one per seed), resolve views, compute run ids and directories. Returns {seed: spec path}."""
     from ..config import build
-    from ..store import fill_store_params, open_view
-    from ..subsets import load_spec, make
+    from ..data.store import fill_store_params
+    from ..data.subsets import load_spec, make
+    from ..data.views import open_view
     from ..train.config import TrainConfig, resolve_device, run_dir_for, run_identity, view_path_for
     from .. import runs as runs_mod
 
@@ -94,8 +95,9 @@ def _resolve_views(specs: dict, pairs: set, store: str, views_dir: Path, progres
     from tqdm import tqdm
 
     from ..util.env import usable_cores
-    from ..store import open_store, shared_view, view_content
-    from ..subsets import load_spec
+    from ..data.store import open_store
+    from ..data.subsets import load_spec
+    from ..data.views import shared_view, view_content
 
     todo = []
     for seed, name in sorted(pairs):
@@ -104,7 +106,7 @@ def _resolve_views(specs: dict, pairs: set, store: str, views_dir: Path, progres
                 todo.append((str(specs[seed]), name))
     if not todo:
         return
-    # views of equal content share their files (store.view_content): one of each is resolved, the others then link
+    # views of equal content share their files (views.view_content): one of each is resolved, the others then link
     st, unique, same = open_store(store), {}, []
     for sp, name in todo:
         content = view_content(load_spec(sp), name, st, views_dir)
@@ -140,7 +142,7 @@ def _distance(spec, source_set: str, target_set: str) -> float:
 @functools.lru_cache(maxsize=256)
 def _wup_nearest(targets: tuple, sources: tuple) -> float:
     """Once per class sets: a §4.4 grid fine-tunes the same classes from the same source at many image counts."""
-    from ..taxonomy import load
+    from ..data.taxonomy import load
 
     return round(load().distance(list(targets), list(sources))["wup_nearest"], 4)
 

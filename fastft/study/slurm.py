@@ -51,10 +51,10 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..data.store import lock_file
 from ..errors import FastFTError
-from ..runs import complete_checkpoints, is_finished
 from ..files import fsync_write
-from ..store import lock_file
+from ..runs import complete_checkpoints, is_finished
 from .local import record_membership, state as dir_state
 from .plan import RunSpec, merge
 

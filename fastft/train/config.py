@@ -189,7 +189,7 @@ def lr_at(cfg: TrainConfig, epoch: int) -> float:
 
 def view_path_for(cfg: TrainConfig, existing_only: bool = False) -> str:
     """The view a config reads: ``view``, or ``spec``/``set``/``store`` resolved once into ``<out>/views/``."""
-    from ..store import shared_view
+    from ..data.views import shared_view
 
     if cfg.view is not None:
         return cfg.view

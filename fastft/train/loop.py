@@ -24,7 +24,7 @@ from .. import preprocess, runs, weights
 from ..config import to_dict
 from ..errors import FastFTError
 from ..guard import FAILED, Diverged, NonFiniteWatch, clear_failure, finite, mark_failed, plateau_flag
-from ..model import AlexNet, ModelConfig
+from ..models.alexnet import AlexNet, ModelConfig
 from .checkpoint import Checkpoints
 from .config import TrainConfig, lr_at, replay_config, resolve_device, run_dir_for, run_identity, view_path_for
 from .optim import param_groups, set_lr, sgd
@@ -132,7 +132,7 @@ def _accelerate(cfg: TrainConfig) -> _Run:
 
 def _open_data(r: _Run) -> None:
     """The view (resolved once, by the main process), its shards checked, and the batch and crop checked against it."""
-    from ..store import open_view  # data module: no DALI import
+    from ..data.views import open_view  # data module: no DALI import
 
     cfg, acc = r.cfg, r.acc
     view_path = view_path_for(cfg) if acc.is_main_process else None
