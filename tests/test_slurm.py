@@ -33,6 +33,9 @@ def demo_plan(tmp_path: Path, name: str = "demo-near-far", epochs: int = 2, keep
     plan.update(name=name, seeds=[0])
     plan["defaults"].update(epochs=epochs, plateau_epochs=0)  # runs this short are not tests of learning
     plan["runs"] = [r for r in plan["runs"] if keep is None or r["name"] in keep] + list(extra)
+    names = {r["name"] for r in plan["runs"]}  # the report's comparisons and order: of the runs kept
+    plan["report"] = {"pairs": [pr for pr in plan["report"]["pairs"] if set(pr) <= names],
+                      "order": [n for n in plan["report"]["order"] if n in names]}
     if not claims:
         plan.pop("claims")
     p = tmp_path / f"{name}.yaml"
