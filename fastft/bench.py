@@ -111,23 +111,25 @@ def bench_loader(view: str, batch: int = 256, device: str = "auto", seconds: flo
 STEP_FLAGS = ("compile", "graph", "fused", "pad4", "pad8")  # a step mode: "eager" or a "+"-joined set of these
 
 
-def _make_step(mode: str, nc: int, dev: str, prec: str, width: float, crop: int):
-    """The trainer's :class:`~fastft.trainer.Step` on a fresh paper AlexNet + SGD, as ``fastft train`` builds it.
+def _make_step(mode: str, nc: int, dev: str, prec: str, width: float, crop: int, model: str = "alexnet"):
+    """The trainer's :class:`~fastft.trainer.Step` on a fresh ``model`` (the paper's AlexNet) + SGD, as ``fastft
+    train`` builds it: through the registry (:mod:`fastft.models`), given the train keys it takes.
     ``mode``: ``eager``, or flags joined by ``+``: ``compile`` (torch.compile), ``graph`` (CUDA graph), ``fused``
     (fused SGD), ``pad4``/``pad8`` (conv1 input channels, see ``AlexNet.pad_input``)."""
     from contextlib import nullcontext
 
-    from .models.alexnet import AlexNet, ModelConfig
+    from . import models
     from .train import Step, cuda_autocast, sgd
 
     flags = set() if mode == "eager" else set(mode.split("+"))
     if not flags <= set(STEP_FLAGS) or len(flags & {"pad4", "pad8"}) > 1:
         raise ValueError(f"step mode must be 'eager' or a '+'-joined set of {STEP_FLAGS} (one pad), got {mode!r}")
     cuda = dev == "cuda"
-    m = AlexNet(ModelConfig(nc, width, crop)).to(dev)
+    m = models.build(model, nc, **models.model_keys(model, {"width": width, "crop": crop})).to(dev)
     if cuda:
         m = m.to(memory_format=torch.channels_last)
-    m.pad_input(4 if "pad4" in flags else 8 if "pad8" in flags else 0)
+    if hasattr(m, "pad_input"):
+        m.pad_input(4 if "pad4" in flags else 8 if "pad8" in flags else 0)
     opt = sgd(m.parameters(), 0.01, 0.9, 5e-4, fused="fused" in flags and cuda)
     ac = cuda_autocast(True) if prec == "bf16" else nullcontext
     return Step(m, opt, autocast=ac, channels_last=cuda, compile="compile" in flags, graph="graph" in flags and cuda)
@@ -158,10 +160,10 @@ def _measure(fn) -> float | str:
 
 def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: float = 10.0, steps: tuple[str, ...] | None = None,
                 width: float = 1.0, crop: int = 227, threads: int = 0, precision: str = "auto", cache: bool = False,
-                hw_loads: tuple[float, ...] = (1.0,), cpu_shares: tuple[float, ...] = (0.0,)) -> dict:
+                hw_loads: tuple[float, ...] = (1.0,), cpu_shares: tuple[float, ...] = (0.0,), model: str = "alexnet") -> dict:
     """Ceilings for each step mode on synthetic device tensors, then — with the fastest mode — the DataLoader
     baseline, fastft's DALI path for each hardware-decoder share × host-decoded share, and (``cache``) the
-    decoded-image cache."""
+    decoded-image cache. ``model``: a registered model (:mod:`fastft.models`), the paper's AlexNet by default."""
     from .loading import Loader, LoaderConfig, batch_format
     from .data.views import open_view
 
@@ -173,7 +175,8 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
     steps = tuple(steps or (("eager", "graph") if dev == "cuda" else ("eager",)))
     nc = open_view(view).num_classes
     res = {"bench": "train", "view": str(view), "batch": batch, "device": dev, "precision": prec, "width": width, "crop": crop,
-           "model": "AlexNet (paper: LRN, 96/256/384/384/256, 4096/4096)" if width == 1.0 else f"AlexNet width {width}"}
+           "model": model if model != "alexnet" else
+           "AlexNet (paper: LRN, 96/256/384/384/256, 4096/4096)" if width == 1.0 else f"AlexNet width {width}"}
 
     # 1. the compute ceiling of each step mode: the same step on random tensors already on the device
     x = synthetic_batch(batch, crop, dev, prec)
@@ -182,7 +185,7 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
     ceil, made = {}, {}
     for mode in steps:
         def run(mode=mode):
-            made[mode] = _make_step(mode, nc, dev, prec, width, crop)
+            made[mode] = _make_step(mode, nc, dev, prec, width, crop, model)
             return _rate(_stepped(made[mode], iter(lambda: (x, y), None)), seconds, 8, sync)[0]
         ceil[mode] = _measure(run)
     res["ceiling_img_s"] = ceil

@@ -16,12 +16,13 @@ defaults is empty for model files; for ``rng-<rank>.pt`` files written by earlie
 ndarray) it holds numpy's array reconstruction, which builds arrays of numbers and nothing else.
 
 What a file says about itself (its model config, classes, run id) is checked like a config (:func:`read_model`): a
-wrong or missing field is a :class:`FastFTError`, never a ``KeyError`` deep in the trainer.
+wrong or missing field is a :class:`FastFTError`, never a ``KeyError`` deep in the trainer. ``model_config`` names
+the registered model (:mod:`fastft.models`) and holds that model's ``Config``; a file written before models had
+names (no ``name``) holds an AlexNet.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 import pickle
 import re
 import warnings
@@ -31,9 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import config, runs
+from . import config, models, runs
 from .errors import FastFTError
-from .models.alexnet import INITS, AlexNet, ModelConfig
 
 _NP_CORE = getattr(np, "_core", None) or np.core  # numpy 2 | numpy 1
 # numpy's RNG state as an ndarray (rng-<rank>.pt of earlier fastft versions), under either numpy's module names
@@ -41,7 +41,8 @@ LEGACY_RNG_GLOBALS = [(_NP_CORE.multiarray._reconstruct, "numpy._core.multiarray
                       (_NP_CORE.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype,
                       type(np.dtype(np.uint32))]
 
-MODEL_FORMAT = "{model: state dict, model_config: {num_classes, width, input_size, groups, dropout, init}, classes, run_id}"
+MODEL_FORMAT = "{model: state dict, model_config: {name, num_classes, the model's keys}, classes, run_id}"
+LEGACY_MODEL = "alexnet"  # the model of files written before model_config recorded a name
 
 
 def load(path: str | Path, what: str, allow: list = ()):
@@ -85,18 +86,24 @@ class ModelFile:
     """A checked model file: weights, the architecture they fit, and what they were trained on."""
     path: Path
     state: dict                 # state dict: name -> tensor
-    config: ModelConfig
+    config: object              # the model's Config (fastft.models)
     classes: list | None        # wnids in label order (None: not recorded)
     run_id: str | None
     preprocess: str | None = None  # the input preprocessing's name, when the file records one ({"name": …, …})
+    model_name: str = LEGACY_MODEL  # the registered model (fastft.models) its weights fit
 
-    def model(self, device: str = "cpu") -> AlexNet:
+    @property
+    def model_config(self) -> dict:
+        """``model_config`` as a model file records it: the model's name and its config."""
+        return {"name": self.model_name, **vars(self.config)}
+
+    def model(self, device: str = "cpu"):
         """The model it describes, with its weights, in eval mode."""
-        m = AlexNet(self.config)
+        m = models.build(self.model_name, **vars(self.config))
         try:
             m.load_state_dict(self.state)
         except RuntimeError as e:
-            raise FastFTError(f"{self.path}: its weights do not fit its model_config {vars(self.config)}: "
+            raise FastFTError(f"{self.path}: its weights do not fit its model_config {self.model_config}: "
                               f"{' '.join(str(e).split())[:200]}") from None
         return m.to(device).eval()
 
@@ -122,7 +129,7 @@ def check_model(blob, f: Path) -> ModelFile:
     if missing:
         bare = blob and all(isinstance(v, torch.Tensor) for v in blob.values())
         raise FastFTError(f"{f} is not a fastft model file: " +
-                          ("it is a bare state dict, without the model_config that says which AlexNet it fits" if bare
+                          ("it is a bare state dict, without the model_config that says which model it fits" if bare
                            else f"it has no {' or '.join(missing)} (its keys: {', '.join(map(str, list(blob)[:8]))})") +
                           f"; expected {MODEL_FORMAT}")
     state, mc = blob["model"], blob["model_config"]
@@ -130,16 +137,7 @@ def check_model(blob, f: Path) -> ModelFile:
         raise FastFTError(f"{f}: 'model' must be a state dict (parameter name -> tensor)")
     if not isinstance(mc, dict):
         raise FastFTError(f"{f}: model_config must be a mapping, got {type(mc).__name__}")
-    lacking = [k.name for k in dataclasses.fields(ModelConfig) if k.name not in mc]
-    if lacking:  # a model file states its whole architecture: a default here would build some other network
-        raise FastFTError(f"{f}: model_config lacks {', '.join(lacking)}; expected {MODEL_FORMAT}")
-    cfg = config.build(ModelConfig, mc, f"{f}: model_config")
-    bad = [(k, v) for k, v, ok in (("num_classes", cfg.num_classes, cfg.num_classes >= 1),
-                                   ("width", cfg.width, math.isfinite(cfg.width) and cfg.width > 0),
-                                   ("dropout", cfg.dropout, 0 <= cfg.dropout < 1),
-                                   ("init", cfg.init, cfg.init in INITS)) if not ok]
-    if bad:
-        raise FastFTError(f"{f}: model_config {bad[0][0]} {bad[0][1]!r} is out of range")
+    name, cfg = _model_config(mc, f)
     classes = blob.get("classes")
     if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)
                                     and len(classes) == cfg.num_classes):
@@ -150,7 +148,27 @@ def check_model(blob, f: Path) -> ModelFile:
     pre = blob.get("preprocess")
     if pre is not None and not (isinstance(pre, dict) and isinstance(pre.get("name"), str)):
         raise FastFTError(f"{f}: preprocess must be a mapping with the preprocessing's name, got {pre!r:.80}")
-    return ModelFile(f, state, cfg, classes, run_id, pre["name"] if pre else None)
+    return ModelFile(f, state, cfg, classes, run_id, pre["name"] if pre else None, name)
+
+
+def _model_config(mc: dict, f: Path) -> tuple[str, object]:
+    """(model name, its Config) of a file's ``model_config``, every field present and in range."""
+    name = mc.get("name", LEGACY_MODEL)
+    if not isinstance(name, str):
+        raise FastFTError(f"{f}: model_config name must be a registered model's name, got {name!r:.80}")
+    try:
+        mod = models.module(name)
+    except FastFTError as e:
+        raise FastFTError(f"{f}: model_config: {e}") from None
+    mc = {k: v for k, v in mc.items() if k != "name"}
+    lacking = [k.name for k in dataclasses.fields(mod.Config) if k.name not in mc]
+    if lacking:  # a model file states its whole architecture: a default here would build some other network
+        raise FastFTError(f"{f}: model_config lacks {', '.join(lacking)}; expected {MODEL_FORMAT}")
+    cfg = config.build(mod.Config, mc, f"{f}: model_config")
+    bad = "num_classes" if not cfg.num_classes >= 1 else getattr(mod, "check_config", lambda c: None)(cfg)
+    if bad:
+        raise FastFTError(f"{f}: model_config {bad} {getattr(cfg, bad)!r} is out of range")
+    return name, cfg
 
 
 def load_checkpoint(ckpt: Path, rank: int) -> tuple[dict, dict | None]:

@@ -11,7 +11,7 @@ import torch
 
 from fastft import analysis as an
 from fastft.errors import FastFTError
-from fastft.model import AlexNet, ModelConfig
+from fastft.models import build
 
 
 def test_filter_ap_hand_values():
@@ -73,7 +73,7 @@ def trained(demo_spec, store, view_near, tmp_path_factory):
     # the same architecture, untrained: what training adds is what the analyses must see
     blob = torch.load(run / "model.pt", weights_only=False)
     torch.manual_seed(0)
-    m = AlexNet(ModelConfig(**blob["model_config"]))
+    m = build(**blob["model_config"])  # {"name": "alexnet", "num_classes": …, the model's keys}
     (out / "untrained").mkdir()
     torch.save({**blob, "model": m.state_dict(), "run_id": "untrained"}, out / "untrained" / "model.pt")
     return run, out / "untrained", view_near

@@ -167,7 +167,7 @@ def test_fastft_model_files_load_safely_and_unchanged(source_run):
     mf = weights.read_model(source_run[2])
     full = torch.load(f, weights_only=False)
     assert set(mf.state) == set(full["model"]) and all(torch.equal(mf.state[k], full["model"][k]) for k in full["model"])
-    assert vars(mf.config) == full["model_config"] and mf.classes == full["classes"] and mf.run_id == full["run_id"]
+    assert mf.model_config == full["model_config"] and mf.model_name == "alexnet" and mf.classes == full["classes"] and mf.run_id == full["run_id"]
     assert json.loads((source_run[2] / "final.json").read_text())["model_sha256"] == runs.sha256_file(f)
 
 

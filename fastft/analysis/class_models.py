@@ -11,7 +11,7 @@ import torch
 from .. import preprocess
 from ..errors import FastFTError
 from ..util.device import resolve
-from .extract import load_model, model_preprocess
+from .extract import input_size, load_model, model_preprocess
 from .registry import save
 
 
@@ -25,7 +25,7 @@ def class_images(run, classes: list[int], steps: int = 200, lr: float = 1.0, l2:
     bad = [c for c in classes if not 0 <= c < model.cfg.num_classes]
     if bad:
         raise FastFTError(f"classes {bad} are not classes of {blob.path} (it has {model.cfg.num_classes}: 0 … {model.cfg.num_classes - 1})")
-    s = model.cfg.input_size
+    s = input_size(model, blob)
     mean, std = (torch.tensor(v, device=dev).view(1, 3, 1, 1) for v in preprocess.mean_std(model_preprocess(blob)))
     unit = torch.tensor(preprocess.mean_std("imagenet")[1], device=dev).view(1, 3, 1, 1)  # one unit of z, in pixels
     z = torch.zeros(len(classes), 3, s, s, device=dev, requires_grad=True)

@@ -14,16 +14,34 @@ import torch
 
 from .. import preprocess
 from ..errors import FastFTError
-from ..models.alexnet import LAYERS, AlexNet
+from ..models import spec as model_spec
 from ..util.device import resolve
 from ..weights import ModelFile, read_model
 
 
-def load_model(run: str | Path, device: str = "cpu") -> tuple[AlexNet, ModelFile]:
-    """A run's (or a model file's) model in eval mode, and the checked file: read without running code, a run's
-    ``model.pt`` checked against the sha256 its ``final.json`` records (see :mod:`fastft.weights`)."""
+def load_model(run: str | Path, device: str = "cpu") -> tuple[object, ModelFile]:
+    """A run's (or a model file's) model in eval mode, built through the registry (:mod:`fastft.models`), and the
+    checked file: read without running code, a run's ``model.pt`` checked against the sha256 its ``final.json``
+    records (see :mod:`fastft.weights`)."""
     mf = read_model(run)
     return mf.model(device), mf
+
+
+def check_layers(mf: ModelFile, layers) -> None:
+    """An analysis's layers are layers of this file's model, or an error naming the model and the layer."""
+    have = model_spec(mf.model_name).layers
+    bad = [l for l in layers if l not in have]
+    if bad:
+        raise FastFTError(f"{mf.path}: model {mf.model_name} has no layer {', '.join(bad)} (its layers: {', '.join(have)})")
+
+
+def input_size(model, mf: ModelFile) -> int:
+    """The crop a model takes: its config's ``input_size`` (the analyses feed it centre crops of that size)."""
+    s = getattr(model.cfg, "input_size", None)
+    if not isinstance(s, int):
+        raise FastFTError(f"{mf.path}: model {mf.model_name} records no input_size in its model_config, which the "
+                          "analyses need to crop its inputs")
+    return s
 
 
 def model_preprocess(mf: ModelFile) -> str:
@@ -42,10 +60,8 @@ def features(run: str | Path, view, split: str, layers: tuple[str, ...], *, devi
     view = view if isinstance(view, View) else open_view(view)
     dev = resolve(device)
     model, blob = load_model(run, dev)
-    crop = model.cfg.input_size
-    bad = [l for l in layers if l not in LAYERS]
-    if bad:
-        raise FastFTError(f"unknown layer(s) {bad}; layers are {', '.join(LAYERS)}")
+    check_layers(blob, layers)
+    crop = input_size(model, blob)
     loader = Loader(view, split, LoaderConfig(batch_size=batch, crop=crop, backend=backend, device=dev,
                                               preprocess=model_preprocess(blob)), train=False)
     n = len(loader.src)

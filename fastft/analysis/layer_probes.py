@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import FastFTError
-from ..models.alexnet import LAYERS
+from ..models import ALEXNET_LAYERS, all_layers
 from ..util.device import resolve
-from .extract import load_model, model_preprocess, pooled
+from .extract import check_layers, input_size, load_model, model_preprocess, pooled
 from .registry import save
 from .targets import each_view
 
@@ -172,11 +172,12 @@ def train_group(train_src, val_src, layers, num_classes: int, n_train: int, *, s
 
 def probe_model(model, preprocess: str, view, layers: tuple[str, ...], device: str, *, pool: int | None = None,
                 memory_gb: float | None = None, seed: int = 0, epochs: int = EPOCHS, min_steps: int = MIN_STEPS,
-                batch: int = BATCH, backend: str = "dali") -> tuple[dict[str, float], list[dict]]:
-    """Val top-1 (%) of a probe per layer of ``model`` on ``view``, and how each group of layers was held."""
+                batch: int = BATCH, backend: str = "dali", crop: int | None = None) -> tuple[dict[str, float], list[dict]]:
+    """Val top-1 (%) of a probe per layer of ``model`` on ``view`` (centre crops of ``crop``, default the model's
+    ``input_size``), and how each group of layers was held."""
     from ..loading import Loader, LoaderConfig
 
-    crop = model.cfg.input_size
+    crop = crop or model.cfg.input_size
     cfg = LoaderConfig(batch_size=batch, crop=crop, backend=backend, device=device, preprocess=preprocess)
 
     def make(split: str, shuffle: bool):
@@ -209,22 +210,23 @@ def probe_accuracy(xtr, ytr, xte, yte, classes: int, device: str = "cpu", epochs
     return train_group(*src, ("x",), classes, len(ytr), seed=seed, epochs=epochs)["x"] / 100
 
 
-def probes(runs: list, view, layers: tuple[str, ...] = LAYERS, device: str = "auto", pool: int | None = None,
+def probes(runs: list, view, layers: tuple[str, ...] = ALEXNET_LAYERS, device: str = "auto", pool: int | None = None,
            memory_gb: float | None = None, **recipe) -> dict:
     """Fig. 10: a linear probe per layer of each run's model on ``view`` (full feature maps unless ``pool``; see
     the module docstring), saved as ``<run>/analysis/probes-<view tag>.json``."""
     from ..data.views import open_view
 
     view = open_view(view) if not hasattr(view, "meta") else view
-    bad = [l for l in layers if l not in LAYERS]
+    bad = [l for l in layers if l not in all_layers()]
     if bad:
-        raise FastFTError(f"unknown layer(s) {bad}; layers are {', '.join(LAYERS)}")
+        raise FastFTError(f"unknown layer(s) {bad}; layers are {', '.join(all_layers())}")
     dev = resolve(device)
     table = {}
     for run in runs:
         model, blob = load_model(run, dev)
+        check_layers(blob, layers)
         accs, held = probe_model(model, model_preprocess(blob), view, tuple(layers), dev, pool=pool,
-                                 memory_gb=memory_gb, **recipe)
+                                 memory_gb=memory_gb, crop=input_size(model, blob), **recipe)
         table[Path(run).name] = accs
         save(run, "probes", {"analysis": "probes", "view": str(view.path), "pool": pool, "features": held,
                              "summary": accs}, view)

@@ -23,7 +23,7 @@ def cmd_bench(a):
     elif a.what == "train":
         steps = tuple(a.steps.split(",")) if a.steps else None
         res = bench.bench_train(a.view, a.batch, a.device, a.seconds, steps, a.width, a.crop, a.threads, cache=a.cache,
-                                hw_loads=_floats(a.hw_load), cpu_shares=_floats(a.cpu_decode))
+                                hw_loads=_floats(a.hw_load), cpu_shares=_floats(a.cpu_decode), model=a.model)
     else:
         res = bench.bench_pack(a.view, tuple(int(k) for k in a.runs.split(",")), a.batch, a.seconds, a.steps or "graph",
                                not a.no_cache, _floats(a.hw_load)[0])
@@ -46,6 +46,7 @@ def add_commands(sub) -> None:
     s.add_argument("--threads", type=int, default=0, help="DALI threads / DataLoader workers (0 = all cores)")
     s.add_argument("--crop", type=int, default=227, help="random crop side (227 as in the paper)")
     s.add_argument("--width", type=float, default=1.0, help="train: AlexNet width multiplier")
+    s.add_argument("--model", default="alexnet", help="train: a registered model (fastft.models), given --width and --crop if it takes them")
     s.add_argument("--steps", help="train: step modes whose ceilings to measure, comma-separated; a mode is eager or flags joined "
                                    "by +: compile, graph (CUDA graph), fused (fused SGD), pad4/pad8 (conv1 input channels), e.g. "
                                    "eager,compile+graph+fused (default: eager,graph on a GPU, eager on CPU); the fastest runs "

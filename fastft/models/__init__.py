@@ -1,16 +1,26 @@
-"""Models: one registry names every architecture fastft trains and analyses, torch-free, so that plans, claims and the
-report can know a model's layers without importing torch.
+"""Models: one registry names every architecture fastft trains and analyses, torch-free, so that plans, claims, the
+report and ``fastft train --help`` can know a model's layers and keys without importing torch.
 
-A registered model is a module that defines its ``nn.Module`` and meets a small protocol (see
-:mod:`fastft.models.alexnet`): named layers in network order (``LAYERS``: the analyses' taps, ``forward(x,
-taps=…)``), ``freeze(n)`` of the first ``n`` of ``FREEZABLE``, ``replace_head(num_classes)`` and a ``cfg`` holding its
-config. ``build(name, num_classes, **keys)`` makes one; adding an architecture is one new module plus a
-:func:`register` line here.
+A registered model is a module (named in its :class:`ModelSpec`, imported only when a model is built) that defines
+``Config``, a frozen dataclass whose first field is ``num_classes`` (``vars(model.cfg)`` plus the model's name is the
+``model_config`` its ``model.pt`` records), and ``build(num_classes, **keys)`` returning an ``nn.Module`` that meets a
+small protocol (:mod:`fastft.models.alexnet` is the example):
+
+* ``LAYERS``: named outputs in network order, each a submodule attribute of that name; ``forward(x)`` gives the
+  logits and ``forward(x, taps=(…))`` a dict of the named outputs (the analyses' taps). The last layer is the head.
+* ``freeze(n)``: keep the first ``n`` of ``FREEZABLE`` fixed, returning their names; ``replace_head(num_classes)``:
+  a new, initialised head (fine-tuning; the head learns at ``head_lr_mult``).
+* ``cfg``: its ``Config``; optional: ``check_config(cfg)`` in the module (an out-of-range field's name, or None),
+  ``pad_input(channels)`` on the model (``conv1_pad``).
+
+A model takes the train keys its spec names in ``keys`` (e.g. ``crop`` as its ``input_size``); a run that sets a
+key the model does not take is an error before any work. ``build(name, num_classes, **keys)`` makes one; adding an
+architecture is one new module plus a :func:`register` call (here, or in the user's code before the run starts).
 """
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import FastFTError
 
@@ -19,8 +29,14 @@ from ..errors import FastFTError
 class ModelSpec:
     name: str
     module: str                  # the module defining it (imported only when a model is built)
-    layers: tuple[str, ...]      # named outputs, in network order
+    layers: tuple[str, ...]      # named outputs, in network order; the last is the head
     freezable: tuple[str, ...]   # freeze=n keeps the first n of these fixed
+    keys: dict = field(default_factory=dict)  # train key -> its Config field, for the train keys this model takes
+    source_keys: tuple[str, ...] = ()         # train keys a fine-tune must share with its source (the weights' shapes)
+
+    @property
+    def head(self) -> str:
+        return self.layers[-1]
 
 
 REGISTRY: dict[str, ModelSpec] = {}
@@ -32,14 +48,21 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 
 ALEXNET_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
-register(ModelSpec("alexnet", "fastft.models.alexnet", ALEXNET_LAYERS, ALEXNET_LAYERS[:7]))
+register(ModelSpec("alexnet", "fastft.models.alexnet", ALEXNET_LAYERS, ALEXNET_LAYERS[:7],
+                   keys={"width": "width", "crop": "input_size", "groups": "groups", "init": "init"},
+                   source_keys=("width", "groups")))
 
 
 def spec(name: str) -> ModelSpec:
     try:
         return REGISTRY[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise FastFTError(f"model {name!r} is not registered; models: {', '.join(sorted(REGISTRY))}") from None
+
+
+def module(name: str):
+    """The module defining model ``name`` (imports torch)."""
+    return importlib.import_module(spec(name).module)
 
 
 def all_layers() -> tuple[str, ...]:
@@ -47,6 +70,12 @@ def all_layers() -> tuple[str, ...]:
     return tuple(dict.fromkeys(l for s in REGISTRY.values() for l in s.layers))
 
 
+def model_keys(name: str, train_keys: dict) -> dict:
+    """The config keys model ``name`` is built with, from train keys (``{"width": 0.25, "crop": 71, …}``): those it
+    takes, under its own names (``crop`` → AlexNet's ``input_size``); the others are not passed."""
+    return {field: train_keys[k] for k, field in spec(name).keys.items() if k in train_keys}
+
+
 def build(name: str, num_classes: int, **keys):
     """A new, initialised model ``name`` with ``num_classes`` outputs; ``keys`` are its own config keys."""
-    return importlib.import_module(spec(name).module).build(num_classes, **keys)
+    return module(name).build(num_classes, **keys)

@@ -49,6 +49,18 @@ class ModelConfig:
     init: str = "paper"      # paper | paper-scaled | kaiming (see the module docstring)
 
 
+Config = ModelConfig  # the registry's name for a model's config (fastft.models)
+
+
+def check_config(cfg: ModelConfig) -> str | None:
+    """The first field of a model file's config that is out of range (its name), or None."""
+    for k, ok in (("width", math.isfinite(cfg.width) and cfg.width > 0), ("dropout", 0 <= cfg.dropout < 1),
+                  ("init", cfg.init in INITS)):
+        if not ok:
+            return k
+    return None
+
+
 def _spatial(n: int) -> int:
     conv = lambda s, k, st, p=0: (s + 2 * p - k) // st + 1  # noqa: E731
     s = conv(n, 11, 4)

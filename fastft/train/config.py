@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .. import preprocess
 from ..errors import FastFTError
+from .. import models
 from ..models import spec as model_spec
 from ..util.device import precision_for, resolve
 
@@ -18,6 +19,7 @@ SEED_MAX = (2 ** 32 - 1000) // 1000  # per-rank seeds seed * 1000 + 1 + rank sta
 MIN_CROP = 67                         # AlexNet's smallest input (one pixel left after pool5)
 FREEZABLE = model_spec("alexnet").freezable
 TRACKERS = ("tensorboard", "wandb")
+MODEL_TRAIN_KEYS = ("width", "crop", "groups", "init")  # given to a model whose spec takes them (fastft.models)
 
 
 def key(default, help: str):
@@ -34,7 +36,7 @@ class TrainConfig:
     store: str | None = key(None, "the shard store (fastft shard)")
     mode: str = key("scratch", "scratch | finetune")
     source: str | None = key(None, "finetune: a run directory (its model.pt) or a model.pt file")
-    freeze: int = key(0, "keep conv1 … the n-th layer (n = 0…7, up to fc7) fixed")
+    freeze: int = key(0, "keep the model's first n layers fixed (AlexNet: conv1 … the n-th, n = 0…7, up to fc7)")
     allow_overlap: bool = key(False, "allow a source that shares some (not all) classes with the target")
     epochs: int = key(100, "training epochs")
     lr: float | None = key(None, "default: 0.01 scratch, 0.001 finetune (§3)")
@@ -44,6 +46,7 @@ class TrainConfig:
     weight_decay: float = key(5e-4, "L2 weight decay")
     batch_size: int = key(256, "global (all ranks together)")
     seed: int = key(0, "the run's seed: initialisation, data order, augmentation, dropout (part of the run id)")
+    model: str = key("alexnet", "the architecture, a registered model (fastft.models): {models}")
     width: float = key(1.0, "AlexNet width multiplier (1.0 = the paper)")
     crop: int = key(227, "input size (random crop of the stored image)")
     groups: bool = key(False, "Caffe's grouped conv2/4/5")
@@ -87,6 +90,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Every key's range, before any work (types are checked by ``fastft.config``)."""
+        self._validate_model()
         self._validate_numbers()
         if self.mode not in MODES:
             raise FastFTError(f"mode must be one of {MODES}, got {self.mode!r}")
@@ -115,6 +119,15 @@ class TrainConfig:
             raise FastFTError(f"trackers: {unknown[0]!r} is not one of {', '.join(TRACKERS)}")
         preprocess.mean_std(self.preprocess)
 
+    def _validate_model(self) -> None:
+        """A registered model, given only the keys it takes: a key it would ignore is a mistake named now."""
+        s = model_spec(self.model)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for k in MODEL_TRAIN_KEYS:
+            if k not in s.keys and k != "crop" and getattr(self, k) != defaults[k]:  # crop also sizes the loader's images
+                raise FastFTError(f"{k} {getattr(self, k)!r}: model {self.model} takes no {k} (its keys: "
+                                  f"{', '.join(s.keys) or 'none'}); leave {k} unset")
+
     def _validate_numbers(self) -> None:
         def need(key: str, ok, rule: str) -> None:
             v = getattr(self, key)
@@ -125,7 +138,8 @@ class TrainConfig:
             need(k, lambda v: v >= 1, ">= 1")
         for k in ("weight_decay", "num_threads", "augment_to", "cache_gb", "log_every"):
             need(k, lambda v: v >= 0, ">= 0")
-        need("freeze", lambda v: 0 <= v <= len(FREEZABLE), f"0 … {len(FREEZABLE)} (the layers conv1 … fc7 kept fixed)")
+        fz = model_spec(self.model).freezable
+        need("freeze", lambda v: 0 <= v <= len(fz), f"0 … {len(fz)}" + (f" (the layers {fz[0]} … {fz[-1]} kept fixed)" if fz else ""))
         need("lr", lambda v: v is None or v > 0, "positive")
         # the LR is multiplied by lr_gamma every lr_step epochs: 1 keeps it constant, above 1 it would grow
         need("lr_gamma", lambda v: 0 < v <= 1, "in (0, 1]: the LR is multiplied by it every lr_step epochs (1 = constant)")
@@ -151,7 +165,14 @@ def key_help() -> list[tuple[str, str, str]]:
             return {None: "null", True: "true", False: "false"}[v]
         return "[]" if v == () else str(v)
 
-    return [(f.name, shown(f.default), f.metadata.get("help", "")) for f in dataclasses.fields(TrainConfig)]
+    registered = ", ".join(sorted(models.REGISTRY))  # as registered now (a user's own models too)
+    return [(f.name, shown(f.default), f.metadata.get("help", "").replace("{models}", registered))
+            for f in dataclasses.fields(TrainConfig)]
+
+
+def model_keys(cfg: TrainConfig) -> dict:
+    """The config keys ``cfg.model`` is built with: the train keys it takes, under its own names."""
+    return models.model_keys(cfg.model, {k: getattr(cfg, k) for k in MODEL_TRAIN_KEYS})
 
 
 IDENTITY_KEYS = ("mode", "freeze", "epochs", "lr_step", "lr_gamma", "momentum", "weight_decay", "batch_size", "seed",
@@ -164,6 +185,8 @@ def run_identity(cfg: TrainConfig, view_meta: dict, precision: str, source_id: s
     store's manifest hash, the label order and the hashes of the selected sample keys — not the spec they came from,
     so the same class set drawn by two constructions (e.g. near_INSTRU of ``instru`` and ``instru-grid``) is one run."""
     ident = {k: getattr(cfg, k) for k in IDENTITY_KEYS}
+    if cfg.model != "alexnet":  # every run before models had names is an AlexNet run: leaving the default out of the
+        ident["model"] = cfg.model  # identity keeps their run ids (and a sweep's finished runs) valid
     ident.update(lr=cfg.base_lr, precision=precision, classes=view_meta["classes"],
                  data={"manifest_sha256": view_meta["manifest_sha256"],
                        **{f"{s}_keys": v["keys_sha256"] for s, v in sorted(view_meta["splits"].items())}})

@@ -20,13 +20,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .. import preprocess, runs, weights
+from .. import models, preprocess, runs, weights
 from ..config import to_dict
 from ..errors import FastFTError
 from ..guard import FAILED, Diverged, NonFiniteWatch, clear_failure, finite, mark_failed, plateau_flag
-from ..models.alexnet import AlexNet, ModelConfig
 from .checkpoint import Checkpoints
-from .config import TrainConfig, lr_at, replay_config, resolve_device, run_dir_for, run_identity, view_path_for
+from .config import TrainConfig, lr_at, model_keys, replay_config, resolve_device, run_dir_for, run_identity, view_path_for
 from .optim import param_groups, set_lr, sgd
 from .preempt import Preempt, Preempted, should_stop
 from .step import Step, cuda_autocast, evaluate, in_sync
@@ -159,9 +158,13 @@ def _check_source(r: _Run) -> tuple[weights.ModelFile | None, str | None]:
     if not p.exists():
         raise FastFTError(f"finetune source {cfg.source} does not exist")
     src = weights.read_model(p, "finetune source")
-    mc = src.config
-    if (mc.width, mc.groups) != (cfg.width, cfg.groups):
-        raise FastFTError(f"source {src.path} has width {mc.width}, groups {mc.groups}; this run asks width {cfg.width}, groups {cfg.groups}")
+    if src.model_name != cfg.model:
+        raise FastFTError(f"source {src.path} is a {src.model_name} model; this run asks model {cfg.model} (set model: {src.model_name})")
+    spec = models.spec(cfg.model)
+    had = {k: getattr(src.config, spec.keys[k]) for k in spec.source_keys}  # the keys that shape the weights
+    if had != {k: getattr(cfg, k) for k in spec.source_keys}:
+        raise FastFTError(f"source {src.path} has {', '.join(f'{k} {v}' for k, v in had.items())}; this run asks "
+                          + ", ".join(f"{k} {getattr(cfg, k)}" for k in spec.source_keys))
     src_pre = src.preprocess or preprocess.LEGACY
     if src_pre != cfg.preprocess:
         raise FastFTError(f"source {src.path} was trained with preprocess {src_pre!r}; this run asks {cfg.preprocess!r}: "
@@ -185,7 +188,7 @@ def _start(r: _Run, identity: dict):
     """The run directory: its lock, ``config.json`` (resolved, absolute paths) and ``config.yaml`` (replays the run
     with ``fastft train FILE``); ``train.log`` from here on."""
     cfg, acc = r.cfg, r.acc
-    if cfg.init == "paper" and cfg.mode == "scratch" and (cfg.width, cfg.crop) != (1.0, 227):
+    if cfg.model == "alexnet" and cfg.init == "paper" and cfg.mode == "scratch" and (cfg.width, cfg.crop) != (1.0, 227):
         r.log.say(f"warning: init paper at width {cfg.width}, crop {cfg.crop}: the paper's σ are for the full-size model's "
                   "fan-ins, and a scaled model then barely passes a signal to fc6 (it stays at ln C); init=paper-scaled "
                   "keeps the paper's per-layer gains (see fastft/models/alexnet.py)")
@@ -208,25 +211,26 @@ def _build(r: _Run, src) -> tuple:
     per-rank RNG for dropout."""
     from accelerate.utils import set_seed
 
-    cfg, n = r.cfg, r.view.num_classes
+    cfg, n, keys = r.cfg, r.view.num_classes, model_keys(r.cfg)
     if cfg.mode == "finetune":
-        model = AlexNet(ModelConfig(src.config.num_classes, cfg.width, cfg.crop, cfg.groups, init=cfg.init))
+        model = models.build(cfg.model, src.config.num_classes, **keys)
         try:
             model.load_state_dict(src.state)
         except RuntimeError as e:
-            raise FastFTError(f"source weights do not fit this model (crop {cfg.crop}, width {cfg.width}): {str(e)[:200]}") from None
+            shown = ", ".join(f"{k} {v}" for k, v in keys.items())
+            raise FastFTError(f"source weights do not fit this model ({cfg.model}{': ' + shown if shown else ''}): {str(e)[:200]}") from None
         torch.manual_seed(cfg.seed)  # the new head is identical on every rank
         model.replace_head(n)
         r.frozen = model.freeze(cfg.freeze)
     else:
         torch.manual_seed(cfg.seed)
-        model = AlexNet(ModelConfig(n, cfg.width, cfg.crop, cfg.groups, init=cfg.init))
+        model = models.build(cfg.model, n, **keys)
     set_seed(cfg.seed * 1000 + 1 + r.acc.process_index, device_specific=False)
     if r.device == "cuda" and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if r.device == "cuda":
+    if r.device == "cuda" and hasattr(model, "pad_input"):  # an optional part of the protocol (fastft.models)
         model.pad_input(cfg.conv1_pad)
-    head = ("fc8",) if cfg.mode == "finetune" else ()
+    head = (models.spec(cfg.model).head,) if cfg.mode == "finetune" else ()
     opt = sgd(param_groups(model, cfg, head), cfg.base_lr, cfg.momentum, cfg.weight_decay, fused=_step_plan(r)["fused_sgd"])
     return model, opt
 
@@ -419,7 +423,7 @@ def _finish(r: _Run, model, final: dict, held) -> dict:
             r.log.say(f"warning: {r.run_dir.name} {flag}; the report marks it and keeps it out of means")
     if acc.is_main_process:
         m = acc.unwrap_model(model)
-        final["model_sha256"] = runs.save_file({"model": m.state_dict(), "model_config": vars(m.cfg), "classes": r.view.classes,
+        final["model_sha256"] = runs.save_file({"model": m.state_dict(), "model_config": {"name": cfg.model, **vars(m.cfg)}, "classes": r.view.classes,
                                                  "run_id": r.rid, "preprocess": preprocess.describe(cfg.preprocess)},
                                                 r.run_dir / "model.pt")
         r.costs.lap("finish")  # model.pt written
