@@ -54,10 +54,10 @@ def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path, progr
             cs = spec.sets[r.overrides["set"]]
             per_class = min(cs.cap or 1e9, ILSVRC_TRAIN_PER_CLASS)
             r.images_per_epoch = len(cs.classes) * max(per_class, int(r.overrides.get("augment_to", 0)))  # §4.6 copies
-            from ..train.config import IDENTITY_KEYS
+            from ..train.config import config_identity
 
             cfg = build(TrainConfig, r.overrides, f"run {r.key}")
-            ident = {k: getattr(cfg, k) for k in IDENTITY_KEYS}
+            ident = config_identity(cfg)
             ident.update(lr=cfg.base_lr, classes=list(cs.classes), cap=cs.cap,
                          source=by_key[r.deps[0]].pseudo_id if r.deps else None)
             r.pseudo_id = runs_mod.run_id(ident)

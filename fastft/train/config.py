@@ -180,13 +180,19 @@ IDENTITY_KEYS = ("mode", "freeze", "epochs", "lr_step", "lr_gamma", "momentum", 
 PATH_KEYS = ("view", "spec", "store", "source", "out")  # made absolute in a run's config.yaml
 
 
+def config_identity(cfg: TrainConfig) -> dict:
+    """The config's part of a run's identity (:func:`run_identity`; also the dry run's estimated ids)."""
+    ident = {k: getattr(cfg, k) for k in IDENTITY_KEYS}
+    if cfg.model != "alexnet":  # every run before models had names is an AlexNet run: leaving the default out of the
+        ident["model"] = cfg.model  # identity keeps their run ids (and a sweep's finished runs) valid
+    return ident
+
+
 def run_identity(cfg: TrainConfig, view_meta: dict, precision: str, source_id: str | None) -> dict:
     """Everything that determines a run's result (see ``fastft.runs``); its hash is the run id. Data enter as the
     store's manifest hash, the label order and the hashes of the selected sample keys — not the spec they came from,
     so the same class set drawn by two constructions (e.g. near_INSTRU of ``instru`` and ``instru-grid``) is one run."""
-    ident = {k: getattr(cfg, k) for k in IDENTITY_KEYS}
-    if cfg.model != "alexnet":  # every run before models had names is an AlexNet run: leaving the default out of the
-        ident["model"] = cfg.model  # identity keeps their run ids (and a sweep's finished runs) valid
+    ident = config_identity(cfg)
     ident.update(lr=cfg.base_lr, precision=precision, classes=view_meta["classes"],
                  data={"manifest_sha256": view_meta["manifest_sha256"],
                        **{f"{s}_keys": v["keys_sha256"] for s, v in sorted(view_meta["splits"].items())}})
