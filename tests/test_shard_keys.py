@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clirun import stop_after
 
 from fastft.data.store import open_store, source_bytes, verify
 from fastft.data.taxonomy import load
@@ -272,7 +273,7 @@ def test_resume_after_an_input_was_renamed_starts_over_and_writes_every_image_on
     synth(root, [W1, W2, W3], train_per_class=16, val_per_class=3, size=40, val_layout="folders", seed=1)
     cfg = ShardConfig(resize="32x32", shard_mb=0.02, classes=(W1, W2, W3))
     with pytest.raises(KeyboardInterrupt):
-        write_store(root, out, cfg, workers=2, progress=False, stop_after_shards=3)
+        write_store(root, out, cfg, workers=2, progress=False, on_shard=stop_after(3))
     import json
 
     done = json.loads((out / "train-000001.json").read_text())["rows"][0]["source"]  # already in a finished shard

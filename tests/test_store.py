@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clirun import stop_after
 
 from fastft.data.shard import ShardConfig, write_store
 from fastft.data.store import dali_index, open_store, verify
@@ -93,7 +94,7 @@ def test_reshard_is_byte_identical_and_resumes(synth_tree, store, tmp_path, hold
     assert _digest(again) == _digest(store)
     part = tmp_path / "part"
     with pytest.raises(KeyboardInterrupt):
-        write_store(synth_tree, part, CFG, workers=2, progress=False, stop_after_shards=3)
+        write_store(synth_tree, part, CFG, workers=2, progress=False, on_shard=stop_after(3))
     assert not (part / "manifest.json").exists() and len(list(part.glob("*.json"))) == 4  # settings + 3 shard records
     (part / "train-000003.tar.tmp").write_bytes(b"half a shard")  # what a kill mid-write leaves
     with hold_lock(part / ".lock"):  # another `fastft shard` at work on the same store

@@ -43,12 +43,15 @@ def check(name: str) -> str:
     return name
 
 
-def start(launcher: str, argv: list[str], env: dict, logf) -> "subprocess.Popen | Child":
-    """Start ``fastft <argv>`` with ``env`` (the whole environment) writing to ``logf`` (an open file); the handle
-    answers ``poll``, ``send_signal``, ``wait``, ``kill`` and ``pid`` as a ``Popen`` does."""
+def start(launcher: str, argv: list[str], env: dict, logf, errf=None) -> "subprocess.Popen | Child":
+    """Start ``fastft <argv>`` with ``env`` (the whole environment) writing to ``logf`` (an open file; stderr too,
+    unless ``errf`` is given); the handle answers ``poll``, ``send_signal``, ``wait``, ``kill`` and ``pid`` as a
+    ``Popen`` does."""
     if launcher == "fresh":
-        return subprocess.Popen([sys.executable, "-m", "fastft", *argv], stdout=logf, stderr=subprocess.STDOUT, env=env)
-    p = _context().Process(target=forked.run_cli, args=(argv, env, os.getcwd(), logf.name), daemon=False)
+        return subprocess.Popen([sys.executable, "-m", "fastft", *argv], stdout=logf,
+                                stderr=errf or subprocess.STDOUT, env=env)
+    p = _context().Process(target=forked.run_cli, args=(argv, env, os.getcwd(), logf.name, errf and errf.name),
+                           daemon=False)
     with _no_main_module():
         p.start()
     return Child(p)
@@ -88,6 +91,22 @@ def _importable(module: str) -> bool:
         return False
 
 
+def run(launcher: str, argv: list[str], env: dict, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """``fastft <argv>`` to its end, like ``subprocess.run(..., capture_output=True, text=True, timeout=...)``."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w+") as o, tempfile.NamedTemporaryFile("w+") as e:
+        p = start(launcher, argv, env, o, e)
+        try:
+            rc = p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            raise
+        o.seek(0), e.seek(0)
+        return subprocess.CompletedProcess(argv, rc, o.read(), e.read())
+
+
 class Child:
     """A forked run as a ``Popen``-like handle."""
 
@@ -97,8 +116,10 @@ class Child:
     def poll(self) -> int | None:
         return None if self.process.is_alive() else self.process.exitcode
 
-    def wait(self) -> int:
-        self.process.join()
+    def wait(self, timeout: float | None = None) -> int:
+        self.process.join(timeout)
+        if self.process.is_alive():
+            raise subprocess.TimeoutExpired(f"fastft run {self.pid}", timeout)
         return self.process.exitcode
 
     def send_signal(self, sig: int) -> None:

@@ -9,18 +9,21 @@ import sys
 from pathlib import Path
 
 
-def run_cli(argv: list[str], env: dict, cwd: str, log: str) -> None:
-    """In the forked child: become what ``python -m fastft <argv>`` with ``env`` in ``cwd``, writing to ``log``, would be."""
+def run_cli(argv: list[str], env: dict, cwd: str, log: str, err: str | None = None) -> None:
+    """In the forked child: become what ``python -m fastft <argv>`` with ``env`` in ``cwd``, writing to ``log`` (and
+    its stderr to ``err`` if given), would be."""
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT else signal.default_int_handler)
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     sys.stdout.flush(), sys.stderr.flush()
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
+    for target, fds in ((log, (1,) if err else (1, 2)), (err, (2,))):
+        if target:
+            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            for n in fds:
+                os.dup2(fd, n)
+            os.close(fd)
     if "torch" in sys.modules:  # OpenMP read OMP_NUM_THREADS when the server loaded it: the run's own value applies
         import torch
 

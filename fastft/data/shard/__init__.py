@@ -31,6 +31,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Callable
 
 from ...errors import FastFTError
 from ..spool import bounded_imap, spool_dir
@@ -45,10 +46,11 @@ __all__ = ["Input", "ShardConfig", "input_fingerprint", "scan", "write_store"]
 
 
 def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: int | None = None, progress: bool = True,
-                stop_after_shards: int | None = None) -> dict:
+                on_shard: Callable[[int], None] | None = None) -> dict:
     """``fastft shard``: build (or resume, or confirm) a store. Returns the manifest.
 
-    ``stop_after_shards`` stops after writing that many new shards (used to test resume after an interruption).
+    ``on_shard(n)`` is called after each new shard is complete (``n``: new shards so far); an exception it raises
+    stops the run there as an interruption would (tests of resume use it; a caller may report progress).
     """
     root, out = Path(root), Path(out)
     h = load()
@@ -96,7 +98,7 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
             with spool_dir() as spool:  # removed once no worker writes
                 pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_sigint)
                 try:
-                    _write_shards(root, out, cfg, h, inputs, pool, spool, records, pbar, stop_after_shards)
+                    _write_shards(root, out, cfg, h, inputs, pool, spool, records, pbar, on_shard)
                 finally:
                     pool.shutdown(wait=True, cancel_futures=True)
             pbar.close()
@@ -186,7 +188,7 @@ def _ignore_sigint() -> None:
 
 
 def _write_shards(root: Path, out: Path, cfg: ShardConfig, h, inputs: list[Input], pool, spool: str, records: list[dict], pbar,
-                  stop_after_shards: int | None) -> None:
+                  on_shard: Callable[[int], None] | None) -> None:
     """The shard loop of :func:`write_store`: per split, skip finished shards, then fill shards in the seeded order."""
     limit = cfg.shard_mb * 1e6
     written_new = 0
@@ -216,9 +218,12 @@ def _write_shards(root: Path, out: Path, cfg: ShardConfig, h, inputs: list[Input
             if writer.bytes >= limit:
                 records.append(writer.close())
                 written_new += 1
-                if stop_after_shards is not None and written_new >= stop_after_shards:
-                    pbar.close()
-                    raise KeyboardInterrupt(f"stopped after {written_new} shards (test hook)")
+                if on_shard is not None:
+                    try:
+                        on_shard(written_new)
+                    except BaseException:
+                        pbar.close()
+                        raise
                 _check_space(out, records, len(inputs))
                 index += 1
                 writer = _ShardWriter(out, split, index)
