@@ -91,3 +91,22 @@ def test_host_tier_on_gpu_serves_the_same_batches(view_near):
             perm = torch.from_numpy(np.argsort(tier[s], kind="stable")).cuda()
             assert torch.equal(ya[perm], yb) and xb.is_contiguous(memory_format=torch.channels_last)
             assert (xa[perm].float() - xb.float()).abs().mean() < 0.05
+
+
+def test_a_preloaded_run_trains_on_the_gpu(source_run, store, tmp_path):
+    """A run forked from the preloaded server (which imported torch, dynamo, accelerate and DALI) initialises CUDA for
+    itself and trains on the GPU (the check that lets GPU sweeps default to ``--launch preloaded``)."""
+    import json
+    import os
+
+    from clirun import SMALL, run_dir
+
+    from fastft.study import launch
+
+    _, spec, _ = source_run
+    argv = ["train", f"spec={spec}", "set=far", f"store={store}", f"out={tmp_path}", "name=far", "epochs=1", "device=cuda",
+            *SMALL]
+    r = launch.run("preloaded", argv, {**os.environ, "CUDA_VISIBLE_DEVICES": "0"}, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    env = json.loads((run_dir(tmp_path, "far") / "env.json").read_text())
+    assert env["gpus"], env

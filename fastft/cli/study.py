@@ -183,8 +183,9 @@ def add_commands(sub) -> None:
     s.add_argument("--parallel", type=int, default=1, help="concurrent runs without GPUs")
     s.add_argument("--retries", type=int, default=1, help="retries of a failed run")
     s.add_argument("--launch", choices=["preloaded", "fresh"], help="local: how each run's process starts — preloaded "
-                   "(default where the OS has a fork server): forked from a process that imported torch, accelerate and "
-                   "DALI once, which saves a small run most of its start-up; fresh: a new interpreter per run")
+                   "(the default for CPU runs where the OS has a fork server): forked from a process that imported torch, "
+                   "accelerate and DALI once, which saves a small run most of its start-up; fresh: a new interpreter per "
+                   "run (the default for GPU runs until preloaded is proven on a GPU)")
     s.add_argument("--backend", default="local", choices=["local", "slurm"], help="local: run here, packed onto --gpus; "
                    "slurm: write (and with --submit, submit) job arrays with afterok dependencies")
     s.add_argument("--submit", action="store_true", help="SLURM: submit the job arrays with sbatch (default: only write them); "

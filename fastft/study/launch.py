@@ -29,8 +29,12 @@ LAUNCHERS = ("preloaded", "fresh")
 PRELOAD = ["torch", "torch._dynamo", "torch.optim", "torchvision", "accelerate", "numpy", "PIL.Image", "nvidia.dali.fn"]
 
 
-def default() -> str:
-    return "preloaded" if "forkserver" in mp.get_all_start_methods() else "fresh"
+def default(gpus: bool = False) -> str:
+    """``preloaded`` for CPU slots where the OS has a fork server; ``fresh`` for GPU slots until a GPU lease shows that
+    a child forked from the server (which imported DALI and torch's dynamo, and must not have initialised the CUDA
+    driver) trains on its GPU: ``tests/test_gpu.py::test_a_preloaded_run_trains_on_the_gpu`` is that check, and
+    ``--launch preloaded`` asks for it explicitly meanwhile."""
+    return "preloaded" if not gpus and "forkserver" in mp.get_all_start_methods() else "fresh"
 
 
 def check(name: str) -> str:

@@ -45,10 +45,11 @@ def state(out: Path, r: RunSpec) -> str:
 def run_local(runs: list[RunSpec], out: Path, slots: list[dict], retries: int = 1, progress: bool = True,
               poll: float = 0.5, launcher: str | None = None) -> dict:
     """Run the DAG with one process per slot (a slot = env vars, e.g. CUDA_VISIBLE_DEVICES), each started by
-    ``launcher`` (:mod:`.launch`: ``preloaded`` or ``fresh``; default: preloaded where the OS can). Returns the
+    ``launcher`` (:mod:`.launch`: ``preloaded`` or ``fresh``; default: preloaded for CPU slots where the OS can). Returns the
     summary: the runs done, failed and skipped (a dependency failed), those that finished without learning, the
     seconds and the sweep's efficiency."""
-    return _Scheduler(runs, out, slots, retries, progress, launch.check(launcher or launch.default())).run(poll)
+    launcher = launch.check(launcher or launch.default(gpus=any("CUDA_VISIBLE_DEVICES" in s for s in slots)))
+    return _Scheduler(runs, out, slots, retries, progress, launcher).run(poll)
 
 
 class _Scheduler:
