@@ -84,6 +84,24 @@ def excerpt(output: str) -> list[str]:
     return keep
 
 
+README_BEGIN = "<!-- demo-output: written by tools/readme_demo.py; tests/test_sweep_report.py checks it -->"
+README_END = "<!-- /demo-output -->"
+
+
+def readme_block(text: str) -> str:
+    """The README's demo block, markers included (what ``tools/readme_demo.py`` rewrites)."""
+    m = re.search(re.escape(README_BEGIN) + ".*?" + re.escape(README_END), text, re.S)
+    if not m:
+        raise FastFTError(f"README.md has no demo-output block ({README_BEGIN} … {README_END})")
+    return m.group(0)
+
+
+def readme_excerpt(text: str) -> list[str]:
+    """The demo output lines the README shows (inside its block's code fence)."""
+    block = readme_block(text)
+    return block[block.index("```\n") + 4:block.rindex("```")].splitlines()
+
+
 def untimed(lines: list[str]) -> list[str]:
     """``lines`` with their timestamps masked (what may differ between two runs of the demo)."""
     return [_STEP.sub("[ ... s] ", line) for line in lines]

@@ -4,17 +4,17 @@ import json
 import os
 from pathlib import Path
 
+from fastft.study import launch
+
 SMALL = ["width=0.25", "crop=71", "batch_size=32", "init=paper-scaled", "plateau_epochs=0", "progress=false", "num_threads=1"]
 
 
 # How the tests start `fastft`: as a sweep does (forked from a server with torch, accelerate and DALI imported: the same
 # process a fresh `python -m fastft` is, tests/test_launch.py; ~5 s less per call on 2 cores), or FASTFT_TEST_LAUNCH=fresh
-LAUNCH = os.environ.get("FASTFT_TEST_LAUNCH") or __import__("fastft.study.launch", fromlist=["default"]).default()
+LAUNCH = os.environ.get("FASTFT_TEST_LAUNCH") or launch.default()
 
 
 def fastft(*args, env=None, check=True):
-    from fastft.study import launch
-
     e = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     r = launch.run(LAUNCH, list(map(str, args)), e, timeout=600)
     if check and r.returncode:

@@ -560,7 +560,7 @@ def test_report_checks_trends_along_a_grid_key_and_of_gains_paired_by_seed(tmp_p
 def test_demo_end_to_end_prints_what_the_readme_shows(tmp_path):
     """``fastft demo`` as a new user runs it (an empty directory, default settings) finishes, and the README's excerpt
     of its output is exactly what it prints (timestamps aside; ``tools/readme_demo.py`` rewrites it)."""
-    from fastft.demo import excerpt, untimed
+    from fastft.demo import excerpt, readme_excerpt, untimed
 
     r = subprocess.run([sys.executable, "-m", "fastft", "demo"], cwd=tmp_path, capture_output=True, text=True,
                        timeout=1200)
@@ -572,9 +572,7 @@ def test_demo_end_to_end_prints_what_the_readme_shows(tmp_path):
     runs = pd.read_csv(demo / "report/runs.csv")
     assert runs["finished"].all() and len(runs) == 15
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    m = re.search(r"<!-- demo-output:.*?```\n(.*?)```\n<!-- /demo-output -->", readme, re.S)
-    assert m, "README.md lost its demo-output block"
-    shown, printed = untimed(m.group(1).splitlines()), untimed(excerpt(r.stdout))
+    shown, printed = untimed(readme_excerpt(readme)), untimed(excerpt(r.stdout))
     assert shown == printed, ("README.md's demo excerpt is not what `fastft demo` prints: run `python "
                               "tools/readme_demo.py`\n" + "\n".join(difflib.unified_diff(shown, printed, lineterm="")))
 

@@ -16,11 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from fastft.demo import excerpt
+from fastft.demo import README_BEGIN as BEGIN, README_END as END, excerpt, readme_block
 
 ROOT = Path(__file__).resolve().parents[1]
-BEGIN = "<!-- demo-output: written by tools/readme_demo.py; tests/test_sweep_report.py checks it -->"
-END = "<!-- /demo-output -->"
 
 
 def run_demo() -> tuple[str, float]:
@@ -44,14 +42,6 @@ def cpu_name() -> str:
 def block(output: str, wall_s: float) -> str:
     return "\n".join([BEGIN, f"Output ({wall_s:.0f} s in all on {cpu_name()}; excerpt):", "", "```", *excerpt(output),
                       "```", END])
-
-
-def readme_block(text: str) -> str:
-    """The README's demo block (markers included)."""
-    m = re.search(re.escape(BEGIN) + ".*?" + re.escape(END), text, re.S)
-    if not m:
-        raise SystemExit(f"README.md has no demo-output block ({BEGIN} … {END})")
-    return m.group(0)
 
 
 def main() -> None:

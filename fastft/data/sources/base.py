@@ -2,6 +2,8 @@
 :class:`Listing` it returns, and the class selection every ILSVRC2012 layout applies (:func:`select_classes`)."""
 from __future__ import annotations
 
+import abc
+
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +44,7 @@ class Listing:
         return [x for x in self.inputs if x.reason]
 
 
-class Source:
+class Source(abc.ABC):
     """A layout of input images that ``fastft shard`` reads. A subclass names itself (``name``, and ``describe``:
     what it expects, listed when no source recognises a root), says whether it recognises a root (``detect``: cheap,
     by the files present; it may raise a :class:`FastFTError` for a root it recognises but cannot read as asked, e.g.
@@ -54,11 +56,13 @@ class Source:
         self.root, self.cfg = root, cfg
 
     @classmethod
+    @abc.abstractmethod
     def detect(cls, root: Path, cfg: ShardConfig) -> bool:
-        raise NotImplementedError
+        """Whether this source reads ``root``."""
 
+    @abc.abstractmethod
     def read(self, progress: bool = False) -> Listing:
-        raise NotImplementedError
+        """Every entry of the root once: its inputs, and those rejected unread with their reasons."""
 
 
 def select_classes(found: list[str], cfg: ShardConfig, what: str) -> tuple[list[str], list[str], list[str]]:

@@ -3,6 +3,8 @@
 (:class:`TreeSource`; the sources :mod:`.image_folder`, :mod:`.ilsvrc2012_tree` and :mod:`.kaggle` each say how)."""
 from __future__ import annotations
 
+import abc
+
 from pathlib import Path
 from typing import ClassVar
 
@@ -52,9 +54,9 @@ class TreeSource(Source):
         self.data_root = tree_root(root)
 
     @classmethod
+    @abc.abstractmethod
     def labelled(cls, root: Path, data_root: Path) -> bool:
         """Whether ``val/`` (which exists) is labelled as this source reads it."""
-        raise NotImplementedError
 
     @classmethod
     def detect(cls, root: Path, cfg) -> bool:
@@ -89,17 +91,18 @@ class TreeSource(Source):
             return Listing(inputs, "none", missing, unknown)
         return Listing(inputs + self.val_inputs(vdir, set(self.cfg.classes or load().wnids)), self.val_layout, missing, unknown)
 
+    @abc.abstractmethod
     def val_inputs(self, vdir: Path, wanted: set[str]) -> list[Input]:
         """The inputs of ``val/`` of the classes ``wanted``, with their wnids (and the unlabelled ones, rejected)."""
-        raise NotImplementedError
 
 
 class FlatValSource(TreeSource):
     """A tree whose ``val/`` is flat (``ILSVRC2012_val_<8 digits>.JPEG``), labelled by a file (:meth:`label_file`)."""
 
     @classmethod
+    @abc.abstractmethod
     def label_file(cls, root: Path, data_root: Path) -> Path | None:
-        raise NotImplementedError
+        """The file that labels a flat ``val/`` (None where this source's file is absent)."""
 
     @classmethod
     def labelled(cls, root: Path, data_root: Path) -> bool:
