@@ -10,6 +10,24 @@ from ..errors import FastFTError
 STATE_ORDER = ("finished", "running", "pending", "stuck", "failed", "cancelled", "ended", "interrupted", "to run")
 
 
+def _stores_arg(given: list[str] | None) -> tuple[str | None, dict]:
+    """``--store PATH`` (the plans' store) and ``--store NAME=PATH`` (a store a plan's ``stores`` names), each once."""
+    import re
+
+    main, named = None, {}
+    for v in given or []:
+        m = re.fullmatch(r"([A-Za-z][A-Za-z0-9_-]*)=(.+)", v)
+        if m and not Path(v).exists():
+            if m[1] in named:
+                raise FastFTError(f"--store {m[1]}=… is given twice")
+            named[m[1]] = m[2]
+        elif main is not None:
+            raise FastFTError(f"--store is given twice ({main}, {v}); other stores are given as --store NAME=PATH")
+        else:
+            main = v
+    return main, named
+
+
 def cmd_sweep(a):
     from .. import study as sw
 
@@ -17,7 +35,8 @@ def cmd_sweep(a):
     states: collections.Counter = collections.Counter()
     seen: set = set()
     seen_left: set = set()
-    if not a.store and not a.dry_run:
+    a.store, stores = _stores_arg(a.store)
+    if not a.store and not stores and not a.dry_run:
         raise FastFTError("fastft sweep needs --store DIR (the shard store the runs read) to run or to write SLURM jobs; "
                           "only --dry-run works without one (an estimate from ILSVRC2012's class sizes)")
     on_slurm = a.backend == "slurm" and not a.dry_run
@@ -31,14 +50,15 @@ def cmd_sweep(a):
             partition=a.partition, time=a.time, gpus=a.gpus_per_run, cpus=a.cpus_per_run, mem=a.mem, account=a.account,
             qos=a.qos, constraint=a.constraint, throttle=a.array_throttle, sbatch_lines=tuple(a.sbatch_line),
             setup=tuple(a.setup), signal_lead=a.signal_lead), cluster)
-        a.out, a.store = str(Path(a.out).resolve()), str(Path(a.store).resolve())
+        a.out, a.store = str(Path(a.out).resolve()), a.store and str(Path(a.store).resolve())
+        stores = {k: str(Path(v).resolve()) for k, v in stores.items()}
     plans: list = []      # each plan's prepared runs, run (or submitted) together at the end
     for plan_path in a.plans:
         plan = sw.load_plan(plan_path)
         seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else None
         runs = sw.expand(plan, seeds)
         out = Path(a.out)
-        sw.prepare(plan, runs, a.store, out, progress=not a.quiet)
+        sw.prepare(plan, runs, a.store, out, progress=not a.quiet, stores=stores)
         c = sw.cost(runs, seen=seen)
         total["runs"] += c["runs"]
         total["image_iterations"] += c["image_iterations"]
@@ -173,7 +193,9 @@ def add_commands(sub) -> None:
                        description="Expand plans into runs (source pretrain -> its fine-tunes), skip finished runs, resume interrupted "
                                    "ones, retry failed ones. Example: fastft sweep plans/near-far-instru.yaml --store shards/imagenet --gpus 0,1,2,3")
     s.add_argument("plans", nargs="+", help="plan YAML files (see plans/)")
-    s.add_argument("--store", help="the shard store the runs read")
+    s.add_argument("--store", action="append", metavar="[NAME=]DIR",
+                   help="the shard store the runs read; a plan whose runs read other stores (its stores: key) names "
+                        "each as --store NAME=DIR (repeat)")
     s.add_argument("--out", default="runs", help="runs directory (specs, views, claims and run directories)")
     s.add_argument("--seeds", help="comma-separated seeds instead of the plan's (e.g. 0 or 0,1)")
     s.add_argument("--gpus", help="GPUs to pack runs onto: all, or indices such as 0,1,2,3 (under CUDA_VISIBLE_DEVICES, "

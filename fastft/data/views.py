@@ -66,6 +66,13 @@ class View:
             raise FastFTError(f"crop {crop} is larger than the store's images (--resize {self.resize}): every crop would be "
                               f"zero-padded; use crop <= {side}, or shard a store with a larger --resize")
 
+    def check_batch(self, batch_size: int) -> None:
+        """A batch larger than the training split would make one "epoch" several passes over it (the epoch plan pads)."""
+        n = self.split("train")["samples"]
+        if batch_size > n:
+            raise FastFTError(f"batch_size {batch_size} is larger than the training split ({n} images in {self.path}): "
+                              f"use batch_size <= {n}")
+
     def label_lut(self) -> np.ndarray:
         """1000-entry table: store label -> view label (-1 = not in the view)."""
         h = load()

@@ -15,33 +15,35 @@ ILSVRC_TRAIN_PER_CLASS = 1281167 / 1000  # nominal, for cost estimates without a
 
 
 # ---------------------------------------------------------------- binding a plan to a store
-def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path, progress: bool = False) -> dict:
-    """Make the specs (one per seed), resolve views, compute run ids and directories. Returns {seed: spec path}."""
+def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path, progress: bool = False,
+            stores: dict | None = None) -> dict:
+    """Make the specs (one per seed and store), resolve views, compute run ids and directories. ``store`` is the
+    plan's store, ``stores`` the paths of the other stores its runs name (``{name: path}``, see the plan's
+    ``stores``). Returns {(store name or None, seed): spec path}."""
     from ..config import build
-    from ..data.store import fill_store_params
-    from ..data.subsets import load_spec, make
+    from ..data.subsets import load_spec
     from ..data.views import open_view
     from ..train.config import TrainConfig, resolve_device, run_dir_for, run_identity, view_path_for
     from .. import runs as runs_mod
 
     out.mkdir(parents=True, exist_ok=True)
+    paths = _store_paths(plan, runs, store, stores or {})
     specs = {}
-    params = fill_store_params(dict(plan["params"]), store, f"plan {plan['name']}")
-    for seed in sorted({r.seed for r in runs}):
-        p = out / "specs" / f"{plan['name']}-seed{seed}.json"
-        spec = make(plan["construction"], seed, **params)
-        if p.exists() and load_spec(p).hash != spec.hash:
-            raise FastFTError(f"{p} exists with different content (plan changed?); use a new --out")
-        spec.save(p)
-        specs[seed] = p
-    if store:
-        _resolve_views(specs, {(r.seed, r.overrides["set"]) for r in runs}, store, out / "views", progress, plan["name"])
+    for name in sorted({r.labels.get("store") for r in runs}, key=lambda n: n or ""):
+        for seed in sorted({r.seed for r in runs if r.labels.get("store") == name}):
+            specs[name, seed] = _make_spec(plan, name, seed, paths[name], out)
+        if paths[name]:
+            need = {(r.seed, r.overrides["set"]) for r in runs if r.labels.get("store") == name}
+            _resolve_views({s: specs[name, s] for s, _ in need}, need, paths[name], out / "views", progress,
+                           plan["name"] + (f"/{name}" if name else ""))
     by_key = {r.key: r for r in runs}
     for r in runs:
-        spec = load_spec(specs[r.seed])
+        where, store = r.labels.get("store"), paths[r.labels.get("store")]
+        spec = load_spec(specs[where, r.seed])
         if r.overrides["set"] not in spec.sets:
-            raise FastFTError(f"run {r.key}: construction {plan['construction']} has no set {r.overrides['set']!r} (it has {list(spec.sets)})")
-        r.overrides.update(spec=str(specs[r.seed]), out=str(out), name=r.key)
+            construction = plan["stores"][where]["construction"] if where else plan["construction"]
+            raise FastFTError(f"run {r.key}: construction {construction} has no set {r.overrides['set']!r} (it has {list(spec.sets)})")
+        r.overrides.update(spec=str(specs[where, r.seed]), out=str(out), name=r.key)
         if r.overrides.get("trackers"):  # W&B: one project per study, a group per plan, tagged by template and seed
             r.overrides.setdefault("tracker_project", Path(out).resolve().name)
             r.overrides.setdefault("tracker_group", plan["name"])
@@ -49,7 +51,9 @@ def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path, progr
         if store:
             r.overrides["store"] = str(store)
         if r.labels["mode"] == "finetune" and r.labels.get("source_template"):
-            r.labels["distance"] = _distance(spec, by_key[r.deps[0]].overrides["set"], r.overrides["set"])
+            src = by_key[r.deps[0]]
+            r.labels["distance"] = _distance(load_spec(src.overrides["spec"]) if "spec" in src.overrides else spec,
+                                             src.overrides["set"], spec, r.overrides["set"])
         if not store:  # estimate from nominal ILSVRC2012 counts; a pseudo id lets the cost count shared runs once
             cs = spec.sets[r.overrides["set"]]
             per_class = min(cs.cap or 1e9, ILSVRC_TRAIN_PER_CLASS)
@@ -68,6 +72,7 @@ def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path, progr
         view = open_view(view_path_for(cfg), check_store=False)  # the run verifies its shards when it starts
         try:
             view.check_crop(cfg.crop)
+            view.check_batch(cfg.batch_size)
         except FastFTError as e:
             raise FastFTError(f"run {r.key}: {e}") from None
         # §4.6 copies grow each class to augment_to (exact when no class already has more)
@@ -81,6 +86,39 @@ def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path, progr
             r.run_dir = existing[0]
             r.overrides["name"] = existing[0].name[: -len(r.run_id) - 1]
     return specs
+
+
+def _store_paths(plan: dict, runs: list[RunSpec], store: str | None, stores: dict) -> dict:
+    """{store name (None: the plan's own) → its path}, for the stores the runs read; a store a run names but the
+    command line does not give is an error before any work (a dry run may go without paths)."""
+    declared = plan.get("stores") or {}
+    extra = set(stores) - set(declared)
+    if extra:
+        raise FastFTError(f"--store {sorted(extra)[0]}=…: plan {plan['name']} has no store {sorted(extra)[0]!r} "
+                          f"(its stores: {', '.join(declared) or 'none'})")
+    paths = {None: store, **{n: stores.get(n) for n in declared}}
+    if not any(paths.values()):  # a dry run's estimate, from ILSVRC2012's class sizes
+        return paths
+    for name in sorted({r.labels.get("store") for r in runs}, key=lambda n: n or ""):
+        if not paths[name]:
+            raise FastFTError(f"plan {plan['name']}: runs read " + (f"store {name!r}: give --store {name}=PATH" if name
+                              else "the plan's store: give --store PATH"))
+    return paths
+
+
+def _make_spec(plan: dict, name: str | None, seed: int, store: str | None, out: Path) -> Path:
+    """The subset spec of store ``name`` (None: the plan's) for ``seed``, written once to ``out/specs/``."""
+    from ..data.store import fill_store_params
+    from ..data.subsets import load_spec, make
+
+    st = plan["stores"][name] if name else {"construction": plan["construction"], "params": plan["params"]}
+    what = f"plan {plan['name']}" + (f", store {name}" if name else "")
+    spec = make(st["construction"], seed, **fill_store_params(dict(st.get("params") or {}), store, what))
+    p = out / "specs" / (f"{plan['name']}-{name}-seed{seed}.json" if name else f"{plan['name']}-seed{seed}.json")
+    if p.exists() and load_spec(p).hash != spec.hash:
+        raise FastFTError(f"{p} exists with different content (plan changed?); use a new --out")
+    spec.save(p)
+    return p
 
 
 POOL_AFTER_S = 2.0  # views are resolved by several processes when the first took this long
@@ -135,8 +173,14 @@ def _resolve_views(specs: dict, pairs: set, store: str, views_dir: Path, progres
             bar.update()
 
 
-def _distance(spec, source_set: str, target_set: str) -> float:
-    return _wup_nearest(tuple(spec.sets[target_set].classes), tuple(spec.sets[source_set].classes))
+def _distance(source_spec, source_set: str, spec, target_set: str) -> float | None:
+    """WordNet distance source → target, where both sets' classes are ILSVRC2012 wnids (None across vocabularies)."""
+    from ..data.taxonomy import load
+
+    targets, sources = tuple(spec.sets[target_set].classes), tuple(source_spec.sets[source_set].classes)
+    if not all(c in load().label for c in targets + sources):
+        return None
+    return _wup_nearest(targets, sources)
 
 
 @functools.lru_cache(maxsize=256)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -15,10 +16,18 @@ from ..errors import FastFTError
 from ..report.claims import check_claim
 
 
-PLAN_KEYS = {"name", "construction", "params", "seeds", "defaults", "runs", "description", "claims", "report"}
+PLAN_KEYS = {"name", "construction", "params", "seeds", "defaults", "runs", "description", "claims", "report", "stores"}
 
 
-RUN_KEYS = {"name", "set", "mode", "source", "grid", "paper", "overrides"}
+RUN_KEYS = {"name", "set", "mode", "source", "grid", "paper", "overrides", "store"}
+
+
+# stores: {name: {construction, params}}: the other stores a plan's runs read (``store: name`` in a run; the path is
+# given as ``fastft sweep --store name=PATH``), each with its own subsets; a run without ``store`` reads the plan's
+# store (``--store PATH``) and the plan's construction. A fine-tune may read another store than its source (a model
+# trained on ImageNet subsets, fine-tuned on a folder dataset).
+STORE_KEYS = {"construction", "params"}
+STORE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 
 PAPER_KEYS = {"top1", "std", "ref", "svm", "svm_before", "probes", "probes_before",  # the paper's numbers a run is reported next to
@@ -75,6 +84,7 @@ def load_plan(path: str | Path) -> dict:
             raise FastFTError(f"plan {p}: run {r['name']!r} has unknown paper key(s) {sorted(bad)}; valid: {sorted(PAPER_KEYS)}")
         if r.get("source") and r["source"] not in names:
             raise FastFTError(f"plan {p}: run {r['name']!r} has source {r['source']!r}, which is not a run of the plan")
+    _check_stores(plan, p)
     for c in plan.get("claims") or []:
         check_claim(c, plan, p)
     _check_report(plan.get("report"), names, p)
@@ -83,6 +93,25 @@ def load_plan(path: str | Path) -> dict:
     plan.setdefault("defaults", {})
     plan["_path"] = str(p)
     return plan
+
+
+def _check_stores(plan: dict, p: Path) -> None:
+    """``stores: {name: {construction, params}}`` well formed, and every run's ``store`` one of them."""
+    stores = plan.get("stores") or {}
+    if not isinstance(stores, dict):
+        raise FastFTError(f"plan {p}: stores must be a mapping name -> {{construction, params}}; got {stores!r}")
+    for name, st in stores.items():
+        if not isinstance(name, str) or not STORE_NAME.fullmatch(name):
+            raise FastFTError(f"plan {p}: store name {name!r} must be a letter followed by letters, digits, _ or -")
+        if not isinstance(st, dict) or "construction" not in st or set(st) - STORE_KEYS:
+            raise FastFTError(f"plan {p}: store {name!r} must be a mapping with construction (and params); got {st!r}")
+        if not isinstance(st.get("params") or {}, dict):
+            raise FastFTError(f"plan {p}: store {name!r}: params must be a mapping; got {st['params']!r}")
+    for r in plan["runs"]:
+        if r.get("store") is not None and r["store"] not in stores:
+            listed = ", ".join(stores) or "none: add a stores: mapping"
+            raise FastFTError(f"plan {p}: run {r['name']!r} reads store {r['store']!r}, which the plan's stores do not "
+                              f"name (its stores: {listed})")
 
 
 def _check_report(report, names: list[str], p: Path) -> None:
@@ -124,7 +153,8 @@ def expand(plan: dict, seeds: list[int] | None = None) -> list[RunSpec]:
                 rs = RunSpec(key=f"{t['name']}{suffix}-s{seed}", template=t["name"], seed=seed, overrides=ov, grid=g,
                              labels={"plan": plan["name"], "template": t["name"], "grid": g, "seed": seed, "set": t["set"],
                                      "mode": ov["mode"], "source_template": t.get("source"), "paper": t.get("paper"),
-                                     "claims": plan.get("claims"), "report": plan.get("report")})
+                                     "claims": plan.get("claims"), "report": plan.get("report"),
+                                     "store": t.get("store")})
                 if t.get("source"):
                     srcs = by_template[t["source"]]
                     if len(srcs) != 1:

@@ -142,10 +142,7 @@ def _open_data(r: _Run) -> None:
         r.view = open_view(r.view_path)
     for split in ("train", "val"):
         r.view.split(split)
-    n_train = r.view.split("train")["samples"]
-    if cfg.batch_size > n_train:  # one "epoch" would be several passes over the split (the epoch plan pads)
-        raise FastFTError(f"batch_size {cfg.batch_size} is larger than the training split ({n_train} images in "
-                          f"{r.view_path}): use batch_size <= {n_train}")
+    r.view.check_batch(cfg.batch_size)
     r.view.check_crop(cfg.crop)
 
 
