@@ -169,54 +169,64 @@ def test_full_disk_is_named_early_and_the_store_resumes(synth_tree, store, small
     assert _digest(small_disk / "a") == _digest(store)
 
 
-def _children(pid: int) -> list[int]:
-    """Processes whose parent is ``pid`` (from /proc)."""
-    out = []
-    for st in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = st.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(st.parent.name))
-    return out
+# Loaded by the `fastft shard` processes of the tests below (as ``sitecustomize``, through PYTHONPATH): each worker,
+# after converting a few inputs, says so in a file and then waits (until it is killed, or its parent is gone). The kill
+# then always lands mid-run, whatever the machine's load: no wall-clock window to hit.
+_PAUSE_WORKERS = """
+import os, sys, time
+from pathlib import Path
+
+_main = int(os.environ.setdefault("FASTFT_TEST_PAUSE_MAIN", str(os.getpid())))  # workers fork or spawn: inherited
+_dir = Path(os.environ["FASTFT_TEST_PAUSE_DIR"])
+import fastft.data.shard as _shard  # which imports _process from .convert: patched in both
+import fastft.data.shard.convert as _convert
+
+_real, _done = _convert._process, [0]
 
 
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:  # it exited
-        return b""
+def _process(args):
+    if os.getpid() != _main:
+        _done[0] += 1
+        if _done[0] > 3:  # some results are in: shards are being written
+            (_dir / f"paused-{os.getpid()}").touch()
+            parent = os.getppid()
+            while os.getppid() == parent:
+                time.sleep(0.05)
+            os._exit(0)  # the run was killed: leave no orphan
+    return _real(args)
+
+
+_process.__qualname__, _process.__module__ = "_process", _convert.__name__  # pickled by name to the workers
+_convert._process = _shard._process = _process
+"""
 
 
 def _shard_killed_mid_run(synth_tree, out: Path, env: dict, worker: bool):
-    """Runs `fastft shard` into ``out`` and SIGKILLs, once shards are being written, one of its worker processes
-    (``worker``) or the command itself. Returns (the command, the Popen, stderr). A run that finished before the kill
-    (the tree is small; a busy machine) is tried again, up to five times."""
+    """Runs `fastft shard` into ``out`` with its workers paused mid-run (:data:`_PAUSE_WORKERS`) and SIGKILLs one of
+    its worker processes (``worker``) or the command itself. Returns (the command, the Popen, stderr). The command
+    returned runs without the pause."""
     import signal
     import time
 
+    hook = out.parent / "pause-hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(_PAUSE_WORKERS)
+    paused_env = {**env, "FASTFT_TEST_PAUSE_DIR": str(hook),
+                  "PYTHONPATH": os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH", "")]))}
     cmd = [sys.executable, "-m", "fastft", "shard", str(synth_tree), "--out", str(out), "--resize", "80x80", "--shard-mb", "0.25",
            "--allow-missing", "--workers", "2", "--quiet"]
-    for _ in range(5):
-        shutil.rmtree(out, ignore_errors=True)
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        own = _cmdline(p.pid)
-        killed, t = None, time.time()
-        while killed is None and p.poll() is None and time.time() - t < 600:
-            if list(out.glob("train-*.tmp")):  # shards are being written
-                victims = [c for c in _children(p.pid) if _cmdline(c) == own] if worker else [p.pid]  # workers: forks
-                if victims:
-                    os.kill(victims[0], signal.SIGKILL)
-                    killed = victims[0]
-            time.sleep(0.002)
-        stderr = p.communicate(timeout=120)[1]
-        if killed:
-            return cmd, p, stderr
-    pytest.fail("the run finished five times before it could be killed")
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=paused_env)
+    t = time.time()
+    while not (paused := list(hook.glob("paused-*"))) or not list(out.glob("train-*.tmp")):
+        assert p.poll() is None, f"`fastft shard` ended before its workers paused: {p.communicate()[1][-2000:]}"
+        assert time.time() - t < 300, "the workers did not pause within 5 minutes"
+        time.sleep(0.02)
+    os.kill(int(paused[0].name.split("-")[1]) if worker else p.pid, signal.SIGKILL)
+    stderr = p.communicate(timeout=300)[1]
+    return cmd, p, stderr
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker processes in /proc")
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="SIGKILL: POSIX")
 def test_a_killed_shard_worker_stops_the_run_with_a_clear_error_and_the_store_resumes(synth_tree, store, tmp_path):
     """A worker killed mid-run (the out-of-memory killer) ends `fastft shard` with an error naming what to do — not a
     hang (multiprocessing.Pool lost the task and waited forever; a worker killed while writing a large result into the
