@@ -303,17 +303,17 @@ def _check_shard_rows(st: Store, shard: dict, g, members: dict, full: bool) -> l
     name = shard["name"]
     tar = st.path / f"{name}.tar"
     tar_size = tar.stat().st_size if tar.exists() else shard["bytes"]
-    outside, wrong, labels, seen = [], [], [], set()
+    outside, wrong, labels, seen, version = [], [], [], set(), st.version
     f = open(tar, "rb") if full else contextlib.nullcontext()
     with f:
         for k, lab, jo, js, co in zip(g["key"].tolist(), g["label"].tolist(), g["jpg_offset"].tolist(),
                                       g["jpg_size"].tolist(), g["cls_offset"].tolist()):
-            cs = cls_size(lab, st.version)
+            cs = cls_size(lab, version)
             if jo < 0 or co < 0 or jo + js > tar_size or co + cs > tar_size:
                 outside.append(k)
             elif members.get(f"{k}.jpg") != (jo, js) or members.get(f"{k}.cls") != (co, cs):
                 wrong.append(k)
-            elif full and os.pread(f.fileno(), cs, co) != encode_label(lab, st.version):
+            elif full and os.pread(f.fileno(), cs, co) != encode_label(lab, version):
                 labels.append(k)
             seen.update((f"{k}.jpg", f"{k}.cls"))
     problems = []
