@@ -54,7 +54,7 @@ def _reader_batches(view, batch, hw, dev, crop):
 
     @pipeline_def(batch_size=batch, num_threads=8, device_id=0 if cuda else None, prefetch_queue_depth=3)
     def p():
-        jpg, cls = fn.readers.webdataset(paths=tars, index_paths=idx, ext=["jpg", "cls"], dtypes=[types.UINT8, types.INT32],
+        jpg, cls = fn.readers.webdataset(paths=tars, index_paths=idx, ext=["jpg", "cls"], dtypes=[types.UINT8, types.UINT8],  # .cls raw: unused here
                                          random_shuffle=True, initial_fill=1024, name="r")
         img = (fn.decoders.image(jpg, device="mixed", output_type=types.RGB, hw_decoder_load=hw) if cuda
                else fn.decoders.image(jpg, device="cpu", output_type=types.RGB))

@@ -30,6 +30,30 @@ def store(synth_tree, tmp_path_factory) -> Path:
     return out
 
 
+V1_CLASSES = ("n02085620", "n02086240", "n03000134", "n04228054")  # 2 dogs, 2 instruments, labels of 3 digits
+V1_CONFIG = dict(resize="80x80", shard_mb=0.05, classes=V1_CLASSES)
+
+
+@pytest.fixture(scope="session")
+def small_tree(tmp_path_factory) -> Path:
+    """A small synthetic ImageNet of 4 classes (16 + 4 images each), for stores written in each format version."""
+    from fastft.data.synth import synth
+
+    root = tmp_path_factory.mktemp("small") / "ILSVRC2012"
+    synth(root, list(V1_CLASSES), train_per_class=16, val_per_class=4, size=64, seed=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def store_v1(small_tree, tmp_path_factory) -> Path:
+    """A version-1 store (``.cls`` = int32 little-endian), as fastft wrote before version 2, of ``small_tree``."""
+    from fastft.data.shard import ShardConfig, write_store
+
+    out = tmp_path_factory.mktemp("store-v1") / "small"
+    write_store(small_tree, out, ShardConfig(**V1_CONFIG), workers=1, progress=False, store_version=1)
+    return out
+
+
 @pytest.fixture(scope="session")
 def store_classes(store) -> list[str]:
     from fastft.data.store import open_store

@@ -1,4 +1,4 @@
-"""``fastft taxonomy``, ``subsets``, ``synth``, ``shard``, ``verify``: the hierarchy, class subsets and stores."""
+"""``fastft taxonomy``, ``subsets``, ``synth``, ``shard``, ``export``, ``verify``: the hierarchy, class subsets and stores."""
 from __future__ import annotations
 
 import json
@@ -153,6 +153,26 @@ def cmd_verify(a):
     print(f"OK {a.store}: {len(m['shards'])} shards, {m['totals']['written']} samples, hashes match the manifest, the sample index matches the shards")
 
 
+def cmd_export(a):
+    from ..data.export import export_shards, shard_urls
+
+    splits = None if a.split == "all" else a.split.split(",")
+    if a.shards:
+        r = export_shards(a.view, a.shards, splits, a.shard_mb)
+        for split, s in r["splits"].items():
+            print(f"{split}: {s['samples']} samples in {len(s['shards'])} shards")
+        print(f"wrote {a.shards}: WebDataset shards of the view's samples only (<key>.jpg + <key>.cls, the view's label "
+              f"0..{len(r['classes']) - 1} as ASCII; classes.txt names them), a DALI index each, export.json")
+        return
+    urls = shard_urls(a.view, splits)
+    Path(a.urls).write_text("".join(u + "\n" for s in urls.values() for u in s["urls"]))
+    for split, s in urls.items():
+        print(f"{split}: {len(s['urls'])} store shards, holding {s['shard_samples']} samples, {s['samples']} of them in the view")
+    print(f"wrote {a.urls}: the store's own shards this view reads. They hold other samples too (other classes, and with a "
+          f"per-class cap other images of the view's classes), and their .cls is the store's label, not the view's: keep "
+          f"the view's samples by key (the `key` column of {Path(a.view) / '<split>.csv.gz'}), or export just them with --shards")
+
+
 def add_commands(sub) -> None:
     s = sub.add_parser("taxonomy", help="show a WordNet synset and the ILSVRC2012 classes under it")
     s.add_argument("wnid", help="synset id (e.g. n02084071) or name (e.g. dog)")
@@ -216,6 +236,16 @@ def add_commands(sub) -> None:
     s.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_shard)
+
+    s = sub.add_parser("export", help="a view as plain WebDataset: new shards of just its samples, or the list of store shards it reads")
+    s.add_argument("view", help="a view directory (fastft subsets resolve, or a run's views/…)")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--shards", metavar="OUT", help="write new WebDataset shards of the view's samples only into OUT (new or empty)")
+    g.add_argument("--urls", metavar="FILE", help="write the paths of the store's shards the view reads, one a line "
+                   "(they hold other samples too: see the note printed)")
+    s.add_argument("--split", default="all", help="train, val, or all (comma-separated list)")
+    s.add_argument("--shard-mb", type=float, default=256.0, help="target size of an exported shard in MB (--shards)")
+    s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("verify", help="re-hash a store's shards and index files against its manifest")
     s.add_argument("store", help="a store directory (fastft shard)")

@@ -11,5 +11,6 @@ One module per thing the flow owns (none imports the loaders, models or trainer)
 * :mod:`~fastft.data.shard` — ``fastft shard``: a source's inputs → a store;
 * :mod:`~fastft.data.spool` — how the shard writer's worker processes hand it their results;
 * :mod:`~fastft.data.store` — the store format: reading, verification, locks;
-* :mod:`~fastft.data.views` — views: subsets of a store without copying data (what the loaders read).
+* :mod:`~fastft.data.views` — views: subsets of a store without copying data (what the loaders read);
+* :mod:`~fastft.data.export` — ``fastft export``: a view as new WebDataset shards, or the store shards it reads.
 """

@@ -3,7 +3,8 @@
 A store (written by :func:`fastft.data.shard.write_store`, ``fastft shard``) is a directory::
 
     settings.json                 the settings the store was started with (a resume must match them)
-    train-000000.tar …            samples ``<key>.jpg`` (RGB JPEG, pre-resized) + ``<key>.cls`` (int32 LE label, 1000-class order)
+    train-000000.tar …            samples ``<key>.jpg`` (RGB JPEG, pre-resized) + ``<key>.cls`` (the label as ASCII decimal,
+                                  WebDataset's convention; a version-1 store holds it as int32 LE; see :func:`encode_label`)
     train-000000.idx …            DALI index (``v1.2 <n>``, then ``jpg <offset> <size> <name> cls <offset> <size> <name>`` per sample)
     train-000000.json …           per-shard record, written when the shard is complete (what a resume trusts)
     val-000000.tar/.idx/.json     the same for the validation split
@@ -33,7 +34,8 @@ from ..errors import FastFTError
 from ..files import fsync_write  # (fastft.data.shard imports it from here too)
 from .taxonomy import load
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: ``.cls`` is the ASCII decimal label (plain ``webdataset`` reads it); 1: int32 little-endian
+STORE_VERSIONS = (1, 2)  # what this fastft opens, verifies and trains on (and resumes writing, in the store's own version)
 SAMPLE_COLUMNS = ["key", "wnid", "label", "split", "shard", "jpg_offset", "jpg_size", "cls_offset", "source", "kind"]
 
 
@@ -49,6 +51,17 @@ def parse_resize(spec: str):
     if spec == "none":
         return ("none", 0, 0)
     raise FastFTError(f"--resize must be WxH (e.g. 256x256), short:N or none; got {spec!r}")
+
+
+def encode_label(label: int, version: int = STORE_VERSION) -> bytes:
+    """A sample's ``.cls`` member: the label as ASCII decimal (version 2: ``int(data)`` reads it, as WebDataset's
+    default decoder does) or as int32 little-endian (version 1)."""
+    return str(int(label)).encode() if version >= 2 else int(label).to_bytes(4, "little", signed=True)
+
+
+def cls_size(label: int, version: int = STORE_VERSION) -> int:
+    """The size of a sample's ``.cls`` member (the sample index holds its offset; its size follows from the label)."""
+    return len(str(int(label))) if version >= 2 else 4
 
 
 _ESCAPE = re.compile(r"[%\x00-\x1f\x7f\udc80-\udcff]")
@@ -126,6 +139,11 @@ class Store:
     sha256: str  # of manifest.json: views record it
 
     @property
+    def version(self) -> int:
+        """The store format version (:data:`STORE_VERSION`; how ``.cls`` holds the label, :func:`encode_label`)."""
+        return int(self.manifest.get("store_version", 1))
+
+    @property
     def shards(self) -> list[dict]:
         return self.manifest["shards"]
 
@@ -171,6 +189,9 @@ def open_store(path: str | Path) -> Store:
         m = json.loads(raw)
         if m.get("format") != "fastft-store":
             raise FastFTError(f"{mp} is not a fastft store manifest")
+        if m.get("store_version", 1) not in STORE_VERSIONS:
+            raise FastFTError(f"{path} is a version-{m.get('store_version')} store; this fastft reads versions "
+                              f"{', '.join(map(str, STORE_VERSIONS))}: upgrade fastft to read it")
         if len(_manifest_cache) >= 8:
             _manifest_cache.clear()
         _manifest_cache[key] = (m, hashlib.sha256(raw).hexdigest())
@@ -249,7 +270,8 @@ def check_sample_index(st: Store, full: bool = True) -> list[str]:
     """Problems with the sample index (``samples.csv.gz``) against the shards: keys unique within the store, every
     row's wnid/label/shard known, and its ``<key>.jpg`` / ``<key>.cls`` the members at the row's offsets with its
     sizes, inside the tar; every member of a shard in exactly one row, and the per-shard counts those of the manifest.
-    Members are read from the tar headers (``full``) or the DALI index files."""
+    Members are read from the tar headers (``full``) or the DALI index files; ``full`` also reads every ``.cls`` and
+    checks that it holds the row's label (:func:`encode_label`, in the store's version)."""
     df = st.samples(["key", "wnid", "label", "shard", "jpg_offset", "jpg_size", "cls_offset"])
     problems = []
     dup = df["key"][df["key"].duplicated()].unique().tolist()
@@ -272,21 +294,38 @@ def check_sample_index(st: Store, full: bool = True) -> list[str]:
         members = _members(st.path / f"{name}.tar", full)
         if members is None or g is None:
             continue
-        tar_size = (st.path / f"{name}.tar").stat().st_size if (st.path / f"{name}.tar").exists() else s["bytes"]
-        outside, wrong, seen = [], [], set()
-        for k, jo, js, co in zip(g["key"].tolist(), g["jpg_offset"].tolist(), g["jpg_size"].tolist(), g["cls_offset"].tolist()):
-            if jo < 0 or co < 0 or jo + js > tar_size or co + 4 > tar_size:
+        problems += _check_shard_rows(st, s, g, members, full)
+    return problems
+
+
+def _check_shard_rows(st: Store, shard: dict, g, members: dict, full: bool) -> list[str]:
+    """:func:`check_sample_index` for one shard's rows ``g``; ``members``: the shard's name -> (offset, size)."""
+    name = shard["name"]
+    tar = st.path / f"{name}.tar"
+    tar_size = tar.stat().st_size if tar.exists() else shard["bytes"]
+    outside, wrong, labels, seen, version = [], [], [], set(), st.version
+    f = open(tar, "rb") if full else contextlib.nullcontext()
+    with f:
+        for k, lab, jo, js, co in zip(g["key"].tolist(), g["label"].tolist(), g["jpg_offset"].tolist(),
+                                      g["jpg_size"].tolist(), g["cls_offset"].tolist()):
+            cs = cls_size(lab, version)
+            if jo < 0 or co < 0 or jo + js > tar_size or co + cs > tar_size:
                 outside.append(k)
-            elif members.get(f"{k}.jpg") != (jo, js) or members.get(f"{k}.cls") != (co, 4):
+            elif members.get(f"{k}.jpg") != (jo, js) or members.get(f"{k}.cls") != (co, cs):
                 wrong.append(k)
+            elif full and os.pread(f.fileno(), cs, co) != encode_label(lab, version):
+                labels.append(k)
             seen.update((f"{k}.jpg", f"{k}.cls"))
-        if outside:
-            problems.append(f"{name}.tar: {_named('sample-index rows point outside the tar', outside)}")
-        if wrong:
-            problems.append(f"{name}.tar: {_named('sample-index rows do not match the member of their key (name, offset, size)', wrong)}")
-        orphans = sorted(set(members) - seen)
-        if orphans:
-            problems.append(f"{name}.tar: {_named('members no sample-index row names', orphans)}")
+    problems = []
+    if outside:
+        problems.append(f"{name}.tar: {_named('sample-index rows point outside the tar', outside)}")
+    if wrong:
+        problems.append(f"{name}.tar: {_named('sample-index rows do not match the member of their key (name, offset, size)', wrong)}")
+    if labels:
+        problems.append(f"{name}.tar: {_named('.cls members do not hold the label of their sample-index row', labels)}")
+    orphans = sorted(set(members) - seen)
+    if orphans:
+        problems.append(f"{name}.tar: {_named('members no sample-index row names', orphans)}")
     return problems
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import FastFTError
 from ..files import fsync_write
-from .store import Store, open_store, parse_resize, verify_shards
+from .store import Store, cls_size, open_store, parse_resize, verify_shards
 from .taxonomy import load
 
 
@@ -206,17 +206,19 @@ def _publish(tmp: Path, path: Path) -> None:
 _KEY_COLUMNS = ["key", "wnid", "label", "view_label", "shard", "jpg_offset", "jpg_size"]
 
 
-def _write_split(g, out: Path, split: str) -> dict:
-    """One split of a view: a DALI index per shard it reads (samples in tar order) and ``<split>.csv.gz`` (the
+def _write_split(g, out: Path, split: str, version: int) -> dict:
+    """One split of a view: a DALI index per shard it reads (samples in tar order; ``version``: the store's, which
+    sizes each ``.cls``, see :func:`fastft.data.store.cls_size`) and ``<split>.csv.gz`` (the
     samples sorted by key). Built from plain lists: pandas' per-cell formatting and string sorts took most of a
     sweep's preparation at ILSVRC2012 scale."""
     import pandas as pd
 
     codes, names = pd.factorize(g["shard"], sort=True)
     order = np.lexsort((g["jpg_offset"].to_numpy(), codes))  # by shard, then offset
-    col = {c: g[c].to_numpy()[order].tolist() for c in ("key", "jpg_offset", "jpg_size", "cls_offset")}
+    col = {c: g[c].to_numpy()[order].tolist() for c in ("key", "jpg_offset", "jpg_size", "cls_offset", "label")}
     codes = codes[order]
-    lines = [f"jpg {o} {n} {k}.jpg cls {c} 4 {k}.cls" for o, n, k, c in zip(col["jpg_offset"], col["jpg_size"], col["key"], col["cls_offset"])]
+    lines = [f"jpg {o} {n} {k}.jpg cls {c} {cls_size(lab, version)} {k}.cls"
+             for o, n, k, c, lab in zip(col["jpg_offset"], col["jpg_size"], col["key"], col["cls_offset"], col["label"])]
     bounds = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1], True])
     shards = []
     for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
@@ -264,7 +266,7 @@ def resolve(spec, set_name: str, store_path: str | Path, out: str | Path) -> Vie
     splits = {}
     for split, g in sub.groupby("split", sort=True):
         (out / split).mkdir(exist_ok=True)
-        splits[split] = _write_split(g, out, split)
+        splits[split] = _write_split(g, out, split, st.version)
     meta = {"format": "fastft-view", "store": str(st.path.resolve()), "manifest_sha256": st.sha256, "spec_hash": spec.hash,
             "construction": spec.construction, "seed": spec.seed, "set": set_name, "cap": cs.cap, "classes": list(cs.classes),
             "short_classes": short, "splits": splits}

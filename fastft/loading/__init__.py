@@ -11,7 +11,9 @@ One module per step of the flow:
 * :mod:`~fastft.loading.fallback` — the PyTorch DataLoader fallback;
 * :mod:`~fastft.loading.cache` — the decoded-image cache (device and pinned host tiers, the rest decoded);
 * :mod:`~fastft.loading.resources` — how many cores and how much memory a loader may take on a shared node;
-* :mod:`~fastft.loading.loader` — the public :class:`Loader`, :class:`LoaderConfig` and :func:`batch_format`.
+* :mod:`~fastft.loading.loader` — the public :class:`Loader`, :class:`LoaderConfig` and :func:`batch_format`;
+* :mod:`~fastft.loading.dataset` — :class:`ViewDataset` (``fastft.ViewDataset``): a view as a plain PyTorch dataset,
+  for code outside fastft (not used by the loaders).
 """
 from .loader import Loader, LoaderConfig, batch_format
 from .order import EpochPlan

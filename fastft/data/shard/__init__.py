@@ -35,7 +35,7 @@ from typing import Callable
 
 from ...errors import FastFTError
 from ..spool import bounded_imap, spool_dir
-from ..store import STORE_VERSION, encode_source, fsync_write, lock_file
+from ..store import STORE_VERSION, STORE_VERSIONS, encode_source, fsync_write, lock_file
 from ..taxonomy import load
 from .config import ShardConfig
 from .convert import _process
@@ -46,18 +46,23 @@ __all__ = ["Input", "ShardConfig", "input_fingerprint", "scan", "write_store"]
 
 
 def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: int | None = None, progress: bool = True,
-                on_shard: Callable[[int], None] | None = None) -> dict:
+                on_shard: Callable[[int], None] | None = None, store_version: int | None = None) -> dict:
     """``fastft shard``: build (or resume, or confirm) a store. Returns the manifest.
 
     ``on_shard(n)`` is called after each new shard is complete (``n``: new shards so far); an exception it raises
     stops the run there as an interruption would (tests of resume use it; a caller may report progress).
+    ``store_version``: the format to write (default: a store being resumed or confirmed keeps the version it was
+    started in, a new one gets :data:`STORE_VERSION`); the tests write version-1 stores with it.
     """
     root, out = Path(root), Path(out)
     h = load()
     inputs, scan_info = scan(root, cfg, progress)
     if not inputs:
         raise FastFTError(f"no input images found under {root}")
-    settings = {"store_version": STORE_VERSION, **asdict(cfg), "classes": list(cfg.classes), "val_layout_found": scan_info["val_layout"],
+    version = store_version or _started_version(out)
+    if version not in STORE_VERSIONS:
+        raise FastFTError(f"store_version must be one of {STORE_VERSIONS}, got {version!r}")
+    settings = {"store_version": version, **asdict(cfg), "classes": list(cfg.classes), "val_layout_found": scan_info["val_layout"],
                 "class_list_sha256": hashlib.sha256("\n".join(h.wnids).encode()).hexdigest(), "inputs": len(inputs)}
     fingerprint = input_fingerprint(root, inputs)
     out.mkdir(parents=True, exist_ok=True)
@@ -98,7 +103,7 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
             with spool_dir() as spool:  # removed once no worker writes
                 pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_sigint)
                 try:
-                    _write_shards(root, out, cfg, h, inputs, pool, spool, records, pbar, on_shard)
+                    _write_shards(root, out, cfg, h, inputs, pool, spool, records, pbar, on_shard, version)
                 finally:
                     pool.shutdown(wait=True, cancel_futures=True)
             pbar.close()
@@ -121,6 +126,16 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
             raise FastFTError(f"no space left on the device writing the store {out} ({_free(out)} free) after "
                               f"{done:,} of {len(inputs):,} inputs; free space (or use another --out) and re-run the same "
                               "command: it resumes after the last finished shard") from None
+
+
+def _started_version(out: Path) -> int:
+    """The format version of the store being written in ``out``: the one it was started in (an unfinished store
+    resumes in it, byte-identical to an uninterrupted run; a finished one is confirmed), else :data:`STORE_VERSION`."""
+    try:
+        v = json.loads((out / "settings.json").read_text()).get("store_version", STORE_VERSION)
+    except (OSError, ValueError):
+        return STORE_VERSION
+    return v if v in STORE_VERSIONS else STORE_VERSION  # (another version: _same_settings names the difference)
 
 
 def _same_settings(out: Path, settings: dict) -> None:
@@ -188,7 +203,7 @@ def _ignore_sigint() -> None:
 
 
 def _write_shards(root: Path, out: Path, cfg: ShardConfig, h, inputs: list[Input], pool, spool: str, records: list[dict], pbar,
-                  on_shard: Callable[[int], None] | None) -> None:
+                  on_shard: Callable[[int], None] | None, version: int) -> None:
     """The shard loop of :func:`write_store`: per split, skip finished shards, then fill shards in the seeded order."""
     limit = cfg.shard_mb * 1e6
     written_new = 0
@@ -204,7 +219,7 @@ def _write_shards(root: Path, out: Path, cfg: ShardConfig, h, inputs: list[Input
             pbar.update(rec["consumed"])
         if pos >= len(items):
             continue
-        writer = _ShardWriter(out, split, index)
+        writer = _ShardWriter(out, split, index, version)
         jobs = ((str(root / (x.archive or x.source)), (x.offset, x.size) if x.archive else None, cfg.resize, cfg.quality,
                  x.reason)
                 for x in items[pos:])
@@ -226,7 +241,7 @@ def _write_shards(root: Path, out: Path, cfg: ShardConfig, h, inputs: list[Input
                         raise
                 _check_space(out, records, len(inputs))
                 index += 1
-                writer = _ShardWriter(out, split, index)
+                writer = _ShardWriter(out, split, index, version)
         if writer.consumed:
             records.append(writer.close())
         else:

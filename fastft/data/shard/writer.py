@@ -14,10 +14,8 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
 from ...errors import FastFTError
-from ..store import SAMPLE_COLUMNS, STORE_VERSION, dali_index, encode_source, fsync_write, sha256_file
+from ..store import SAMPLE_COLUMNS, dali_index, encode_label, encode_source, fsync_write, sha256_file
 from ..sources import Input
 
 
@@ -28,7 +26,8 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
 
 
 class _ShardWriter:
-    def __init__(self, out: Path, split: str, index: int):
+    def __init__(self, out: Path, split: str, index: int, version: int):
+        self.version = version  # the store's format version: how .cls holds the label (encode_label)
         self.name = f"{split}-{index:06d}"
         self.out, self.split = out, split
         self.tmp = out / f"{self.name}.tar.tmp"
@@ -42,7 +41,7 @@ class _ShardWriter:
         return self.tf.fileobj.tell()
 
     def add(self, x: Input, label: int, jpg: bytes, kind: str) -> None:
-        cls = np.int32(label).tobytes()
+        cls = encode_label(label, self.version)
         self.tf.addfile(_tarinfo(f"{x.key}.jpg", len(jpg)), io.BytesIO(jpg))
         self.tf.addfile(_tarinfo(f"{x.key}.cls", len(cls)), io.BytesIO(cls))
         self.rows.append({"key": x.key, "wnid": x.wnid, "label": label, "split": x.split, "shard": self.name,
@@ -133,7 +132,7 @@ def _finish(out: Path, records: list[dict], settings: dict, scan_info: dict, sec
     empty = _emptied_classes(rows, rejected, settings["allow_missing"], out)  # after rejected.csv: it says why
     kinds = Counter(r["kind"] for r in rows)
     manifest = {
-        "format": "fastft-store", "store_version": STORE_VERSION, "settings": settings, "val_layout": scan_info["val_layout"],
+        "format": "fastft-store", "store_version": settings["store_version"], "settings": settings, "val_layout": scan_info["val_layout"],
         "missing_classes": scan_info["missing"] + empty, "skipped_folders": scan_info["skipped_folders"],
         "totals": {"inputs": settings["inputs"], "written": written, "rejected": len(rejected),
                    "by_split": dict(Counter(r["split"] for r in rows)), "classes": len({r["wnid"] for r in rows}),
