@@ -159,9 +159,13 @@ class ToRGB:
     def __call__(self, im):
         if im.mode == "RGB":
             return im
-        from .data.shard.convert import _to_rgb
+        from .data.shard.convert import _Rejected, _to_rgb
 
-        return _to_rgb(im)
+        try:
+            return _to_rgb(im)
+        except _Rejected as e:  # a mode fastft shard rejects too (LAB, HSV)
+            name = getattr(im, "filename", "")
+            raise FastFTError(f"image{' ' + name if name else ''}: {e}; convert it to RGB first") from None
 
     def __repr__(self):
         return "ToRGB()"

@@ -5,6 +5,7 @@ unfinished, damaged and hostile runs and files are named. Real ``fastft train`` 
 import io
 import json
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -76,6 +77,8 @@ def test_load_model_equals_fastft_evaluation(source_run):
     preds = m.predict(images[:3], topk=2)
     assert [p[0][0] for p in preds] == [m.classes[i] for i in logits[:3].argmax(1)]
     assert all(len(p) == 2 and p[0][2] >= p[1][2] and p[0][1] == m.class_names[m.classes.index(p[0][0])] for p in preds)
+    again = pickle.loads(pickle.dumps(m.transform))  # DataLoader workers get a copy
+    assert torch.equal(again(images[0]), x[0])
     # the model file alone, with its geometry recorded, is the same model
     f = fastft.load_model(run / "model.pt")
     assert f.preprocess == m.preprocess and torch.equal(f.logits(images[:8]), logits[:8])
