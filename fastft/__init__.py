@@ -5,7 +5,8 @@ The flow, one module each: taxonomy → subsets → store (shards, views) → pi
 """
 __version__ = "0.1.0"
 
-_LAZY = {"ViewDataset": "fastft.loading.dataset"}  # public names, imported on first use: `import fastft` stays light
+# public names, imported on first use so that `import fastft` stays light (no torch)
+_LAZY = {"ViewDataset": "fastft.loading.dataset", "load_model": "fastft.inference", "LoadedModel": "fastft.inference"}
 
 
 def __getattr__(name: str):
@@ -14,3 +15,7 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'fastft' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])

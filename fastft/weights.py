@@ -18,7 +18,10 @@ ndarray) it holds numpy's array reconstruction, which builds arrays of numbers a
 What a file says about itself (its model config, classes, run id) is checked like a config (:func:`read_model`): a
 wrong or missing field is a :class:`FastFTError`, never a ``KeyError`` deep in the trainer. ``model_config`` names
 the registered model (:mod:`fastft.models`) and holds that model's ``Config``; a file written before models had
-names (no ``name``) holds an AlexNet.
+names (no ``name``) holds an AlexNet. ``preprocess`` (:func:`fastft.preprocess.describe`) is the input the model
+was evaluated on: its scale (files from before 2026-12 have none: ``imagenet``) and, since the geometry was recorded,
+the resize steps and the centre crop (older files: :mod:`fastft.inference` derives them from the run, or documented
+defaults).
 """
 from __future__ import annotations
 
@@ -41,7 +44,8 @@ LEGACY_RNG_GLOBALS = [(_NP_CORE.multiarray._reconstruct, "numpy._core.multiarray
                       (_NP_CORE.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype,
                       type(np.dtype(np.uint32))]
 
-MODEL_FORMAT = "{model: state dict, model_config: {name, num_classes, the model's keys}, classes, run_id}"
+MODEL_FORMAT = ("{model: state dict, model_config: {name, num_classes, the model's keys}, classes, run_id, "
+                "preprocess: {name, mean, std, scale, channels, resize, crop, interpolation}}")
 LEGACY_MODEL = "alexnet"  # the model of files written before model_config recorded a name
 
 
@@ -91,6 +95,7 @@ class ModelFile:
     run_id: str | None
     preprocess: str | None = None  # the input preprocessing's name, when the file records one ({"name": …, …})
     model_name: str = LEGACY_MODEL  # the registered model (fastft.models) its weights fit
+    preprocessing: dict | None = None  # the whole recorded entry (fastft.preprocess.describe), when there is one
 
     @property
     def model_config(self) -> dict:
@@ -148,7 +153,31 @@ def check_model(blob, f: Path) -> ModelFile:
     pre = blob.get("preprocess")
     if pre is not None and not (isinstance(pre, dict) and isinstance(pre.get("name"), str)):
         raise FastFTError(f"{f}: preprocess must be a mapping with the preprocessing's name, got {pre!r:.80}")
-    return ModelFile(f, state, cfg, classes, run_id, pre["name"] if pre else None, name)
+    if pre is not None:
+        _check_preprocess(pre, f)
+    return ModelFile(f, state, cfg, classes, run_id, pre["name"] if pre else None, name, pre)
+
+
+def _check_preprocess(pre: dict, f: Path) -> None:
+    """The recorded input description, where it gives them: three means, three positive stds, a crop, resize steps."""
+    def num(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+    def side(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    bad = None
+    for k in ("mean", "std"):
+        v = pre.get(k)
+        if v is not None and not (isinstance(v, list) and len(v) == 3 and all(map(num, v)) and (k == "mean" or min(v) > 0)):
+            bad = f"{k} must be 3 numbers (RGB{', each > 0' if k == 'std' else ''})"
+    if "crop" in pre and not side(pre["crop"]):
+        bad = "crop must be an integer >= 1"
+    r = pre.get("resize")
+    if r is not None and not (isinstance(r, list) and all(side(s) or isinstance(s, list) and len(s) == 2 and all(map(side, s)) for s in r)):
+        bad = "resize must be a list of steps, each [W, H] or N (the shorter side), integers >= 1"
+    if bad:
+        raise FastFTError(f"{f}: preprocess {bad}; got {pre!r:.120}")
 
 
 def _model_config(mc: dict, f: Path) -> tuple[str, object]:

@@ -421,7 +421,7 @@ def _finish(r: _Run, model, final: dict, held) -> dict:
     if acc.is_main_process:
         m = acc.unwrap_model(model)
         final["model_sha256"] = runs.save_file({"model": m.state_dict(), "model_config": {"name": cfg.model, **vars(m.cfg)}, "classes": r.view.classes,
-                                                 "run_id": r.rid, "preprocess": preprocess.describe(cfg.preprocess)},
+                                                 "run_id": r.rid, "preprocess": preprocess.describe(cfg.preprocess, cfg.crop, r.view.resize)},
                                                 r.run_dir / "model.pt")
         r.costs.lap("finish")  # model.pt written
         final["costs"] = {**r.costs.s, "sum_step_s": round(sum(m["train_secs"] for m in metrics), 3)}
