@@ -154,7 +154,7 @@ def _check_source(r: _Run) -> tuple[weights.ModelFile | None, str | None]:
     p = Path(cfg.source)
     if not p.exists():
         raise FastFTError(f"finetune source {cfg.source} does not exist")
-    src = weights.read_model(p, "finetune source")
+    src, source_id = weights.read_source(p, cfg.model)  # a fastft model file, or a torchvision model's state dict
     if src.model_name != cfg.model:
         raise FastFTError(f"source {src.path} is a {src.model_name} model; this run asks model {cfg.model} (set model: {src.model_name})")
     spec = models.spec(cfg.model)
@@ -171,7 +171,7 @@ def _check_source(r: _Run) -> tuple[weights.ModelFile | None, str | None]:
         raise FastFTError(f"source {src.path} was trained on {len(overlap)} of the {len(view.classes)} target classes "
                           f"(e.g. {sorted(overlap)[:3]}); sources must be disjoint from the target or contain all of it "
                           "(set allow_overlap: true if this is intended)")
-    return src, src.run_id or str(src.path)
+    return src, source_id
 
 
 def _step_plan(r: _Run) -> dict:
