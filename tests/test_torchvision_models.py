@@ -157,3 +157,25 @@ def test_a_torchvision_state_dict_as_source(resnet_runs, tmp_path, capsys):
         err = capsys.readouterr().err
         assert rc == 2 and msg in err, err
     assert not list(out.glob("bad-*"))
+
+
+PLAN = """name: tv
+construction: near-far
+params: {within: store, target: 4, source: 8, cap: 20}
+seeds: [0]
+defaults: {model: resnet18, crop: 48, batch_size: 32, epochs: 1, num_threads: 1}
+runs:
+  - {name: near, set: near}
+  - {name: ft, set: target, mode: finetune, source: near, overrides: {freeze: 2%s}}
+"""
+
+
+def test_plans_take_a_model_and_its_keys_are_checked_before_any_run(store, tmp_path, capsys):
+    ok, bad = tmp_path / "tv.yaml", tmp_path / "bad.yaml"
+    ok.write_text(PLAN % "")
+    bad.write_text(PLAN % ", groups: true")
+    assert cli_main(["sweep", str(ok), "--store", str(store), "--out", str(tmp_path / "o"), "--dry-run", "--quiet"]) == 0
+    assert "2 runs" in capsys.readouterr().out
+    assert cli_main(["sweep", str(bad), "--store", str(store), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "groups True: model resnet18 takes no groups" in capsys.readouterr().err
+    assert not list((tmp_path / "o").glob("*-*/sweep.log")), "no run started"
