@@ -178,7 +178,8 @@ def _step_plan(r: _Run) -> dict:
     cfg, cuda = r.cfg, r.device == "cuda"
     return {"compile": cfg.compile is True or (cfg.compile == "auto" and cuda),
             "cuda_graph": cfg.cuda_graph and cuda and r.acc.num_processes == 1,
-            "fused_sgd": cfg.fused_sgd and cuda, "conv1_pad": cfg.conv1_pad if cuda else 0}
+            "fused_sgd": cfg.fused_sgd and cuda,
+            "conv1_pad": cfg.conv1_pad if cuda and "conv1_pad" in models.spec(cfg.model).options else 0}
 
 
 def _start(r: _Run, identity: dict):
@@ -225,7 +226,7 @@ def _build(r: _Run, src) -> tuple:
     set_seed(cfg.seed * 1000 + 1 + r.acc.process_index, device_specific=False)
     if r.device == "cuda" and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if r.device == "cuda" and hasattr(model, "pad_input"):  # an optional part of the protocol (fastft.models)
+    if _step_plan(r)["conv1_pad"] and hasattr(model, "pad_input"):  # an optional part of the protocol (fastft.models)
         model.pad_input(cfg.conv1_pad)
     head = (models.spec(cfg.model).head,) if cfg.mode == "finetune" else ()
     opt = sgd(param_groups(model, cfg, head), cfg.base_lr, cfg.momentum, cfg.weight_decay, fused=_step_plan(r)["fused_sgd"])
