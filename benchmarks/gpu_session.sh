@@ -68,6 +68,7 @@ python3 -c "import json,sys; sys.exit('fastft_e2e_img_s' not in json.load(open('
 # files come back). CPU rehearsal: RESNET_ARGS="--crop 64 --batch 32"
 step bench-train-resnet50 150 python3 -m fastft bench train $W/view ${RESNET_ARGS:---crop 224} --model resnet50 --seconds 4 \
     --steps ${RESNET_STEPS:-graph,compile+graph+fused} --hw-load $HW --cpu-decode $CPU
+step gpu-tests-resnet 90 python3 -m pytest -q -x tests/test_torchvision_models.py -m gpu -p no:cacheprovider
 BEST=$(python3 -c "import json; print(json.load(open('$OUT/bench-train.json')).get('step', 'graph'))" 2>/dev/null || echo graph)
 step e2e-probe 80 python3 benchmarks/e2e_probe.py $W/view --step $BEST --seconds 3 ${PROBE_ARGS:-} --out "$OUT/e2e-probe.json"
 step train 60 python3 -m fastft train view=$W/view epochs=3 lr_step=2 out=$W/runs name=defaults checkpoint_every=100 progress=false $TRAIN_ARGS
