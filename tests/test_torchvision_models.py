@@ -181,6 +181,19 @@ def test_plans_take_a_model_and_its_keys_are_checked_before_any_run(store, tmp_p
     assert not list((tmp_path / "o").glob("*-*/sweep.log")), "no run started"
 
 
+def test_a_plan_fine_tunes_from_a_torchvision_file(store, tmp_path, capsys):
+    """A plan's run whose source is a file (``overrides: {source: FILE}``), not another run: the sweep gives it the
+    id the trainer computes (the file's content), so it finishes as the run the sweep expects."""
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), tmp_path / "r18.pth")
+    plan = tmp_path / "file.yaml"
+    plan.write_text(PLAN.split("runs:")[0] + "runs:\n  - {name: tv, set: target, mode: finetune, overrides: "
+                    f"{{source: {tmp_path / 'r18.pth'}, freeze: 5, plateau_epochs: 0}}}}\n")
+    assert cli_main(["sweep", str(plan), "--store", str(store), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    (run,) = [d for d in (tmp_path / "o").glob("tv-*") if (d / "final.json").exists()]
+    assert json.loads((run / "config.json").read_text())["identity"]["source"].startswith("torchvision resnet18 sha256:")
+    assert len(list((tmp_path / "o").glob("tv-*"))) == 1
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("mode", ["graph+fused", "compile+graph+fused"])
