@@ -28,10 +28,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import ALEXNET_LAYERS as VGG_LAYERS, RESNET_LAYERS, spec
 from ..errors import FastFTError
 
-RESNET_LAYERS = ("stem", "layer1", "layer2", "layer3", "layer4", "pool", "fc")
-VGG_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 # where each conv block of torchvision's ``features`` ends (after its max-pool)
 BLOCK_ENDS = {"vgg16_bn": (7, 14, 24, 34, 44), "tv-alexnet": (3, 6, 8, 10, 13)}
@@ -42,10 +41,6 @@ TORCHVISION_NAME = {"tv-alexnet": "alexnet"}  # fastft's name -> torchvision's (
 class Config:
     num_classes: int
     input_size: int = 227  # the crop the model is fed (any size from the model's minimum: the pools are adaptive)
-
-
-def check_config(cfg: Config) -> str | None:
-    return None if cfg.input_size >= 1 else "input_size"
 
 
 def _torchvision(name: str, num_classes: int) -> nn.Module:
@@ -181,9 +176,9 @@ class Arch:
     def __init__(self, name: str):
         self.name = name
 
-    @staticmethod
-    def check_config(cfg: Config) -> str | None:
-        return check_config(cfg)
+    def check_config(self, cfg: Config) -> str | None:
+        """``input_size`` when a model file's crop is below this model's smallest input."""
+        return None if cfg.input_size >= spec(self.name).min_crop else "input_size"
 
     def build(self, num_classes: int, **keys) -> TorchvisionNet:
         return TorchvisionNet(self.name, Config(num_classes, **keys))
