@@ -63,6 +63,12 @@ step bench-train 200 python3 -m fastft bench train $W/view $BENCH_ARGS --seconds
     --hw-load $HW --cpu-decode $CPU ${CACHE---cache} --out "$OUT/bench-train.json"
 python3 -c "import json,sys; sys.exit('fastft_e2e_img_s' not in json.load(open('$OUT/bench-train.json')))" 2>/dev/null ||
   step bench-train-plain 100 python3 -m fastft bench train $W/view $BENCH_ARGS --seconds 4 --steps graph --cache --out "$OUT/bench-train.json"
+# torchvision's ResNet-50 (224 crops, preprocess imagenet) next to the paper's AlexNet: its step-rate ceilings and end
+# to end, the same step modes but conv1's padding (AlexNet's alone); its JSON line stays in session.log (at most 8
+# files come back). CPU rehearsal: RESNET_ARGS="--crop 64 --batch 32"
+step bench-train-resnet50 150 python3 -m fastft bench train $W/view ${RESNET_ARGS:---crop 224} --model resnet50 --seconds 4 \
+    --steps ${RESNET_STEPS:-graph,compile+graph+fused} --hw-load $HW --cpu-decode $CPU
+step gpu-tests-resnet 90 python3 -m pytest -q -x tests/test_torchvision_models.py -m gpu -p no:cacheprovider
 BEST=$(python3 -c "import json; print(json.load(open('$OUT/bench-train.json')).get('step', 'graph'))" 2>/dev/null || echo graph)
 step e2e-probe 80 python3 benchmarks/e2e_probe.py $W/view --step $BEST --seconds 3 ${PROBE_ARGS:-} --out "$OUT/e2e-probe.json"
 step train 60 python3 -m fastft train view=$W/view epochs=3 lr_step=2 out=$W/runs name=defaults checkpoint_every=100 progress=false $TRAIN_ARGS

@@ -126,6 +126,36 @@ def read_model(path: str | Path, what: str = "model file") -> ModelFile:
     return check_model(load(f, what), f)
 
 
+def read_source(path: str | Path, model: str, what: str = "finetune source") -> tuple[ModelFile, str]:
+    """A fine-tune's source for model ``model``: a run directory or a fastft model file (:func:`read_model`), or — for
+    a model with a torchvision name (:mod:`fastft.models.torchvision`) — a plain torchvision state dict, such as
+    ``torch.save(torchvision.models.resnet50(weights=…).state_dict(), f)`` or a file of torch hub's cache. Read
+    safely like every weights file (:func:`load`), its keys mapped onto fastft's module and checked (a state dict of
+    another model is named by its missing and unexpected keys); it records no classes and no run, and its input scale
+    is torchvision's (``imagenet``). Returns the file and the source's id in the fine-tune's identity: its run id (a
+    fastft file without one: its path), a state dict's content hash."""
+    p = Path(path)
+    if p.is_dir():
+        mf = read_model(p, what)
+        return mf, mf.run_id or str(mf.path)
+    runs.verify_model(p)
+    blob = load(p, what)
+    if not _bare_state_dict(blob):
+        mf = check_model(blob, p)
+        return mf, mf.run_id or str(mf.path)
+    tv = models.spec(model).torchvision
+    if tv is None:
+        raise FastFTError(f"{what} {p} is a bare state dict, without the model_config that says which model it fits; "
+                          f"model {model} reads fastft model files ({MODEL_FORMAT}); a plain torchvision state dict is "
+                          "read for torchvision's models (model=resnet18, resnet50, vgg16_bn, tv-alexnet, …)")
+    state, cfg = models.module(model).adopt(blob, f"{what} {p}")
+    return ModelFile(p, state, cfg, None, None, "imagenet", model), f"torchvision {tv} sha256:{runs.sha256_file(p)}"
+
+
+def _bare_state_dict(blob) -> bool:
+    return isinstance(blob, dict) and bool(blob) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in blob.items())
+
+
 def check_model(blob, f: Path) -> ModelFile:
     """Validate a loaded model file's content like a config."""
     if not isinstance(blob, dict):

@@ -1,4 +1,5 @@
-"""Figs. 8-9: conv5's filters as class detectors. A filter's response to an image is its spatial max (256 scores);
+"""Figs. 8-9: conv5's filters as class detectors — on any model, its last conv layer (the spec's ``conv``: conv5 of
+the AlexNets and VGG, ``layer4`` of a ResNet). A filter's response to an image is its spatial max (256 scores);
 AP per (class, filter) as ``sklearn.metrics.average_precision_score`` on the val split; a model's sensitivity for a
 class is the mean AP of its top-5 filters, and model A beats B on a class when its sensitivity is higher. Each run's
 per-class sensitivities land in ``<run>/analysis/filters-<view tag>.json`` (the report pairs models by seed from
@@ -10,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import FastFTError
 from ..files import write_json
 from ..report.figures import beats_figure
-from .extract import features, load_model
+from .extract import channels, features, load_model
 from .registry import save
 from .targets import each_view
 
@@ -50,16 +52,17 @@ def filters(runs: list, view, device: str = "auto", out: str | Path | None = Non
     view = open_view(view) if not hasattr(view, "meta") else view
     sens, names, aps = {}, [], {}
     for run in runs:
-        f, y = features(run, view, "val", ("conv5",), device=device)
-        c5 = np.asarray(f["conv5"], np.float32)
-        model, _ = load_model(run)
-        ch = model.conv5[0].out_channels
+        model, mf = load_model(run)
+        layer = _conv_layer(mf)
+        f, y = features(run, view, "val", (layer,), device=device)
+        c5 = np.asarray(f[layer], np.float32)
+        ch = channels(model, mf, layer)
         scores = c5.reshape(len(y), ch, -1).max(axis=2)
         ap = filter_ap(scores, y, view.num_classes)
         name = Path(run).name
         names.append(name)
         sens[name], aps[name] = sensitivity(ap), (ap, scores, y)
-        save(run, "filters", {"analysis": "filters", "view": str(view.path), "summary": {"mean_sensitivity": round(float(np.nanmean(sens[name])), 4)},
+        save(run, "filters", {"analysis": "filters", "layer": layer, "view": str(view.path), "summary": {"mean_sensitivity": round(float(np.nanmean(sens[name])), 4)},
                                "sensitivity": sens[name].round(4).tolist(), "top5_filters": np.argsort(-ap, axis=1)[:, :5].tolist()}, view)
     beats = {a: {b: round(100 * float(np.mean(sens[a] > sens[b])), 2) for b in names if b != a} for a in names}
     res = {"analysis": "filters", "view": str(view.path), "models": names, "percent_of_classes_a_beats_b": beats,
@@ -72,6 +75,17 @@ def filters(runs: list, view, device: str = "auto", out: str | Path | None = Non
         beats_figure(beats, names, out / "filters-beats.png")
         res["figure"], res["beats_figure"] = str(out / "filters-pr.png"), str(out / "filters-beats.png")
     return res
+
+
+def _conv_layer(mf) -> str:
+    """The model's last conv layer, by the name its spec gives it."""
+    from ..models import spec
+
+    layer = spec(mf.model_name).conv
+    if layer is None:
+        raise FastFTError(f"{mf.path}: model {mf.model_name} names no conv layer (its ModelSpec's conv), which the "
+                          "filters analysis reads")
+    return layer
 
 
 def _pr_figure(aps: dict, view, path: Path, k: int) -> None:

@@ -9,14 +9,16 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FastFTError
-from .extract import features
+from .extract import features, run_model_spec
 from .registry import save
 from .targets import distance_targets
 
 
-def feature_distance(run, source_view, target_view, device: str = "auto", layer: str = "fc7") -> dict:
+def feature_distance(run, source_view, target_view, device: str = "auto", layer: str | None = None) -> dict:
     """Mean over target classes of the cosine distance from the target class's mean feature to the nearest source
-    class mean (val split features of one model), next to the WordNet distance of the same class sets."""
+    class mean (val split features of one model; ``layer``: default the model's pooled features, fc7 for AlexNets),
+    next to the WordNet distance of the same class sets."""
+    layer = layer or run_model_spec(run).feature_layer
     from ..data.views import open_view
     from ..data.taxonomy import load
 
@@ -42,6 +44,7 @@ def cli(a) -> None:
                           "fine-tuned run's source and target, measured in the source model)")
     pairs = [(a.runs[0], a.source_view, a.view)] if a.view else distance_targets(a.runs, a.plan)
     for model, sview, tview in pairs:
-        r = feature_distance(model, sview, tview, a.device)["summary"]
-        print(f"{Path(model).name}: {Path(sview).name} -> {Path(tview).name}: feature (fc7 cosine, nearest) "
+        res = feature_distance(model, sview, tview, a.device)
+        r = res["summary"]
+        print(f"{Path(model).name}: {Path(sview).name} -> {Path(tview).name}: feature ({res['layer']} cosine, nearest) "
               f"{r['feature_cosine_nearest']:.4f}, WordNet {r['wordnet_wup_nearest']:.4f}")

@@ -27,6 +27,24 @@ def load_model(run: str | Path, device: str = "cpu") -> tuple[object, ModelFile]
     return mf.model(device), mf
 
 
+def run_model_spec(run: str | Path):
+    """The registered model (:class:`fastft.models.ModelSpec`) of a run or model file, for an analysis's default
+    layers: a run's recorded config says it without reading the weights."""
+    from ..runs import read_config
+
+    p = Path(run)
+    if p.is_dir() and (p / "config.json").exists():
+        return model_spec(read_config(p)["config"].get("model", "alexnet"))
+    return model_spec(read_model(p).model_name)
+
+
+def channels(model, mf: ModelFile, layer: str, device: str = "cpu") -> int:
+    """How many channels (filters) a conv layer's output has, from one forward pass of a blank image."""
+    s = input_size(model, mf)
+    with torch.no_grad():
+        return int(model(torch.zeros(1, 3, s, s, device=device), taps=(layer,))[layer].shape[1])
+
+
 def check_layers(mf: ModelFile, layers) -> None:
     """An analysis's layers are layers of this file's model, or an error naming the model and the layer."""
     have = model_spec(mf.model_name).layers

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import FastFTError
-from ..models import ALEXNET_LAYERS, all_layers
+from ..models import all_layers
 from ..util.device import resolve
-from .extract import check_layers, input_size, load_model, model_preprocess, pooled
+from .extract import check_layers, input_size, load_model, model_preprocess, pooled, run_model_spec
 from .registry import save
 from .targets import each_view
 
@@ -210,27 +210,30 @@ def probe_accuracy(xtr, ytr, xte, yte, classes: int, device: str = "cpu", epochs
     return train_group(*src, ("x",), classes, len(ytr), seed=seed, epochs=epochs)["x"] / 100
 
 
-def probes(runs: list, view, layers: tuple[str, ...] = ALEXNET_LAYERS, device: str = "auto", pool: int | None = None,
+def probes(runs: list, view, layers: tuple[str, ...] | None = None, device: str = "auto", pool: int | None = None,
            memory_gb: float | None = None, **recipe) -> dict:
     """Fig. 10: a linear probe per layer of each run's model on ``view`` (full feature maps unless ``pool``; see
-    the module docstring), saved as ``<run>/analysis/probes-<view tag>.json``."""
+    the module docstring), saved as ``<run>/analysis/probes-<view tag>.json``. ``layers``: default every named layer
+    of each run's own model (:mod:`fastft.models`)."""
     from ..data.views import open_view
 
     view = open_view(view) if not hasattr(view, "meta") else view
-    bad = [l for l in layers if l not in all_layers()]
+    bad = [l for l in layers or () if l not in all_layers()]
     if bad:
         raise FastFTError(f"unknown layer(s) {bad}; layers are {', '.join(all_layers())}")
     dev = resolve(device)
-    table = {}
+    table, shown = {}, {}
     for run in runs:
+        mine = tuple(layers or run_model_spec(run).layers)
         model, blob = load_model(run, dev)
-        check_layers(blob, layers)
-        accs, held = probe_model(model, model_preprocess(blob), view, tuple(layers), dev, pool=pool,
+        check_layers(blob, mine)
+        accs, held = probe_model(model, model_preprocess(blob), view, mine, dev, pool=pool,
                                  memory_gb=memory_gb, crop=input_size(model, blob), **recipe)
         table[Path(run).name] = accs
+        shown.update(dict.fromkeys(mine))
         save(run, "probes", {"analysis": "probes", "view": str(view.path), "pool": pool, "features": held,
                              "summary": accs}, view)
-    return {"analysis": "probes", "view": str(view.path), "layers": list(layers), "pool": pool, "accuracy": table}
+    return {"analysis": "probes", "view": str(view.path), "layers": list(shown), "pool": pool, "accuracy": table}
 
 
 def cli(a) -> None:
@@ -240,4 +243,4 @@ def cli(a) -> None:
         layers = r["layers"]
         print("run".ljust(32) + "".join(l.rjust(8) for l in layers))
         for name, accs in r["accuracy"].items():
-            print(name[:31].ljust(32) + "".join(f"{accs[l]:8.2f}" for l in layers))
+            print(name[:31].ljust(32) + "".join(f"{accs[l]:8.2f}" if l in accs else "–".rjust(8) for l in layers))

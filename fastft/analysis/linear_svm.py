@@ -1,4 +1,5 @@
-"""Table 3's linear SVM on fc7: L2-normalised fc7 features, ``sklearn.svm.LinearSVC(C=1.0)``, trained on the view's
+"""Table 3's linear SVM on fc7 (on any model: its pooled features, the spec's ``features`` layer — fc7 for the
+AlexNets and VGG, ``pool`` for ResNets): L2-normalised features, ``sklearn.svm.LinearSVC(C=1.0)``, trained on the view's
 train split and tested on its val split (a fixed recipe, so numbers compare across runs); the result
 ``<run>/analysis/svm-<view tag>.json`` gives the report ``svm_top1`` (``svm_before_top1`` for a source model)."""
 from __future__ import annotations
@@ -9,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .extract import features
+from .extract import features, run_model_spec
 from .registry import save
 from .targets import each_view
 
 
-def svm(run, view, device: str = "auto", layer: str = "fc7") -> dict:
+def svm(run, view, device: str = "auto", layer: str | None = None) -> dict:
+    layer = layer or run_model_spec(run).feature_layer
     tr, ytr = features(run, view, "train", (layer,), device=device)
     te, yte = features(run, view, "val", (layer,), device=device)
     acc = svm_accuracy(np.asarray(tr[layer], np.float32), ytr, np.asarray(te[layer], np.float32), yte)
@@ -63,4 +65,4 @@ def cli(a) -> None:
     for view, runs, _ in each_view(a):
         for run in runs:
             r = svm(run, view, a.device)
-            print(f"{Path(run).name}: linear SVM on fc7: {r['summary']['svm_top1']:.2f}% ({r['test_n']} test images)")
+            print(f"{Path(run).name}: linear SVM on {r['layer']}: {r['summary']['svm_top1']:.2f}% ({r['test_n']} test images)")

@@ -48,11 +48,11 @@ def register(spec: Analysis) -> Analysis:
 
 
 register(Analysis(
-    "svm", "fastft.analysis.linear_svm", "linear SVM on fc7 (Table 3)",
+    "svm", "fastft.analysis.linear_svm", "linear SVM on fc7, or the model's pooled features (Table 3)",
     columns={"svm_top1": "svm_top1"}, before={"svm_top1": "svm_before_top1"},
     measures={"svm": "svm_top1", "svm_before": "svm_before_top1"}))
 register(Analysis(
-    "filters", "fastft.analysis.conv5_filters", "per-filter AP of conv5 (Figs. 8-9)",
+    "filters", "fastft.analysis.conv5_filters", "per-filter AP of conv5, or the model's last conv layer (Figs. 8-9)",
     columns={"mean_sensitivity": "mean_sensitivity"}, before={"mean_sensitivity": "filters_before_mean_sensitivity"},
     measures={"filters": "mean_sensitivity", "filters_before": "filters_before_mean_sensitivity"},
     keep_file=True, digits=3))  # an AP, in [0, 1]

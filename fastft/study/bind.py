@@ -78,7 +78,7 @@ def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path, progr
         # §4.6 copies grow each class to augment_to (exact when no class already has more)
         r.images_per_epoch = max(view.split("train")["samples"], view.num_classes * cfg.augment_to)
         _, precision = resolve_device(cfg)
-        src = by_key[r.deps[0]].run_id if r.deps else None
+        src = by_key[r.deps[0]].run_id if r.deps else _file_source_id(cfg)
         r.run_id = runs_mod.run_id(run_identity(cfg, view.meta, precision, src))
         r.run_dir = run_dir_for(cfg, r.run_id)
         existing = sorted(out.glob(f"*-{r.run_id}"))
@@ -86,6 +86,22 @@ def prepare(plan: dict, runs: list[RunSpec], store: str | None, out: Path, progr
             r.run_dir = existing[0]
             r.overrides["name"] = existing[0].name[: -len(r.run_id) - 1]
     return specs
+
+
+def _file_source_id(cfg) -> str | None:
+    """A fine-tune whose source is a file or run directory given in the plan (``overrides: {source: …}``: a model.pt,
+    a torchvision state dict), not one of its runs: the source's id as the trainer will compute it, read (and so
+    checked) now, before any run starts."""
+    if cfg.mode != "finetune" or not cfg.source:
+        return None
+    return _source_id(cfg.source, cfg.model)  # the path as the run is given it
+
+
+@functools.lru_cache(maxsize=None)
+def _source_id(path: str, model: str) -> str:
+    from ..weights import read_source
+
+    return read_source(path, model)[1]
 
 
 def _store_paths(plan: dict, runs: list[RunSpec], store: str | None, stores: dict) -> dict:

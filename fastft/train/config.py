@@ -16,10 +16,11 @@ from ..util.device import precision_for, resolve
 
 MODES = ("scratch", "finetune")
 SEED_MAX = (2 ** 32 - 1000) // 1000  # per-rank seeds seed * 1000 + 1 + rank stay below 2**32 (numpy's limit)
-MIN_CROP = 67                         # AlexNet's smallest input (one pixel left after pool5)
+MIN_CROP = model_spec("alexnet").min_crop  # the paper's AlexNet's smallest input (one pixel left after pool5)
 FREEZABLE = model_spec("alexnet").freezable
 TRACKERS = ("tensorboard", "wandb")
 MODEL_TRAIN_KEYS = ("width", "crop", "groups", "init")  # given to a model whose spec takes them (fastft.models)
+MODEL_OPTIONS = ("conv1_pad",)  # train keys only some models take (their spec's options), not part of their Config
 
 
 def key(default, help: str):
@@ -36,7 +37,8 @@ class TrainConfig:
     store: str | None = key(None, "the shard store (fastft shard)")
     mode: str = key("scratch", "scratch | finetune")
     source: str | None = key(None, "finetune: a run directory (its model.pt) or a model.pt file")
-    freeze: int = key(0, "keep the model's first n layers fixed (AlexNet: conv1 … the n-th, n = 0…7, up to fc7)")
+    freeze: int = key(0, "keep the model's first n layers fixed (AlexNet: conv1 … the n-th, n = 0…7, up to fc7; "
+                         "ResNet: stem, layer1 … layer4, n = 0…5)")
     allow_overlap: bool = key(False, "allow a source that shares some (not all) classes with the target")
     epochs: int = key(100, "training epochs")
     lr: float | None = key(None, "default: 0.01 scratch, 0.001 finetune (§3)")
@@ -47,12 +49,14 @@ class TrainConfig:
     batch_size: int = key(256, "global (all ranks together)")
     seed: int = key(0, "the run's seed: initialisation, data order, augmentation, dropout (part of the run id)")
     model: str = key("alexnet", "the architecture, a registered model (fastft.models): {models}")
-    width: float = key(1.0, "AlexNet width multiplier (1.0 = the paper)")
-    crop: int = key(227, "input size (random crop of the stored image)")
-    groups: bool = key(False, "Caffe's grouped conv2/4/5")
-    init: str = key("paper", "paper (§3) | paper-scaled (the paper's per-layer gains at width < 1 or crop < 227) | kaiming")
-    preprocess: str = key("caffe", "input scale: caffe = mean-subtracted 0-255 pixels, as the paper's Caffe AlexNet; "
-                                   "imagenet = (x - mean) / std with torchvision's statistics")
+    width: float = key(1.0, "the paper's AlexNet only: width multiplier (1.0 = the paper)")
+    crop: int = key(227, "input size (random crop of the stored image; torchvision's recipe: 224)")
+    groups: bool = key(False, "the paper's AlexNet only: Caffe's grouped conv2/4/5")
+    init: str = key("paper", "the paper's AlexNet only: paper (§3) | paper-scaled (the paper's per-layer gains at width < 1 "
+                             "or crop < 227) | kaiming")
+    preprocess: str = key("auto", "input scale: caffe = mean-subtracted 0-255 pixels, as the paper's Caffe AlexNet; "
+                                  "imagenet = (x - mean) / std with torchvision's statistics; auto = the model's own "
+                                  "(caffe for alexnet, imagenet for torchvision's models); the run records the one used")
     bias_lr_mult: float = key(2.0, "Caffe's bvlc_alexnet: biases learn at 2x the LR ...")
     bias_decay_mult: float = key(0.0, "... and are not decayed (1, 1: one SGD group, fastft before 2026-12)")
     head_lr_mult: float = key(10.0, "finetune: the new fc8 learns at 10x the LR (Caffe's fine-tuning example; the paper does not say)")
@@ -69,7 +73,8 @@ class TrainConfig:
     compile: bool | str = key("auto", "torch.compile the model; auto = on GPUs, off on CPU")
     cuda_graph: bool = key(True, "single-GPU runs: replay the whole step as one CUDA graph (see fastft.train.step)")
     fused_sgd: bool = key(True, "on GPUs: SGD's update as one fused kernel (same arithmetic as the foreach update)")
-    conv1_pad: int = key(8, "on GPUs: feed conv1 this many input channels (3 + zeros; AlexNet.pad_input): 0, 4 or 8")
+    conv1_pad: int = key(8, "the paper's AlexNet on GPUs: feed conv1 this many input channels (3 + zeros; "
+                            "AlexNet.pad_input): 0, 4 or 8")
     channels_last: bool = key(True, "on GPUs: NHWC activations")
     num_threads: int = key(0, "CPU threads for torch and the loader (0 = the run's share of the cores)")
     hw_decoder_load: float = key(1.0, "GPU decoding: share of JPEGs on the hardware decoder (A100/H100/H200)")
@@ -87,6 +92,12 @@ class TrainConfig:
     tracker_group: str | None = key(None, "W&B group (a sweep: the plan)")
     tracker_tags: tuple[str, ...] = key((), "W&B tags (a sweep: template and seed)")
     progress: bool = key(True, "a progress bar on the terminal")
+
+    def __post_init__(self):
+        # preprocess auto is resolved here, once: everything downstream (the loaders, the run's identity and config,
+        # model.pt) sees the model's own input scale by name, as if it had been given (an AlexNet run's id unchanged)
+        if self.preprocess == "auto" and self.model in models.REGISTRY:
+            object.__setattr__(self, "preprocess", model_spec(self.model).preprocess)
 
     def validate(self) -> None:
         """Every key's range, before any work (types are checked by ``fastft.config``)."""
@@ -123,10 +134,13 @@ class TrainConfig:
         """A registered model, given only the keys it takes: a key it would ignore is a mistake named now."""
         s = model_spec(self.model)
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        for k in MODEL_TRAIN_KEYS:
-            if k not in s.keys and k != "crop" and getattr(self, k) != defaults[k]:  # crop also sizes the loader's images
+        for k in (*MODEL_TRAIN_KEYS, *MODEL_OPTIONS):
+            takes = k in s.keys or k in s.options or k == "crop"  # crop also sizes the loader's images
+            if not takes and getattr(self, k) != defaults[k]:
                 raise FastFTError(f"{k} {getattr(self, k)!r}: model {self.model} takes no {k} (its keys: "
-                                  f"{', '.join(s.keys) or 'none'}); leave {k} unset")
+                                  f"{', '.join([*s.keys, *s.options]) or 'none'}); leave {k} unset")
+        if self.crop < s.min_crop:
+            raise FastFTError(f"crop must be >= {s.min_crop} ({self.model}'s smallest input), got {self.crop!r}")
 
     def _validate_numbers(self) -> None:
         def need(key: str, ok, rule: str) -> None:
@@ -147,7 +161,6 @@ class TrainConfig:
         # per-rank seeds are seed * 1000 + 1 + rank (numpy takes 32 bits)
         need("seed", lambda v: 0 <= v <= SEED_MAX, f"0 … {SEED_MAX}")
         need("width", lambda v: v > 0, "positive (1.0 = the paper's AlexNet)")
-        need("crop", lambda v: v >= MIN_CROP, f">= {MIN_CROP} (AlexNet's smallest input)")
         for k in ("bias_lr_mult", "bias_decay_mult", "head_lr_mult"):  # Caffe's lr_mult / decay_mult
             need(k, lambda v: v >= 0, ">= 0")
         need("plateau_epochs", lambda v: v >= 0, ">= 0 (0 = no learning check)")

@@ -154,7 +154,7 @@ def _check_source(r: _Run) -> tuple[weights.ModelFile | None, str | None]:
     p = Path(cfg.source)
     if not p.exists():
         raise FastFTError(f"finetune source {cfg.source} does not exist")
-    src = weights.read_model(p, "finetune source")
+    src, source_id = weights.read_source(p, cfg.model)  # a fastft model file, or a torchvision model's state dict
     if src.model_name != cfg.model:
         raise FastFTError(f"source {src.path} is a {src.model_name} model; this run asks model {cfg.model} (set model: {src.model_name})")
     spec = models.spec(cfg.model)
@@ -171,14 +171,15 @@ def _check_source(r: _Run) -> tuple[weights.ModelFile | None, str | None]:
         raise FastFTError(f"source {src.path} was trained on {len(overlap)} of the {len(view.classes)} target classes "
                           f"(e.g. {sorted(overlap)[:3]}); sources must be disjoint from the target or contain all of it "
                           "(set allow_overlap: true if this is intended)")
-    return src, src.run_id or str(src.path)
+    return src, source_id
 
 
 def _step_plan(r: _Run) -> dict:
     cfg, cuda = r.cfg, r.device == "cuda"
     return {"compile": cfg.compile is True or (cfg.compile == "auto" and cuda),
             "cuda_graph": cfg.cuda_graph and cuda and r.acc.num_processes == 1,
-            "fused_sgd": cfg.fused_sgd and cuda, "conv1_pad": cfg.conv1_pad if cuda else 0}
+            "fused_sgd": cfg.fused_sgd and cuda,
+            "conv1_pad": cfg.conv1_pad if cuda and "conv1_pad" in models.spec(cfg.model).options else 0}
 
 
 def _start(r: _Run, identity: dict):
@@ -225,7 +226,7 @@ def _build(r: _Run, src) -> tuple:
     set_seed(cfg.seed * 1000 + 1 + r.acc.process_index, device_specific=False)
     if r.device == "cuda" and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if r.device == "cuda" and hasattr(model, "pad_input"):  # an optional part of the protocol (fastft.models)
+    if _step_plan(r)["conv1_pad"] and hasattr(model, "pad_input"):  # an optional part of the protocol (fastft.models)
         model.pad_input(cfg.conv1_pad)
     head = (models.spec(cfg.model).head,) if cfg.mode == "finetune" else ()
     opt = sgd(param_groups(model, cfg, head), cfg.base_lr, cfg.momentum, cfg.weight_decay, fused=_step_plan(r)["fused_sgd"])
