@@ -216,3 +216,23 @@ def test_a_resnets_gpu_step_matches_eager(mode):
     assert b._lr == (0.001,)
     for (k, pa), pb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.allclose(pa.float(), pb.float(), atol=1e-2, rtol=1e-2), k
+
+
+def test_load_model_gives_a_resnets_own_evaluation(resnet_runs):
+    """`fastft.load_model` on a ResNet run: the module, its preprocessing (torchvision's mean/std, not Caffe's) and its
+    transform reproduce the run's evaluation, input for input and the top-1 of final.json."""
+    from test_load_model import fastft_eval_inputs, val_images
+
+    import fastft
+
+    _, _, _, ft = resnet_runs
+    m = fastft.load_model(ft)
+    assert m.preprocess["name"] == "imagenet" and m.preprocess["crop"] == 48
+    view, images, wnids = val_images(ft)
+    x_fastft, y_fastft = fastft_eval_inputs(view, 48, "imagenet")
+    x = torch.stack([m.transform(im) for im in images])
+    # DALI divides by std as a multiply by 1/std: a float's last bit apart, no more
+    assert torch.allclose(x, x_fastft, rtol=0, atol=1e-6), f"inputs differ by up to {(x - x_fastft).abs().max()}"
+    assert torch.equal(torch.tensor([m.classes.index(w) for w in wnids]), y_fastft)
+    top1 = 100.0 * (m.logits(images, batch_size=16).argmax(1) == y_fastft).double().mean().item()
+    assert abs(top1 - json.loads((ft / "final.json").read_text())["top1"]) < 1e-9
