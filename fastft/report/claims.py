@@ -81,7 +81,7 @@ def check_claim(c, plan: dict, p: Path) -> None:
         if "trend" in c and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             raise FastFTError(f"plan {p}: claim {c['text']!r}: a trend needs numbers along {c['key']!r}; the grid of {t!r} has {values}")
         if rng and sum(rng[0] <= v <= rng[1] for v in values) < 2:
-            raise FastFTError(f"plan {p}: claim {c['text']!r}: range {rng} holds fewer than 2 of {t!r}'s {c['key']} values {values}")
+            raise FastFTError(f"plan {p}: claim {c['text']!r}: range {rng} holds fewer than 2 of {t}'s {c['key']} values {values}")
         for v in (c[k] for k in ("value", "from", "to") if k in c):
             if v not in values:
                 raise FastFTError(f"plan {p}: claim {c['text']!r}: {c['key']}={v!r} is not in its grid {values}")
