@@ -47,7 +47,8 @@ def test_study_plans_expand_with_dependencies():
             for d in r.deps:
                 assert by[d].seed == r.seed and keys.index(d) < keys.index(r.key)
         counts[plan["name"]] = len(runs)
-    assert counts == {"augmentation": 220, "classes-images": 610, "freeze": 90, "lr": 30, "near-far-dog": 25, "near-far-instru": 25, "source-size": 70}
+    assert counts == {"augmentation": 220, "classes-images": 610, "freeze": 90, "lr": 30, "near-far-dog": 25, "near-far-instru": 25, "source-size": 70,
+                      "yosinski-2014": 230}
     fr = sw.expand(sw.load_plan(ROOT / "plans/freeze.yaml"), [3])
     assert {r.key: r.deps for r in fr}["ft-near-freeze4-s3"] == ["near-s3"]
 

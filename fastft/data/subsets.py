@@ -290,3 +290,53 @@ def distances(spec: SubsetSpec) -> list[dict]:
             d = h.distance(list(spec.sets[t].classes), list(spec.sets[s].classes))
             rows.append({"target": t, "source": s, **{k: round(v, 4) for k, v in d.items()}})
     return rows
+
+
+# ---------------------------------------------------------------- Yosinski et al. 2014 (plans/yosinski-2014.yaml)
+def _universe(h: Hierarchy, within) -> list[str]:
+    """The classes a construction draws from: every ILSVRC2012 class, or those of ``within`` (a partial store's), in
+    label order."""
+    bad = sorted(set(within or ()) - set(h.wnids))
+    if bad:
+        raise FastFTError(f"within lists non-ILSVRC2012 wnids: {bad[:5]}")
+    return list(_sorted(h, set(within))) if within else list(h.wnids)
+
+
+def c_halves(h, seed, within=None):
+    """Random halves ``A`` / ``B`` of the classes (Yosinski et al. 2014, §3: 500 / 500 of ILSVRC2012; of ``within``'s
+    classes where given, ``A`` the smaller half when their number is odd), seeded; disjoint, together every class."""
+    pool = _universe(h, within)
+    if len(pool) < 2:
+        raise FastFTError(f"halves needs at least 2 classes to split; it was given {len(pool)}")
+    order = random.Random(f"fastft/halves/{seed}").sample(pool, len(pool))
+    k = len(pool) // 2
+    return {"A": ClassSet(_sorted(h, order[:k])), "B": ClassSet(_sorted(h, order[k:]))}
+
+
+def c_natural_made(h, seed, within=None):
+    """Natural vs man-made classes (Yosinski et al. 2014, §4.2 "dissimilar datasets"): ``natural`` = the classes on
+    the living-thing side of the shipped hierarchy's natural vs man-made rule (a path through living thing, natural
+    object, geological formation or produce: :data:`fastft.data.taxonomy.NATURAL_ROOTS`), ``made`` = the rest — 449 /
+    551 of ILSVRC2012, the paper's counts (its released lists agree on 998 of the 1000 classes: mashed potato is
+    natural here, man-made there; hay the other way round). Of ``within``'s classes where given. The split depends
+    on no seed."""
+    pool = _universe(h, within)
+    living = set(h.living_artifact()[0])
+    sets = {"natural": [c for c in pool if c in living], "made": [c for c in pool if c not in living]}
+    empty = [k for k, v in sets.items() if not v]
+    if empty:
+        raise FastFTError(f"natural-made: the given classes have no {empty[0]} class (of {len(pool)}); the split needs both")
+    return {k: ClassSet(tuple(v)) for k, v in sets.items()}
+
+
+def c_yosinski(h, seed, within=None):
+    """Both splits of Yosinski et al. 2014 in one spec: ``A`` / ``B`` exactly as ``halves`` for the same seed, and
+    ``natural`` / ``made`` as ``natural-made``."""
+    return {**c_halves(h, seed, within), **c_natural_made(h, seed, within)}
+
+
+CONSTRUCTIONS["halves"] = Construction(c_halves, {"within": None}, "random halves A / B of the classes, 500 / 500 (Yosinski et al. 2014)")
+CONSTRUCTIONS["natural-made"] = Construction(c_natural_made, {"within": None},
+                                             "natural (449) vs man-made (551) classes (Yosinski et al. 2014, dissimilar datasets)")
+CONSTRUCTIONS["yosinski-2014"] = Construction(c_yosinski, {"within": None},
+                                              "halves A / B and natural / made in one spec (plans/yosinski-2014.yaml)")

@@ -3,7 +3,7 @@
 
 Kinds: ``{a, b}`` (a beats b; a side may name a measure, ``ft-near:svm``, or be a difference of terms),
 ``{best, key, value}``, ``{gain, key, from, to}`` (with ``vs``: more than another template's gain) and
-``{trend, [vs,] key, direction}``; see :func:`claims`. Significance: every 95 % t-interval on the claimed side of 0;
+``{trend, [vs,] key, direction, [range]}``; see :func:`claims`. Significance: every 95 % t-interval on the claimed side of 0;
 identical per-seed values give no interval and fall back to a one-sided sign test; fewer than ``MIN_SEEDS`` seeds at a
 point give "too few seeds"."""
 from __future__ import annotations
@@ -24,7 +24,8 @@ from .stats import _ci, _t95
 # ``value`` of grid key ``key`` is ``best`` for a template; grid key ``key`` going ``from`` → ``to`` is a ``gain`` for
 # a template (more than for ``vs``); a template's top-1 (or its gain over ``vs``) has a ``trend`` up / down along ``key``
 CLAIM_KINDS = {("a", "b"), ("best", "key", "value"), ("gain", "key", "from", "to"), ("gain", "vs", "key", "from", "to"),
-               ("trend", "key", "direction"), ("trend", "vs", "key", "direction")}
+               ("trend", "key", "direction"), ("trend", "vs", "key", "direction"),
+               ("trend", "key", "direction", "range"), ("trend", "vs", "key", "direction", "range")}  # range: [lo, hi] of key
 
 
 SET_KEYS = ("classes", "images")  # trend keys read from instru-grid set names k<classes>_n<images> (Fig. 12, 14)
@@ -56,6 +57,11 @@ def check_claim(c, plan: dict, p: Path) -> None:
                               f"measures: {', '.join(claim_measures())}")
     if "trend" in c and c["direction"] not in ("up", "down"):
         raise FastFTError(f"plan {p}: claim {c['text']!r}: direction must be 'up' or 'down', not {c['direction']!r}")
+    rng = c.get("range")
+    if "range" in c and not (isinstance(rng, list) and len(rng) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                                          for x in rng) and rng[0] < rng[1]):
+        raise FastFTError(f"plan {p}: claim {c['text']!r}: range must be [lo, hi] with lo < hi (the trend's span of "
+                          f"{c['key']!r}, ends included); got {rng!r}")
     from ..data.subsets import grid_set
 
     for t in (c[k] for k in ("best", "gain", "trend", "vs") if k in c):
@@ -70,8 +76,12 @@ def check_claim(c, plan: dict, p: Path) -> None:
         if values is None:
             raise FastFTError(f"plan {p}: claim {c['text']!r}: {c['key']!r} is not a grid key of {t!r}"
                               + (f" (nor {' / '.join(SET_KEYS)} of a set grid)" if "trend" in c else ""))
+        if not isinstance(values, list):  # a key that follows another (freeze: copy) is no axis
+            raise FastFTError(f"plan {p}: claim {c['text']!r}: {c['key']!r} follows {values!r} in the grid of {t!r}; name {values!r}")
         if "trend" in c and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             raise FastFTError(f"plan {p}: claim {c['text']!r}: a trend needs numbers along {c['key']!r}; the grid of {t!r} has {values}")
+        if rng and sum(rng[0] <= v <= rng[1] for v in values) < 2:
+            raise FastFTError(f"plan {p}: claim {c['text']!r}: range {rng} holds fewer than 2 of {t}'s {c['key']} values {values}")
         for v in (c[k] for k in ("value", "from", "to") if k in c):
             if v not in values:
                 raise FastFTError(f"plan {p}: claim {c['text']!r}: {c['key']}={v!r} is not in its grid {values}")
@@ -93,7 +103,10 @@ def claims(runs: pd.DataFrame) -> pd.DataFrame:
     * ``{trend, [vs,] key, direction}``: the template's top-1 (or its gain over ``vs``, paired by seed) goes ``up`` or
       ``down`` along ``key``: per seed and series (the other keys fixed), Spearman's ρ between the key and the value;
       "holds" where the mean ρ of every series is significantly in that direction (§4.4: the gain of fine-tuning over
-      scratch shrinks with more images per class)."""
+      scratch shrinks with more images per class); ``range: [lo, hi]`` limits it to those values of ``key`` (Yosinski
+      et al.: AnB falls with n from 3 on).
+
+    An ``{a, b}`` side without a grid (a base network) is compared with the other at each of its grid points."""
     import numpy as np
 
     cols = ["plan", "claim", "ref", "fastft", "verdict"]
@@ -108,7 +121,7 @@ def claims(runs: pd.DataFrame) -> pd.DataFrame:
             others = [k for k in g.columns if k.startswith("grid_") and k not in ("grid_" + c.get("key", ""), "grid_classes", "grid_images")]
             if "a" in c:
                 a, b = _measure(g, c["a"]), _measure(g, c["b"])
-                d = (a - b).dropna()
+                d = _minus(a, b).dropna()
                 analysis = {x: a for side in (c["a"], c["b"]) for x in map(str.strip, side.split(" - "))
                             if (a := registry.offering(x.partition(":")[2]))}  # terms from `fastft analyze`: which one
                 missing = [x for x in analysis if _measure(g, x).isna().all()]
@@ -161,12 +174,29 @@ def _measure(g: pd.DataFrame, term: str) -> pd.Series:
     (``near:x - far:x``), per (grid point, seed)."""
     if " - " in term:  # a - b - c = (a - b) - c
         left, right = (_measure(g, x.strip()) for x in term.rsplit(" - ", 1))
-        return left - right
+        return _minus(left, right)
     t, _, m = term.partition(":")
     col = claim_measures()[m or "top1"]
     rows = g[g["template"] == t]
     values = rows[col] if col in rows else pd.Series(float("nan"), index=rows.index)
     return pd.Series(values.to_numpy(dtype=float), index=pd.MultiIndex.from_arrays([rows["grid"], rows["seed"]])).groupby(level=[0, 1]).mean()
+
+
+def _minus(a: pd.Series, b: pd.Series) -> pd.Series:
+    """``a − b`` per (grid point, seed); a side without a grid (a base network) is compared, seed by seed, at every
+    grid point of the other (AnB+ at each n against baseB: Yosinski et al. Fig. 2)."""
+    def gridless(x: pd.Series) -> bool:
+        return len(x) > 0 and set(x.index.get_level_values(0)) == {""}
+
+    def spread(x: pd.Series, like: pd.Series) -> pd.Series:
+        by_seed = x.droplevel(0)
+        return pd.Series(by_seed.reindex(like.index.get_level_values(1)).to_numpy(), index=like.index)
+
+    if gridless(a) and len(b) and not gridless(b):
+        a = spread(a, b)
+    elif gridless(b) and len(a) and not gridless(a):
+        b = spread(b, a)
+    return a - b
 
 
 def _gain(g: pd.DataFrame, template: str, c: dict, grid: pd.Series | None, others: list[str]) -> pd.Series:
@@ -182,6 +212,8 @@ def _trend(g: pd.DataFrame, c: dict) -> tuple[str, str]:
     """A ``trend`` claim on one plan's finished runs → (what fastft found, the verdict); see :func:`claims`."""
     key = "grid_" + c["key"]
     t = g[g["template"].isin([c["trend"], c.get("vs")])]
+    if c.get("range") and key in t:  # the span the claim is about (AnB falls with n beyond 3), ends included
+        t = t[pd.to_numeric(t[key], errors="coerce").between(*c["range"])]
     if key not in t or t[key].isna().all():
         return "no finished runs along " + c["key"], "no data"
     derived = ["grid_classes", "grid_images"] if c["key"] in ("classes", "images") else []

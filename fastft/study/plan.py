@@ -31,7 +31,13 @@ STORE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 
 PAPER_KEYS = {"top1", "std", "ref", "svm", "svm_before", "probes", "probes_before",  # the paper's numbers a run is reported next to
-              "filters_beats"}  # Fig. 9: {other template: % of classes where this model's conv5 filters are more sensitive}
+              "filters_beats",  # Fig. 9: {other template: % of classes where this model's conv5 filters are more sensitive}
+              "key"}  # per grid point: top1 / std as {value of grid key `key`: number} (Yosinski et al. Fig. 2: one per n)
+PER_POINT = ("top1", "std")  # the paper's numbers that may be given per grid point
+
+
+# a grid key whose value is the name of another grid key (``grid: {copy: [1, …, 7], freeze: copy}``) takes that key's
+# value at every point: not an axis of its own (not in the run's key nor its grid), but set in every run's overrides
 
 
 # report: the study's comparisons, a − b paired by seed at each grid point (paired.csv, report.md, gains-<plan>.png),
@@ -84,6 +90,7 @@ def load_plan(path: str | Path) -> dict:
             raise FastFTError(f"plan {p}: run {r['name']!r} has unknown paper key(s) {sorted(bad)}; valid: {sorted(PAPER_KEYS)}")
         if r.get("source") and r["source"] not in names:
             raise FastFTError(f"plan {p}: run {r['name']!r} has source {r['source']!r}, which is not a run of the plan")
+        _check_grid(r, p)
     _check_stores(plan, p)
     for c in plan.get("claims") or []:
         check_claim(c, plan, p)
@@ -93,6 +100,50 @@ def load_plan(path: str | Path) -> dict:
     plan.setdefault("defaults", {})
     plan["_path"] = str(p)
     return plan
+
+
+def _check_grid(r: dict, p: Path) -> None:
+    """A run's ``grid``: each key a list of values or the name of another (list) key it follows; ``paper`` given per
+    grid point names one of its list keys (``key``) and only values of it."""
+    grid = r.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise FastFTError(f"plan {p}: run {r['name']!r}: grid must be a mapping key -> [values]; got {grid!r}")
+    for k, v in grid.items():
+        if isinstance(v, str) and not isinstance(grid.get(v), list):
+            raise FastFTError(f"plan {p}: run {r['name']!r}: grid {k}: {v!r} must name another grid key with a list of "
+                              f"values (its list keys: {', '.join(x for x, y in grid.items() if isinstance(y, list)) or 'none'})")
+        if not isinstance(v, (list, str)) or isinstance(v, list) and not v:
+            raise FastFTError(f"plan {p}: run {r['name']!r}: grid {k} must be a non-empty list of values (or the name of "
+                              f"another grid key it follows); got {v!r}")
+    paper = r.get("paper") or {}
+    if "key" not in paper:
+        bad = [k for k in PER_POINT if isinstance(paper.get(k), dict)]
+        if bad:
+            raise FastFTError(f"plan {p}: run {r['name']!r}: paper {bad[0]} is given per grid point: name the grid key "
+                              "its values are of (paper: {key: <grid key>, …})")
+        return
+    key, values = paper["key"], grid.get(paper["key"])
+    if not isinstance(values, list):
+        raise FastFTError(f"plan {p}: run {r['name']!r}: paper key {key!r} is not a grid key with values of the run "
+                          f"(its grid: {', '.join(grid) or 'none'})")
+    for k in PER_POINT:
+        per = paper.get(k)
+        if per is not None and not (isinstance(per, dict) and all(isinstance(x, (int, float)) for x in per.values())):
+            raise FastFTError(f"plan {p}: run {r['name']!r}: paper {k} must be a mapping {{{key} value: number}}; got {per!r}")
+        bad = [x for x in per or {} if x not in values]
+        if bad:
+            raise FastFTError(f"plan {p}: run {r['name']!r}: paper {k} gives {key}={bad[0]!r}, not in its grid {values}")
+
+
+def paper_at(paper: dict | None, point: dict) -> dict | None:
+    """The paper's numbers for one grid point: per-point ``top1`` / ``std`` (``paper: {key: …}``) taken at the point's
+    value of ``key`` (None where the paper gives none); other entries as they are."""
+    if not paper or "key" not in paper:
+        return paper
+    v = point.get(paper["key"])
+    out = {k: x for k, x in paper.items() if k != "key" and k not in PER_POINT}
+    out.update({k: (paper.get(k) or {}).get(v) for k in PER_POINT if paper.get(k) is not None})
+    return out
 
 
 def _check_stores(plan: dict, p: Path) -> None:
@@ -145,14 +196,16 @@ def expand(plan: dict, seeds: list[int] | None = None) -> list[RunSpec]:
         by_template: dict[str, list[RunSpec]] = {}
         for t in order:
             grid = t.get("grid") or {}
-            keys = sorted(grid)
+            keys = sorted(k for k, v in grid.items() if not isinstance(v, str))
+            tied = {k: v for k, v in grid.items() if isinstance(v, str)}  # follows another key (freeze: copy)
             for values in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
                 g = dict(zip(keys, values))
                 suffix = "".join(f"-{k}{v}" for k, v in g.items())
-                ov = {**plan["defaults"], **(t.get("overrides") or {}), "set": t["set"], "mode": t.get("mode", "scratch"), "seed": seed, **g}
+                ov = {**plan["defaults"], **(t.get("overrides") or {}), "set": t["set"], "mode": t.get("mode", "scratch"), "seed": seed, **g,
+                      **{k: g[v] for k, v in tied.items()}}
                 rs = RunSpec(key=f"{t['name']}{suffix}-s{seed}", template=t["name"], seed=seed, overrides=ov, grid=g,
                              labels={"plan": plan["name"], "template": t["name"], "grid": g, "seed": seed, "set": t["set"],
-                                     "mode": ov["mode"], "source_template": t.get("source"), "paper": t.get("paper"),
+                                     "mode": ov["mode"], "source_template": t.get("source"), "paper": paper_at(t.get("paper"), g),
                                      "claims": plan.get("claims"), "report": plan.get("report"),
                                      "store": t.get("store")})
                 if t.get("source"):

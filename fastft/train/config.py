@@ -13,6 +13,7 @@ from ..errors import FastFTError
 from .. import models
 from ..models import spec as model_spec
 from ..util.device import precision_for, resolve
+from . import transfer
 
 MODES = ("scratch", "finetune")
 SEED_MAX = (2 ** 32 - 1000) // 1000  # per-rank seeds seed * 1000 + 1 + rank stay below 2**32 (numpy's limit)
@@ -39,6 +40,8 @@ class TrainConfig:
     source: str | None = key(None, "finetune: a run directory (its model.pt) or a model.pt file")
     freeze: int = key(0, "keep the model's first n layers fixed (AlexNet: conv1 … the n-th, n = 0…7, up to fc7; "
                          "ResNet: stem, layer1 … layer4, n = 0…5)")
+    copy: int | None = key(None, "finetune: copy only the source's first n layers (AlexNet: conv1 … the n-th, n = 1…7) and "
+                                 "re-initialise the rest from the seed (Yosinski et al. 2014; freeze ≤ n); default: every layer but the head")
     allow_overlap: bool = key(False, "allow a source that shares some (not all) classes with the target")
     epochs: int = key(100, "training epochs")
     lr: float | None = key(None, "default: 0.01 scratch, 0.001 finetune (§3)")
@@ -111,6 +114,7 @@ class TrainConfig:
             raise FastFTError("mode finetune needs source: <run dir or model.pt>")
         if self.mode == "scratch" and (self.source or self.freeze):
             raise FastFTError("mode scratch takes no source and no freeze; use mode finetune")
+        transfer.check(self.model, self.mode, self.source, self.copy, self.freeze)
         for k, allowed in (("backend", ("dali", "pytorch")), ("device", ("auto", "cpu", "cuda")),
                            ("precision", ("auto", "bf16", "fp32"))):
             if getattr(self, k) not in allowed:
@@ -198,6 +202,8 @@ def config_identity(cfg: TrainConfig) -> dict:
     ident = {k: getattr(cfg, k) for k in IDENTITY_KEYS}
     if cfg.model != "alexnet":  # every run before models had names is an AlexNet run: leaving the default out of the
         ident["model"] = cfg.model  # identity keeps their run ids (and a sweep's finished runs) valid
+    if cfg.copy is not None:  # likewise: a fine-tune without copy (every layer but the head) keeps its run id
+        ident["copy"] = cfg.copy
     return ident
 
 

@@ -30,6 +30,7 @@ from .optim import param_groups, set_lr, sgd
 from .preempt import Preempt, Preempted, should_stop
 from .step import Step, cuda_autocast, evaluate, in_sync
 from .tracking import RunLog, Trackers
+from . import transfer
 
 CHECK_EVERY = 20  # steps between the host's looks at the loss (each is a synchronisation)
 
@@ -210,7 +211,12 @@ def _build(r: _Run, src) -> tuple:
     from accelerate.utils import set_seed
 
     cfg, n, keys = r.cfg, r.view.num_classes, model_keys(r.cfg)
-    if cfg.mode == "finetune":
+    if cfg.mode == "finetune" and cfg.copy is not None:  # the first n layers copied, the rest fresh (Yosinski et al.)
+        model = transfer.build(cfg.model, n, keys, src.state, cfg.copy, cfg.seed)
+        r.frozen = model.freeze(cfg.freeze)
+        r.log.say(f"copied {', '.join(transfer.copied_layers(cfg.model, cfg.copy))} from the source; the later layers "
+                  f"re-initialised (seed {cfg.seed})" + (f"; {', '.join(r.frozen)} kept fixed" if r.frozen else ""))
+    elif cfg.mode == "finetune":
         model = models.build(cfg.model, src.config.num_classes, **keys)
         try:
             model.load_state_dict(src.state)
