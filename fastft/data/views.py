@@ -20,7 +20,6 @@ import numpy as np
 from ..errors import FastFTError
 from ..files import fsync_write
 from .store import Store, open_store, parse_resize, verify_shards
-from .taxonomy import load
 
 
 @dataclass
@@ -74,11 +73,11 @@ class View:
                               f"use batch_size <= {n}")
 
     def label_lut(self) -> np.ndarray:
-        """1000-entry table: store label -> view label (-1 = not in the view)."""
-        h = load()
-        lut = np.full(len(h.wnids), -1, np.int32)
+        """A table with an entry per class of the store's vocabulary: store label -> view label (-1 = not in the view)."""
+        label = open_store(self.store).label
+        lut = np.full(len(label), -1, np.int32)
         for i, w in enumerate(self.classes):
-            lut[h.label[w]] = i
+            lut[label[w]] = i
         return lut
 
     def split(self, split: str) -> dict:
@@ -94,7 +93,8 @@ class View:
     def keys(self, split: str):
         import pandas as pd
 
-        return pd.read_csv(self.path / f"{split}.csv.gz")
+        # class names as text whatever they look like (a folder store's class may be "NA" or "007")
+        return pd.read_csv(self.path / f"{split}.csv.gz", keep_default_na=False, dtype={"wnid": str, "key": str})
 
 
 def view_tag(view) -> str:
@@ -224,11 +224,20 @@ def _write_split(g, out: Path, split: str) -> dict:
         (out / split / f"{shards[-1]}.idx").write_text(f"v1.2 {b - a}\n" + "\n".join(lines[a:b]) + "\n")
     by_key = order[sorted(range(len(order)), key=col["key"].__getitem__)]
     k, w, lab, vl, sh, o, n = (g[c].to_numpy()[by_key].tolist() for c in _KEY_COLUMNS)
+    quoted = {c: _csv_field(c) for c in set(w)}  # a folder store's class names may hold commas or quotes
+    w = [quoted[c] for c in w]
     text = "".join([",".join(_KEY_COLUMNS) + "\n"] + [f"{a},{b},{c},{d},{e},{f},{h}\n" for a, b, c, d, e, f, h in zip(k, w, lab, vl, sh, o, n)])
     with gzip.GzipFile(out / f"{split}.csv.gz", "wb", compresslevel=1, mtime=0) as f:  # keys hold no commas or quotes
         f.write(text.encode())
     return {"samples": len(g), "shards": shards, "per_class_min": int(g.groupby("wnid").size().min()),
             "keys_sha256": hashlib.sha256("\n".join(k).encode()).hexdigest()}
+
+
+def _csv_field(text: str) -> str:
+    """``text`` as one CSV field (quoted where it holds a comma, a quote, a line break or edge spaces), as pandas reads it."""
+    if any(ch in text for ch in ',"\r\n') or text != text.strip():
+        return '"' + text.replace('"', '""') + '"'
+    return text
 
 
 def resolve(spec, set_name: str, store_path: str | Path, out: str | Path) -> View:

@@ -1,4 +1,4 @@
-"""``fastft shard``: ILSVRC2012 → a store (see :mod:`fastft.data.store` for what a store holds and how it is read).
+"""``fastft shard``: ILSVRC2012 (or an image-folder dataset, ``--dataset imagefolder``) → a store (see :mod:`fastft.data.store` for what a store holds and how it is read).
 
 ``write_store`` reads the input once — as the dataset source that recognises it lists it (:mod:`fastft.data.sources`:
 an extracted ILSVRC2012 tree in one of its val layouts, or the downloaded ``.tar`` files read in place) — converts
@@ -36,7 +36,6 @@ from typing import Callable
 from ...errors import FastFTError
 from ..spool import bounded_imap, spool_dir
 from ..store import STORE_VERSION, encode_source, fsync_write, lock_file
-from ..taxonomy import load
 from .config import ShardConfig
 from .convert import _process
 from .inputs import Input, scan
@@ -53,12 +52,14 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
     stops the run there as an interruption would (tests of resume use it; a caller may report progress).
     """
     root, out = Path(root), Path(out)
-    h = load()
     inputs, scan_info = scan(root, cfg, progress)
     if not inputs:
         raise FastFTError(f"no input images found under {root}")
+    vocabulary = scan_info["classes"]  # label = position (ILSVRC2012's 1000 wnids, or the source's own classes)
     settings = {"store_version": STORE_VERSION, **asdict(cfg), "classes": list(cfg.classes), "val_layout_found": scan_info["val_layout"],
-                "class_list_sha256": hashlib.sha256("\n".join(h.wnids).encode()).hexdigest(), "inputs": len(inputs)}
+                "class_list_sha256": hashlib.sha256("\n".join(vocabulary).encode()).hexdigest(), "inputs": len(inputs)}
+    if settings["dataset"] == "ilsvrc2012":  # the default is left out: stores (and resumes) from before the key match
+        del settings["dataset"]
     fingerprint = input_fingerprint(root, inputs)
     out.mkdir(parents=True, exist_ok=True)
     sp = out / "settings.json"
@@ -98,7 +99,8 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
             with spool_dir() as spool:  # removed once no worker writes
                 pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_sigint)
                 try:
-                    _write_shards(root, out, cfg, h, inputs, pool, spool, records, pbar, on_shard)
+                    _write_shards(root, out, cfg, {c: i for i, c in enumerate(vocabulary)}, inputs, pool, spool, records,
+                                  pbar, on_shard)
                 finally:
                     pool.shutdown(wait=True, cancel_futures=True)
             pbar.close()
@@ -187,9 +189,10 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _write_shards(root: Path, out: Path, cfg: ShardConfig, h, inputs: list[Input], pool, spool: str, records: list[dict], pbar,
-                  on_shard: Callable[[int], None] | None) -> None:
-    """The shard loop of :func:`write_store`: per split, skip finished shards, then fill shards in the seeded order."""
+def _write_shards(root: Path, out: Path, cfg: ShardConfig, label: dict[str, int], inputs: list[Input], pool, spool: str,
+                  records: list[dict], pbar, on_shard: Callable[[int], None] | None) -> None:
+    """The shard loop of :func:`write_store`: per split, skip finished shards, then fill shards in the seeded order
+    (``label``: class -> label, the store's vocabulary)."""
     limit = cfg.shard_mb * 1e6
     written_new = 0
     for split in ("train", "val"):
@@ -213,7 +216,7 @@ def _write_shards(root: Path, out: Path, cfg: ShardConfig, h, inputs: list[Input
             if jpg is None:
                 writer.rejected.append({"source": encode_source(x.source), "split": x.split, "wnid": x.wnid, "reason": info})
             else:
-                writer.add(x, h.label[x.wnid], jpg, info)
+                writer.add(x, label[x.wnid], jpg, info)
             pbar.update(1)
             if writer.bytes >= limit:
                 records.append(writer.close())
