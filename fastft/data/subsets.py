@@ -1,5 +1,5 @@
 """Class subsets of a store chosen through the WordNet hierarchy (ILSVRC2012's classes) or from the store's own class
-vocabulary (any store: ``all``, ``random``, ``classes``, each with a per-class image cap): the study's constructions,
+vocabulary (any store: ``all``, optionally of an explicit class list, and ``random``, each with a per-class image cap): the study's constructions,
 seeded and hashed.
 
 A construction says whether it needs WordNet (:attr:`Construction.needs_wordnet`). Those that do draw from the
@@ -246,28 +246,16 @@ def c_near_far(h, seed, branch=DOG, target=4, source=8, within=None, cap=None):
 
 
 def c_all(h, seed, within=None, cap=None):
-    """Every class (or every class of ``within``, e.g. a partial store's) as one ``target`` set; ``cap`` limits its
-    training images per class."""
+    """Every class (or the classes of ``within``: an explicit class list, or a partial store's) as one ``target`` set,
+    in label order; ``cap`` limits its training images per class."""
+    dup = sorted({c for c in within or () if list(within).count(c) > 1})
+    if dup:
+        raise FastFTError(f"within lists classes more than once: {dup[:5]}")
     bad = sorted(set(within or ()) - set(h.wnids))
     if bad:
         what = "non-ILSVRC2012 wnids" if isinstance(h, Hierarchy) else "classes the store does not have"
         raise FastFTError(f"within lists {what}: {bad[:5]}")
     return {"target": ClassSet(_sorted(h, within) if within else tuple(h.wnids), cap)}
-
-
-def c_classes(h, seed, names=None, cap=None):
-    """The classes named (``names``: a list, of the store's classes or ILSVRC2012 wnids) as one ``target`` set, in
-    label order; ``cap`` limits its training images per class."""
-    if not names:
-        raise FastFTError("construction 'classes' needs names: a list of classes (e.g. --param 'names=[\"a\", \"b\"]')")
-    dup = sorted({c for c in names if names.count(c) > 1})
-    if dup:
-        raise FastFTError(f"names lists classes more than once: {dup[:5]}")
-    bad = [c for c in names if c not in h.label]
-    if bad:
-        what = "ILSVRC2012 wnids" if isinstance(h, Hierarchy) else f"classes of the store ({len(h.wnids)}: {list(h.wnids)[:5]} …)"
-        raise FastFTError(f"names lists {len(bad)} classes that are not {what}: {bad[:5]}")
-    return {"target": ClassSet(_sorted(h, names), cap)}
 
 
 @dataclass(frozen=True)
@@ -289,17 +277,15 @@ CONSTRUCTIONS: dict[str, Construction] = {
     "instru-240": Construction(c_instru, {"target": 100, "far": 500, "overlap": 100, "cap": 240}, "INSTRU at 240 training images per class, near / far sources (§4.5)"),
     "instru-grid": Construction(c_instru_grid, {"target": 100, "far": 500, "overlap": 100, "classes": list(GRID_CLASSES), "images": list(GRID_IMAGES)},
                                 "INSTRU subsets: K in {100,80,40,20,10} classes x images/class 1200..30, near / far (§4.4, §4.6)"),
-    "all": Construction(c_all, {"within": None}, "every class (or every class of a given list) as one target set",
+    "all": Construction(c_all, {"within": None}, "every class (or those of within=[...]: an explicit class list) as one target set",
                         needs_wordnet=False, optional={"cap": None}),
-    "classes": Construction(c_classes, {"names": None, "cap": None}, "the classes named (names=[...]) as one target set",
-                            needs_wordnet=False),
     "near-far": Construction(c_near_far, {"branch": DOG, "target": 4, "source": 8, "within": None, "cap": None},
                              "small near/far study on any class universe (e.g. a partial store's classes); the demo's"),
 }
 
 
 def _check_param(construction: str, k: str, v, default) -> None:
-    if k in ("within", "names"):
+    if k == "within":
         ok, want = v is None or (isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)), "a list of class names"
     elif isinstance(default, str):
         ok, want = isinstance(v, str), "a wnid"
@@ -336,7 +322,7 @@ def make(construction: str, seed: int, vocabulary=None, **params) -> SubsetSpec:
             odd = [w for w in vocabulary if w not in h.label]
             raise FastFTError(f"construction {construction!r} draws from the WordNet hierarchy, and the store's classes are "
                               f"its own names, not ILSVRC2012 wnids ({len(vocabulary)} classes in its classes.txt, e.g. "
-                              f"{odd[:3]}): use a construction for any store ({generic})")
+                              f"{odd[:3]}): use a construction for any store ({generic}; an explicit class list is all with within=[...])")
         if not c.needs_wordnet:  # drawn from the store's classes (a wnid store's WordNet draws stay ILSVRC2012's)
             universe = Vocabulary(vocabulary)
             recorded = {"classes": len(universe.wnids), "sha256": universe.sha256}

@@ -50,5 +50,7 @@ def find(root: Path, cfg) -> Source:
             return cls(root, cfg)
     how = "" if cfg.val_layout == "auto" else f" with --val-layout {cfg.val_layout}"
     listed = "; ".join(f"{name}: {cls.describe}" for name, cls in mine.items())
+    others = "".join(f"; with --dataset {cls.dataset}, {name}: {cls.describe}" for name, cls in SOURCES.items() if name not in mine)
     where = " (a tree may sit at the root or under ILSVRC/Data/CLS-LOC/)" if dataset == "ilsvrc2012" else ""
-    raise FastFTError(f"{root} is in no layout fastft shard reads as --dataset {dataset}{how}{where}. The registered sources: {listed}")
+    raise FastFTError(f"{root} is in no layout fastft shard reads as --dataset {dataset}{how}{where}. The registered "
+                      f"sources: {listed}{others}")

@@ -80,7 +80,8 @@ def select_classes(found: list[str], cfg: ShardConfig, what: str) -> tuple[list[
         raise FastFTError(f"--classes names non-ILSVRC2012 wnids: {bad[:5]}")
     unknown = [f for f in found if f not in h.label]
     if unknown and not cfg.skip_unknown:
-        raise FastFTError(f"{what} not named by an ILSVRC2012 wnid: {unknown[:5]}; remove them or pass --skip-unknown")
+        raise FastFTError(f"{what} not named by an ILSVRC2012 wnid: {unknown[:5]}; remove them or pass --skip-unknown "
+                          "(a dataset with classes of its own names: --dataset imagefolder)")
     missing = [w for w in wanted if w not in set(found)]
     if missing and not cfg.allow_missing:
         raise FastFTError(f"{len(missing)} classes have no {what} (first: {missing[:5]}); pass --allow-missing to shard the rest, "
