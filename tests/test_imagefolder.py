@@ -187,7 +187,7 @@ def test_a_plan_fine_tunes_from_the_ilsvrc_store_onto_the_folder_store(store, fo
             "stores": {"flowers": {"construction": "all", "params": {"cap": 8}}}, "seeds": [0],
             "defaults": {"width": 0.25, "crop": 71, "batch_size": 16, "init": "paper-scaled", "plateau_epochs": 0,
                          "epochs": 1, "num_threads": 1, "lr": 0.005},
-            "runs": [{"name": "src", "set": "near"},
+            "runs": [{"name": "src", "set": "target"},
                      {"name": "ft-flowers", "store": "flowers", "set": "target", "mode": "finetune", "source": "src"}]}
     p, out = tmp_path / "plan.yaml", tmp_path / "runs"
     p.write_text(yaml.safe_dump(plan))
