@@ -18,14 +18,14 @@ from fastft.data.synth import FOLDER_NAMES, demo_classes, synth_folder
 from fastft.data.taxonomy import load
 from fastft.errors import FastFTError
 
-NAMES = FOLDER_NAMES[:6]  # spaces, punctuation, Unicode, "NA", a comma, quotes
+NAMES = FOLDER_NAMES[1:]  # spaces, punctuation, Unicode, "NA", a comma, quotes, "007"; 7 (the source has 8)
 FOLDER = ShardConfig(resize="80x80", shard_mb=0.1, dataset="imagefolder")
 
 
 @pytest.fixture(scope="module")
 def folder_tree(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("folder") / "flowers"
-    synth_folder(root, dict(zip(NAMES, demo_classes()[:len(NAMES)])), train_per_class=12, val_per_class=3, size=64, broken=True)
+    synth_folder(root, dict(zip(NAMES, demo_classes()[:len(NAMES)])), train_per_class=10, val_per_class=2, size=64, broken=True)
     return root
 
 
@@ -135,7 +135,7 @@ def test_subsets_of_a_folder_store_all_random_lists_and_caps(folder_store, tmp_p
                  "--param", "source=0", "--param", "cap=5") for s in (0, 0, 1)]
     assert rnd[0] == rnd[1] and list(rnd[0]["sets"]) == ["target"] and rnd[0]["sets"]["target"]["cap"] == 5
     assert len(rnd[0]["sets"]["target"]["classes"]) == 3 and set(rnd[0]["sets"]["target"]["classes"]) <= set(NAMES)
-    picked = [NAMES[4], NAMES[1], NAMES[3]]  # "猫 & 犬", "Shih-Tzu (toy)", "NA": kept in label order
+    picked = [NAMES[3], NAMES[0], NAMES[2], NAMES[5], NAMES[4]]  # Unicode, brackets, "NA", quotes, a comma: label order
     listed = _spec(tmp_path / "list.json", "all", "--store", folder_store, "--param", "within=" + json.dumps(picked),
                    "--param", "cap=4")
     assert listed["sets"]["target"]["classes"] == sorted(picked)
@@ -143,7 +143,7 @@ def test_subsets_of_a_folder_store_all_random_lists_and_caps(folder_store, tmp_p
     assert all(f"{i:4d}  {c}" in shown for i, c in enumerate(sorted(picked))), shown
     r = fastft("subsets", "resolve", tmp_path / "list.json", "--set", "target", "--store", folder_store,
                "--out", tmp_path / "view")
-    assert "3 classes, cap 4" in r.stdout
+    assert "5 classes, cap 4" in r.stdout
     with gzip.open(tmp_path / "view" / "train.csv.gz", "rt", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert {c: sum(r["wnid"] == c for r in rows) for c in sorted(picked)} == dict.fromkeys(sorted(picked), 4)
@@ -152,10 +152,10 @@ def test_subsets_of_a_folder_store_all_random_lists_and_caps(folder_store, tmp_p
 
 @pytest.mark.parametrize("args, message", [
     (["dog"], "construction 'dog' draws from the WordNet hierarchy, and the store's classes are its own names, not "
-              "ILSVRC2012 wnids (6 classes in its classes.txt"),
+              f"ILSVRC2012 wnids ({len(NAMES)} classes in its classes.txt"),
     (["near-far", "--param", "within=store"], "construction 'near-far' draws from the WordNet hierarchy"),
     (["all", "--param", 'within=["NA", "roses"]'], "within lists classes the store does not have: ['roses']"),
-    (["random", "--param", "target=5", "--param", "source=5"], "exceeds the 6 classes of the store"),
+    (["random", "--param", "target=5", "--param", "source=5"], f"exceeds the {len(NAMES)} classes of the store"),
 ])
 def test_a_construction_the_folder_store_cannot_serve_is_named(folder_store, tmp_path, args, message):
     r = fastft("subsets", "make", *args, "--store", folder_store, "--out", tmp_path / "x.json", check=False)
@@ -206,6 +206,16 @@ def test_a_plan_fine_tunes_from_the_ilsvrc_store_onto_the_folder_store(store, fo
     r = fastft("sweep", p, "--store", store, "--store", f"flowers={folder_store}", "--out", tmp_path / "o2", "--quiet", check=False)
     assert r.returncode == 2 and "plan wordnet, store flowers" in r.stderr and "draws from the WordNet hierarchy" in r.stderr
     assert not list((tmp_path / "o2").glob("*-*/sweep.log")), "no run started"
+
+
+def test_specs_of_ilsvrc2012_classes_are_those_of_before_stores_had_vocabularies():
+    from fastft.data.subsets import make
+
+    wnids = list(load().wnids)
+    for construction, params in (("random", {}), ("all", {}), ("near-far", {"within": wnids[::3]}), ("dog", {})):
+        spec = make(construction, 2, wnids, **params)
+        assert spec.hash == make(construction, 2, **params).hash and "vocabulary" not in spec.to_json()
+        assert "cap" not in spec.params or construction == "near-far"  # an optional parameter is recorded only when given
 
 
 def test_a_store_written_before_classes_txt_verifies_and_trains_with_its_run_ids(store, demo_spec, tmp_path):

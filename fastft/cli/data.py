@@ -218,7 +218,7 @@ def add_commands(sub) -> None:
                    "ILSVRC2012_img_train.tar (a tar per class), ILSVRC2012_img_val.tar, ILSVRC2012_devkit_t12.tar.gz")
     s.set_defaults(fn=cmd_synth)
 
-    s = sub.add_parser("shard", help="ILSVRC2012 tree -> WebDataset shard store indexed by synset (resumable)")
+    s = sub.add_parser("shard", help="ILSVRC2012 (or an image-folder dataset: --dataset imagefolder) -> WebDataset shard store (resumable)")
     s.add_argument("root", help="ImageNet root holding train/ and val/ (or ILSVRC/Data/CLS-LOC/), or the downloaded archives "
                    "ILSVRC2012_img_train.tar + ILSVRC2012_img_val.tar + ILSVRC2012_devkit_t12.tar.gz, read in place (no extraction)")
     s.add_argument("--out", required=True, help="store directory (re-running on it resumes; finished shards are kept)")

@@ -135,7 +135,7 @@ class Store:
 
     @property
     def classes(self) -> list[str]:
-        """The wnids this store holds training images of, sorted (a partial store's class universe)."""
+        """The classes this store holds training images of, sorted (a partial store's class universe)."""
         return sorted({w for s in self.shards if s["split"] == "train" for w in s["classes"]})
 
     @property

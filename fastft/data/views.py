@@ -233,6 +233,10 @@ def _write_split(g, out: Path, split: str) -> dict:
             "keys_sha256": hashlib.sha256("\n".join(k).encode()).hexdigest()}
 
 
+def _classes_sha256(st: Store) -> str:
+    return hashlib.sha256("".join(f"{c}\n" for c in st.vocabulary).encode()).hexdigest()
+
+
 def _csv_field(text: str) -> str:
     """``text`` as one CSV field (quoted where it holds a comma, a quote, a line break or edge spaces), as pandas reads it."""
     if any(ch in text for ch in ',"\r\n') or text != text.strip():
@@ -250,8 +254,11 @@ def resolve(spec, set_name: str, store_path: str | Path, out: str | Path) -> Vie
     have = set(df["wnid"].unique())
     missing = [w for w in cs.classes if w not in have]
     if missing:
-        raise FastFTError(f"set {set_name!r} needs {len(missing)} classes the store {st.path} does not hold (first: {missing[:5]}); "
-                          "shard them or choose a spec made for this store")
+        drawn = getattr(spec, "vocabulary", None)
+        other = (f" (the spec was drawn from the {drawn['classes']} classes of another store's classes.txt)"
+                 if drawn and drawn.get("sha256") != _classes_sha256(st) else "")
+        raise FastFTError(f"set {set_name!r} needs {len(missing)} classes the store {st.path} does not hold (first: {missing[:5]})"
+                          f"{other}; shard them or choose a spec made for this store")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lut = {w: i for i, w in enumerate(cs.classes)}
