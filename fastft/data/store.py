@@ -160,12 +160,6 @@ class Store:
         """class name -> label, from :attr:`vocabulary`."""
         return {c: i for i, c in enumerate(self.vocabulary)}
 
-    @property
-    def wordnet(self) -> bool:
-        """Whether the store's classes are ILSVRC2012 wnids (then the WordNet hierarchy describes them)."""
-        h = load()
-        return all(c in h.label for c in self.vocabulary)
-
     def samples(self, columns: list[str] | None = None):
         """The sample index as a DataFrame (``columns``: only these, which reads faster). Class names are read as
         text whatever they look like (a folder store's class may be called ``NA`` or ``1``)."""
