@@ -245,3 +245,25 @@ def test_a_store_written_before_classes_txt_verifies_and_trains_with_its_run_ids
     from fastft import runs
 
     assert d.name == f"old-{runs.run_id(ident)}"
+
+
+def test_the_folder_demos_plan_binds_its_target_runs_to_the_folder_store(store, tmp_path):
+    """``fastft demo --target folder`` (about a minute; run by hand, its numbers are in the README): its plan, bound as
+    the demo binds it — sources on the ImageNet store, every target run on the folder store of the demo's dataset."""
+    from importlib import resources
+
+    from fastft import study as sw
+    from fastft.data.subsets import load_spec
+    from fastft.demo import _folder_store
+
+    fstore = _folder_store(tmp_path, lambda msg: None)
+    plan = sw.load_plan(Path(str(resources.files("fastft") / "_data" / "demo_folder_plan.yaml")))
+    runs = sw.expand(plan, [0])
+    sw.prepare(plan, runs, str(store), tmp_path / "runs", stores={"folder": str(fstore)})
+    by = {r.template: r for r in runs}
+    assert {t: Path(r.overrides["store"]) for t, r in by.items()} == {
+        "near": store, "far": store, "scratch": fstore, "ft-near": fstore, "ft-far": fstore}
+    vocabulary = open_store(fstore).vocabulary
+    assert load_spec(by["ft-near"].overrides["spec"]).sets["target"].classes == tuple(vocabulary)
+    assert len(vocabulary) == 4 and not any(c in load().label for c in vocabulary) and any(" " in c for c in vocabulary)
+    assert by["ft-near"].deps == [by["near"].key] and by["ft-near"].run_id and by["ft-near"].labels["distance"] is None
