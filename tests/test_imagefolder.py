@@ -13,7 +13,7 @@ import yaml
 
 from clirun import SMALL, fastft, run_dir
 from fastft.data.shard import ShardConfig, write_store
-from fastft.data.store import open_store, verify
+from fastft.data.store import encode_source, open_store, verify
 from fastft.data.synth import FOLDER_NAMES, demo_classes, synth_folder
 from fastft.data.taxonomy import load
 from fastft.errors import FastFTError
@@ -26,6 +26,8 @@ FOLDER = ShardConfig(resize="80x80", shard_mb=0.1, dataset="imagefolder")
 def folder_tree(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("folder") / "flowers"
     synth_folder(root, dict(zip(NAMES, demo_classes()[:len(NAMES)])), train_per_class=10, val_per_class=2, size=64, broken=True)
+    d = root / "train" / NAMES[1]  # a file name that is not UTF-8 (Latin-1 "é"), beside Unicode ones
+    shutil.copy(next(d.iterdir()), d / b"caf\xe9 1.jpg".decode("utf-8", "surrogateescape"))
     return root
 
 
@@ -52,7 +54,8 @@ def test_a_folder_store_labels_its_classes_as_imagefolder_and_accounts_for_every
     df = st.samples()
     rejected = list(csv.DictReader(open(folder_store / "rejected.csv", encoding="utf-8")))
     # every input written once or listed as rejected, with the reasons the ILSVRC2012 path gives
-    assert sorted(df["source"].tolist() + [r["source"] for r in rejected]) == sorted(_files(folder_tree))
+    assert sorted(df["source"].tolist() + [r["source"] for r in rejected]) == sorted(map(encode_source, _files(folder_tree)))
+    assert f"train/{NAMES[1]}/caf%E9 1.jpg" in set(df["source"])
     assert df["source"].is_unique and df["key"].is_unique
     reasons = {Path(r["source"]).name: r["reason"].split(" (")[0] for r in rejected}
     first = NAMES[0]
@@ -65,6 +68,8 @@ def test_a_folder_store_labels_its_classes_as_imagefolder_and_accounts_for_every
     assert (df["label"] == df["wnid"].map(st.label)).all()
     assert set(df[df["split"] == "val"]["wnid"]) == set(NAMES) and df["key"].str.fullmatch(r"[A-Za-z0-9_~-]+").all()
     assert verify(folder_store) == []
+    again = write_store(folder_tree, folder_store, FOLDER, workers=1, progress=False)  # a finished store: confirmed
+    assert again["shards"] == st.manifest["shards"]
 
 
 def test_verify_names_a_changed_or_missing_class_list(folder_store, tmp_path):
