@@ -44,5 +44,6 @@ def cli(a) -> None:
     pairs = [(a.runs[0], a.source_view, a.view)] if a.view else distance_targets(a.runs, a.plan)
     for model, sview, tview in pairs:
         r = feature_distance(model, sview, tview, a.device)["summary"]
+        wn = "–" if r["wordnet_wup_nearest"] is None else f"{r['wordnet_wup_nearest']:.4f}"  # – : not wnids
         print(f"{Path(model).name}: {Path(sview).name} -> {Path(tview).name}: feature (fc7 cosine, nearest) "
-              f"{r['feature_cosine_nearest']:.4f}, WordNet " + ("–" if r["wordnet_wup_nearest"] is None else f"{r['wordnet_wup_nearest']:.4f}"))
+              f"{r['feature_cosine_nearest']:.4f}, WordNet {wn}")

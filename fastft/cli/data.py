@@ -181,8 +181,8 @@ def add_commands(sub) -> None:
     x.add_argument("--out", required=True, help="spec file to write (JSON)")
     x.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="override a construction parameter (repeatable); values are JSON, and within=store takes the classes of --store")
-    x.add_argument("--store", help="the store the spec is for: its class vocabulary (classes.txt) is what all, random and "
-                   "classes draw from, and its training classes fill a parameter given as =store (e.g. a partial store)")
+    x.add_argument("--store", help="the store the spec is for: all and random draw from its classes (classes.txt), and "
+                   "its training classes fill a parameter given as =store (e.g. a partial store)")
     x.set_defaults(fn=cmd_subsets_make)
     x = ss.add_parser("show", help="a spec's sets: sizes, caps and classes (wnid, label, name); its hash is checked")
     x.add_argument("spec", help="a spec file (fastft subsets make)")

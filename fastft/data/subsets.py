@@ -1,6 +1,6 @@
 """Class subsets of a store chosen through the WordNet hierarchy (ILSVRC2012's classes) or from the store's own class
-vocabulary (any store: ``all``, optionally of an explicit class list, and ``random``, each with a per-class image cap): the study's constructions,
-seeded and hashed.
+vocabulary (any store: ``all``, optionally of an explicit class list, and ``random``, each with a per-class image
+cap): the study's constructions, seeded and hashed.
 
 A construction says whether it needs WordNet (:attr:`Construction.needs_wordnet`). Those that do draw from the
 hierarchy and run where the store's classes are wnids; the others draw from a vocabulary — ILSVRC2012's 1000 wnids
