@@ -1,5 +1,8 @@
 """``fastft demo``: the whole flow on a synthetic ImageNet on CPU — synth → shard → verify → near/far sweep → SVM
-analysis → report.
+analysis → report. ``--target folder``: the same study with its target a synthetic image-folder dataset (4 dog classes
+the ImageNet store does not hold, in ``train/<name>/`` folders named by their WordNet names), sharded as a store of
+its own (``--dataset imagefolder``); the near and far models of the ImageNet store are fine-tuned onto it across stores
+(``_data/demo_folder_plan.yaml``).
 
 Every step is the real one (the same functions the CLI commands call); only the data are synthetic and the model is
 a scaled configuration (see ``_data/demo_plan.yaml``).
@@ -14,13 +17,18 @@ from pathlib import Path
 from .errors import FastFTError
 
 
-def demo(out: str | Path = "fastft-demo", seeds: int = 3, parallel: int = 2) -> dict:
+TARGETS = ("imagenet", "folder")
+
+
+def demo(out: str | Path = "fastft-demo", seeds: int = 3, parallel: int = 2, target: str = "imagenet") -> dict:
     from . import study as sw
     from .report import write_report
     from .data.shard import ShardConfig, write_store
     from .data.store import verify
     from .data.synth import synth
 
+    if target not in TARGETS:
+        raise FastFTError(f"--target must be one of {', '.join(TARGETS)}, got {target!r}")
     out = Path(out)
     t0 = time.time()
     say = lambda msg: print(f"[{time.time() - t0:6.1f}s] {msg}", flush=True)  # noqa: E731
@@ -36,11 +44,12 @@ def demo(out: str | Path = "fastft-demo", seeds: int = 3, parallel: int = 2) -> 
     if problems:
         raise FastFTError(f"demo store failed verification: {problems}")
     say("3/6 fastft verify: OK")
-    plan_file = resources.files("fastft") / "_data" / "demo_plan.yaml"
+    stores = {"folder": str(_folder_store(out, say))} if target == "folder" else {}
+    plan_file = resources.files("fastft") / "_data" / ("demo_folder_plan.yaml" if stores else "demo_plan.yaml")
     plan = sw.load_plan(Path(str(plan_file)))
     runs_list = sw.expand(plan, list(range(seeds)))
-    sw.prepare(plan, runs_list, str(store), runs)
-    say(f"4/6 fastft sweep demo-near-far: {len(runs_list)} runs ({seeds} seeds x near/far pretrain, scratch, 2 fine-tunes), "
+    sw.prepare(plan, runs_list, str(store), runs, stores=stores)
+    say(f"4/6 fastft sweep {plan['name']}: {len(runs_list)} runs ({seeds} seeds x near/far pretrain, scratch, 2 fine-tunes), "
         f"{parallel} at a time")
     summary = sw.run_local(runs_list, runs, sw.slots_for(None, 1, parallel), retries=1, progress=True)
     if summary["failed"] or summary["skipped"]:
@@ -65,6 +74,31 @@ def demo(out: str | Path = "fastft-demo", seeds: int = 3, parallel: int = 2) -> 
     print(f"figures: {', '.join(r['figures'])}")
     say("done")
     return r
+
+
+def _folder_store(out: Path, say) -> Path:
+    """``--target folder``: a synthetic image-folder dataset of 4 dog classes the ImageNet store does not hold (so
+    the near source, other dogs, transfers to it best), sharded with ``--dataset imagefolder`` and verified."""
+    from .data.shard import ShardConfig, write_store
+    from .data.store import verify
+    from .data.synth import demo_classes, synth_folder
+    from .data.taxonomy import DOG, load
+
+    h = load()
+    held = set(demo_classes())
+    dogs = [w for w in h.under(DOG) if w not in held][5::23][:4]
+    tree, store = out / "folder", out / "folder-store"
+    if not tree.exists():
+        say(f"    synthetic image-folder dataset (4 dog classes named by their WordNet names, no wnids) -> {tree}")
+        synth_folder(tree, {h.name(w): w for w in dogs}, train_per_class=10, val_per_class=10, size=96, seed=1)
+    m = write_store(tree, store, ShardConfig(resize="80x80", shard_mb=2, dataset="imagefolder"), progress=False)
+    problems = verify(store)
+    if problems:
+        raise FastFTError(f"demo folder store failed verification: {problems}")
+    classes = (store / "classes.txt").read_text(encoding="utf-8").splitlines()
+    say(f"    fastft shard {tree} --dataset imagefolder --out {store}: {m['totals']['written']} images of "
+        f"{len(classes)} classes ({', '.join(classes)}); verify: OK")
+    return store
 
 
 # ---------------------------------------------------------------- the README's excerpt of the demo's output

@@ -30,9 +30,10 @@ def feature_distance(run, source_view, target_view, device: str = "auto", layer:
     unit = lambda m: m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)  # noqa: E731
     cos = unit(mt) @ unit(ms).T
     feat = float(np.mean(1 - cos.max(axis=1)))
-    wn = load().distance(tv.classes, sv.classes)["wup_nearest"]
+    h = load()  # a store's own class names have no WordNet distance (None)
+    wn = h.distance(tv.classes, sv.classes)["wup_nearest"] if all(c in h.label for c in tv.classes + sv.classes) else None
     res = {"analysis": "distance", "layer": layer, "source_view": str(source_view), "target_view": str(target_view),
-           "summary": {"feature_cosine_nearest": round(feat, 4), "wordnet_wup_nearest": round(wn, 4)}}
+           "summary": {"feature_cosine_nearest": round(feat, 4), "wordnet_wup_nearest": None if wn is None else round(wn, 4)}}
     save(run, "distance", res, tv)
     return res
 
@@ -46,5 +47,6 @@ def cli(a) -> None:
     for model, sview, tview in pairs:
         res = feature_distance(model, sview, tview, a.device)
         r = res["summary"]
+        wn = "–" if r["wordnet_wup_nearest"] is None else f"{r['wordnet_wup_nearest']:.4f}"  # – : not wnids
         print(f"{Path(model).name}: {Path(sview).name} -> {Path(tview).name}: feature ({res['layer']} cosine, nearest) "
-              f"{r['feature_cosine_nearest']:.4f}, WordNet {r['wordnet_wup_nearest']:.4f}")
+              f"{r['feature_cosine_nearest']:.4f}, WordNet {wn}")

@@ -40,15 +40,18 @@ def cmd_subsets_list(a):
     from ..data.subsets import CONSTRUCTIONS
 
     for name, c in CONSTRUCTIONS.items():
-        print(f"{name:12s} {c.summary}\n{'':12s} parameters: {json.dumps(c.defaults)}")
+        print(f"{name:12s} {c.summary}\n{'':12s} parameters: {json.dumps({**c.defaults, **c.optional})}"
+              f"{'' if c.needs_wordnet else '; needs no WordNet (any store)'}")
 
 
 def cmd_subsets_make(a):
     from ..data.subsets import make
 
-    from ..data.store import fill_store_params
+    from ..data.store import fill_store_params, open_store
 
-    spec = make(a.construction, a.seed, **fill_store_params(_params(a.param), a.store, f"construction {a.construction!r}"))
+    vocabulary = open_store(a.store).vocabulary if a.store else None
+    spec = make(a.construction, a.seed, vocabulary,
+                **fill_store_params(_params(a.param), a.store, f"construction {a.construction!r}"))
     path = spec.save(a.out)
     sets = ", ".join(f"{k}={len(v.classes)}" + (f"x{v.cap}" if v.cap else "") for k, v in spec.sets.items())
     print(f"wrote {path}: {a.construction} seed {a.seed}; sets {sets}; hash {spec.hash[:16]}")
@@ -59,19 +62,24 @@ def cmd_subsets_show(a):
     from ..data.taxonomy import load
 
     h, spec = load(), load_spec(a.spec)
+    wordnet = spec.wordnet
+
+    def entry(c: str, i: int) -> dict:  # a wnid: its ILSVRC2012 label and WordNet name; a store's own class: its name
+        return {"wnid": c, "label": h.label[c], "name": h.name(c)} if wordnet else {"class": c, "view_label": i, "name": c}
     if a.json:
-        print(json.dumps({"construction": spec.construction, "seed": spec.seed, "hash": spec.hash,
-                          "sets": {k: {"cap": v.cap, "classes": [{"wnid": c, "label": h.label[c], "name": h.name(c)} for c in v.classes]}
-                                   for k, v in spec.sets.items()}}))
+        print(json.dumps({"construction": spec.construction, "seed": spec.seed, "hash": spec.hash, "vocabulary": spec.vocabulary,
+                          "sets": {k: {"cap": v.cap, "classes": [entry(c, i) for i, c in enumerate(v.classes)]}
+                                   for k, v in spec.sets.items()}}, ensure_ascii=False))
         return
-    print(f"{a.spec}: {spec.construction} seed {spec.seed}, hash {spec.hash[:16]} (checked)")
+    vocab = "" if spec.vocabulary is None else f"; a store's own {spec.vocabulary['classes']} classes"
+    print(f"{a.spec}: {spec.construction} seed {spec.seed}, hash {spec.hash[:16]} (checked){vocab}")
     for k, v in spec.sets.items():
         if a.set and k != a.set:
             continue
         print(f"  {k}: {len(v.classes)} class{'es' if len(v.classes) != 1 else ''}" + (f", at most {v.cap} training images each" if v.cap else ""))
         if a.set or len(v.classes) <= a.max:
-            for c in v.classes:
-                print(f"    {h.label[c]:4d}  {c}  {h.name(c)}")
+            for i, c in enumerate(v.classes):
+                print(f"    {h.label[c]:4d}  {c}  {h.name(c)}" if wordnet else f"    {i:4d}  {c}")
 
 
 def cmd_subsets_distance(a):
@@ -114,11 +122,13 @@ SHARD_HELP = {  # ShardConfig's keys as options: defaults from the dataclass
     "resize": "WxH (256x256, as in the paper), short:N, or none",
     "quality": "JPEG quality of re-encoded images",
     "shard_mb": "target shard size in MB",
-    "classes": "only these wnids, or a file of wnids",
+    "classes": "only these classes (wnids; with --dataset imagefolder, folder names), or a file of them (one a line)",
     "val_layout": "how val/ is labelled (auto: detected, and named in the manifest)",
     "seed": "seed of the global shuffle across shards",
     "allow_missing": "shard the classes present; missing ones are recorded, not an error",
     "skip_unknown": "skip folders that are not ILSVRC2012 wnids instead of failing",
+    "dataset": "ilsvrc2012: its layouts, detected; imagefolder: train/<class>/ (+ val/<class>/), classes of any name, the "
+               "store's own vocabulary (classes.txt)",
 }
 
 
@@ -127,7 +137,8 @@ def cmd_shard(a):
 
     classes = a.classes or []
     if len(classes) == 1 and Path(classes[0]).is_file():
-        classes = Path(classes[0]).read_text().split()
+        text = Path(classes[0]).read_text(encoding="utf-8")  # a folder's class names: one a line (they may hold spaces)
+        classes = text.split() if a.dataset == "ilsvrc2012" else [c for c in text.splitlines() if c]
     cfg = config_from(ShardConfig, a, SHARD_HELP, classes=tuple(classes))
     m = write_store(a.root, a.out, cfg, workers=a.workers, progress=not a.quiet)
     t = m["totals"]
@@ -190,7 +201,8 @@ def add_commands(sub) -> None:
     x.add_argument("--out", required=True, help="spec file to write (JSON)")
     x.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="override a construction parameter (repeatable); values are JSON, and within=store takes the classes of --store")
-    x.add_argument("--store", help="a store whose training classes fill a parameter given as =store (e.g. a partial store)")
+    x.add_argument("--store", help="the store the spec is for: all and random draw from its classes (classes.txt), and "
+                   "its training classes fill a parameter given as =store (e.g. a partial store)")
     x.set_defaults(fn=cmd_subsets_make)
     x = ss.add_parser("show", help="a spec's sets: sizes, caps and classes (wnid, label, name); its hash is checked")
     x.add_argument("spec", help="a spec file (fastft subsets make)")
@@ -226,13 +238,15 @@ def add_commands(sub) -> None:
                    "ILSVRC2012_img_train.tar (a tar per class), ILSVRC2012_img_val.tar, ILSVRC2012_devkit_t12.tar.gz")
     s.set_defaults(fn=cmd_synth)
 
-    s = sub.add_parser("shard", help="ILSVRC2012 tree -> WebDataset shard store indexed by synset (resumable)")
+    s = sub.add_parser("shard", help="ILSVRC2012 (or an image-folder dataset: --dataset imagefolder) -> WebDataset shard store (resumable)")
     s.add_argument("root", help="ImageNet root holding train/ and val/ (or ILSVRC/Data/CLS-LOC/), or the downloaded archives "
                    "ILSVRC2012_img_train.tar + ILSVRC2012_img_val.tar + ILSVRC2012_devkit_t12.tar.gz, read in place (no extraction)")
     s.add_argument("--out", required=True, help="store directory (re-running on it resumes; finished shards are kept)")
     from ..data.shard import ShardConfig
 
-    add_options(s, ShardConfig, SHARD_HELP, choices={"val_layout": ("auto", "folders", "devkit", "kaggle")})
+    from ..data.sources import DATASETS
+
+    add_options(s, ShardConfig, SHARD_HELP, choices={"val_layout": ("auto", "folders", "devkit", "kaggle"), "dataset": DATASETS})
     s.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_shard)

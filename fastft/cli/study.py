@@ -185,7 +185,7 @@ def cmd_report(a):
 def cmd_demo(a):
     from ..demo import demo
 
-    demo(a.out, seeds=a.seeds, parallel=a.parallel)
+    demo(a.out, seeds=a.seeds, parallel=a.parallel, target=a.target)
 
 
 def add_commands(sub) -> None:
@@ -256,4 +256,7 @@ def add_commands(sub) -> None:
     s.add_argument("--out", default="fastft-demo", help="working directory (created)")
     s.add_argument("--seeds", type=int, default=3, help="seeds of the study (3: the fewest a claim is checked on; 5 as in the paper)")
     s.add_argument("--parallel", type=int, default=2, help="concurrent training runs")
+    s.add_argument("--target", default="imagenet", choices=["imagenet", "folder"],
+                   help="folder: fine-tune the ImageNet store's near/far models onto a synthetic image-folder dataset "
+                        "(a store of its own, classes named by name; see README, Image-folder datasets)")
     s.set_defaults(fn=cmd_demo)

@@ -12,6 +12,9 @@ A store (written by :func:`fastft.data.shard.write_store`, ``fastft shard``) is 
                                   (``source``: the exact path bytes, see :func:`encode_source`; keys are unique in the store,
                                   ``[A-Za-z0-9_-]`` with at most one ``~<n>``, see ``fastft.data.shard.inputs._assign_keys``)
     rejected.csv                  the ledger: every input that was not written, with its reason
+    classes.txt                   the store's class vocabulary: line i = the class of label i (UTF-8); an ILSVRC2012 store's
+                                  is the 1000 wnids in the standard order (a store written before the file existed reads as
+                                  that, see :meth:`Store.vocabulary`); hashed in the manifest's ``files``
     manifest.json                 written last: settings, per-shard samples/bytes/sha256/class histogram, totals, hashes
 
 Subsets of a store are *views* (:mod:`fastft.data.views`). This module owns the format (what the writer and the
@@ -36,6 +39,7 @@ from .taxonomy import load
 
 STORE_VERSION = 2  # 2: ``.cls`` is the ASCII decimal label (plain ``webdataset`` reads it); 1: int32 little-endian
 STORE_VERSIONS = (1, 2)  # what this fastft opens, verifies and trains on (and resumes writing, in the store's own version)
+CLASSES_FILE = "classes.txt"
 SAMPLE_COLUMNS = ["key", "wnid", "label", "split", "shard", "jpg_offset", "jpg_size", "cls_offset", "source", "kind"]
 
 
@@ -149,15 +153,42 @@ class Store:
 
     @property
     def classes(self) -> list[str]:
-        """The wnids this store holds training images of, sorted (a partial store's class universe)."""
+        """The classes this store holds training images of, sorted (a partial store's class universe)."""
         return sorted({w for s in self.shards if s["split"] == "train" for w in s["classes"]})
 
+    @property
+    def vocabulary(self) -> list[str]:
+        """The store's classes in label order (line i of ``classes.txt`` = label i). A store written before stores
+        carried ``classes.txt`` is an ILSVRC2012 store: its vocabulary is the 1000 wnids in the standard order."""
+        if CLASSES_FILE not in self.manifest["files"]:
+            return list(load().wnids)
+        key = (str(self.path), self.sha256)
+        if key not in _vocabulary_cache:
+            try:
+                text = (self.path / CLASSES_FILE).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise FastFTError(f"{self.path / CLASSES_FILE} (the store's class list) cannot be read ({e}); "
+                                  f"run `fastft verify {self.path}`") from None
+            names = text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
+            _vocabulary_cache[key] = names
+        return list(_vocabulary_cache[key])
+
+    @property
+    def label(self) -> dict[str, int]:
+        """class name -> label, from :attr:`vocabulary`."""
+        return {c: i for i, c in enumerate(self.vocabulary)}
+
     def samples(self, columns: list[str] | None = None):
-        """The sample index as a DataFrame (``columns``: only these, which reads faster)."""
+        """The sample index as a DataFrame (``columns``: only these, which reads faster). Class names are read as
+        text whatever they look like (a folder store's class may be called ``NA`` or ``1``)."""
         import pandas as pd
 
-        return pd.read_csv(self.path / "samples.csv.gz", usecols=columns,
-                           dtype={"label": "int32", "jpg_offset": "int64", "jpg_size": "int64", "cls_offset": "int64"})
+        return pd.read_csv(self.path / "samples.csv.gz", usecols=columns, keep_default_na=False,
+                           dtype={"label": "int32", "jpg_offset": "int64", "jpg_size": "int64", "cls_offset": "int64",
+                                  "wnid": str, "key": str, "source": str})
+
+
+_vocabulary_cache: dict = {}
 
 
 
@@ -277,10 +308,13 @@ def check_sample_index(st: Store, full: bool = True) -> list[str]:
     dup = df["key"][df["key"].duplicated()].unique().tolist()
     if dup:
         problems.append(f"samples.csv.gz: {_named('keys appear in more than one row', dup)}")
-    h = load()
-    bad = df[df["label"] != df["wnid"].map(h.label).fillna(-1)]
+    try:
+        label = st.label
+    except FastFTError as e:  # classes.txt unreadable: verify names it (missing, or its hash)
+        return [str(e)]
+    bad = df[df["label"] != df["wnid"].map(label).fillna(-1)]
     if len(bad):
-        problems.append(f"samples.csv.gz: {_named('rows have a label other than their wnid', bad['key'].tolist())}")
+        problems.append(f"samples.csv.gz: {_named('rows have a label other than their class in the store (classes.txt)', bad['key'].tolist())}")
     by_name = {s["name"]: s for s in st.shards}
     unknown = sorted(set(df["shard"]) - set(by_name))
     if unknown:

@@ -1,4 +1,12 @@
-"""Class subsets of ILSVRC2012 chosen through the WordNet hierarchy: the study's constructions, seeded and hashed.
+"""Class subsets of a store chosen through the WordNet hierarchy (ILSVRC2012's classes) or from the store's own class
+vocabulary (any store: ``all``, optionally of an explicit class list, and ``random``, each with a per-class image
+cap): the study's constructions, seeded and hashed.
+
+A construction says whether it needs WordNet (:attr:`Construction.needs_wordnet`). Those that do draw from the
+hierarchy and run where the store's classes are wnids; the others draw from a vocabulary — ILSVRC2012's 1000 wnids
+by default, or the classes of a store (``make(..., vocabulary=store.vocabulary)``; an image-folder store's names). A
+spec drawn from a vocabulary other than ILSVRC2012's records it (``vocabulary``: its size and sha256), and its class
+names are checked against it rather than against ILSVRC2012.
 
 A *subset spec* is a small JSON file holding named class sets (e.g. ``target``, ``near``, ``far``), each with an
 optional per-class image cap, plus everything needed to recreate it: construction, parameters, seed, hierarchy
@@ -42,6 +50,7 @@ class SubsetSpec:
     params: dict
     sets: dict[str, ClassSet]
     hierarchy: dict = field(default_factory=dict)
+    vocabulary: dict | None = None  # {classes, sha256} of a store's own class list; None: ILSVRC2012's wnids
 
     def to_json(self) -> dict:
         body = {
@@ -51,7 +60,15 @@ class SubsetSpec:
             "hierarchy": self.hierarchy,
             "sets": {k: {"classes": list(v.classes), "cap": v.cap, "count": len(v.classes)} for k, v in self.sets.items()},
         }
+        if self.vocabulary is not None:  # (absent for ILSVRC2012's: the hashes of those specs are unchanged)
+            body["vocabulary"] = self.vocabulary
         return {**body, "hash": _hash(body)}
+
+    @property
+    def wordnet(self) -> bool:
+        """Whether the spec's classes are ILSVRC2012 wnids (WordNet distances apply)."""
+        h = load()
+        return all(c in h.label for s in self.sets.values() for c in s.classes)
 
     @property
     def hash(self) -> str:
@@ -84,11 +101,14 @@ def load_spec(path: str | Path) -> SubsetSpec:
         raise FastFTError(f"subset spec {path} is not valid JSON: {e}") from None
     try:
         spec = SubsetSpec(d["construction"], int(d["seed"]), d["params"],
-                          {k: ClassSet(tuple(v["classes"]), v.get("cap")) for k, v in d["sets"].items()}, d["hierarchy"])
+                          {k: ClassSet(tuple(v["classes"]), v.get("cap")) for k, v in d["sets"].items()}, d["hierarchy"],
+                          d.get("vocabulary"))
     except (KeyError, TypeError) as e:
         raise FastFTError(f"subset spec {path} is malformed (missing {e})") from None
     if spec.hash != d.get("hash"):
         raise FastFTError(f"subset spec {path} does not match its hash (edited by hand?); recreate it with `fastft subsets make`")
+    if spec.vocabulary is not None:  # a store's own classes: the view checks them against the store it reads
+        return spec
     h = load()
     unknown = [w for s in spec.sets.values() for w in s.classes if w not in h.label]
     if unknown:
@@ -97,6 +117,19 @@ def load_spec(path: str | Path) -> SubsetSpec:
 
 
 # ---------------------------------------------------------------- constructions
+class Vocabulary:
+    """A store's class list as the constructions that need no WordNet read a class universe: ``wnids`` (the classes
+    in label order; named as :class:`~.taxonomy.Hierarchy`'s, which serves ILSVRC2012's) and ``label``."""
+
+    def __init__(self, classes):
+        self.wnids = tuple(classes)
+        self.label = {c: i for i, c in enumerate(self.wnids)}
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256("".join(f"{c}\n" for c in self.wnids).encode()).hexdigest()  # = classes.txt's
+
+
 def _draw(rng: random.Random, pool: list[str], k: int, what: str) -> list[str]:
     if k > len(pool):
         raise FastFTError(f"cannot draw {k} classes from {what}: it has only {len(pool)}")
@@ -114,13 +147,18 @@ def _near_far(h: Hierarchy, rng: random.Random, target: list[str], far: list[str
     return rest + _draw(rng, sorted(far), overlap, "the far set"), far
 
 
-def c_random(h, seed, target=100, source=900):
-    """N random target classes + M random source classes from the rest (§4.1: 100 + 900)."""
+def c_random(h, seed, target=100, source=900, cap=None):
+    """N random target classes + M random source classes from the rest (§4.1: 100 + 900), of any vocabulary;
+    ``source: 0`` gives the target alone (N random classes), ``cap`` limits the target's training images per class."""
     rng = random.Random(f"fastft/random/{seed}")
     perm = rng.sample(list(h.wnids), len(h.wnids))
     if target + source > len(perm):
-        raise FastFTError(f"target ({target}) + source ({source}) exceeds the {len(perm)} ILSVRC2012 classes")
-    return {"target": ClassSet(_sorted(h, perm[:target])), "source": ClassSet(_sorted(h, perm[target:target + source]))}
+        what = "ILSVRC2012 classes" if isinstance(h, Hierarchy) else "classes of the store"
+        raise FastFTError(f"target ({target}) + source ({source}) exceeds the {len(perm)} {what}")
+    sets = {"target": ClassSet(_sorted(h, perm[:target]), cap)}
+    if source:
+        sets["source"] = ClassSet(_sorted(h, perm[target:target + source]))
+    return sets
 
 
 def c_source_size(h, seed, target=100, sizes=SOURCE_SIZES):
@@ -207,12 +245,17 @@ def c_near_far(h, seed, branch=DOG, target=4, source=8, within=None, cap=None):
     return {"target": ClassSet(_sorted(h, tgt), cap), "near": ClassSet(_sorted(h, near)), "far": ClassSet(_sorted(h, far))}
 
 
-def c_all(h, seed, within=None):
-    """Every class (or every class of ``within``, e.g. a partial store's) as one ``target`` set."""
+def c_all(h, seed, within=None, cap=None):
+    """Every class (or the classes of ``within``: an explicit class list, or a partial store's) as one ``target`` set,
+    in label order; ``cap`` limits its training images per class."""
+    dup = sorted({c for c in within or () if list(within).count(c) > 1})
+    if dup:
+        raise FastFTError(f"within lists classes more than once: {dup[:5]}")
     bad = sorted(set(within or ()) - set(h.wnids))
     if bad:
-        raise FastFTError(f"within lists non-ILSVRC2012 wnids: {bad[:5]}")
-    return {"target": ClassSet(_sorted(h, within) if within else h.wnids)}
+        what = "non-ILSVRC2012 wnids" if isinstance(h, Hierarchy) else "classes the store does not have"
+        raise FastFTError(f"within lists {what}: {bad[:5]}")
+    return {"target": ClassSet(_sorted(h, within) if within else tuple(h.wnids), cap)}
 
 
 @dataclass(frozen=True)
@@ -220,17 +263,22 @@ class Construction:
     fn: Callable
     defaults: dict
     summary: str
+    needs_wordnet: bool = True  # draws from the WordNet hierarchy: only where the store's classes are ILSVRC2012 wnids
+    optional: dict = field(default_factory=dict)  # parameters recorded in a spec only when given (so that adding one
+    #                                               keeps the hash of every spec made before it)
 
 
 CONSTRUCTIONS: dict[str, Construction] = {
-    "random": Construction(c_random, {"target": 100, "source": 900}, "N random target classes + M random source classes from the rest (§4.1)"),
+    "random": Construction(c_random, {"target": 100, "source": 900}, "N random target classes + M random source classes from the rest "
+                           "(§4.1); source=0: the target alone", needs_wordnet=False, optional={"cap": None}),
     "source-size": Construction(c_source_size, {"target": 100, "sizes": list(SOURCE_SIZES)}, "fixed 100-class target, sources of 1000/800/500/200/100/80 classes (§4.2)"),
     "dog": Construction(c_dog, {"target": 100, "far": 500, "overlap": 100}, "DOG target with near_DOG / far_DOG sources (§4.3)"),
     "instru": Construction(c_instru, {"target": 100, "far": 500, "overlap": 100, "cap": None}, "INSTRU target with near_INSTRU / far_INSTRU sources (§4.3)"),
     "instru-240": Construction(c_instru, {"target": 100, "far": 500, "overlap": 100, "cap": 240}, "INSTRU at 240 training images per class, near / far sources (§4.5)"),
     "instru-grid": Construction(c_instru_grid, {"target": 100, "far": 500, "overlap": 100, "classes": list(GRID_CLASSES), "images": list(GRID_IMAGES)},
                                 "INSTRU subsets: K in {100,80,40,20,10} classes x images/class 1200..30, near / far (§4.4, §4.6)"),
-    "all": Construction(c_all, {"within": None}, "every class (or every class of a given list) as one target set"),
+    "all": Construction(c_all, {"within": None}, "every class (or those of within=[...]: an explicit class list) as one target set",
+                        needs_wordnet=False, optional={"cap": None}),
     "near-far": Construction(c_near_far, {"branch": DOG, "target": 4, "source": 8, "within": None, "cap": None},
                              "small near/far study on any class universe (e.g. a partial store's classes); the demo's"),
 }
@@ -238,7 +286,7 @@ CONSTRUCTIONS: dict[str, Construction] = {
 
 def _check_param(construction: str, k: str, v, default) -> None:
     if k == "within":
-        ok, want = v is None or (isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)), "a list of wnids"
+        ok, want = v is None or (isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)), "a list of class names"
     elif isinstance(default, str):
         ok, want = isinstance(v, str), "a wnid"
     elif isinstance(default, list):
@@ -249,21 +297,39 @@ def _check_param(construction: str, k: str, v, default) -> None:
         raise FastFTError(f"parameter {k}={v!r} of {construction!r} must be {want}")
 
 
-def make(construction: str, seed: int, **params) -> SubsetSpec:
-    """Build a spec. Unknown constructions / parameters and impossible sizes raise :class:`FastFTError`."""
+def make(construction: str, seed: int, vocabulary=None, **params) -> SubsetSpec:
+    """Build a spec. Unknown constructions / parameters and impossible sizes raise :class:`FastFTError`.
+
+    ``vocabulary``: the classes of the store the spec is for, in label order (``Store.vocabulary``); None or
+    ILSVRC2012's 1000 wnids draw as before stores had vocabularies. A construction that needs WordNet on a store whose
+    classes are not all wnids is an error naming the store's classes and the constructions that apply."""
     if construction not in CONSTRUCTIONS:
         raise FastFTError(f"unknown construction {construction!r}; `fastft subsets list` names them: {', '.join(CONSTRUCTIONS)}")
     c = CONSTRUCTIONS[construction]
-    unknown = set(params) - set(c.defaults)
+    takes = {**c.defaults, **c.optional}
+    unknown = set(params) - set(takes)
     if unknown:
-        raise FastFTError(f"construction {construction!r} has no parameter(s) {sorted(unknown)}; it takes {sorted(c.defaults)}")
+        raise FastFTError(f"construction {construction!r} has no parameter(s) {sorted(unknown)}; it takes {sorted(takes)}")
     full = {**c.defaults, **params}
     for k, v in full.items():
-        _check_param(construction, k, v, c.defaults[k])
+        _check_param(construction, k, v, takes[k])
     h = load()
-    sets = c.fn(h, seed, **full)
+    universe, recorded = h, None
+    if vocabulary is not None and tuple(vocabulary) != tuple(h.wnids):
+        wnids = all(w in h.label for w in vocabulary)
+        if c.needs_wordnet and not wnids:
+            generic = ", ".join(k for k, x in CONSTRUCTIONS.items() if not x.needs_wordnet)
+            odd = [w for w in vocabulary if w not in h.label]
+            raise FastFTError(f"construction {construction!r} draws from the WordNet hierarchy, and the store's classes are "
+                              f"its own names, not ILSVRC2012 wnids ({len(vocabulary)} classes in its classes.txt, e.g. "
+                              f"{odd[:3]}): use a construction for any store ({generic}; an explicit class list is all with within=[...])")
+        if not c.needs_wordnet:  # drawn from the store's classes (a wnid store's WordNet draws stay ILSVRC2012's)
+            universe = Vocabulary(vocabulary)
+            recorded = {"classes": len(universe.wnids), "sha256": universe.sha256}
+    sets = c.fn(universe, seed, **{**c.optional, **full})
+    hierarchy = {"version": HIERARCHY_VERSION, "sha256": h.sha256, "rule": "primary", "partition": "natural-vs-made"}
     return SubsetSpec(construction, int(seed), {k: list(v) if isinstance(v, tuple) else v for k, v in full.items()}, sets,
-                      {"version": HIERARCHY_VERSION, "sha256": h.sha256, "rule": "primary", "partition": "natural-vs-made"})
+                      hierarchy if recorded is None else {}, recorded)
 
 
 def grid_set(name) -> tuple[int, int] | None:
@@ -279,6 +345,9 @@ def is_target_set(name) -> bool:
 
 def distances(spec: SubsetSpec) -> list[dict]:
     """WordNet distance of every source-like set to every target-like set of a spec (see ``Hierarchy.distance``)."""
+    if not spec.wordnet:
+        raise FastFTError(f"spec ({spec.construction}, seed {spec.seed}) holds classes that are not ILSVRC2012 wnids: "
+                          "WordNet distances apply only to wnids")
     h = load()
     targets = [k for k in spec.sets if is_target_set(k)]
     sources = [k for k in spec.sets if k not in targets]

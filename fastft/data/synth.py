@@ -242,3 +242,41 @@ def write_meta_mat(path: Path, order: list[str]) -> None:
     for i, w in enumerate(order):
         rec[i] = (np.array([[i + 1]], dtype=np.uint16), np.array([w]), np.array([", ".join(h.names[w])]), np.array([[0]], dtype=np.uint8))
     savemat(str(path), {"synsets": rec.reshape(-1, 1)})
+
+
+# folder names of the synthetic image-folder dataset: spaces, Unicode, punctuation, a leading dot-free "NA"
+FOLDER_NAMES = ("golden retriever", "Shih-Tzu (toy)", "café au lait", "NA", "猫 & 犬", "bird, small", "Ørsted's \"rose\"", "007")
+
+
+def synth_folder(out: str | Path, classes: dict[str, str], train_per_class: int = 20, val_per_class: int = 5,
+                 size: int = 72, quality: int = 90, broken: bool = False, seed: int = 0, workers: int | None = None) -> dict:
+    """A synthetic dataset in torchvision's ``ImageFolder`` layout: ``train/<name>/<name> <i>.jpg`` and
+    ``val/<name>/…`` (``val_per_class=0``: no ``val/``), where ``classes`` maps each folder name (any text) to the
+    ILSVRC2012 class whose images it holds (so that a model trained on the synthetic ImageNet transfers to it).
+    ``broken=True`` adds the files of :data:`BROKEN` to the first class's train folder and a stray file in ``train/``."""
+    h = load()
+    bad = [w for w in classes.values() if w not in h.label]
+    if bad:
+        raise FastFTError(f"synth_folder: not ILSVRC2012 classes: {bad[:5]}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FastFTError(f"{out} exists and is not empty; choose a new directory")
+    jobs, broken_written = [], []
+    for split, n in (("train", train_per_class), ("val", val_per_class)):
+        for name, wnid in classes.items():
+            if n:
+                (out / split / name).mkdir(parents=True)
+            jobs += [(out / split / name / f"{name} {i}.jpg", wnid, (seed, h.label[wnid], 0xF01D, i + (split == "val") * 10**6))
+                     for i in range(n)]
+    if broken:
+        name, wnid = next(iter(classes.items()))
+        rng = np.random.default_rng([seed, 0xBAD, 0xF01D])
+        for kind, data in _broken_files(rng, wnid, render(wnid, rng, _dims(size, rng)), quality).items():
+            p = out / "train" / name / f"{name}_{kind}.jpg"
+            p.write_bytes(data)
+            broken_written.append(str(p.relative_to(out)))
+        (out / "train" / "README.txt").write_text("a file outside every class folder\n")
+        broken_written.append("train/README.txt")
+    _write_images(jobs, size, quality, workers)
+    return {"root": str(out), "classes": len(classes), "train": len(classes) * train_per_class + len(broken_written),
+            "val": len(classes) * val_per_class, "broken": broken_written}

@@ -20,7 +20,6 @@ import numpy as np
 from ..errors import FastFTError
 from ..files import fsync_write
 from .store import Store, cls_size, open_store, parse_resize, verify_shards
-from .taxonomy import load
 
 
 @dataclass
@@ -74,11 +73,11 @@ class View:
                               f"use batch_size <= {n}")
 
     def label_lut(self) -> np.ndarray:
-        """1000-entry table: store label -> view label (-1 = not in the view)."""
-        h = load()
-        lut = np.full(len(h.wnids), -1, np.int32)
+        """A table with an entry per class of the store's vocabulary: store label -> view label (-1 = not in the view)."""
+        label = open_store(self.store).label
+        lut = np.full(len(label), -1, np.int32)
         for i, w in enumerate(self.classes):
-            lut[h.label[w]] = i
+            lut[label[w]] = i
         return lut
 
     def split(self, split: str) -> dict:
@@ -94,7 +93,8 @@ class View:
     def keys(self, split: str):
         import pandas as pd
 
-        return pd.read_csv(self.path / f"{split}.csv.gz")
+        # class names as text whatever they look like (a folder store's class may be "NA" or "007")
+        return pd.read_csv(self.path / f"{split}.csv.gz", keep_default_na=False, dtype={"wnid": str, "key": str})
 
 
 def view_tag(view) -> str:
@@ -226,11 +226,24 @@ def _write_split(g, out: Path, split: str, version: int) -> dict:
         (out / split / f"{shards[-1]}.idx").write_text(f"v1.2 {b - a}\n" + "\n".join(lines[a:b]) + "\n")
     by_key = order[sorted(range(len(order)), key=col["key"].__getitem__)]
     k, w, lab, vl, sh, o, n = (g[c].to_numpy()[by_key].tolist() for c in _KEY_COLUMNS)
+    quoted = {c: _csv_field(c) for c in set(w)}  # a folder store's class names may hold commas or quotes
+    w = [quoted[c] for c in w]
     text = "".join([",".join(_KEY_COLUMNS) + "\n"] + [f"{a},{b},{c},{d},{e},{f},{h}\n" for a, b, c, d, e, f, h in zip(k, w, lab, vl, sh, o, n)])
     with gzip.GzipFile(out / f"{split}.csv.gz", "wb", compresslevel=1, mtime=0) as f:  # keys hold no commas or quotes
         f.write(text.encode())
     return {"samples": len(g), "shards": shards, "per_class_min": int(g.groupby("wnid").size().min()),
             "keys_sha256": hashlib.sha256("\n".join(k).encode()).hexdigest()}
+
+
+def _classes_sha256(st: Store) -> str:
+    return hashlib.sha256("".join(f"{c}\n" for c in st.vocabulary).encode()).hexdigest()
+
+
+def _csv_field(text: str) -> str:
+    """``text`` as one CSV field (quoted where it holds a comma, a quote, a line break or edge spaces), as pandas reads it."""
+    if any(ch in text for ch in ',"\r\n') or text != text.strip():
+        return '"' + text.replace('"', '""') + '"'
+    return text
 
 
 def resolve(spec, set_name: str, store_path: str | Path, out: str | Path) -> View:
@@ -243,8 +256,11 @@ def resolve(spec, set_name: str, store_path: str | Path, out: str | Path) -> Vie
     have = set(df["wnid"].unique())
     missing = [w for w in cs.classes if w not in have]
     if missing:
-        raise FastFTError(f"set {set_name!r} needs {len(missing)} classes the store {st.path} does not hold (first: {missing[:5]}); "
-                          "shard them or choose a spec made for this store")
+        drawn = getattr(spec, "vocabulary", None)
+        other = (f" (the spec was drawn from the {drawn['classes']} classes of another store's classes.txt)"
+                 if drawn and drawn.get("sha256") != _classes_sha256(st) else "")
+        raise FastFTError(f"set {set_name!r} needs {len(missing)} classes the store {st.path} does not hold (first: {missing[:5]})"
+                          f"{other}; shard them or choose a spec made for this store")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lut = {w: i for i, w in enumerate(cs.classes)}

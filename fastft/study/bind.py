@@ -129,7 +129,13 @@ def _make_spec(plan: dict, name: str | None, seed: int, store: str | None, out: 
 
     st = plan["stores"][name] if name else {"construction": plan["construction"], "params": plan["params"]}
     what = f"plan {plan['name']}" + (f", store {name}" if name else "")
-    spec = make(st["construction"], seed, **fill_store_params(dict(st.get("params") or {}), store, what))
+    from ..data.store import open_store
+
+    vocabulary = open_store(store).vocabulary if store else None  # a folder store's own classes (None: ILSVRC2012's)
+    try:
+        spec = make(st["construction"], seed, vocabulary, **fill_store_params(dict(st.get("params") or {}), store, what))
+    except FastFTError as e:
+        raise FastFTError(f"{what}{f' (store {store})' if store else ''}: {e}") from None
     p = out / "specs" / (f"{plan['name']}-{name}-seed{seed}.json" if name else f"{plan['name']}-seed{seed}.json")
     if p.exists() and load_spec(p).hash != spec.hash:
         raise FastFTError(f"{p} exists with different content (plan changed?); use a new --out")

@@ -1,4 +1,4 @@
-"""``fastft shard``: ILSVRC2012 → a store (see :mod:`fastft.data.store` for what a store holds and how it is read).
+"""``fastft shard``: ILSVRC2012 (or an image-folder dataset, ``--dataset imagefolder``) → a store (see :mod:`fastft.data.store` for what a store holds and how it is read).
 
 ``write_store`` reads the input once — as the dataset source that recognises it lists it (:mod:`fastft.data.sources`:
 an extracted ILSVRC2012 tree in one of its val layouts, or the downloaded ``.tar`` files read in place) — converts
@@ -36,7 +36,6 @@ from typing import Callable
 from ...errors import FastFTError
 from ..spool import bounded_imap, spool_dir
 from ..store import STORE_VERSION, STORE_VERSIONS, encode_source, fsync_write, lock_file
-from ..taxonomy import load
 from .config import ShardConfig
 from .convert import _process
 from .inputs import Input, scan
@@ -55,15 +54,17 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
     started in, a new one gets :data:`STORE_VERSION`); the tests write version-1 stores with it.
     """
     root, out = Path(root), Path(out)
-    h = load()
     inputs, scan_info = scan(root, cfg, progress)
     if not inputs:
         raise FastFTError(f"no input images found under {root}")
     version = store_version or _started_version(out)
     if version not in STORE_VERSIONS:
         raise FastFTError(f"store_version must be one of {STORE_VERSIONS}, got {version!r}")
+    vocabulary = scan_info["classes"]  # label = position (ILSVRC2012's 1000 wnids, or the source's own classes)
     settings = {"store_version": version, **asdict(cfg), "classes": list(cfg.classes), "val_layout_found": scan_info["val_layout"],
-                "class_list_sha256": hashlib.sha256("\n".join(h.wnids).encode()).hexdigest(), "inputs": len(inputs)}
+                "class_list_sha256": hashlib.sha256("\n".join(vocabulary).encode()).hexdigest(), "inputs": len(inputs)}
+    if settings["dataset"] == "ilsvrc2012":  # the default is left out: stores (and resumes) from before the key match
+        del settings["dataset"]
     fingerprint = input_fingerprint(root, inputs)
     out.mkdir(parents=True, exist_ok=True)
     sp = out / "settings.json"
@@ -103,7 +104,8 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
             with spool_dir() as spool:  # removed once no worker writes
                 pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_sigint)
                 try:
-                    _write_shards(root, out, cfg, h, inputs, pool, spool, records, pbar, on_shard, version)
+                    _write_shards(root, out, cfg, {c: i for i, c in enumerate(vocabulary)}, inputs, pool, spool, records,
+                                  pbar, on_shard, version)
                 finally:
                     pool.shutdown(wait=True, cancel_futures=True)
             pbar.close()
@@ -202,9 +204,10 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _write_shards(root: Path, out: Path, cfg: ShardConfig, h, inputs: list[Input], pool, spool: str, records: list[dict], pbar,
-                  on_shard: Callable[[int], None] | None, version: int) -> None:
-    """The shard loop of :func:`write_store`: per split, skip finished shards, then fill shards in the seeded order."""
+def _write_shards(root: Path, out: Path, cfg: ShardConfig, label: dict[str, int], inputs: list[Input], pool, spool: str,
+                  records: list[dict], pbar, on_shard: Callable[[int], None] | None, version: int) -> None:
+    """The shard loop of :func:`write_store`: per split, skip finished shards, then fill shards in the seeded order
+    (``label``: class -> label, the store's vocabulary; ``version``: the store format the shards are written in)."""
     limit = cfg.shard_mb * 1e6
     written_new = 0
     for split in ("train", "val"):
@@ -228,7 +231,7 @@ def _write_shards(root: Path, out: Path, cfg: ShardConfig, h, inputs: list[Input
             if jpg is None:
                 writer.rejected.append({"source": encode_source(x.source), "split": x.split, "wnid": x.wnid, "reason": info})
             else:
-                writer.add(x, h.label[x.wnid], jpg, info)
+                writer.add(x, label[x.wnid], jpg, info)
             pbar.update(1)
             if writer.bytes >= limit:
                 records.append(writer.close())

@@ -19,6 +19,7 @@ class ShardConfig:
     classes: tuple[str, ...] = ()  # only these wnids (empty = all 1000)
     allow_missing: bool = False    # classes absent from the tree are skipped instead of an error
     skip_unknown: bool = False     # folders that are not ILSVRC2012 wnids are skipped instead of an error
+    dataset: str = "ilsvrc2012"    # ilsvrc2012 (its layouts, detected) | imagefolder (train/<class>/, any class names)
 
     def __post_init__(self):
         parse_resize(self.resize)
@@ -26,5 +27,9 @@ class ShardConfig:
             raise FastFTError(f"--quality must be 1..100, got {self.quality}")
         if self.shard_mb <= 0:
             raise FastFTError(f"--shard-mb must be positive, got {self.shard_mb}")
+        from ..sources import DATASETS
+
+        if self.dataset not in DATASETS:
+            raise FastFTError(f"--dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
         if self.val_layout not in ("auto", "folders", "devkit", "kaggle"):
             raise FastFTError(f"--val-layout must be auto, folders, devkit or kaggle, got {self.val_layout!r}")

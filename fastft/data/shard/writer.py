@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from ...errors import FastFTError
-from ..store import SAMPLE_COLUMNS, dali_index, encode_label, encode_source, fsync_write, sha256_file
+from ..store import CLASSES_FILE, SAMPLE_COLUMNS, dali_index, encode_label, encode_source, fsync_write, sha256_file
 from ..sources import Input
 
 
@@ -129,6 +129,7 @@ def _finish(out: Path, records: list[dict], settings: dict, scan_info: dict, sec
     w.writeheader()
     w.writerows(sorted(rejected, key=lambda r: r["source"]))
     fsync_write(out / "rejected.csv", buf.getvalue().encode())
+    fsync_write(out / CLASSES_FILE, "".join(f"{c}\n" for c in scan_info["classes"]).encode())  # line i = label i
     empty = _emptied_classes(rows, rejected, settings["allow_missing"], out)  # after rejected.csv: it says why
     kinds = Counter(r["kind"] for r in rows)
     manifest = {
@@ -140,7 +141,10 @@ def _finish(out: Path, records: list[dict], settings: dict, scan_info: dict, sec
         "input_kinds": dict(sorted(kinds.items())),
         "rejected_reasons": dict(Counter(r["reason"].split(" (")[0] for r in rejected)),
         "shards": [{k: rec[k] for k in ("name", "split", "samples", "bytes", "sha256", "idx_sha256", "classes")} for rec in records],
-        "files": {"samples.csv.gz": sha256_file(out / "samples.csv.gz"), "rejected.csv": sha256_file(out / "rejected.csv")},
+        "files": {"samples.csv.gz": sha256_file(out / "samples.csv.gz"), "rejected.csv": sha256_file(out / "rejected.csv"),
+                  CLASSES_FILE: sha256_file(out / CLASSES_FILE)},
+        "vocabulary": {"file": CLASSES_FILE, "classes": len(scan_info["classes"]),
+                       "kind": "ilsvrc2012" if settings.get("dataset", "ilsvrc2012") == "ilsvrc2012" else "names"},
     }
     fsync_write(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
     manifest["_secs"] = secs

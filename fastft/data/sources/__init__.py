@@ -11,6 +11,8 @@ before Kaggle's CSV (``--val-layout`` picks one instead).
 * :mod:`.image_folder` — ``train/<wnid>/`` and ``val/<wnid>/`` folders;
 * :mod:`.ilsvrc2012_tree` — the extracted tree with a flat ``val/`` and the devkit;
 * :mod:`.kaggle` — Kaggle's ``ILSVRC/Data/CLS-LOC/`` with ``LOC_val_solution.csv``;
+* :mod:`.class_folders` — ``--dataset imagefolder``: ``train/<class>/`` (and ``val/<class>/``) folders of any names,
+  the store's own class vocabulary (torchvision's ``ImageFolder`` layout);
 * :mod:`.tree` (what the extracted trees share), :mod:`.labels` (ILSVRC2012's val label files), :mod:`.base`.
 
 Adding a source is one module with a :class:`~.base.Source` subclass, and its class in :data:`SOURCES`.
@@ -28,18 +30,27 @@ from .ilsvrc2012_archives import Ilsvrc2012Archives
 from .ilsvrc2012_tree import Ilsvrc2012Tree
 from .image_folder import ImageFolder
 from .kaggle import Kaggle
+from .class_folders import ClassFolders
 
-SOURCES: dict[str, type[Source]] = {s.name: s for s in (Ilsvrc2012Archives, ImageFolder, Ilsvrc2012Tree, Kaggle)}
+SOURCES: dict[str, type[Source]] = {s.name: s for s in (Ilsvrc2012Archives, ImageFolder, Ilsvrc2012Tree, Kaggle, ClassFolders)}
+DATASETS = tuple(dict.fromkeys(s.dataset for s in SOURCES.values()))  # the values of --dataset
 
 __all__ = ["Input", "Listing", "SOURCES", "Source", "find"]
 
 
 def find(root: Path, cfg) -> Source:
-    """The source that reads ``root`` (the first in :data:`SOURCES` that recognises it), or an error listing them."""
-    for cls in SOURCES.values():
+    """The source that reads ``root`` (the first of ``--dataset``'s sources in :data:`SOURCES` that recognises it), or
+    an error listing them."""
+    dataset = getattr(cfg, "dataset", "ilsvrc2012")
+    if dataset not in DATASETS:
+        raise FastFTError(f"--dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
+    mine = {name: cls for name, cls in SOURCES.items() if cls.dataset == dataset}
+    for cls in mine.values():
         if cls.detect(root, cfg):
             return cls(root, cfg)
     how = "" if cfg.val_layout == "auto" else f" with --val-layout {cfg.val_layout}"
-    listed = "; ".join(f"{name}: {cls.describe}" for name, cls in SOURCES.items())
-    raise FastFTError(f"{root} is in no layout fastft shard reads{how} (a tree may sit at the root or under "
-                      f"ILSVRC/Data/CLS-LOC/). The registered sources: {listed}")
+    listed = "; ".join(f"{name}: {cls.describe}" for name, cls in mine.items())
+    others = "".join(f"; with --dataset {cls.dataset}, {name}: {cls.describe}" for name, cls in SOURCES.items() if name not in mine)
+    where = " (a tree may sit at the root or under ILSVRC/Data/CLS-LOC/)" if dataset == "ilsvrc2012" else ""
+    raise FastFTError(f"{root} is in no layout fastft shard reads as --dataset {dataset}{how}{where}. The registered "
+                      f"sources: {listed}{others}")

@@ -37,6 +37,7 @@ class Listing:
     val_layout: str = "none"                           # how val/ was labelled: folders | devkit | kaggle | none
     missing: list[str] = field(default_factory=list)   # wanted classes with no input (allowed by --allow-missing)
     skipped: list[str] = field(default_factory=list)   # class folders / tars not named by a wnid (--skip-unknown)
+    classes: list[str] | None = None                   # the store's vocabulary in label order (None: ILSVRC2012's 1000 wnids)
 
     @property
     def rejected(self) -> list[Input]:
@@ -48,9 +49,13 @@ class Source(abc.ABC):
     """A layout of input images that ``fastft shard`` reads. A subclass names itself (``name``, and ``describe``:
     what it expects, listed when no source recognises a root), says whether it recognises a root (``detect``: cheap,
     by the files present; it may raise a :class:`FastFTError` for a root it recognises but cannot read as asked, e.g.
-    a ``--val-layout`` whose label file is absent) and lists its inputs (``read``)."""
+    a ``--val-layout`` whose label file is absent) and lists its inputs (``read``). ``dataset`` is the ``--dataset``
+    it answers to: the ILSVRC2012 sources (by default) are told apart by what the root holds; a source of another
+    dataset (``imagefolder``: classes of any name) is read only when asked for."""
     name: ClassVar[str]
     describe: ClassVar[str]
+    dataset: ClassVar[str] = "ilsvrc2012"  # the ``--dataset`` that chooses among the sources of this kind
+
 
     def __init__(self, root: Path, cfg: ShardConfig):
         self.root, self.cfg = root, cfg
@@ -75,7 +80,8 @@ def select_classes(found: list[str], cfg: ShardConfig, what: str) -> tuple[list[
         raise FastFTError(f"--classes names non-ILSVRC2012 wnids: {bad[:5]}")
     unknown = [f for f in found if f not in h.label]
     if unknown and not cfg.skip_unknown:
-        raise FastFTError(f"{what} not named by an ILSVRC2012 wnid: {unknown[:5]}; remove them or pass --skip-unknown")
+        raise FastFTError(f"{what} not named by an ILSVRC2012 wnid: {unknown[:5]}; remove them or pass --skip-unknown "
+                          "(a dataset with classes of its own names: --dataset imagefolder)")
     missing = [w for w in wanted if w not in set(found)]
     if missing and not cfg.allow_missing:
         raise FastFTError(f"{len(missing)} classes have no {what} (first: {missing[:5]}); pass --allow-missing to shard the rest, "
