@@ -272,3 +272,21 @@ def test_the_folder_demos_plan_binds_its_target_runs_to_the_folder_store(store, 
     assert load_spec(by["ft-near"].overrides["spec"]).sets["target"].classes == tuple(vocabulary)
     assert len(vocabulary) == 4 and not any(c in load().label for c in vocabulary) and any(" " in c for c in vocabulary)
     assert by["ft-near"].deps == [by["near"].key] and by["ft-near"].run_id and by["ft-near"].labels["distance"] is None
+
+
+def test_every_construction_either_draws_from_a_folder_vocabulary_or_is_refused():
+    """The class of constructions, not one: each one that needs no WordNet draws only a folder store's own classes
+    (spaces, unicode), seeded; each one that needs WordNet is refused with the constructions that apply."""
+    from fastft.data.subsets import CONSTRUCTIONS, make
+
+    vocab = ["golden retriever", "café au lait", "猫 & 犬", "Shih-Tzu (toy)", "NA", "007", "x y", "z"]
+    small = {"random": {"target": 2, "source": 3}}
+    for name, c in CONSTRUCTIONS.items():
+        if c.needs_wordnet:
+            with pytest.raises(FastFTError, match="draws from the WordNet hierarchy.*use a construction for any store"):
+                make(name, 0, vocab, **small.get(name, {}))
+            continue
+        a, b = (make(name, seed, vocab, **small.get(name, {})) for seed in (0, 0))
+        drawn = [w for s in a.sets.values() for w in s.classes]
+        assert drawn and set(drawn) <= set(vocab), name
+        assert a.sets == b.sets and a.hash == b.hash, f"{name}: not deterministic"

@@ -231,7 +231,7 @@ def c_near_far(h, seed, branch=DOG, target=4, source=8, within=None, cap=None):
     universe = set(within) if within else set(h.wnids)
     bad = sorted(universe - set(h.wnids))
     if bad:
-        raise FastFTError(f"within lists non-ILSVRC2012 wnids: {bad[:5]}")
+        raise FastFTError(f"within lists classes the store does not have (ILSVRC2012 wnids, or a store's classes.txt): {bad[:5]}")
     rng = random.Random(f"fastft/near-far/{seed}")
     members = [c for c in h.under(branch) if c in universe]
     tgt = _draw(rng, members, target, f"branch {branch} ({h.name(h.check(branch))}) within the given classes")
@@ -367,7 +367,7 @@ def _universe(h: Hierarchy, within) -> list[str]:
     label order."""
     bad = sorted(set(within or ()) - set(h.wnids))
     if bad:
-        raise FastFTError(f"within lists non-ILSVRC2012 wnids: {bad[:5]}")
+        raise FastFTError(f"within lists classes the store does not have (ILSVRC2012 wnids, or a store's classes.txt): {bad[:5]}")
     return list(_sorted(h, set(within))) if within else list(h.wnids)
 
 
@@ -404,7 +404,8 @@ def c_yosinski(h, seed, within=None):
     return {**c_halves(h, seed, within), **c_natural_made(h, seed, within)}
 
 
-CONSTRUCTIONS["halves"] = Construction(c_halves, {"within": None}, "random halves A / B of the classes, 500 / 500 (Yosinski et al. 2014)")
+CONSTRUCTIONS["halves"] = Construction(c_halves, {"within": None}, "random halves A / B of the classes, 500 / 500 (Yosinski et al. 2014)",
+                                       needs_wordnet=False)  # halves of any store's classes
 CONSTRUCTIONS["natural-made"] = Construction(c_natural_made, {"within": None},
                                              "natural (449) vs man-made (551) classes (Yosinski et al. 2014, dissimilar datasets)")
 CONSTRUCTIONS["yosinski-2014"] = Construction(c_yosinski, {"within": None},
