@@ -109,27 +109,59 @@ def bench_loader(view: str, batch: int = 256, device: str = "auto", seconds: flo
 
 
 STEP_FLAGS = ("compile", "graph", "fused", "pad4", "pad8")  # a step mode: "eager" or a "+"-joined set of these
+# and of the step variants (fastft.train.variants)
+
+
+def parse_mode(mode: str) -> tuple[set[str], list[str]]:
+    """A step mode's step flags and its step variants (:mod:`fastft.train.variants`, in the order given)."""
+    from .train import variants
+
+    parts = [] if mode == "eager" else mode.split("+")
+    flags = {p for p in parts if p in STEP_FLAGS}
+    extra = [p for p in parts if p not in STEP_FLAGS]
+    bad = [p for p in extra if p not in variants.REGISTRY]
+    if bad or (mode != "eager" and not parts) or "" in parts or len(flags & {"pad4", "pad8"}) > 1 or len(set(parts)) < len(parts):
+        raise ValueError(f"step mode must be 'eager' or a '+'-joined set of {STEP_FLAGS} (one pad) and step variants "
+                         f"({', '.join(sorted(variants.REGISTRY))}), each once; got {mode!r}")
+    return flags, extra
+
+
+def check_modes(modes) -> None:
+    """Every step mode valid, before any work (a typo must not cost a GPU session its figures)."""
+    from .errors import FastFTError
+
+    for m in modes:
+        try:
+            parse_mode(m)
+        except ValueError as e:
+            raise FastFTError(str(e)) from None
+
+
+def baseline_of(mode: str) -> str:
+    """The mode without its step variants: what a variant is measured against in the same run."""
+    flags, _ = parse_mode(mode)
+    return "+".join(f for f in STEP_FLAGS if f in flags) or "eager"
 
 
 def _make_step(mode: str, nc: int, dev: str, prec: str, width: float, crop: int, model: str = "alexnet"):
     """The trainer's :class:`~fastft.trainer.Step` on a fresh ``model`` (the paper's AlexNet) + SGD, as ``fastft
     train`` builds it: through the registry (:mod:`fastft.models`), given the train keys it takes.
     ``mode``: ``eager``, or flags joined by ``+``: ``compile`` (torch.compile), ``graph`` (CUDA graph), ``fused``
-    (fused SGD), ``pad4``/``pad8`` (conv1 input channels, see ``AlexNet.pad_input``)."""
+    (fused SGD), ``pad4``/``pad8`` (conv1 input channels, see ``AlexNet.pad_input``), and step variants
+    (:mod:`fastft.train.variants`, applied to the model on its device before the optimiser is made)."""
     from contextlib import nullcontext
 
     from . import models
-    from .train import Step, cuda_autocast, sgd
+    from .train import Step, cuda_autocast, sgd, variants
 
-    flags = set() if mode == "eager" else set(mode.split("+"))
-    if not flags <= set(STEP_FLAGS) or len(flags & {"pad4", "pad8"}) > 1:
-        raise ValueError(f"step mode must be 'eager' or a '+'-joined set of {STEP_FLAGS} (one pad), got {mode!r}")
+    flags, extra = parse_mode(mode)
     cuda = dev == "cuda"
     m = models.build(model, nc, **models.model_keys(model, {"width": width, "crop": crop})).to(dev)
     if cuda:
         m = m.to(memory_format=torch.channels_last)
     if hasattr(m, "pad_input"):
         m.pad_input(4 if "pad4" in flags else 8 if "pad8" in flags else 0)
+    variants.apply(extra, m, dev)
     opt = sgd(m.parameters(), 0.01, 0.9, 5e-4, fused="fused" in flags and cuda)
     ac = cuda_autocast(True) if prec == "bf16" else nullcontext
     return Step(m, opt, autocast=ac, channels_last=cuda, compile="compile" in flags, graph="graph" in flags and cuda)
@@ -194,6 +226,10 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
         return {**res, **hardware()}
     best = max(ok, key=ok.get)
     res["step"], res["synthetic_ceiling_img_s"] = best, ok[best]
+    # each mode with step variants against the same mode without them, measured in this run
+    vs = {m: round(v / ok[baseline_of(m)], 3) for m, v in ok.items() if baseline_of(m) != m and baseline_of(m) in ok}
+    if vs:
+        res["variant_vs_baseline"] = vs
     step = made[best]
 
     fmt = batch_format(dev, prec)
