@@ -5,7 +5,9 @@
 * ``train``: the synthetic-data step rate (the compute ceiling: the same model, optimiser, precision and step function
   on random tensors already on the device) for each step mode (eager, CUDA graph, compiled, both), then with the
   fastest: fastft end to end (DALI loader → the trainer's step) per hardware-decoder share, the DataLoader baseline
-  end to end, and with ``cache`` the decoded-image cache end to end (after its one decode pass, timed apart).
+  end to end, and with ``cache`` the decoded-image cache end to end (after its one decode pass, timed apart; on GPUs
+  the host tier both staged and read by the GPU itself, ``host_gather``). Modes with step variants
+  (:mod:`fastft.train.variants`) are also given against the same mode without them (``variant_vs_baseline``).
 * ``pack``: aggregate images/s of k concurrent training processes on one GPU (what ``fastft sweep --per-gpu`` packs).
 
 The baseline always runs first: its workers fork before DALI's thread pools exist. Results are one JSON object
@@ -234,9 +236,9 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
 
     fmt = batch_format(dev, prec)
 
-    def e2e(backend: str, hw: float = 1.0, cached: float = 0.0, host: float = 0.0, cpu: float = 0.0) -> float:
+    def e2e(backend: str, hw: float = 1.0, cached: float = 0.0, host: float = 0.0, cpu: float = 0.0, gather: str = "staged") -> float:
         """``cached``/``host``: the fractions of the view kept decoded on the device / in pinned host memory (the
-        rest is decoded every epoch)."""
+        rest is decoded every epoch); ``gather``: how the host tier reaches the device (``LoaderConfig.host_gather``)."""
         gb = hgb = 0.0
         if cached or host:
             v = open_view(view)
@@ -245,7 +247,7 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
             gb, hgb = cached * size + 1e-9, host * size + (1e-9 if host else 0)
         L = Loader(view, "train", LoaderConfig(batch_size=batch, crop=crop, backend=backend, device=dev, num_threads=threads,
                                                hw_decoder_load=hw, cpu_decode=cpu, cache=bool(cached or host), cache_gb=gb,
-                                               host_cache_gb=hgb, **fmt), seed=0)
+                                               host_cache_gb=hgb, host_gather=gather, **fmt), seed=0)
         if cached == 1.0:
             t0 = time.perf_counter()
             L.fill_cache()  # the one decode pass, timed apart from the steady state
@@ -267,8 +269,13 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
         if dev == "cuda":
             res["fastft_host_cached_e2e_img_s"] = _measure(lambda: e2e("dali", hw, host=1.0))
             res["fastft_half_device_half_host_e2e_img_s"] = _measure(lambda: e2e("dali", hw, cached=0.5, host=0.5))
+            # the host tier read by the GPU itself (no CPU gather, only the crops cross the link), against the staging above
+            res["fastft_host_cached_gpu_gather_e2e_img_s"] = _measure(lambda: e2e("dali", hw, host=1.0, gather="gpu"))
+            res["fastft_half_device_half_host_gpu_gather_e2e_img_s"] = _measure(
+                lambda: e2e("dali", hw, cached=0.5, host=0.5, gather="gpu"))
     base = res["dataloader_e2e_img_s"]
-    for k in ("fastft_e2e", "fastft_cached_e2e", "fastft_half_cached_e2e", "fastft_host_cached_e2e", "fastft_half_device_half_host_e2e"):
+    for k in ("fastft_e2e", "fastft_cached_e2e", "fastft_half_cached_e2e", "fastft_host_cached_e2e", "fastft_half_device_half_host_e2e",
+              "fastft_host_cached_gpu_gather_e2e", "fastft_half_device_half_host_gpu_gather_e2e"):
         v = res.get(f"{k}_img_s")
         if isinstance(v, float):
             res[f"{k.replace('_e2e', '')}_vs_ceiling"] = round(v / res["synthetic_ceiling_img_s"], 3)
