@@ -24,7 +24,11 @@ W=/tmp/fastft_gpu
 for i in $(seq 150); do [ -f $W/prep.done ] && break; sleep 1; done
 tail -5 $W/prep.log; cp $W/prep.log "$OUT/prep.log"
 BENCH_ARGS=${BENCH_ARGS:-}; TRAIN_ARGS=${TRAIN_ARGS:-}  # CPU rehearsal: smaller model and batch (and PROBE_ARGS, STEPS)
+# the step modes, each with the step variants (fastft.train.variants) next to the mode they change: bench train gives
+# each variant against its mode in the same run (variant_vs_baseline); compile+graph+fused+pad8 is today's best
+VARIANTS=${VARIANTS:-fused-relu-pool-lrn}
 STEPS=${STEPS:-graph,compile+graph,compile+graph+fused,compile+graph+fused+pad4,compile+graph+fused+pad8}
+for v in ${VARIANTS//,/ }; do STEPS=$STEPS,graph+fused+pad8+$v,compile+graph+fused+pad8+$v; done
 HW=${HW:-1.0}; CPU=${CPU:-0,0.6}  # hardware-decoder shares × host-decoded shares to measure (bench train)
 LCPU=${LCPU:-0,0.2,0.3}           # host-decoded shares for bench loader (the loader alone: the hardware decoder's spare)
 # first: does the paper's recipe learn at full size (227 crops of 256x256, width 1.0, batch 256, 100 classes x 1,300
@@ -58,8 +62,11 @@ step host-decode 40 python3 benchmarks/host_decode.py $W/view --seconds 2
 [ -f .dali/c2/baselines.py ] && step baselines 130 env OUT=$W/anchor ANCHOR_SECTIONS=${ANCHOR_SECTIONS:-env,corpus,cpu,e2e} \
     ANCHOR_E2E_COMPILE=0 ANCHOR_BUDGET_S=120 python3 .dali/c2/baselines.py
 [ -f $W/anchor/anchors.jsonl ] && cp $W/anchor/anchors.jsonl "$OUT/anchors.jsonl"
-step gpu-tests 70 python3 -m pytest -q -x tests/test_gpu.py -p no:cacheprovider
-step bench-train 200 python3 -m fastft bench train $W/view $BENCH_ARGS --seconds 4 --steps $STEPS \
+# the GPU checks, and the kernels on CUDA (exact against the eager ops; -s: their timings against the eager ops)
+step gpu-tests 110 python3 -m pytest -q -s -x tests/test_gpu.py tests/test_kernels.py -p no:cacheprovider
+# ceilings of every step mode; with --cache the device tier, half device/half decoded, and on GPUs the host tier and
+# half device/half host both staged (today's CPU gather + copy stream) and read by the GPU itself (host_gather gpu)
+step bench-train 260 python3 -m fastft bench train $W/view $BENCH_ARGS --seconds 4 --steps $STEPS \
     --hw-load $HW --cpu-decode $CPU ${CACHE---cache} --out "$OUT/bench-train.json"
 python3 -c "import json,sys; sys.exit('fastft_e2e_img_s' not in json.load(open('$OUT/bench-train.json')))" 2>/dev/null ||
   step bench-train-plain 100 python3 -m fastft bench train $W/view $BENCH_ARGS --seconds 4 --steps graph --cache --out "$OUT/bench-train.json"
@@ -73,6 +80,14 @@ BEST=$(python3 -c "import json; print(json.load(open('$OUT/bench-train.json')).g
 step e2e-probe 80 python3 benchmarks/e2e_probe.py $W/view --step $BEST --seconds 3 ${PROBE_ARGS:-} --out "$OUT/e2e-probe.json"
 step train 60 python3 -m fastft train view=$W/view epochs=3 lr_step=2 out=$W/runs name=defaults checkpoint_every=100 progress=false $TRAIN_ARGS
 for r in $W/runs/*/; do [ -f $r/metrics.jsonl ] && sed "s|^|{\"run\": \"$(basename $r)\", \"m\": |; s|$|}|" $r/metrics.jsonl; done > "$OUT/train-runs.jsonl"
-step profile 50 sh -c "python3 benchmarks/profile_step.py --modes $BEST --steps 10 > '$OUT/profile.txt' 2>&1"
+# the best mode's baseline (without variants) and the baseline with each variant
+PMODES=$(python3 -c "import sys; from fastft.bench import baseline_of as b; m = b(sys.argv[1])
+print(','.join(dict.fromkeys([m] + [m + '+' + v for v in sys.argv[2].split(',') if v])))" "$BEST" "$VARIANTS" 2>/dev/null || echo "$BEST")
+step profile 70 sh -c "python3 benchmarks/profile_step.py --modes $PMODES --steps 10 > '$OUT/profile.txt' 2>&1"
+# the issue's figures, named as benchmarks/results/ keeps them: train-<gpu>-<date>.json (the bench-train JSON, renamed:
+# at most 8 files come back) and the ratios in the log
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | grep -oiE '[AHBL][0-9]{2,3}' | head -1 | tr A-Z a-z)
+TRAIN_JSON="$OUT/train-${GPU:-gpu}-$(date -u +%F).json"
+[ -f "$OUT/bench-train.json" ] && mv "$OUT/bench-train.json" "$TRAIN_JSON" && python3 benchmarks/train_keys.py "$TRAIN_JSON"
 rm -f "$OUT/prep.log"  # at most 8 files come back from the device machine; the log's tail is in session.log
 echo "== done t=$(( $(date +%s) - T0 ))s"

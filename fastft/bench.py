@@ -5,7 +5,9 @@
 * ``train``: the synthetic-data step rate (the compute ceiling: the same model, optimiser, precision and step function
   on random tensors already on the device) for each step mode (eager, CUDA graph, compiled, both), then with the
   fastest: fastft end to end (DALI loader → the trainer's step) per hardware-decoder share, the DataLoader baseline
-  end to end, and with ``cache`` the decoded-image cache end to end (after its one decode pass, timed apart).
+  end to end, and with ``cache`` the decoded-image cache end to end (after its one decode pass, timed apart; on GPUs
+  the host tier both staged and read by the GPU itself, ``host_gather``). Modes with step variants
+  (:mod:`fastft.train.variants`) are also given against the same mode without them (``variant_vs_baseline``).
 * ``pack``: aggregate images/s of k concurrent training processes on one GPU (what ``fastft sweep --per-gpu`` packs).
 
 The baseline always runs first: its workers fork before DALI's thread pools exist. Results are one JSON object
@@ -109,27 +111,59 @@ def bench_loader(view: str, batch: int = 256, device: str = "auto", seconds: flo
 
 
 STEP_FLAGS = ("compile", "graph", "fused", "pad4", "pad8")  # a step mode: "eager" or a "+"-joined set of these
+# and of the step variants (fastft.train.variants)
+
+
+def parse_mode(mode: str) -> tuple[set[str], list[str]]:
+    """A step mode's step flags and its step variants (:mod:`fastft.train.variants`, in the order given)."""
+    from .train import variants
+
+    parts = [] if mode == "eager" else mode.split("+")
+    flags = {p for p in parts if p in STEP_FLAGS}
+    extra = [p for p in parts if p not in STEP_FLAGS]
+    bad = [p for p in extra if p not in variants.REGISTRY]
+    if bad or (mode != "eager" and not parts) or "" in parts or len(flags & {"pad4", "pad8"}) > 1 or len(set(parts)) < len(parts):
+        raise ValueError(f"step mode must be 'eager' or a '+'-joined set of {STEP_FLAGS} (one pad) and step variants "
+                         f"({', '.join(sorted(variants.REGISTRY))}), each once; got {mode!r}")
+    return flags, extra
+
+
+def check_modes(modes) -> None:
+    """Every step mode valid, before any work (a typo must not cost a GPU session its figures)."""
+    from .errors import FastFTError
+
+    for m in modes:
+        try:
+            parse_mode(m)
+        except ValueError as e:
+            raise FastFTError(str(e)) from None
+
+
+def baseline_of(mode: str) -> str:
+    """The mode without its step variants: what a variant is measured against in the same run."""
+    flags, _ = parse_mode(mode)
+    return "+".join(f for f in STEP_FLAGS if f in flags) or "eager"
 
 
 def _make_step(mode: str, nc: int, dev: str, prec: str, width: float, crop: int, model: str = "alexnet"):
     """The trainer's :class:`~fastft.trainer.Step` on a fresh ``model`` (the paper's AlexNet) + SGD, as ``fastft
     train`` builds it: through the registry (:mod:`fastft.models`), given the train keys it takes.
     ``mode``: ``eager``, or flags joined by ``+``: ``compile`` (torch.compile), ``graph`` (CUDA graph), ``fused``
-    (fused SGD), ``pad4``/``pad8`` (conv1 input channels, see ``AlexNet.pad_input``)."""
+    (fused SGD), ``pad4``/``pad8`` (conv1 input channels, see ``AlexNet.pad_input``), and step variants
+    (:mod:`fastft.train.variants`, applied to the model on its device before the optimiser is made)."""
     from contextlib import nullcontext
 
     from . import models
-    from .train import Step, cuda_autocast, sgd
+    from .train import Step, cuda_autocast, sgd, variants
 
-    flags = set() if mode == "eager" else set(mode.split("+"))
-    if not flags <= set(STEP_FLAGS) or len(flags & {"pad4", "pad8"}) > 1:
-        raise ValueError(f"step mode must be 'eager' or a '+'-joined set of {STEP_FLAGS} (one pad), got {mode!r}")
+    flags, extra = parse_mode(mode)
     cuda = dev == "cuda"
     m = models.build(model, nc, **models.model_keys(model, {"width": width, "crop": crop})).to(dev)
     if cuda:
         m = m.to(memory_format=torch.channels_last)
     if hasattr(m, "pad_input"):
         m.pad_input(4 if "pad4" in flags else 8 if "pad8" in flags else 0)
+    variants.apply(extra, m, dev)
     opt = sgd(m.parameters(), 0.01, 0.9, 5e-4, fused="fused" in flags and cuda)
     ac = cuda_autocast(True) if prec == "bf16" else nullcontext
     return Step(m, opt, autocast=ac, channels_last=cuda, compile="compile" in flags, graph="graph" in flags and cuda)
@@ -194,13 +228,17 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
         return {**res, **hardware()}
     best = max(ok, key=ok.get)
     res["step"], res["synthetic_ceiling_img_s"] = best, ok[best]
+    # each mode with step variants against the same mode without them, measured in this run
+    vs = {m: round(v / ok[baseline_of(m)], 3) for m, v in ok.items() if baseline_of(m) != m and baseline_of(m) in ok}
+    if vs:
+        res["variant_vs_baseline"] = vs
     step = made[best]
 
     fmt = batch_format(dev, prec)
 
-    def e2e(backend: str, hw: float = 1.0, cached: float = 0.0, host: float = 0.0, cpu: float = 0.0) -> float:
+    def e2e(backend: str, hw: float = 1.0, cached: float = 0.0, host: float = 0.0, cpu: float = 0.0, gather: str = "staged") -> float:
         """``cached``/``host``: the fractions of the view kept decoded on the device / in pinned host memory (the
-        rest is decoded every epoch)."""
+        rest is decoded every epoch); ``gather``: how the host tier reaches the device (``LoaderConfig.host_gather``)."""
         gb = hgb = 0.0
         if cached or host:
             v = open_view(view)
@@ -209,7 +247,7 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
             gb, hgb = cached * size + 1e-9, host * size + (1e-9 if host else 0)
         L = Loader(view, "train", LoaderConfig(batch_size=batch, crop=crop, backend=backend, device=dev, num_threads=threads,
                                                hw_decoder_load=hw, cpu_decode=cpu, cache=bool(cached or host), cache_gb=gb,
-                                               host_cache_gb=hgb, **fmt), seed=0)
+                                               host_cache_gb=hgb, host_gather=gather, **fmt), seed=0)
         if cached == 1.0:
             t0 = time.perf_counter()
             L.fill_cache()  # the one decode pass, timed apart from the steady state
@@ -231,8 +269,13 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
         if dev == "cuda":
             res["fastft_host_cached_e2e_img_s"] = _measure(lambda: e2e("dali", hw, host=1.0))
             res["fastft_half_device_half_host_e2e_img_s"] = _measure(lambda: e2e("dali", hw, cached=0.5, host=0.5))
+            # the host tier read by the GPU itself (no CPU gather, only the crops cross the link), against the staging above
+            res["fastft_host_cached_gpu_gather_e2e_img_s"] = _measure(lambda: e2e("dali", hw, host=1.0, gather="gpu"))
+            res["fastft_half_device_half_host_gpu_gather_e2e_img_s"] = _measure(
+                lambda: e2e("dali", hw, cached=0.5, host=0.5, gather="gpu"))
     base = res["dataloader_e2e_img_s"]
-    for k in ("fastft_e2e", "fastft_cached_e2e", "fastft_half_cached_e2e", "fastft_host_cached_e2e", "fastft_half_device_half_host_e2e"):
+    for k in ("fastft_e2e", "fastft_cached_e2e", "fastft_half_cached_e2e", "fastft_host_cached_e2e", "fastft_half_device_half_host_e2e",
+              "fastft_host_cached_gpu_gather_e2e", "fastft_half_device_half_host_gpu_gather_e2e"):
         v = res.get(f"{k}_img_s")
         if isinstance(v, float):
             res[f"{k.replace('_e2e', '')}_vs_ceiling"] = round(v / res["synthetic_ceiling_img_s"], 3)

@@ -93,6 +93,20 @@ def test_host_tier_on_gpu_serves_the_same_batches(view_near):
             assert (xa[perm].float() - xb.float()).abs().mean() < 0.05
 
 
+def test_gpu_host_gather_serves_the_staged_batches(view_near):
+    """``host_gather: gpu`` (the GPU reads the crops from the mapped pinned host tier) against the staging thread:
+    the same batches bit for bit, device tier + host tier + decoded rest, over two epochs and a resume."""
+    fmt = {"fp16": True, "channels_last": True}
+    n, per = len(Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71), seed=4).src), 80 * 80 * 3
+    kw = dict(batch_size=8, crop=71, device="cuda", cache=True, cache_gb=n // 3 * per / 1e9, host_cache_gb=n // 3 * per / 1e9, **fmt)
+    a = Loader(view_near.path, "train", LoaderConfig(**kw), seed=4)
+    b = Loader(view_near.path, "train", LoaderConfig(**kw, host_gather="gpu"), seed=4)
+    assert a.stats()["host_cache_fraction"] > 0.2 and b.stats()["host_gather"] == "gpu"
+    for epoch, start in ((0, 0), (1, 0), (1, 2)):
+        for (xa, ya, _), (xb, yb, _) in zip(a.epoch(epoch, start_step=start), b.epoch(epoch, start_step=start), strict=True):
+            assert torch.equal(ya, yb) and torch.equal(xa, xb)
+
+
 def test_a_preloaded_run_trains_on_the_gpu(source_run, store, tmp_path):
     """A run forked from the preloaded server (which imported torch, dynamo, accelerate and DALI) initialises CUDA for
     itself and trains on the GPU (the check that lets GPU sweeps default to ``--launch preloaded``)."""

@@ -216,17 +216,20 @@ def test_decoded_cache_serves_the_same_batches(view_near):
         assert torch.equal(ya, yb) and torch.allclose(xa, xb, atol=1e-4)
 
 
-@pytest.mark.parametrize("on_device,on_host", [(0.5, 0.0), (0.3, 0.4), (0.0, 0.5)])
-def test_partial_cache_decodes_only_the_rest_and_serves_the_same_samples(view_near, on_device, on_host):
+@pytest.mark.parametrize("on_device,on_host,gather", [(0.5, 0.0, "staged"), (0.3, 0.4, "staged"), (0.0, 0.5, "staged"),
+                                                      (0.3, 0.4, "gpu")])
+def test_partial_cache_decodes_only_the_rest_and_serves_the_same_samples(view_near, on_device, on_host, gather):
     """A view larger than the cache budget: some images on the device, some in the host tier, the rest decoded by
     DALI each epoch; each step has the same samples, crops and flips as the decoding backend, device tier first,
-    then host tier, then decoded."""
+    then host tier, then decoded. ``gather: gpu``: the host tier's crops read by the gather kernel (on CPU through
+    Triton's interpreter) instead of the CPU gather."""
     ref_loader = Loader(view_near.path, "train", CFG, seed=5)
     n, per = len(ref_loader.src), 80 * 80 * 3
     L = Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, num_threads=1, cache=True,
                                                      cache_gb=int(n * on_device) * per / 1e9 + 1e-12,
-                                                     host_cache_gb=int(n * on_host) * per / 1e9), seed=5)
+                                                     host_cache_gb=int(n * on_host) * per / 1e9, host_gather=gather), seed=5)
     st = L.stats()
+    assert st["host_gather"] == gather
     assert not st["cache_filled"] and st["decode_batch"] is not None, "not filled before the first batch; DALI decodes the rest"
     assert abs(st["cache_fraction"] - on_device) < 0.01 and abs(st["host_cache_fraction"] - on_host) < 0.01
     assert _cache_fractions(L) == (st["cache_fraction"], st["host_cache_fraction"]), "what the trainer logs"
@@ -386,3 +389,33 @@ def test_compiled_cache_crop_equals_the_eager_ops():
         assert torch.allclose(ref, got, rtol=1e-6, atol=1e-5) and got.is_contiguous(memory_format=torch.channels_last) == channels_last
     assert torch.equal(_crop(imgs, slot, x0, y0, mirror, 71)[0], (imgs[slot[0], y0[0]:y0[0] + 71, x0[0]:x0[0] + 71].flip(1)
                                                                    if mirror[0] else imgs[slot[0], y0[0]:y0[0] + 71, x0[0]:x0[0] + 71]))
+
+
+def test_gpu_gather_reads_the_same_crops_as_the_cache():
+    """The host tier's gather kernel (fastft.kernels.host_gather; on CPU through Triton's interpreter) returns the
+    cache's own crop byte for byte: random images, slots, offsets up to the far edge, mirrors, odd crop sizes, an
+    empty step, a partly filled buffer, any grid."""
+    pytest.importorskip("triton")
+    from fastft.kernels.host_gather import gather_crops
+    from fastft.loading.augment import _crop
+
+    g = torch.Generator().manual_seed(1)
+    imgs = torch.randint(0, 256, (13, 40, 37, 3), dtype=torch.uint8, generator=g)
+    for crop, k, programs in ((37, 5, 0), (23, 9, 3), (1, 4, 1), (17, 0, 0)):
+        slot = torch.randint(0, 13, (k,), generator=g)
+        y0, x0 = torch.randint(0, 40 - crop + 1, (k,), generator=g), torch.randint(0, 37 - crop + 1, (k,), generator=g)
+        if k:
+            x0[0], y0[0] = 37 - crop, 40 - crop  # the far corner
+        mirror = torch.rand(k, generator=g) > 0.5
+        out = torch.full((k + 2, crop, crop, 3), 7, dtype=torch.uint8)
+        got = gather_crops(imgs, slot, x0, y0, mirror, crop, out=out, programs=programs)
+        assert got.shape == (k, crop, crop, 3) and torch.equal(got, _crop(imgs, slot, x0, y0, mirror, crop)), (crop, k)
+        assert (out[k:] == 7).all(), "nothing written past the step's samples"
+    with pytest.raises(ValueError, match="uint8"):
+        gather_crops(imgs.float(), slot, x0, y0, mirror, 17)
+
+
+def test_host_gather_option_is_checked_before_work(view_near):
+    with pytest.raises(FastFTError, match="host_gather must be one of staged, gpu"):
+        Loader(view_near.path, "train", LoaderConfig(batch_size=8, crop=71, cache=True, host_gather="zero-copy",
+                                                     cache_gb=1e-4, host_cache_gb=1e-4))

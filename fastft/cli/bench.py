@@ -22,9 +22,11 @@ def cmd_bench(a):
                                  cpu_shares=_floats(a.cpu_decode), gpu_huffman=a.gpu_huffman)
     elif a.what == "train":
         steps = tuple(a.steps.split(",")) if a.steps else None
+        bench.check_modes(steps or ())
         res = bench.bench_train(a.view, a.batch, a.device, a.seconds, steps, a.width, a.crop, a.threads, cache=a.cache,
                                 hw_loads=_floats(a.hw_load), cpu_shares=_floats(a.cpu_decode), model=a.model)
     else:
+        bench.check_modes([a.steps or "graph"])
         res = bench.bench_pack(a.view, tuple(int(k) for k in a.runs.split(",")), a.batch, a.seconds, a.steps or "graph",
                                not a.no_cache, _floats(a.hw_load)[0])
     bench.write(res, a.out)
@@ -48,8 +50,9 @@ def add_commands(sub) -> None:
     s.add_argument("--width", type=float, default=1.0, help="train: AlexNet width multiplier")
     s.add_argument("--model", default="alexnet", help="train: a registered model (fastft.models), given --width and --crop if it takes them")
     s.add_argument("--steps", help="train: step modes whose ceilings to measure, comma-separated; a mode is eager or flags joined "
-                                   "by +: compile, graph (CUDA graph), fused (fused SGD), pad4/pad8 (conv1 input channels), e.g. "
-                                   "eager,compile+graph+fused (default: eager,graph on a GPU, eager on CPU); the fastest runs "
+                                   "by +: compile, graph (CUDA graph), fused (fused SGD), pad4/pad8 (conv1 input channels), and "
+                                   "step variants: fused-relu-pool-lrn (fastft.train.variants), e.g. "
+                                   "eager,compile+graph+fused,compile+graph+fused+fused-relu-pool-lrn (default: eager,graph on a GPU, eager on CPU); the fastest runs "
                                    "end to end. pack: the one mode")
     s.add_argument("--hw-load", default="1.0", help="share(s) of JPEG decoding on the hardware decoder, e.g. 0.65,0.8,1.0 "
                                                      "(loader, train: each is measured; the best is reported)")

@@ -2,6 +2,7 @@
 cropped, mirrored and normalised on the device each step; what neither tier holds is decoded by DALI every epoch."""
 from __future__ import annotations
 
+import importlib.util
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from .loader import Loader
 
 DEVICE, HOST, DECODE = 0, 1, 2  # a sample's tier (Loader.tiers): kept on the device, in pinned host memory, decoded
+HOST_GATHERS = ("staged", "gpu")  # LoaderConfig.host_gather: how the host tier's images reach the device
 
 
 def _tiers(n: int, m: int, mh: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -39,7 +41,9 @@ class _CacheBackend:
     * **pinned host memory** (``host_cache_gb``) for what the GPU cannot hold: each step's host-tier images are
       gathered into a pinned staging buffer and copied to the GPU by a helper thread on a copy stream, a step ahead
       (a few GB/s of PCIe at the loader's rates: the copy engine, not the SMs, does the work; the host tier end to end:
-      ``benchmarks/results/train-h200-2026-11-26c.json``);
+      ``benchmarks/results/train-h200-2026-11-26c.json``); or, with ``host_gather: gpu``, the GPU reads each step's
+      crops from the mapped pinned memory itself, a step ahead on a side stream (:mod:`fastft.kernels.host_gather`:
+      no CPU gather, and only the crop crosses the link);
     * **decoded by DALI every epoch**: the rest, and only the rest.
 
     Each step's batch is served device-tier first, then host-tier, then decoded: the same samples, crops and flags as
@@ -62,6 +66,10 @@ class _CacheBackend:
             raise FastFTError(f"no room to cache decoded images ({budget / 1e9:.2f} GB for {per / 1e6:.2f} MB images); train without cache")
         if m + mh < n and cfg.backend != "dali":
             raise FastFTError(f"the cache holds {m + mh} of {n} images; caching part of a split needs backend dali")
+        if cfg.host_gather not in HOST_GATHERS:
+            raise FastFTError(f"host_gather must be one of {', '.join(HOST_GATHERS)}, got {cfg.host_gather!r}")
+        if cfg.host_gather == "gpu" and mh and importlib.util.find_spec("triton") is None:
+            raise FastFTError("host_gather gpu needs Triton (pip install triton), or host_gather staged")
         self.tier, self.slot = _tiers(n, m, mh, loader.plan.seed)
         self.rows = [np.flatnonzero(self.tier == t) for t in (DEVICE, HOST)]
         self.fraction, self.host_fraction = m / n, mh / n
@@ -79,6 +87,7 @@ class _CacheBackend:
                 "cache_fraction": self.fraction, "host_cache_fraction": self.host_fraction, "cache_filled": filled,
                 "cached_images": {"device": len(self.images) if filled else 0, "host": len(self.host) if filled else 0},
                 "cached_image_shape": tuple(self.images.shape[1:]) if filled else None,
+                "host_gather": self.L.cfg.host_gather,
                 "compiled_crop": None if self._compiled is None else self._compiled is not False}
 
     def _fill(self) -> None:
@@ -164,6 +173,43 @@ class _CacheBackend:
                 if j + R - 1 < len(slots):
                     futs.append(pool.submit(stage, j + R - 1))
 
+    def _gathered(self, slot: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, mirror: torch.Tensor, spans):
+        """``host_gather: gpu``: the host-tier crops of each step (``spans``: (step, first, end) of its host-tier
+        samples in the epoch's device tensors) as uint8 [k, c, c, 3], read by the GPU from the pinned host tier
+        (:func:`~fastft.kernels.host_gather.gather_crops`) on a side stream two steps ahead into three buffers;
+        events order the reuse of each buffer. The same crops as ``_crop`` of the staged images, byte for byte."""
+        from ..kernels.host_gather import gather_crops
+
+        c = self.L.cfg.crop
+        if self.dev.type != "cuda":
+            for s, a, b in spans:
+                yield gather_crops(self.host, slot[s, a:b], x0[s, a:b], y0[s, a:b], mirror[s, a:b], c)
+            return
+        R, B = 3, max((b - a for _, a, b in spans), default=0)
+        bufs = [torch.empty((B, c, c, 3), dtype=torch.uint8, device=self.dev) for _ in range(R)]
+        ready = [torch.cuda.Event() for _ in range(R)]
+        free = [torch.cuda.Event() for _ in range(R)]
+        side, main = torch.cuda.Stream(self.dev), torch.cuda.current_stream(self.dev)
+        side.wait_stream(main)  # the epoch's draws were copied to the device on the main stream
+
+        def enqueue(j: int) -> None:
+            s, a, b = spans[j]
+            r = j % R
+            with torch.cuda.stream(side):
+                side.wait_event(free[r])  # the batch that read this buffer three steps ago was enqueued
+                gather_crops(self.host, slot[s, a:b], x0[s, a:b], y0[s, a:b], mirror[s, a:b], c, out=bufs[r])
+                ready[r].record(side)
+
+        for j in range(min(R - 1, len(spans))):
+            enqueue(j)
+        for j, (_, a, b) in enumerate(spans):
+            r = j % R
+            main.wait_event(ready[r])
+            yield bufs[r][: b - a]
+            free[r].record(main)  # after the consumer's normalise was enqueued
+            if j + R - 1 < len(spans):
+                enqueue(j + R - 1)
+
     def _batch(self, images: torch.Tensor, slot: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, mirror: torch.Tensor,
                whole: bool = False) -> torch.Tensor:
         """Crop + mirror + normalise ``images[slot]`` on the device → [k, 3, c, c]. ``whole``: a full batch from the
@@ -199,13 +245,18 @@ class _CacheBackend:
         feed = [(plan["index"][s, kh[s]:], plan["crop_x"][s, kh[s]:], plan["crop_y"][s, kh[s]:], plan["mirror"][s, kh[s]:])
                 for s in steps if kh[s] < B]
         decoded = self.dali.decode(feed) if feed else iter(())
-        staged = self._staged([self.slot[plan["index"][s, kd[s]:kh[s]]] for s in steps if kh[s] > kd[s]])
+        if cfg.host_gather == "gpu":
+            staged = self._gathered(slot, x0, y0, mirror.to(torch.uint8), [(s, int(kd[s]), int(kh[s])) for s in steps if kh[s] > kd[s]])
+        else:
+            staged = self._staged([self.slot[plan["index"][s, kd[s]:kh[s]]] for s in steps if kh[s] > kd[s]])
         for s in steps:
             a, b = int(kd[s]), int(kh[s])
             parts = []
             if a:
                 parts.append(self._batch(self.images, slot[s, :a], x0[s, :a], y0[s, :a], mirror[s, :a], whole=a == B))
-            if b > a:
+            if b > a and cfg.host_gather == "gpu":
+                parts.append(_normalize(next(staged), self.mean, self.std, cfg.fp16, cfg.channels_last))
+            elif b > a:
                 imgs = next(staged)
                 ar = torch.arange(b - a, device=self.dev)
                 parts.append(self._batch(imgs, ar, x0[s, a:b], y0[s, a:b], mirror[s, a:b]))

@@ -41,6 +41,8 @@ class LoaderConfig:
     cache: bool = False            # decode the split once, keep uint8 images on the device, crop/flip/normalise there
     cache_gb: float = 0.0          # cache budget (0 = 80 % of the GPU's free memory; the whole split on CPU)
     host_cache_gb: float | str = 0.0  # second cache tier in pinned host memory for what the GPU cannot hold ("auto": see host_cache_budget)
+    host_gather: str = "staged"    # how host-tier images reach the GPU: staged (CPU gather into pinned buffers + copy stream) |
+                                   # gpu (the GPU reads each crop from the mapped pinned memory itself; fastft.kernels.host_gather)
     preprocess: str = preprocess.DEFAULT  # the model's input scale (fastft.preprocess): caffe | imagenet
 
     @property
@@ -139,12 +141,13 @@ class Loader:
         """What this loader runs on: ``backend`` (dali | pytorch), ``cache`` (bool), ``device``, ``threads``,
         ``samples`` and ``steps``; the cache's ``cache_fraction`` / ``host_cache_fraction`` (shares of the split on
         the device / in pinned host memory; None / 0.0 without a cache), ``cache_filled``, ``cached_images``
-        (``{"device": n, "host": n}``, once filled), ``cached_image_shape`` (H, W, 3), ``compiled_crop`` (True once
+        (``{"device": n, "host": n}``, once filled), ``cached_image_shape`` (H, W, 3), ``host_gather`` (how the
+        host tier reaches the device: staged | gpu; None without a cache), ``compiled_crop`` (True once
         the compiled crop served a batch, False after it failed, None if not used); the DALI decoding's
         ``decode_batch`` / ``decode_threads`` (``{"main": …, "host": …}``: samples of a full batch and threads of the
         mixed-or-CPU and the host-decoding pipeline; None when DALI decodes nothing); the fallback's ``workers``."""
         out = {"backend": self.cfg.backend, "cache": self.cfg.cache, "device": str(self.device), "threads": self.threads,
                "samples": len(self.src), "steps": len(self), "cache_fraction": None, "host_cache_fraction": 0.0,
                "cache_filled": False, "cached_images": {"device": 0, "host": 0}, "cached_image_shape": None,
-               "compiled_crop": None, "decode_batch": None, "decode_threads": None, "workers": None}
+               "host_gather": None, "compiled_crop": None, "decode_batch": None, "decode_threads": None, "workers": None}
         return {**out, **self._impl.stats()}
