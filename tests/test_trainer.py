@@ -122,7 +122,8 @@ def test_config_mistakes_are_named_before_work(source_run, store, tmp_path, caps
     cases = [(["epcohs=3"], "unknown key 'epcohs'"), (["epochs=three"], "epochs: expected an integer"),
              (["mode=finetune", f"source={tmp_path / 'nope'}"], "does not exist"),
              (["mode=finetune"], "needs source"), (["set=nonexistent"], "no set 'nonexistent'"),
-             (["host_cache_gb=lots"], "host_cache_gb must be auto or a number"), (["conv1_pad=5"], "conv1_pad must be 0, 4 or 8"),
+             (["host_cache_gb=lots"], "host_cache_gb must be auto or a number"), (["host_gather=fast"], "host_gather must be staged or gpu"),
+             (["conv1_pad=5"], "conv1_pad must be 0, 4 or 8"),
              (["cpu_decode=2"], "cpu_decode is a share"), (["crop=81"], "crop 81 is larger than the store's images (--resize 80x80)"),
              (["momentum=-0.9"], "momentum must be in [0, 1)"), (["batch_size=4096"], "is larger than the training split ("),
              (["mode=finetune", f"source={notes}"], f"finetune source {notes} is not a PyTorch weights file")]

@@ -31,7 +31,7 @@ def loader_factory(cfg):
         lc = LoaderConfig(batch_size=batch_size, crop=cfg.crop, backend=cfg.backend, device=dev, num_threads=cfg.num_threads,
                           hw_decoder_load=cfg.hw_decoder_load, cpu_decode=cfg.cpu_decode if dev == "cuda" else 0.0,
                           augment_to=cfg.augment_to, cache=use_cache and train, cache_gb=cfg.cache_gb,
-                          host_cache_gb=cfg.host_cache_gb if dev == "cuda" else 0.0, preprocess=cfg.preprocess,
+                          host_cache_gb=cfg.host_cache_gb if dev == "cuda" else 0.0, host_gather=cfg.host_gather, preprocess=cfg.preprocess,
                           **(batch_format(dev, precision) if cfg.channels_last else {}))
         return Loader(view, split, lc, train=train, rank=rank, world_size=world, seed=seed)
     return make

@@ -86,6 +86,8 @@ class TrainConfig:
     cache_gb: float = key(0.0, "cache budget; 0 = 80 % of free GPU memory (images beyond it go to host_cache_gb)")
     host_cache_gb: float | str = key("auto", "second cache tier in pinned host memory; auto = half the RAM / (runs × ranks) "
                                              "on the node; 0 = off")
+    host_gather: str = key("staged", "how host-tier images reach the GPU: staged (a CPU thread gathers them into pinned "
+                                     "buffers) or gpu (the GPU reads each crop from pinned memory itself); same batches")
     eval_every: int = key(1, "evaluate every n epochs (and after the last)")
     checkpoint_every: int = key(1, "checkpoint every n epochs")
     keep_checkpoints: int = key(2, "complete checkpoints kept (the newest that verifies is resumed)")
@@ -116,7 +118,7 @@ class TrainConfig:
             raise FastFTError("mode scratch takes no source and no freeze; use mode finetune")
         transfer.check(self.model, self.mode, self.source, self.copy, self.freeze)
         for k, allowed in (("backend", ("dali", "pytorch")), ("device", ("auto", "cpu", "cuda")),
-                           ("precision", ("auto", "bf16", "fp32"))):
+                           ("precision", ("auto", "bf16", "fp32")), ("host_gather", ("staged", "gpu"))):
             if getattr(self, k) not in allowed:
                 raise FastFTError(f"{k} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {getattr(self, k)!r}")
         for k in ("compile", "cache"):
