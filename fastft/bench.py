@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import models
+from .errors import FastFTError
 from .files import fsync_write
 from .util.device import resolve
 
@@ -192,6 +194,16 @@ def _measure(fn) -> float | str:
         return f"error: {type(e).__name__}: {str(e)[:300]}"
 
 
+def _check_model(model: str, width: float, crop: int) -> None:
+    """``--model`` and the keys given with it, named before anything is measured (a mistake would otherwise land in
+    the JSON as every mode's error)."""
+    spec = models.spec(model)  # an unknown name: the registered ones listed
+    if width != 1.0 and "width" not in spec.keys:
+        raise FastFTError(f"--width is a key of the paper's AlexNet; model {model} does not take it (leave it out)")
+    if crop < spec.min_crop:
+        raise FastFTError(f"--crop {crop} is smaller than model {model}'s smallest input ({spec.min_crop})")
+
+
 def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: float = 10.0, steps: tuple[str, ...] | None = None,
                 width: float = 1.0, crop: int = 227, threads: int = 0, precision: str = "auto", cache: bool = False,
                 hw_loads: tuple[float, ...] = (1.0,), cpu_shares: tuple[float, ...] = (0.0,), model: str = "alexnet") -> dict:
@@ -201,6 +213,7 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
     from .loading import Loader, LoaderConfig, batch_format
     from .data.views import open_view
 
+    _check_model(model, width, crop)
     dev = resolve(device)
     prec = precision if precision != "auto" else ("bf16" if dev == "cuda" else "fp32")
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
@@ -208,7 +221,8 @@ def bench_train(view: str, batch: int = 256, device: str = "auto", seconds: floa
         torch.backends.cudnn.benchmark = True
     steps = tuple(steps or (("eager", "graph") if dev == "cuda" else ("eager",)))
     nc = open_view(view).num_classes
-    res = {"bench": "train", "view": str(view), "batch": batch, "device": dev, "precision": prec, "width": width, "crop": crop,
+    res = {"bench": "train", "view": str(view), "batch": batch, "device": dev, "precision": prec, "crop": crop,
+           **({"width": width} if "width" in models.spec(model).keys else {}),
            "model": model if model != "alexnet" else
            "AlexNet (paper: LRN, 96/256/384/384/256, 4096/4096)" if width == 1.0 else f"AlexNet width {width}"}
 

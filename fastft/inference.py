@@ -78,6 +78,7 @@ def load_model(run_or_file: str | Path, device: str = "cpu") -> LoadedModel:
     :class:`FastFTError` saying so."""
     from . import weights
 
+    device = _device(device)
     p = Path(run_or_file)
     if p.is_dir():
         _check_finished(p)
@@ -89,6 +90,26 @@ def load_model(run_or_file: str | Path, device: str = "cpu") -> LoadedModel:
     classes = list(mf.classes) if mf.classes is not None else [str(i) for i in range(mf.config.num_classes)]
     return LoadedModel(mf.model(device), pre, classes, class_names(classes), mf.path, mf.model_name, mf.run_id, source,
                        str(device))
+
+
+def _device(device) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (a ``torch.device`` too), checked before any file is read."""
+    import torch
+
+    name = str(device)
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        d = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise FastFTError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise FastFTError(f"device {name!r}: torch sees no CUDA GPU here; use device='cpu' (or 'auto')")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise FastFTError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if d.type not in ("cpu", "cuda"):
+        raise FastFTError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    return name
 
 
 def _check_finished(run_dir: Path) -> None:

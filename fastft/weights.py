@@ -119,6 +119,10 @@ def read_model(path: str | Path, what: str = "model file") -> ModelFile:
     p = Path(path)
     f = p / "model.pt" if p.is_dir() else p
     if not f.exists():
+        if p.is_dir() and not (p / "config.json").exists():
+            found = sum(1 for _ in p.glob("*/config.json"))  # a runs directory given for one of its runs
+            raise FastFTError(f"{what} {p} is not a run directory (no config.json)" +
+                              (f"; it holds {found} run(s): name one of them (e.g. {p}/<name>-<id>)" if found else ""))
         if p.is_dir():
             raise FastFTError(f"{what} {p} has no model.pt" + ("" if runs.is_finished(p) else " (the run has not finished; train it first)"))
         raise FastFTError(f"{what} {p} does not exist")
@@ -145,9 +149,14 @@ def read_source(path: str | Path, model: str, what: str = "finetune source") -> 
         return mf, mf.run_id or str(mf.path)
     tv = models.spec(model).torchvision
     if tv is None:
+        from .models import torchvision as tvm
+
+        fits = tvm.fitting(tvm.unwrap(blob))
+        hint = (f"it is torchvision's {' / '.join(fits)} state dict: set model={fits[0]}" if fits else
+                "a plain torchvision state dict is read for torchvision's models (model=resnet18, resnet50, vgg16_bn, "
+                "tv-alexnet, …)")
         raise FastFTError(f"{what} {p} is a bare state dict, without the model_config that says which model it fits; "
-                          f"model {model} reads fastft model files ({MODEL_FORMAT}); a plain torchvision state dict is "
-                          "read for torchvision's models (model=resnet18, resnet50, vgg16_bn, tv-alexnet, …)")
+                          f"model {model} reads fastft model files; {hint}")
     state, cfg = models.module(model).adopt(blob, f"{what} {p}")
     return ModelFile(p, state, cfg, None, None, "imagenet", model), f"torchvision {tv} sha256:{runs.sha256_file(p)}"
 

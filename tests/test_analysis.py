@@ -194,3 +194,23 @@ def test_analyze_a_runs_directory_puts_each_seeds_models_on_that_seeds_target(st
     (alone / near.name).symlink_to(near)  # a source model with no fine-tune beside it: its target is unknown
     r = subprocess.run(cli + ["analyze", "svm", str(alone / near.name)], env=env, capture_output=True, text=True)
     assert r.returncode != 0 and "give --view" in r.stderr
+
+
+def test_an_unfinished_run_or_a_runs_directory_given_for_a_run_is_named_as_such(source_run, view_near, tmp_path):
+    """A run that has not finished, named to `fastft analyze` (with or without --view), is named as unfinished with
+    the command that finishes it — not "give --view" or "has no model.pt"; a directory of runs given where one run's
+    model is read is named as such, with how many runs it holds."""
+    import shutil
+
+    from clirun import fastft
+    from fastft import weights
+
+    out, _, run = source_run
+    unfinished = tmp_path / run.name
+    shutil.copytree(run, unfinished, ignore=shutil.ignore_patterns("final.json", "model.pt", "analysis"))
+    for extra in ([], ["--view", str(view_near.path)]):
+        r = fastft("analyze", "svm", unfinished, *extra, check=False)
+        assert r.returncode == 2 and "has not finished" in r.stderr and "config.yaml" in r.stderr, r.stderr[-800:]
+        assert len(r.stderr.strip().splitlines()) == 1
+    with pytest.raises(FastFTError, match=r"is not a run directory \(no config.json\); it holds \d+ run\(s\): name one"):
+        weights.read_model(out, "finetune source")

@@ -244,3 +244,14 @@ def test_import_fastft_stays_light():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(README.parent)})
     assert r.stdout.strip() == "ok", r.stderr
+
+
+def test_a_wrong_or_absent_device_is_named_before_anything_is_read(source_run):
+    """load_model's device is checked first: a name torch does not take, or CUDA where torch sees none (as here, on
+    the CPU machines the suite runs on), is one FastFTError, not torch's own message after the file is read."""
+    run = source_run[2]
+    bad = ["gpu", "mps", "cuda:x"] + ([] if torch.cuda.is_available() else ["cuda", "cuda:0"])
+    for d in bad:
+        with pytest.raises(FastFTError, match=r"device"):
+            fastft.load_model(run, device=d)
+    assert fastft.load_model(run, device="auto").device in ("cpu", "cuda")

@@ -217,10 +217,14 @@ def _shard_killed_mid_run(synth_tree, out: Path, env: dict, worker: bool):
            "--allow-missing", "--workers", "2", "--quiet"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=paused_env)
     t = time.time()
-    while not (paused := list(hook.glob("paused-*"))) or not list(out.glob("train-*.tmp")):
-        assert p.poll() is None, f"`fastft shard` ended before its workers paused: {p.communicate()[1][-2000:]}"
-        assert time.time() - t < 300, "the workers did not pause within 5 minutes"
-        time.sleep(0.02)
+    try:
+        while not (paused := list(hook.glob("paused-*"))) or not list(out.glob("train-*.tmp")):
+            assert p.poll() is None, f"`fastft shard` ended before its workers paused: {p.communicate()[1][-2000:]}"
+            assert time.time() - t < 300, "the workers did not pause within 5 minutes"
+            time.sleep(0.02)
+    except BaseException:
+        p.kill()  # its paused workers exit when it is gone
+        raise
     os.kill(int(paused[0].name.split("-")[1]) if worker else p.pid, signal.SIGKILL)
     stderr = p.communicate(timeout=300)[1]
     return cmd, p, stderr

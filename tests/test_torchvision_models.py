@@ -236,3 +236,34 @@ def test_load_model_gives_a_resnets_own_evaluation(resnet_runs):
     assert torch.equal(torch.tensor([m.classes.index(w) for w in wnids]), y_fastft)
     top1 = 100.0 * (m.logits(images, batch_size=16).argmax(1) == y_fastft).double().mean().item()
     assert abs(top1 - json.loads((ft / "final.json").read_text())["top1"]) < 1e-9
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--model", "resnet19"], "model 'resnet19' is not registered"),
+    (["--model", "resnet18", "--width", "0.5"], "model resnet18 does not take it"),
+    (["--model", "resnet18", "--crop", "16"], "smaller than model resnet18's smallest input (32)"),
+])
+def test_bench_train_names_a_wrong_model_or_its_keys_before_measuring(args, msg, view_near, capsys):
+    """`fastft bench train` checks --model and the keys given with it first: one line and exit 2, not a JSON whose
+    every mode holds the error (and not a width recorded that the model never took)."""
+    assert cli_main(["bench", "train", str(view_near.path), "--device", "cpu", "--seconds", "0.1", *args]) == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_a_state_dict_is_read_through_wrappers_and_a_wrong_model_is_told_which_fits(tmp_path):
+    """A torchvision state dict saved from DataParallel/DDP (``module.``) or torch.compile (``_orig_mod.``) is read
+    as the model's own; one given for another model names the model it fits — for a torchvision model and for the
+    paper's AlexNet (which reads fastft files only)."""
+    sd = torchvision.models.resnet18(num_classes=10).state_dict()
+    f = tmp_path / "ddp.pth"
+    torch.save({f"module._orig_mod.{k}": v for k, v in sd.items()}, f)
+    mf, ident = weights.read_source(f, "resnet18")
+    assert mf.config.num_classes == 10 and ident.startswith("torchvision resnet18 sha256:")
+    back = models.build("resnet18", 10)
+    back.load_state_dict(mf.state)
+    assert all(torch.equal(v, sd[k]) for k, v in back.torchvision_state_dict().items())
+    for model, hint in (("resnet34", "(it fits resnet18: set model=resnet18)"),
+                        ("alexnet", "it is torchvision's resnet18 state dict: set model=resnet18")):
+        with pytest.raises(FastFTError) as e:
+            weights.read_source(f, model)
+        assert hint in str(e.value), str(e.value)

@@ -217,3 +217,27 @@ def test_export_cli_writes_shards_or_the_url_list_of_the_store_shards_a_view_rea
     assert sorted(p.name for p in (tmp_path / "ex").iterdir()) == ["classes.txt", "export.json", "val-000000.idx", "val-000000.tar"]
     r = fastft("export", view_near.path, check=False)
     assert r.returncode == 2 and "one of the arguments --shards --urls is required" in r.stderr
+
+
+def test_export_mistakes_are_one_line_each_and_write_nothing(view_near, store, tmp_path):
+    """Each mistake a user makes with `fastft export` is one line naming what to fix (exit 2, no traceback), and
+    nothing is written or made: a target that is a file, a directory holding someone's files, a missing parent of the
+    URL list, a split the view lacks, a path that is not a view."""
+    afile = tmp_path / "afile"
+    afile.write_text("mine\n")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("keep me\n")
+    cases = [(["--shards", afile], "is a file, not a directory"),
+             (["--shards", theirs], "already holds other files"),
+             (["--urls", tmp_path / "nodir" / "u.txt"], "cannot write the URL list"),
+             (["--shards", tmp_path / "new", "--split", "test"], "has no split 'test'"),
+             ]
+    for extra, msg in cases:
+        r = fastft("export", view_near.path, *extra, check=False)
+        assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, (extra, r.stderr[-800:])
+    for not_a_view, msg in ((store, "is a store, not a view"), (tmp_path / "nope", "does not exist")):
+        r = fastft("export", not_a_view, "--shards", tmp_path / "new", check=False)
+        assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr[-800:]
+    assert afile.read_text() == "mine\n" and [p.name for p in theirs.iterdir()] == ["notes.txt"]
+    assert not (tmp_path / "new").exists() and not (tmp_path / "nodir").exists()

@@ -176,7 +176,10 @@ def cmd_export(a):
               f"0..{len(r['classes']) - 1} as ASCII; classes.txt names them), a DALI index each, export.json")
         return
     urls = shard_urls(a.view, splits)
-    Path(a.urls).write_text("".join(u + "\n" for s in urls.values() for u in s["urls"]))
+    try:
+        Path(a.urls).write_text("".join(u + "\n" for s in urls.values() for u in s["urls"]))
+    except OSError as e:
+        raise FastFTError(f"cannot write the URL list {a.urls}: {e.strerror}") from None
     for split, s in urls.items():
         print(f"{split}: {len(s['urls'])} store shards, holding {s['shard_samples']} samples, {s['samples']} of them in the view")
     print(f"wrote {a.urls}: the store's own shards this view reads. They hold other samples too (other classes, and with a "
@@ -252,7 +255,7 @@ def add_commands(sub) -> None:
     s.set_defaults(fn=cmd_shard)
 
     s = sub.add_parser("export", help="a view as plain WebDataset: new shards of just its samples, or the list of store shards it reads")
-    s.add_argument("view", help="a view directory (fastft subsets resolve, or a run's views/…)")
+    s.add_argument("view", help="a view directory (fastft subsets resolve, or a sweep's <out>/views/…)")
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--shards", metavar="OUT", help="write new WebDataset shards of the view's samples only into OUT (new or empty)")
     g.add_argument("--urls", metavar="FILE", help="write the paths of the store's shards the view reads, one a line "

@@ -108,6 +108,6 @@ def add_commands(sub) -> None:
                        epilog=_train_keys())
     s.add_argument("config", nargs="?", help="YAML file (optional: everything can be given as key=value)")
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    s.add_argument("--procs", type=int, default=0, help="data-parallel processes (GPUs, or CPU processes without a GPU) via accelerate launch")
+    s.add_argument("--procs", type=int, default=0, help="data-parallel processes (GPUs, or CPU processes without a GPU), started with torchrun")
     s.add_argument("--port", type=int, default=29517, help="rendezvous port for --procs")
     s.set_defaults(fn=cmd_train)

@@ -53,14 +53,20 @@ def export_shards(view: str | Path | View, out: str | Path, splits: list[str] | 
     if shard_mb <= 0:
         raise FastFTError(f"--shard-mb must be positive, got {shard_mb}")
     v = view if isinstance(view, View) else open_view(view)  # the store checked, as training checks it
-    out = Path(out)
+    out, chosen = Path(out), _splits(v, splits)  # a split the view lacks is named before anything is written
+    if out.exists() and not out.is_dir():
+        raise FastFTError(f"{out} is a file, not a directory: export into a new or empty directory")
     if out.exists() and any(out.iterdir()):
-        what = "a finished export" if (out / "export.json").exists() else "files (an interrupted export: remove it)"
+        what = ("a finished export" if (out / "export.json").exists() else
+                "other files (fastft writes nothing into a directory it did not make empty: check the path)")
         raise FastFTError(f"{out} already holds {what}; export into a new or empty directory")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FastFTError(f"cannot make the export directory {out}: {e.strerror}") from None
     record = {"format": "fastft-export", "view": str(v.path.resolve()), "store": str(v.store),
               "manifest_sha256": v.meta["manifest_sha256"], "labels": "view", "classes": list(v.classes), "splits": {}}
-    for split in _splits(v, splits):
+    for split in chosen:
         record["splits"][split] = _export_split(v, split, out, shard_mb * 1e6)
     fsync_write(out / "classes.txt", "".join(f"{c}\n" for c in v.classes).encode())
     fsync_write(out / "export.json", (json.dumps(record, indent=1) + "\n").encode())

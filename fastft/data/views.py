@@ -122,6 +122,11 @@ def open_view(path: str | Path, check_store: bool = True) -> View:
     path = Path(path)
     vp = path / "view.json"
     if not vp.exists():
+        if not path.exists():
+            raise FastFTError(f"view {path} does not exist; make one with `fastft subsets resolve` (a sweep's are in <out>/views/)")
+        if (path / "manifest.json").exists():
+            raise FastFTError(f"{path} is a store, not a view: a view is a subset of a store, made with "
+                              f"`fastft subsets resolve SPEC --set NAME --store {path} --out VIEW` (or `subsets make all`)")
         raise FastFTError(f"{path} is not a fastft view (no view.json); make one with `fastft subsets resolve`")
     v = View(path, json.loads(vp.read_text()))
     if check_store:

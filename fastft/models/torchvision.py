@@ -152,14 +152,41 @@ class TorchvisionNet(nn.Module):
         if missing or unexpected:
             parts = ([f"missing {len(missing)} key(s): {_some(missing)}"] if missing else []) + \
                     ([f"unexpected {len(unexpected)} key(s): {_some(unexpected)}"] if unexpected else [])
-            raise FastFTError(f"{where} is not a torchvision {tv_name} state dict: {'; '.join(parts)} (set model= to "
-                              "the architecture the file was saved from)")
+            fits = fitting(state)
+            hint = (f"it fits {' / '.join(fits)}: set model={fits[0]}" if fits else
+                    "set model= to the architecture the file was saved from")
+            raise FastFTError(f"{where} is not a torchvision {tv_name} state dict: {'; '.join(parts)} ({hint})")
         ours = self.state_dict()
         for k, ok in back.items():
             if ours[ok].shape != state[k].shape:
                 raise FastFTError(f"{where}: {k} has shape {tuple(state[k].shape)} where torchvision's {tv_name} has "
                                   f"{tuple(ours[ok].shape)}: not a state dict of this architecture")
         return {back[k]: v for k, v in state.items()}
+
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
+
+
+def unwrap(state: dict) -> dict:
+    """A state dict saved from a wrapped model (every key ``module.…`` or ``_orig_mod.…``) under the model's own keys."""
+    for prefix in WRAPPER_PREFIXES:
+        while state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def fitting(state: dict) -> list[str]:
+    """The registered torchvision models whose state dict has exactly ``state``'s keys (what a file that fits none
+    of the chosen model's keys was most likely saved from). Built on the meta device: no memory, no weights."""
+    import torchvision
+
+    keys, found = set(state), []
+    for name in ARCHS:
+        with torch.device("meta"):
+            tv = torchvision.models.get_model(TORCHVISION_NAME.get(name, name), weights=None)
+        if set(tv.state_dict()) == keys:
+            found.append(name)
+    return found
 
 
 def head_classes(state: dict, name: str) -> int | None:
@@ -185,6 +212,7 @@ class Arch:
 
     def adopt(self, state: dict, where: str) -> tuple[dict, Config]:
         """(a plain torchvision state dict under fastft's names, the Config it fits)."""
+        state = unwrap(state)
         n = head_classes(state, self.name)
         if n is None:  # no head of this architecture: the check names every missing and unexpected key
             n = 1000

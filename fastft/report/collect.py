@@ -51,7 +51,7 @@ def _collect_one(d: Path, cfg: dict, c: dict, sw: dict, fin: dict, rows: list, c
     grid = sw.get("grid") or {}
     row = {"run": d.name, "path": str(d), "run_id": cfg["run_id"], "plan": sw.get("plan", "-"),
            "template": sw.get("template", c.get("name") or c["mode"]), "grid": ", ".join(f"{k}={v}" for k, v in grid.items()),
-           "seed": c["seed"], "mode": c["mode"], "set": c.get("set"), "classes": cfg.get("num_classes"),
+           "seed": c["seed"], "mode": c["mode"], "model": c.get("model", "alexnet"), "set": c.get("set"), "classes": cfg.get("num_classes"),
            "distance": sw.get("distance"), "finished": bool(fin), "failed": (d / "failed.json").exists() and not fin,
            "learned": fin.get("learned", True) is not False, "flags": "; ".join(fin.get("flags") or []),
            "top1": fin.get("top1"), "top5": fin.get("top5"), "best_top1": fin.get("best_top1"), "epochs": fin.get("epochs"),

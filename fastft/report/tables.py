@@ -37,6 +37,15 @@ def _num(x) -> str:
 
 
 
+def _features(runs: pd.DataFrame) -> str:
+    """The layer(s) the SVM and the feature distance read for these runs' models (fc7 for the AlexNets and VGG, pool
+    for ResNets: :attr:`fastft.models.ModelSpec.features`)."""
+    from .. import models
+
+    names = runs["model"].dropna().unique() if "model" in runs else ["alexnet"]
+    return " / ".join(sorted({models.spec(m).feature_layer for m in names if m in models.REGISTRY} or {"fc7"}))
+
+
 def markdown(summary: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame | None = None, beats: pd.DataFrame | None = None,
              found: pd.DataFrame | None = None) -> str:
     one = runs.drop_duplicates("run_id")  # a run serving several plans has a row in each
@@ -50,7 +59,7 @@ def markdown(summary: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame | No
         lines += [scoreboard(found) + " Each plan's are listed under it; `claims.csv` has them all.", ""]
     pairs = paired(runs) if pairs is None else pairs
     for plan, s in summary.groupby("plan", sort=False):
-        lines += [f"## {plan}", "", "| run | tested on | grid | seeds | top-1 | 95 % CI | top-5 | WordNet distance | paper top-1 | Δ vs paper |",
+        lines += [f"## {plan if plan != '-' else 'Runs outside any plan (fastft train)'}", "", "| run | tested on | grid | seeds | top-1 | 95 % CI | top-5 | WordNet distance | paper top-1 | Δ vs paper |",
                   "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in s.itertuples():
             paper = _pm(r.paper_top1, r.paper_std) if pd.notna(r.paper_std) else _num(r.paper_top1)  # Table 3 gives no std
@@ -77,7 +86,8 @@ def markdown(summary: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame | No
             lines += ["No paired comparisons: the plan names none (`report: {pairs: [[a, b], …]}`; add it and run the sweep "
                       "again, which trains nothing that is finished and records the plan anew).", ""]
         if "svm_top1" in s and s["svm_top1"].notna().any():
-            lines += ["Linear SVM on fc7 (Table 3: before fine-tuning = the source model's fc7 on the target):", "",
+            layer = _features(runs[runs["plan"] == plan])
+            lines += [f"Linear SVM on {layer} (Table 3: before fine-tuning = the source model's {layer} on the target):", "",
                       "| run | SVM after | SVM before | paper after | paper before |", "|---|---:|---:|---:|---:|"]
             for r in s[s["svm_top1"].notna()].itertuples():
                 cells = [getattr(r, k, float("nan")) for k in ("svm_top1", "svm_before_top1", "paper_svm", "paper_svm_before")]
@@ -85,7 +95,7 @@ def markdown(summary: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame | No
             lines.append("")
         if "feature_cosine_nearest" in s and s["feature_cosine_nearest"].notna().any():
             lines += ["Source → target distance (WordNet: 1 − Wu-Palmer to the nearest source class; features: 1 − cosine of "
-                      "class-mean fc7 to the nearest source class, in the source model), mean over seeds:", "",
+                      f"class-mean {_features(runs[runs['plan'] == plan])} to the nearest source class, in the source model), mean over seeds:", "",
                       "| run | WordNet | features | top-1 |", "|---|---:|---:|---:|"]
             lines += [f"| {_label(r)} | {r.distance:.3f} | {r.feature_cosine_nearest:.4f} | {_num(r.top1_mean)} |"
                       for r in s[s["feature_cosine_nearest"].notna()].itertuples()]
