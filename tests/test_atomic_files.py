@@ -17,6 +17,7 @@ IN_PLACE = {
     ("data/synth.py", "*"): "fake ILSVRC2012 inputs for tests and the demo (the inputs fastft reads, not its own state)",
     ("data/views.py", "out / split / f'{shards[-1]}.idx'"): "inside a view's temp directory, published whole by rename",
     ("data/shard/writer.py", "self.tmp"): "a shard's temp tar, renamed into place when complete",
+    ("data/export.py", "tmp"): "an exported shard's temp tar, renamed into place when complete",
     ("data/store.py", "path"): "lock_file: an empty file opened to hold a lock",
     ("data/store.py", "stamps / f'{name}.lock'"): "a stamp's lock: an empty file opened to hold a lock",
     ("study/local.py", "r.run_dir / 'sweep.log'"): "an append-only log for people",

@@ -324,7 +324,7 @@ BAD = {"freeze": [-1, 8], "epochs": [0, -1], "lr": [0, -0.01, ".nan", ".inf"], "
        "cpu_decode": [2, ".nan"], "conv1_pad": [5, -4], "cache_gb": [-1, ".inf"], "host_cache_gb": [-1, ".inf"], "eval_every": [0],
        "checkpoint_every": [0], "keep_checkpoints": [0], "bias_lr_mult": [-1, ".nan"], "bias_decay_mult": [-0.5],
        "head_lr_mult": [-10, ".inf"], "plateau_epochs": [-1], "plateau_tol": [-0.1, 1, ".nan"],
-       "log_every": [-1]}
+       "log_every": [-1], "copy": [0, 8, -1]}
 
 
 def _numeric_keys() -> set[str]:

@@ -15,10 +15,11 @@ def _expand(paths: list, plan: str | None) -> tuple[list[tuple[Path, dict]], lis
     runs, beside = [], {}
     for p in map(Path, paths):
         if (p / "config.json").exists():
+            cfg = read_config(p)  # a damaged one is named first
             if not is_finished(p):  # named, not found: say so before looking for its views or its model file
                 raise FastFTError(f"run {p} has not finished (no model to analyse): finish it with "
                                   f"`fastft train {p}/config.yaml`, or leave it out")
-            runs.append((p, read_config(p)))
+            runs.append((p, cfg))
             beside.update(run_dirs(p.parent))
         elif p.is_dir():
             here = run_dirs(p)

@@ -166,6 +166,7 @@ def cmd_verify(a):
 
 def cmd_export(a):
     from ..data.export import export_shards, shard_urls
+    from ..files import fsync_write
 
     splits = None if a.split == "all" else a.split.split(",")
     if a.shards:
@@ -177,7 +178,7 @@ def cmd_export(a):
         return
     urls = shard_urls(a.view, splits)
     try:
-        Path(a.urls).write_text("".join(u + "\n" for s in urls.values() for u in s["urls"]))
+        fsync_write(Path(a.urls), "".join(u + "\n" for s in urls.values() for u in s["urls"]).encode())
     except OSError as e:
         raise FastFTError(f"cannot write the URL list {a.urls}: {e.strerror}") from None
     for split, s in urls.items():
