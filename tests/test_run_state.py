@@ -288,28 +288,51 @@ def test_damaged_final_and_config_json_are_detected_and_the_run_is_redone(source
         weights.read_model(d)
 
 
+# Loaded by the `fastft train` process below (as ``sitecustomize``, through PYTHONPATH): after its second epoch's
+# record is written, the run says so in a file and waits to be killed. The kill always lands between epoch 2 and any
+# later one, whatever the machine's load: no wall-clock window to hit.
+_PAUSE_AFTER_TWO_EPOCHS = """
+import os, time
+from pathlib import Path
+
+import fastft.train.loop as _loop
+
+_real, _dir = _loop._record, Path(os.environ["FASTFT_TEST_PAUSE_DIR"])
+
+
+def _record(r, rec, *a, **kw):
+    _real(r, rec, *a, **kw)
+    if rec.get("epoch", 0) >= 2:
+        (_dir / "paused").touch()
+        time.sleep(3600)
+
+
+_loop._record = _record
+"""
+
+
 def test_metrics_after_a_kill_before_the_first_checkpoint_match_an_uninterrupted_run(source_run, tmp_path):
     """SIGKILL after two epochs' records and before any checkpoint: the re-run starts from scratch, and its metrics
     (and model) are exactly those of the uninterrupted run, not [1, 2, 1, 2, 3, 4]."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for attempt in range(3):  # a loaded machine may let the run finish before the kill lands: then try again
-        out = tmp_path / f"try{attempt}"
-        args = source_args(source_run, out, "checkpoint_every=10")
-        p = subprocess.Popen([sys.executable, "-m", "fastft", *map(str, args)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_PAUSE_AFTER_TWO_EPOCHS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FASTFT_TEST_PAUSE_DIR": str(hook),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH", "")]))}
+    out = tmp_path / "runs"
+    args = source_args(source_run, out, "checkpoint_every=10")
+    p = subprocess.Popen([sys.executable, "-m", "fastft", *map(str, args)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
         deadline = time.monotonic() + 600
-        log = None
-        while p.poll() is None and time.monotonic() < deadline:
-            log = log or next(iter(out.glob("near-*/metrics.jsonl")), None)
-            if log is not None and log.read_text().count("\n") >= 2:
-                p.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.02)
+        while not (hook / "paused").exists():
+            assert p.poll() is None, f"the run ended before its second epoch: {p.communicate()[1][-2000:]}"
+            assert time.monotonic() < deadline, "the run did not reach its second epoch within 10 minutes"
+            time.sleep(0.05)
+    finally:
+        p.kill()
         p.communicate(timeout=600)
-        d = run_dir(out, "near")
-        if p.returncode == -signal.SIGKILL and not (d / "final.json").exists():
-            break
-    else:
-        pytest.fail("the run finished before every kill")
+    d = run_dir(out, "near")
+    assert p.returncode == -signal.SIGKILL and not (d / "final.json").exists()
     assert not runs.complete_checkpoints(d) and len(metrics(d)) >= 2
     fastft(*source_args(source_run, out))
     assert [m["epoch"] for m in metrics(d)] == [1, 2, 3, 4]

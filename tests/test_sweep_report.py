@@ -252,7 +252,8 @@ def test_run_claimed_by_a_dead_host_is_waited_for_then_taken_over_once_its_claim
     assert len(beats) >= 3, f"the sweep's own claim was not refreshed: {sorted(beats)}"
     rest = p.communicate(timeout=600)[0]
     assert p.returncode == 0, rest[-2000:]
-    assert re.search(r"was not refreshed for 6\d s: that sweep is gone; taking the run over", rest), rest[-2000:]
+    taken = re.search(r"was not refreshed for (\d+) s: that sweep is gone; taking the run over", rest)
+    assert taken and int(taken.group(1)) >= 60, rest[-2000:]  # 60 s old when the test aged it; later on a loaded machine
     assert all((r.run_dir / "final.json").exists() for r in runs)
     assert not list(claim.parent.iterdir()), "no claim, moved-aside claim or clock file is left behind"
 
