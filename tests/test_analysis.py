@@ -214,3 +214,16 @@ def test_an_unfinished_run_or_a_runs_directory_given_for_a_run_is_named_as_such(
         assert len(r.stderr.strip().splitlines()) == 1
     with pytest.raises(FastFTError, match=r"is not a run directory \(no config.json\); it holds \d+ run\(s\): name one"):
         weights.read_model(out, "finetune source")
+
+
+def test_a_report_of_runs_outside_any_plan_reads_as_such(source_run, tmp_path):
+    """Runs trained by hand (`fastft train`, no plan): their section and figures are named for that (not `## -`,
+    `curves--.png`), a single seed shows no spread (not ± 0.00), and no hint to re-run a sweep there was not."""
+    from clirun import fastft
+
+    out = source_run[0]
+    fastft("report", out, "--out", tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Runs outside any plan (fastft train)" in md and "\n## -\n" not in md
+    assert " ± – |" in md and "run the sweep again" not in md
+    assert (tmp_path / "rep" / "curves-runs.png").exists() and not list((tmp_path / "rep").glob("*--*"))

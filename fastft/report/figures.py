@@ -80,10 +80,11 @@ def figures(summary: pd.DataFrame, runs: pd.DataFrame, curves: pd.DataFrame, out
             c = curves[curves["plan"] == plan]
             s = summary[summary["plan"] == plan]
             sets = runs[runs["plan"] == plan].groupby(["template", "grid"])["set"].first()
-            if not c.empty:
-                made.append(_curves_figure(c, plan, out, plt, sets, s))
             r = counted(runs)
             r = r[r["plan"] == plan]
+            plan = plan if plan != "-" else "runs"  # runs of no plan (fastft train): curves-runs.png, titled "runs"
+            if not c.empty:
+                made.append(_curves_figure(c, plan, out, plt, sets, s))
             made.append(_final_figure(s, sets, r, plan, out, plt))
             made += _grid_figures(r, plan, out, plt)
             if _probe_layers(s):

@@ -14,7 +14,9 @@ from .stats import _ci, paired, plan_report
 
 
 def _pm(m, s) -> str:
-    return "–" if m is None or (isinstance(m, float) and math.isnan(m)) else f"{m:.2f} ± {0 if s is None or math.isnan(s) else s:.2f}"
+    if m is None or (isinstance(m, float) and math.isnan(m)):
+        return "–"
+    return f"{m:.2f} ± " + ("–" if s is None or math.isnan(s) else f"{s:.2f}")  # –: one seed, no spread to show
 
 
 def _probe_layers(s: pd.DataFrame) -> list[str]:
@@ -65,7 +67,7 @@ def markdown(summary: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame | No
             paper = _pm(r.paper_top1, r.paper_std) if pd.notna(r.paper_std) else _num(r.paper_top1)  # Table 3 gives no std
             delta = f"{r.delta_vs_paper:+.2f}" if pd.notna(r.delta_vs_paper) else "–"
             dist = f"{r.distance:.3f}" if pd.notna(r.distance) else "–"
-            lines.append(f"| {r.template} | {r.tested_on} | {r.grid or '–'} | {r.seeds} | {_pm(r.top1_mean, r.top1_std)} | {_ci(r.top1_ci95)} | "
+            lines.append(f"| {r.template} | {r.tested_on} | {r.grid or '–'} | {r.seeds} | {_pm(r.top1_mean, r.top1_std if r.seeds > 1 else None)} | {_ci(r.top1_ci95)} | "
                          f"{_num(r.top5_mean)} | {dist} | {paper} | {delta} |")
         lines.append("")
         cl = found[found["plan"] == plan] if found is not None else []
@@ -82,7 +84,7 @@ def markdown(summary: pd.DataFrame, runs: pd.DataFrame, pairs: pd.DataFrame | No
                 lines.append(f"| {r.a} − {r.b} | {r.grid or '–'} | {r.seeds} | {r.delta_mean:+.2f} | {_ci(r.delta_ci95)} | "
                              f"{r.a_wins}/{r.seeds} |")
             lines.append("")
-        elif plan_report(runs[runs["plan"] == plan]) is None:  # a plan that names none: none made up
+        elif plan != "-" and plan_report(runs[runs["plan"] == plan]) is None:  # a plan that names none: none made up
             lines += ["No paired comparisons: the plan names none (`report: {pairs: [[a, b], …]}`; add it and run the sweep "
                       "again, which trains nothing that is finished and records the plan anew).", ""]
         if "svm_top1" in s and s["svm_top1"].notna().any():
