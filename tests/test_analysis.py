@@ -93,6 +93,9 @@ def test_svm_filters_probes_on_trained_run(trained, tmp_path):
     assert f["mean_sensitivity"][run.name] > f["mean_sensitivity"]["untrained"]
     assert f["percent_of_classes_a_beats_b"][run.name]["untrained"] >= 75
     assert (tmp_path / "filters-pr.png").exists() and (tmp_path / "filters-beats.png").exists()
+    one = an.filters([run], view.path, out=tmp_path / "one")  # one model: its sensitivity, no empty Fig. 9
+    assert "beats_figure" not in one and not (tmp_path / "one" / "filters-beats.png").exists()
+    assert one["mean_sensitivity"] == {run.name: f["mean_sensitivity"][run.name]}
 
 
 def test_class_images_raise_the_class_score(trained, tmp_path):

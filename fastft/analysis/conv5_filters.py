@@ -72,8 +72,10 @@ def filters(runs: list, view, device: str = "auto", out: str | Path | None = Non
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "filters.json", res)
         _pr_figure(aps, view, out / "filters-pr.png", pr_classes)
-        beats_figure(beats, names, out / "filters-beats.png")
-        res["figure"], res["beats_figure"] = str(out / "filters-pr.png"), str(out / "filters-beats.png")
+        res["figure"] = str(out / "filters-pr.png")
+        if len(names) > 1:  # Fig. 9 compares models: with one there is nothing to draw (its sensitivity is saved)
+            beats_figure(beats, names, out / "filters-beats.png")
+            res["beats_figure"] = str(out / "filters-beats.png")
     return res
 
 
@@ -119,4 +121,9 @@ def cli(a) -> None:
         r = filters(runs, view, a.device, out=out)
         print(json.dumps({k: r[k] for k in ("mean_sensitivity", "percent_of_classes_a_beats_b")}, indent=1))
         if r.get("figure"):
-            print(f"precision-recall curves: {r['figure']}\nclasses where A beats B (Fig. 9): {r['beats_figure']}")
+            print(f"precision-recall curves: {r['figure']}")
+        if r.get("beats_figure"):
+            print(f"classes where A beats B (Fig. 9): {r['beats_figure']}")
+        elif len(r["models"]) == 1:
+            print(f"one model on {view.name}: its sensitivity is saved with the run; Fig. 9 (A beats B) needs two or "
+                  "more models on the same view (e.g. the source and its fine-tune)")
