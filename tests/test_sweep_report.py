@@ -749,3 +749,22 @@ def test_a_registered_analysis_reaches_analyze_the_report_and_the_claims(tmp_pat
     assert s.loc["ft", "toy_score"] == pytest.approx(6.1) and s.loc["ft", "toy_before_score"] == pytest.approx(5.0)
     c = pd.read_csv(tmp_path / "rep" / "claims.csv").set_index("claim").loc["fine-tuning raises the toy score"]
     assert c["verdict"] == "holds" and c["fastft"] == "+1.10 (±0.25, 95 % CI), ahead in 3/3 seeds"
+
+
+def test_a_mistake_in_a_later_plan_is_named_before_the_first_plan_does_any_work(store, tmp_path):
+    """`fastft sweep a.yaml b.yaml`: every plan is read and expanded before any view is resolved or run started, so
+    a mistake in b (an unknown run key, a source no run names) stops the sweep with nothing written for a."""
+    import yaml
+
+    good = tiny_plan(tmp_path, "good")
+    for name, bad_run in (("typo", {"name": "x", "set": "near", "epcohs": 3}),
+                          ("orphan", {"name": "y", "set": "target", "mode": "finetune", "source": "nowhere"})):
+        bad = tmp_path / f"{name}.yaml"
+        bad.write_text(yaml.safe_dump({"name": name, "construction": "near-far", "seeds": [0],
+                                       "params": {"within": "store", "target": 4, "source": 8, "cap": 10},
+                                       "defaults": dict(SMALL), "runs": [bad_run]}))
+        out = tmp_path / f"out-{name}"
+        r = subprocess.run([sys.executable, "-m", "fastft", "sweep", str(good), str(bad), "--store", str(store), "--out", str(out)],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 2 and "fastft: error:" in r.stderr, r.stderr[-2000:]
+        assert not out.exists() or not any(out.iterdir()), sorted(p.name for p in out.iterdir())

@@ -53,10 +53,12 @@ def cmd_sweep(a):
         a.out, a.store = str(Path(a.out).resolve()), a.store and str(Path(a.store).resolve())
         stores = {k: str(Path(v).resolve()) for k, v in stores.items()}
     plans: list = []      # each plan's prepared runs, run (or submitted) together at the end
+    seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else None
+    loaded = []  # every plan read and expanded before any is prepared: a mistake in the last is named before work
     for plan_path in a.plans:
         plan = sw.load_plan(plan_path)
-        seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else None
-        runs = sw.expand(plan, seeds)
+        loaded.append((plan_path, plan, sw.expand(plan, seeds)))
+    for plan_path, plan, runs in loaded:
         out = Path(a.out)
         sw.prepare(plan, runs, a.store, out, progress=not a.quiet, stores=stores)
         c = sw.cost(runs, seen=seen)
