@@ -96,9 +96,9 @@ def _device(device) -> str:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (a ``torch.device`` too), checked before any file is read."""
     import torch
 
-    name = str(device)
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+    from .util.device import resolve
+
+    name = resolve(str(device))  # auto: cuda where torch sees a GPU, else cpu
     try:
         d = torch.device(name)
     except (RuntimeError, TypeError):

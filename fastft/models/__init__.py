@@ -105,6 +105,23 @@ def model_keys(name: str, train_keys: dict) -> dict:
     return {field: train_keys[k] for k, field in spec(name).keys.items() if k in train_keys}
 
 
+def forward_layers(model, layers: tuple[str, ...], x, taps: tuple[str, ...] | None = None):
+    """The protocol's ``forward`` for a model that is its named layers in order: the logits, or with ``taps`` a dict
+    of the named outputs (stopping after the last one asked for)."""
+    if taps is None:
+        for name in layers:
+            x = getattr(model, name)(x)
+        return x
+    out = {}
+    for name in layers:
+        x = getattr(model, name)(x)
+        if name in taps:
+            out[name] = x
+        if len(out) == len(taps):
+            break
+    return out
+
+
 def build(name: str, num_classes: int, **keys):
     """A new, initialised model ``name`` with ``num_classes`` outputs; ``keys`` are its own config keys."""
     return module(name).build(num_classes, **keys)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import ALEXNET_LAYERS
+from . import ALEXNET_LAYERS, forward_layers
 from ..errors import FastFTError
 
 INITS = ("paper", "paper-scaled", "kaiming")
@@ -133,18 +133,7 @@ class AlexNet(nn.Module):
                     nn.init.constant_(m.bias, 0.0 if name in ("conv1", "conv3") else 1.0)
 
     def forward(self, x: torch.Tensor, taps: tuple[str, ...] | None = None):
-        if taps is None:
-            for name in LAYERS:
-                x = getattr(self, name)(x)
-            return x
-        out = {}
-        for name in LAYERS:
-            x = getattr(self, name)(x)
-            if name in taps:
-                out[name] = x
-            if len(out) == len(taps):
-                break
-        return out
+        return forward_layers(self, LAYERS, x, taps)
 
     def pad_input(self, channels: int) -> None:
         """Feed conv1 ``channels`` input channels (3 + zeros), weight zero-padded to match inside the step: same

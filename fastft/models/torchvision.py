@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import ALEXNET_LAYERS as VGG_LAYERS, RESNET_LAYERS, spec
+from . import ALEXNET_LAYERS as VGG_LAYERS, RESNET_LAYERS, forward_layers, spec
 from ..errors import FastFTError
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
@@ -95,18 +95,7 @@ class TorchvisionNet(nn.Module):
 
     # -- the protocol (fastft.models)
     def forward(self, x: torch.Tensor, taps: tuple[str, ...] | None = None):
-        if taps is None:
-            for name in self.LAYERS:
-                x = getattr(self, name)(x)
-            return x
-        out = {}
-        for name in self.LAYERS:
-            x = getattr(self, name)(x)
-            if name in taps:
-                out[name] = x
-            if len(out) == len(taps):
-                break
-        return out
+        return forward_layers(self, self.LAYERS, x, taps)
 
     def replace_head(self, num_classes: int) -> None:
         """Fine-tuning: a new head with ``num_classes`` outputs, initialised as torchvision initialises its own."""
