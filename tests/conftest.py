@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Without a GPU, fastft's Triton kernels run through Triton's interpreter on CPU tensors (tests/test_kernels.py). Set
+# here, before any test file imports triton (torch.compile does): Triton reads it once, so a later setting is lost.
+if not __import__("torch").cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")
