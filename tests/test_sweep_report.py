@@ -205,6 +205,30 @@ def test_two_concurrent_sweeps_train_each_run_once(store, tmp_path):
     assert not list((tmp_path / "out" / "claims").iterdir())
 
 
+# Loaded by the sweep's runs (as ``sitecustomize``, through PYTHONPATH): after its first epoch's record a run says so
+# in a file and waits until the test writes ``go``. The run that took the claim over is mid-training, holding the
+# claim, for as long as the test needs to see the claim refreshed, whatever the machine's load.
+_HOLD_AFTER_FIRST_EPOCH = """
+import os, time
+from pathlib import Path
+
+import fastft.train.loop as _loop
+
+_real, _dir = _loop._record, Path(os.environ["FASTFT_TEST_HOLD_DIR"])
+
+
+def _record(r, rec, *a, **kw):
+    _real(r, rec, *a, **kw)
+    if rec.get("epoch", 0) >= 1:
+        (_dir / "held").touch()
+        while not (_dir / "go").exists():
+            time.sleep(0.05)
+
+
+_loop._record = _record
+"""
+
+
 def test_run_claimed_by_a_dead_host_is_waited_for_then_taken_over_once_its_claim_goes_stale(store, tmp_path):
     plan_file = tiny_plan(tmp_path, "dead")
     plan = sw.load_plan(plan_file)
@@ -215,8 +239,12 @@ def test_run_claimed_by_a_dead_host_is_waited_for_then_taken_over_once_its_claim
     claim.parent.mkdir(parents=True, exist_ok=True)
     claim.write_text("gone-host 4242")  # a sweep on another machine sharing the runs directory, refreshed just now
     assert sw.state(out, runs[0]) == "running on gone-host"
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_HOLD_AFTER_FIRST_EPOCH)
     cmd = [sys.executable, "-m", "fastft", "sweep", str(plan_file), "--store", str(store), "--out", str(out), "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "FASTFT_CLAIM_HEARTBEAT_S": "0.3", "FASTFT_CLAIM_STALE_S": "20"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FASTFT_CLAIM_HEARTBEAT_S": "0.3", "FASTFT_CLAIM_STALE_S": "20",
+           "FASTFT_TEST_HOLD_DIR": str(hook), "PYTHONPATH": os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH", "")]))}
     alive = threading.Event()
     alive.set()
 
@@ -228,28 +256,35 @@ def test_run_claimed_by_a_dead_host_is_waited_for_then_taken_over_once_its_claim
     beat = threading.Thread(target=other_host, daemon=True)
     beat.start()
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = []
-    while not any("is being trained by" in x for x in seen) and len(seen) < 50 and (x := p.stdout.readline()):
-        seen.append(x)
-    line = seen[-1] if seen else ""
-    assert f"run dead/{runs[0].key} is being trained by pid 4242 on gone-host" in line and "not been refreshed for 20 s" in line, seen
-    for _ in range(8):  # while the other host lives, the sweep keeps waiting
-        time.sleep(0.5)
-        assert p.poll() is None and claim.read_text() == "gone-host 4242"
-    alive.clear()
-    beat.join()
-    # the other host died: its claim stops being refreshed, and once it is CLAIM_STALE_S old the run is taken over
-    old = time.time() - 60
-    os.utime(claim, (old, old))
-    mine, beats, t = f"{socket.gethostname()} {p.pid}", set(), time.time()
-    while len(beats) < 3 and p.poll() is None and time.time() - t < 120:  # its own claim, refreshed while the run trains
-        try:
-            if claim.read_text() == mine:
-                beats.add(claim.stat().st_mtime)
-        except FileNotFoundError:
-            pass
-        time.sleep(0.05)
-    assert len(beats) >= 3, f"the sweep's own claim was not refreshed: {sorted(beats)}"
+    try:
+        seen = []
+        while not any("is being trained by" in x for x in seen) and len(seen) < 50 and (x := p.stdout.readline()):
+            seen.append(x)
+        line = seen[-1] if seen else ""
+        assert f"run dead/{runs[0].key} is being trained by pid 4242 on gone-host" in line and "not been refreshed for 20 s" in line, seen
+        for _ in range(8):  # while the other host lives, the sweep keeps waiting
+            time.sleep(0.5)
+            assert p.poll() is None and claim.read_text() == "gone-host 4242" and not (hook / "held").exists()
+        alive.clear()
+        beat.join()
+        # the other host died: its claim stops being refreshed, and once it is CLAIM_STALE_S old the run is taken over
+        old = time.time() - 60
+        os.utime(claim, (old, old))
+        mine, beats, deadline = f"{socket.gethostname()} {p.pid}", set(), time.monotonic() + 600
+        while len(beats) < 3:  # its own claim, refreshed while the run trains (held after its first epoch)
+            assert p.poll() is None, "the sweep ended while its run was held"
+            assert time.monotonic() < deadline, f"the sweep's own claim was not refreshed three times in 10 minutes: {sorted(beats)}"
+            try:
+                if (hook / "held").exists() and claim.read_text() == mine:
+                    beats.add(claim.stat().st_mtime)
+            except FileNotFoundError:
+                pass
+            time.sleep(0.05)
+    except BaseException:
+        p.kill()
+        raise
+    finally:
+        (hook / "go").touch()
     rest = p.communicate(timeout=600)[0]
     assert p.returncode == 0, rest[-2000:]
     taken = re.search(r"was not refreshed for (\d+) s: that sweep is gone; taking the run over", rest)
