@@ -350,8 +350,10 @@ def test_interrupted_sweep_checkpoints_its_runs_and_resumes(store, tmp_path):
         # as started from a terminal: Ctrl-C is not ignored (a shell ignores it for background jobs, which CI may be)
         p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-        t0 = time.time()
-        while runs_mod.latest_checkpoint(near) == before and p.poll() is None and time.time() - t0 < 120:
+        deadline = time.monotonic() + 600  # however long the sweep and its run take to start on a loaded machine
+        while runs_mod.latest_checkpoint(near) == before:
+            assert p.poll() is None, p.communicate()[0][-2000:]
+            assert time.monotonic() < deadline, "the run wrote no checkpoint in 10 minutes"
             time.sleep(0.2)
         time.sleep(0.3)  # into the next epoch
         os.killpg(p.pid, sig) if to_group else p.send_signal(sig)
