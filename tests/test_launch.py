@@ -79,3 +79,39 @@ def test_a_script_that_starts_runs_is_not_run_again_in_them(tmp_path):
     r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.splitlines() == ["top level", "rc 0"], r.stdout + r.stderr
     assert "fastft" in (tmp_path / "run.log").read_text()
+
+
+def test_a_forked_runs_exit_code_reaches_every_thread_that_asks(tmp_path):
+    """multiprocessing's forkserver handle reads a child's exit code on the first poll that finds it gone; threads
+    polling at once (or starting a run, which polls every earlier one) read end-of-file instead and record 255 or
+    None. Many threads released together poll one ended run, while others start runs beside it: each sees exit 2."""
+    import threading
+    from multiprocessing.connection import wait
+
+    argv, seen, lock = ["train", "epcohs=3"], [], threading.Lock()
+    for i in range(6):
+        with open(tmp_path / f"{i}.log", "a") as f:
+            child = launch.start("preloaded", argv, dict(os.environ), f)
+            wait([child.process.sentinel], 600)  # it has ended: its code waits in the pipe for the first poll
+            gate = threading.Barrier(8)
+
+            def ask():
+                gate.wait()
+                rc = child.poll()
+                with lock:
+                    seen.append(rc)
+
+            def start_another():
+                gate.wait()
+                with open(tmp_path / f"{i}-more.log", "a") as g:
+                    other = launch.start("preloaded", argv, dict(os.environ), g)
+                with lock:
+                    seen.append(other.wait(600))
+
+            threads = [threading.Thread(target=ask) for _ in range(6)] + [threading.Thread(target=start_another) for _ in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert child.wait(0) == 2
+    assert seen == [2] * 48, sorted(map(repr, seen))

@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import types
 
 from ..util import forked
@@ -56,7 +57,7 @@ def start(launcher: str, argv: list[str], env: dict, logf, errf=None) -> "subpro
                                 stderr=errf or subprocess.STDOUT, env=env)
     p = _context().Process(target=forked.run_cli, args=(argv, env, os.getcwd(), logf.name, errf and errf.name),
                            daemon=False)
-    with _no_main_module():
+    with _POLL_LOCK, _no_main_module():  # start() polls every earlier child (multiprocessing's _cleanup)
         p.start()
     return Child(p)
 
@@ -76,6 +77,12 @@ def _no_main_module():
 
 
 _CTX = None
+# multiprocessing's forkserver handle reads a child's exit code from a pipe on its first poll that finds the child
+# gone, and is not thread-safe: two threads polling at once (or one polling while another starts a child, which polls
+# all earlier ones) both see the pipe ready, one reads the code and the other reads end-of-file and records 255 (or
+# sees None for a child that has exited): a run's exit code lost. Every poll and start holds this lock, as
+# subprocess.Popen serialises its own waits; ``tests/test_launch.py`` polls one child from many threads at once.
+_POLL_LOCK = threading.Lock()
 
 
 def _context():
@@ -118,16 +125,20 @@ class Child:
         self.process, self.pid = process, process.pid
 
     def poll(self) -> int | None:
-        return None if self.process.is_alive() else self.process.exitcode
+        with _POLL_LOCK:
+            return self.process.exitcode  # None while it runs; the first call after it ends reads the code
 
     def wait(self, timeout: float | None = None) -> int:
-        self.process.join(timeout)
-        if self.process.is_alive():
+        from multiprocessing.connection import wait
+
+        wait([self.process.sentinel], timeout)  # ready once the child has ended; reads nothing, so needs no lock
+        rc = self.poll()
+        if rc is None:
             raise subprocess.TimeoutExpired(f"fastft run {self.pid}", timeout)
-        return self.process.exitcode
+        return rc
 
     def send_signal(self, sig: int) -> None:
-        if self.process.is_alive():
+        if self.poll() is None:
             os.kill(self.pid, sig)
 
     def kill(self) -> None:
