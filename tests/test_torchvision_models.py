@@ -157,6 +157,10 @@ def test_a_torchvision_state_dict_as_source(resnet_runs, tmp_path, capsys):
         err = capsys.readouterr().err
         assert rc == 2 and msg in err, err
     assert not list(out.glob("bad-*"))
+    fresh = tmp_path / "fresh"  # named before any work: no view resolved, nothing written
+    rc = cli_main(["train", *data[:2], f"out={fresh}", "set=target", "mode=finetune", f"source={tmp_path / 'resnet34.pth'}", *RESNET])
+    assert rc == 2 and "is not a torchvision resnet18 state dict" in capsys.readouterr().err
+    assert not fresh.exists() or not any(fresh.iterdir())
 
 
 PLAN = """name: tv

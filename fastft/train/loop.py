@@ -88,9 +88,10 @@ def train(cfg: TrainConfig, loader_factory: Callable, on_step: Callable[[int], N
     r = _accelerate(cfg)
     r.costs = costs
     costs.lap("accelerator")
+    src, source_id = _check_source(r)  # a source that does not fit is named before the view is resolved
     _open_data(r)
     costs.lap("open_view")  # the view's shards hashed against the store (or found checked)
-    src, source_id = _check_source(r)
+    _check_overlap(r, src)
     identity = run_identity(cfg, r.view.meta, r.precision, source_id)
     r.rid = runs.run_id(identity)
     r.run_dir = run_dir_for(cfg, r.rid)
@@ -148,8 +149,9 @@ def _open_data(r: _Run) -> None:
 
 
 def _check_source(r: _Run) -> tuple[weights.ModelFile | None, str | None]:
-    """A fine-tune's source model, read without running code and checked against this run, before any work."""
-    cfg, view = r.cfg, r.view
+    """A fine-tune's source model, read without running code and checked against this run's config, before any work
+    (its classes against the view's: :func:`_check_overlap`)."""
+    cfg = r.cfg
     if cfg.mode != "finetune":
         return None, None
     p = Path(cfg.source)
@@ -167,12 +169,19 @@ def _check_source(r: _Run) -> tuple[weights.ModelFile | None, str | None]:
     if src_pre != cfg.preprocess:
         raise FastFTError(f"source {src.path} was trained with preprocess {src_pre!r}; this run asks {cfg.preprocess!r}: "
                           f"a model must see its inputs on the scale it learnt (set preprocess: {src_pre})")
+    return src, source_id
+
+
+def _check_overlap(r: _Run, src: weights.ModelFile | None) -> None:
+    """A fine-tune's source classes against the target view's: disjoint, or all of them (``allow_overlap``)."""
+    cfg, view = r.cfg, r.view
+    if src is None:
+        return
     overlap = set(src.classes or []) & set(view.classes)
     if 0 < len(overlap) < len(view.classes) and not cfg.allow_overlap:
         raise FastFTError(f"source {src.path} was trained on {len(overlap)} of the {len(view.classes)} target classes "
                           f"(e.g. {sorted(overlap)[:3]}); sources must be disjoint from the target or contain all of it "
                           "(set allow_overlap: true if this is intended)")
-    return src, source_id
 
 
 def _step_plan(r: _Run) -> dict:
