@@ -21,7 +21,8 @@ the registered model (:mod:`fastft.models`) and holds that model's ``Config``; a
 names (no ``name``) holds an AlexNet. ``preprocess`` (:func:`fastft.preprocess.describe`) is the input the model
 was evaluated on: its scale (files from before 2026-12 have none: ``imagenet``) and, since the geometry was recorded,
 the resize steps and the centre crop (older files: :mod:`fastft.inference` derives them from the run, or documented
-defaults).
+defaults). A torchvision model's file also holds ``torchvision``: torchvision's model name and each tensor's
+torchvision key, so that plain torchvision loads it (the README shows how).
 """
 from __future__ import annotations
 
@@ -194,6 +195,11 @@ def check_model(blob, f: Path) -> ModelFile:
         raise FastFTError(f"{f}: preprocess must be a mapping with the preprocessing's name, got {pre!r:.80}")
     if pre is not None:
         _check_preprocess(pre, f)
+    tv = blob.get("torchvision")
+    if tv is not None and not (isinstance(tv, dict) and isinstance(tv.get("name"), str) and isinstance(tv.get("keys"), dict)
+                               and set(tv["keys"]) == set(state) and all(isinstance(v, str) for v in tv["keys"].values())):
+        raise FastFTError(f"{f}: torchvision must be a mapping of torchvision's model name and, for every tensor in "
+                          "'model', its torchvision key")
     return ModelFile(f, state, cfg, classes, run_id, pre["name"] if pre else None, name, pre)
 
 

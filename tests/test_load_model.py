@@ -92,10 +92,12 @@ def readme_blocks() -> list[str]:
 
 
 def test_readme_code_runs_and_agrees(source_run, tmp_path, capsys):
-    """The README's two blocks (fastft.load_model; plain torch.load + the file's own preprocessing), executed on a
-    real run and a JPEG of another size and shape than the store's, give the same probabilities."""
+    """The README's first two blocks (fastft.load_model; plain torch.load + the file's own preprocessing), executed on
+    a real run and a JPEG of another size and shape than the store's, give the same probabilities (the third, plain
+    torchvision for a torchvision model, is run in tests/test_torchvision_models.py)."""
     blocks = readme_blocks()
-    assert len(blocks) == 2, "the section shows load_model and plain PyTorch"
+    assert len(blocks) == 3, "the section shows load_model, plain PyTorch and plain torchvision"
+    blocks = blocks[:2]
     rng = np.random.default_rng(0)
     img = tmp_path / "photo.jpg"
     Image.fromarray(rng.integers(0, 256, (61, 97, 3), dtype=np.uint8)).resize((194, 122), Image.BILINEAR).save(img)

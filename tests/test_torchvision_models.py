@@ -129,6 +129,25 @@ def test_analyses_read_a_resnets_own_layers(resnet_runs, capsys):
     assert json.loads(next((ft / "analysis").glob("filters-*.json")).read_text())["layer"] == "layer4"
     p = an.probes([ft], view, pool=1, epochs=1, min_steps=2)  # every named layer of a ResNet by default
     assert p["layers"] == list(models.spec("resnet18").layers) and set(p["accuracy"][ft.name]) == set(p["layers"])
+    assert all(0 <= a <= 100 for a in p["accuracy"][ft.name].values()), p["accuracy"]
+    # classviz: the ascent raises each class's score; distance: the source model's pooled features, source -> target
+    c = an.class_images(ft, [0, 1], steps=20)
+    assert all(b > a for a, b in zip(c["score_before"], c["score_after"])), c
+    src_view = json.loads((src / "config.json").read_text())["config"]["view"]
+    d = an.feature_distance(src, src_view, view)
+    assert d["layer"] == "pool" and 0 <= d["summary"]["feature_cosine_nearest"] <= 2
+    assert 0 < d["summary"]["wordnet_wup_nearest"] <= 1, "the demo's classes are wnids: WordNet's distance is there too"
+
+
+def test_classviz_moves_an_untrained_resnet_off_its_zero_gradient(tmp_path):
+    """An untrained ResNet's gradient at the mean image is exactly 0 (no conv bias, batch norm's zero shift): the
+    ascent starts a hair off it, says so, and the scores rise."""
+    torch.manual_seed(0)
+    m = models.build("resnet18", 4, input_size=48).eval()
+    f = tmp_path / "untrained.pt"
+    torch.save({"model": m.state_dict(), "model_config": {"name": "resnet18", **vars(m.cfg)}, "classes": list("abcd")}, f)
+    r = an.class_images(f, [0, 1], steps=5, device="cpu")
+    assert "exactly 0" in r["start"] and all(b > a for a, b in zip(r["score_before"], r["score_after"])), r
 
 
 def test_a_torchvision_state_dict_as_source(resnet_runs, tmp_path, capsys):
@@ -240,6 +259,33 @@ def test_load_model_gives_a_resnets_own_evaluation(resnet_runs):
     assert torch.equal(torch.tensor([m.classes.index(w) for w in wnids]), y_fastft)
     top1 = 100.0 * (m.logits(images, batch_size=16).argmax(1) == y_fastft).double().mean().item()
     assert abs(top1 - json.loads((ft / "final.json").read_text())["top1"]) < 1e-9
+
+
+def test_a_resnets_model_file_loads_into_plain_torchvision_as_the_readme_shows(resnet_runs, tmp_path):
+    """The README's plain-torchvision block on the fine-tuned ResNet's model.pt: torchvision's own resnet18 loads it
+    by the names the file records and gives load_model's logits; a file whose names do not cover its tensors is refused."""
+    from test_load_model import readme_blocks, val_images
+
+    import fastft
+
+    _, _, _, ft = resnet_runs
+    code = readme_blocks()[2]
+    assert "runs/ft-<id>" in code and "torchvision.models.get_model" in code
+    ns = {}
+    exec(compile(code.replace("runs/ft-<id>", str(ft)), "README.md", "exec"), ns)
+    model, m = ns["model"], fastft.load_model(ft)
+    assert type(model) is torchvision.models.ResNet and ns["tv"]["name"] == "resnet18"
+    _, images, _ = val_images(ft)
+    x = torch.stack([m.transform(im) for im in images[:8]])
+    with torch.no_grad():
+        assert torch.equal(model(x), m.module(x))
+    blob = torch.load(ft / "model.pt", weights_only=True)
+    keys = dict(blob["torchvision"]["keys"])
+    keys.pop(next(iter(keys)))
+    bad = tmp_path / "bad-names.pt"
+    torch.save({**blob, "torchvision": {**blob["torchvision"], "keys": keys}}, bad)
+    with pytest.raises(FastFTError, match="torchvision must be a mapping"):
+        weights.read_model(bad)
 
 
 @pytest.mark.parametrize("args,msg", [

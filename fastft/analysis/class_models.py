@@ -33,13 +33,22 @@ def class_images(run, classes: list[int], steps: int = 200, lr: float = 1.0, l2:
     idx = torch.as_tensor(classes, device=dev)
     with torch.no_grad():
         start = scores(z)
+    begin = "mean image"
+    if steps and not torch.autograd.grad(scores(z).sum(), z)[0].any():
+        # e.g. an untrained ResNet: no conv bias, batch norm's zero shift and mean, so every unit sits at ReLU's kink
+        # and the gradient at the mean image is exactly 0: the ascent would never move. It starts a hair off it.
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            z += 1e-2 * torch.randn(z.shape, generator=gen).to(dev)
+            start = scores(z)
+        begin = "mean image + N(0, 0.01²) (the gradient at the mean image is exactly 0)"
     for _ in range(steps):
         (g,) = torch.autograd.grad(scores(z).sum() - l2 * (z ** 2).sum(), z)
         with torch.no_grad():
             z += lr * g
     with torch.no_grad():
         end = scores(z)
-    res = {"analysis": "classviz", "classes": [blob.classes[c] for c in classes] if blob.classes else list(classes), "score_before": start.tolist(), "score_after": end.tolist()}
+    res = {"analysis": "classviz", "classes": [blob.classes[c] for c in classes] if blob.classes else list(classes), "score_before": start.tolist(), "score_after": end.tolist(), "start": begin}
     if out:
         from PIL import Image
 

@@ -131,6 +131,11 @@ class TorchvisionNet(nn.Module):
         """This model's weights under torchvision's names (``torchvision.models.<name>(num_classes=…)`` loads it)."""
         return {self._tv_keys[k]: v for k, v in self.state_dict().items()}
 
+    def torchvision_names(self) -> dict:
+        """What ``model.pt`` records so that plain torchvision loads it: torchvision's model name and, per tensor,
+        fastft's key -> torchvision's."""
+        return {"name": TORCHVISION_NAME.get(self.name, self.name), "keys": dict(self._tv_keys)}
+
     def adopt(self, state: dict, where: str) -> dict:
         """A torchvision state dict of this architecture under fastft's names, every key and shape checked: one of
         another model (or another depth) is named by its missing and unexpected keys, not loaded in part."""

@@ -436,9 +436,11 @@ def _finish(r: _Run, model, final: dict, held) -> dict:
             r.log.say(f"warning: {r.run_dir.name} {flag}; the report marks it and keeps it out of means")
     if acc.is_main_process:
         m = acc.unwrap_model(model)
-        final["model_sha256"] = runs.save_file({"model": m.state_dict(), "model_config": {"name": cfg.model, **vars(m.cfg)}, "classes": r.view.classes,
-                                                 "run_id": r.rid, "preprocess": preprocess.describe(cfg.preprocess, cfg.crop, r.view.resize)},
-                                                r.run_dir / "model.pt")
+        blob = {"model": m.state_dict(), "model_config": {"name": cfg.model, **vars(m.cfg)}, "classes": r.view.classes,
+                "run_id": r.rid, "preprocess": preprocess.describe(cfg.preprocess, cfg.crop, r.view.resize)}
+        if hasattr(m, "torchvision_names"):  # a torchvision model: the names plain torchvision loads it by
+            blob["torchvision"] = m.torchvision_names()
+        final["model_sha256"] = runs.save_file(blob, r.run_dir / "model.pt")
         r.costs.lap("finish")  # model.pt written
         final["costs"] = {**r.costs.s, "sum_step_s": round(sum(m["train_secs"] for m in metrics), 3)}
         runs.write_final(r.run_dir, finite(final))  # written last: the run is finished
