@@ -5,6 +5,7 @@ carried ``classes.txt`` still verify and train, with the run ids they had."""
 import csv
 import gzip
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -174,12 +175,17 @@ def test_a_model_of_the_ilsvrc_store_fine_tunes_onto_the_folder_store(source_run
     fastft("subsets", "make", "all", "--store", folder_store, "--param", "cap=8", "--out", spec)
     out = tmp_path / "runs"
     fastft("train", f"spec={spec}", "set=target", f"store={folder_store}", f"out={out}", "name=ft", "mode=finetune",
-           f"source={src}", "epochs=1", *SMALL)
+           f"source={src}", "epochs=1", "freeze=2", *SMALL)
     import torch
 
     ft = run_dir(out, "ft")
     blob = torch.load(ft / "model.pt", weights_only=True)
     source = torch.load(src / "model.pt", weights_only=True)
+    for k, v in blob["model"].items():  # the source's weights were read: conv1-2 kept exactly, conv3 on trained
+        if k.startswith(("conv1.", "conv2.")):
+            assert torch.equal(v, source["model"][k]), k
+        elif k.startswith("conv3.") and k.endswith("weight"):
+            assert not torch.equal(v, source["model"][k]), k
     assert blob["classes"] == sorted(NAMES) and blob["model_config"]["num_classes"] == len(NAMES)
     assert source["model_config"]["num_classes"] == len(source["classes"]) != len(NAMES)  # the head was replaced
     assert json.loads((ft / "final.json").read_text())["num_classes"] == len(NAMES)
@@ -252,9 +258,37 @@ def test_a_store_written_before_classes_txt_verifies_and_trains_with_its_run_ids
     assert d.name == f"old-{runs.run_id(ident)}"
 
 
+def test_the_folder_demo_runs_end_to_end(tmp_path):
+    """``fastft demo --target folder`` as a user runs it (one seed: about 30 s on 2 cores): the sources train on the
+    ImageNet store, scratch and the fine-tunes on the folder store, whose class names the fine-tuned models carry; the
+    fine-tunes start from their sources; the report has every run and says one seed is too few for a claim."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "fastft", "demo", "--target", "folder", "--seeds", "1", "--out", "d"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    d = tmp_path / "d"
+    cfg = {p.parent.name.split("-s0-")[0]: json.loads(p.read_text()) for p in (d / "runs").glob("*/config.json")}
+    assert {t: Path(c["config"]["store"]).name for t, c in cfg.items()} == {
+        "near": "store", "far": "store", "scratch": "folder-store", "ft-near": "folder-store", "ft-far": "folder-store"}
+    vocabulary = open_store(d / "folder-store").vocabulary
+    import torch
+
+    for t in ("ft-near", "ft-far", "scratch"):
+        (run,) = (d / "runs").glob(f"{t}-s0-*")
+        assert torch.load(run / "model.pt", weights_only=True)["classes"] == list(vocabulary), t
+    for t in ("ft-near", "ft-far"):
+        (src,) = (d / "runs").glob(f"{t[3:]}-s0-*")
+        assert cfg[t]["identity"]["source"] == json.loads((src / "final.json").read_text())["run_id"]
+    report = (d / "report" / "report.md").read_text()
+    assert "5 finished runs, 0 failed" in report and "too few seeds (1; 3 needed)" in report
+    assert (d / "report" / "curves-demo-folder.png").stat().st_size > 0
+
+
 def test_the_folder_demos_plan_binds_its_target_runs_to_the_folder_store(store, tmp_path):
-    """``fastft demo --target folder`` (about a minute; run by hand, its numbers are in the README): its plan, bound as
-    the demo binds it — sources on the ImageNet store, every target run on the folder store of the demo's dataset."""
+    """``fastft demo --target folder``'s plan, bound as the demo binds it — sources on the ImageNet store, every
+    target run on the folder store of the demo's dataset."""
     from importlib import resources
 
     from fastft import study as sw
