@@ -25,28 +25,36 @@ def _source(seed=7, classes=10):
     return models.build("alexnet", classes, **KEYS).state_dict()
 
 
-@pytest.mark.parametrize("n", range(1, 8))
-def test_the_first_n_layers_are_the_sources_bit_for_bit_and_the_rest_a_scratch_models_of_the_seed(n):
-    src = _source()
-    m = transfer.build("alexnet", 4, KEYS, src, n, seed=3).state_dict()
+MODELS = {"alexnet": KEYS, "resnet18": {"input_size": 48}}  # the paper's AlexNet and a torchvision model (batch norm)
+CASES = [(m, n) for m in MODELS for n in range(1, len(models.spec(m).layers))]
+
+
+@pytest.mark.parametrize("model,n", CASES, ids=[f"{m}-{n}" for m, n in CASES])
+def test_the_first_n_layers_are_the_sources_bit_for_bit_and_the_rest_a_scratch_models_of_the_seed(model, n):
+    keys, layers = MODELS[model], models.spec(model).layers
+    torch.manual_seed(7)
+    src = models.build(model, 10, **keys).state_dict()
+    m = transfer.build(model, 4, keys, src, n, seed=3).state_dict()
     torch.manual_seed(3)
-    scratch = models.build("alexnet", 4, **KEYS).state_dict()
-    again = transfer.build("alexnet", 4, KEYS, src, n, seed=3).state_dict()
-    other_seed = transfer.build("alexnet", 4, KEYS, src, n, seed=4).state_dict()
-    for i, layer in enumerate(ALEXNET_LAYERS):
-        keys = [k for k in m if k.startswith(layer + ".")]
-        assert keys
-        for k in keys:
+    scratch = models.build(model, 4, **keys).state_dict()
+    again = transfer.build(model, 4, keys, src, n, seed=3).state_dict()
+    other_seed = transfer.build(model, 4, keys, src, n, seed=4).state_dict()
+    assert {k.split(".", 1)[0] for k in m} <= set(layers), "every tensor belongs to a named layer"
+    for i, layer in enumerate(layers):
+        keys_of = [k for k in m if k.startswith(layer + ".")]
+        assert keys_of or layer == "pool", layer  # a ResNet's pool holds no tensors
+        for k in keys_of:  # parameters and buffers (a ResNet's batch-norm statistics) alike
             assert torch.equal(m[k], again[k]), f"{k}: not deterministic for one seed"
             if i < n:
                 assert torch.equal(m[k], src[k]), f"{k} (copied) differs from the source"
             else:
                 assert torch.equal(m[k], scratch[k]), f"{k} (fresh) is not the scratch model's of the seed"
         for k in _weights(m, layer):
-            if i >= n:  # fresh weights: neither the source's nor another seed's
-                if m[k].shape == src[k].shape:  # (fc8's differs: 4 target classes, 10 source ones)
+            if i >= n:  # fresh weights: neither the source's nor another seed's (a batch norm's weight starts at 1)
+                if m[k].shape == src[k].shape and m[k].dim() > 1:  # (the head's differs: 4 target classes, 10 source ones)
                     assert not torch.equal(m[k], src[k])
-                assert not torch.equal(m[k], other_seed[k])
+                if m[k].dim() > 1:
+                    assert not torch.equal(m[k], other_seed[k])
             else:
                 assert torch.equal(m[k], other_seed[k])  # copied layers do not depend on the seed
 

@@ -40,7 +40,8 @@ class TrainConfig:
     source: str | None = key(None, "finetune: a run directory (its model.pt), a model.pt file, or a torchvision state dict (.pth) for model=")
     freeze: int = key(0, "keep the model's first n layers fixed (AlexNet: conv1 … the n-th, n = 0…7, up to fc7; "
                          "ResNet: stem, layer1 … layer4, n = 0…5; vgg16_bn, tv-alexnet: conv1 … fc7, n = 0…7)")
-    copy: int | None = key(None, "finetune: copy only the source's first n layers (AlexNet: conv1 … the n-th, n = 1…7) and "
+    copy: int | None = key(None, "finetune: copy only the source's first n layers (AlexNet: conv1 … the n-th, n = 1…7; "
+                                 "ResNet: stem, layer1 … layer4, pool, n = 1…6) and "
                                  "re-initialise the rest from the seed (Yosinski et al. 2014; freeze ≤ n); default: every layer but the head")
     allow_overlap: bool = key(False, "allow a source that shares some (not all) classes with the target")
     epochs: int = key(100, "training epochs")
