@@ -114,6 +114,8 @@ def test_resnet18_trains_and_finetunes_through_fastft_train(resnet_runs):
             assert not torch.equal(a.state[k], b.state[k]), k
     assert b.state["fc.weight"].shape[0] == b.config.num_classes == len(b.classes)
     assert json.loads((ft / "final.json").read_text())["frozen"] == ["stem", "layer1"]
+    mf, ident = weights.read_source(src / "model.pt", "resnet18")  # the run's model.pt file alone is a source too
+    assert mf.model_name == "resnet18" and ident == json.loads((src / "final.json").read_text())["run_id"]
 
 
 def test_analyses_read_a_resnets_own_layers(resnet_runs, capsys):
