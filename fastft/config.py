@@ -32,7 +32,8 @@ def _check(name: str, value, tp):
         raise FastFTError(f"{name}: expected null")
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            raise FastFTError(f"{name}: expected a list, got {value!r}")
+            example = f"[{value}]" if isinstance(value, str) else "[a, b]"
+            raise FastFTError(f"{name}: expected a list, got {value!r} (on the command line: {name.split(': ')[-1]}={example})")
         (inner, *_) = typing.get_args(tp) or (typing.Any,)
         return tuple(_check(f"{name}[]", v, inner) for v in value)
     if tp is typing.Any:

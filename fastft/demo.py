@@ -67,13 +67,18 @@ def demo(out: str | Path = "fastft-demo", seeds: int = 3, parallel: int = 2, tar
                                           "as the paper counts scratch runs that do not converge on scarce data)" if r["flagged"] else ""))
     print()
     print(Path(r["tables"][0]).read_text())
-    s = r["summary"].set_index("template")["top1_mean"]
-    order = " > ".join(f"{k} {s[k]:.1f}" for k in sorted({"ft-near", "ft-far", "scratch"} & set(s.index), key=lambda k: -s[k]))
-    print(f"target accuracy: {order}  (near > far > scratch is what the paper finds)")
+    print(f"target accuracy: {target_order(r['summary'], plan['name'])}  (near > far > scratch is what the paper finds)")
     print(f"tables:  {', '.join(r['tables'])}")
     print(f"figures: {', '.join(r['figures'])}")
     say("done")
     return r
+
+
+def target_order(summary, plan: str) -> str:
+    """``ft-near 100.0 > ft-far 83.3 > scratch 30.8``: this plan's target runs by mean top-1 (the runs directory may
+    hold the other demo's plan too, with the same templates)."""
+    s = summary[summary["plan"] == plan].set_index("template")["top1_mean"]
+    return " > ".join(f"{k} {s[k]:.1f}" for k in sorted({"ft-near", "ft-far", "scratch"} & set(s.index), key=lambda k: -s[k]))
 
 
 def _folder_store(out: Path, say) -> Path:

@@ -284,6 +284,16 @@ def test_the_folder_demo_runs_end_to_end(tmp_path):
     report = (d / "report" / "report.md").read_text()
     assert "5 finished runs, 0 failed" in report and "too few seeds (1; 3 needed)" in report
     assert (d / "report" / "curves-demo-folder.png").stat().st_size > 0
+    # run after `fastft demo` in the same directory (the README's order), the report holds both demos' plans, with
+    # the same templates: the closing line is this plan's
+    import pandas as pd
+
+    from fastft.demo import target_order
+
+    (printed,) = [x for x in r.stdout.splitlines() if x.startswith("target accuracy: ")]
+    mine = pd.read_csv(d / "report" / "summary.csv")
+    other = mine.assign(plan="demo-near-far", top1_mean=100 - mine["top1_mean"])
+    assert printed.startswith(f"target accuracy: {target_order(pd.concat([other, mine]), 'demo-folder')}  ("), printed
 
 
 def test_the_folder_demos_plan_binds_its_target_runs_to_the_folder_store(store, tmp_path):

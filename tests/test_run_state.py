@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -360,12 +361,39 @@ def test_every_numeric_key_has_bad_values_under_test():
     assert _numeric_keys() == set(BAD)
 
 
-@pytest.mark.parametrize("key,value", [(k, v) for k, vs in BAD.items() for v in vs])
+# keys with a closed set of values (words, switches, lists of words): a value outside it for each
+BAD_CHOICE = {"mode": ["pretrain"], "model": ["resnet19", "ResNet18"], "init": ["Kaiming", "xavier"], "preprocess": ["torch"],
+              "backend": ["torch"], "device": ["gpu"], "precision": ["fp16"], "compile": ["always"], "cache": ["maybe"],
+              "host_gather": ["cpu"], "trackers": ["[mlflow]", "tensorboard"], "groups": ["maybe"],
+              "cuda_graph": ["replay"], "fused_sgd": ["2"], "channels_last": ["no way"], "progress": ["sometimes"],
+              "allow_overlap": ["perhaps"]}
+FREE_TEXT = {"view", "spec", "set", "store", "source", "out", "name", "tracker_project", "tracker_group", "tracker_tags"}
+
+
+def test_every_key_with_closed_values_has_bad_values_under_test():
+    """The class, not the example: every key is numeric (BAD), free text (a path or a name, checked where it is
+    read), or takes a closed set of values (BAD_CHOICE) — a key added later lands in one or this test fails."""
+    keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert keys - _numeric_keys() - FREE_TEXT == set(BAD_CHOICE)
+
+
+@pytest.mark.parametrize("key,value", [(k, v) for k, vs in {**BAD, **BAD_CHOICE}.items() for v in vs])
 def test_out_of_range_values_are_one_line_errors_before_work(key, value, tmp_path, capsys):
     """``fastft train … key=value`` through the CLI's entry point: exit 2, one line naming the key, no run directory."""
     rc = cli_main(["train", "view=/nonexistent/view", f"out={tmp_path}", "mode=finetune", f"source={tmp_path}", f"{key}={value}"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith(f"fastft: error: {key} "), err
+    assert rc == 2 and len(err) == 1 and re.match(rf"fastft: error: (config: )?{key}[ :]", err[0]), err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("key,value", [(k, v) for k, vs in {**BAD, **BAD_CHOICE}.items() for v in vs if k not in ("mode", "source")])
+def test_a_bad_value_leaves_no_run_directory_where_the_data_exists(key, value, view_near, tmp_path, capsys):
+    """The same with a real view, so that every check that needs the data has run: still one line and nothing
+    written (init=Kaiming was once checked only when the model was built, after the run directory was made)."""
+    fit = [f"{k}={v}" for k, v in (("crop", 71), ("width", 0.25)) if k != key]  # the view's images are 80x80
+    rc = cli_main(["train", f"view={view_near.path}", f"out={tmp_path}", *fit, f"{key}={value}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and re.match(rf"fastft: error: (config: )?{key}[ :]", err[-1]), err
     assert list(tmp_path.iterdir()) == []
 
 

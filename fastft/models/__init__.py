@@ -45,6 +45,7 @@ class ModelSpec:
     features: str | None = None               # the pooled features (svm, distance); default: the layer before the head
     conv: str | None = None                   # its last conv layer (filters: per-filter AP); None: it has none named
     torchvision: str | None = None            # torchvision's name for it: source= may be a torchvision state dict
+    choices: dict = field(default_factory=dict)  # train key -> its allowed values (checked before any work)
 
     @property
     def head(self) -> str:
@@ -64,10 +65,11 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 
 ALEXNET_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+ALEXNET_INITS = ("paper", "paper-scaled", "kaiming")
 register(ModelSpec("alexnet", "fastft.models.alexnet", ALEXNET_LAYERS, ALEXNET_LAYERS[:7],
                    keys={"width": "width", "crop": "input_size", "groups": "groups", "init": "init"},
                    source_keys=("width", "groups"), options=("conv1_pad",), preprocess="caffe", min_crop=67,
-                   features="fc7", conv="conv5"))
+                   features="fc7", conv="conv5", choices={"init": ALEXNET_INITS}))
 # torchvision's classification models (fastft/models/torchvision.py), on ImageNet's mean/std input as torchvision
 # trains them; a ResNet's smallest input leaves layer4 one pixel, VGG's and torchvision's AlexNet's their last pool
 RESNET_LAYERS = ("stem", "layer1", "layer2", "layer3", "layer4", "pool", "fc")

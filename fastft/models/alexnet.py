@@ -31,10 +31,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import ALEXNET_LAYERS, forward_layers
+from . import ALEXNET_INITS, ALEXNET_LAYERS, forward_layers
 from ..errors import FastFTError
 
-INITS = ("paper", "paper-scaled", "kaiming")
+INITS = ALEXNET_INITS
 LAYERS = ALEXNET_LAYERS
 FREEZABLE = LAYERS[:7]  # freeze=n keeps conv1 … the n-th of these fixed
 

@@ -135,7 +135,8 @@ class TrainConfig:
         unknown = [t for t in self.trackers if t not in TRACKERS]
         if unknown:
             raise FastFTError(f"trackers: {unknown[0]!r} is not one of {', '.join(TRACKERS)}")
-        preprocess.mean_std(self.preprocess)
+        if self.preprocess not in preprocess.PREPROCESSING:  # auto was resolved to the model's own (__post_init__)
+            raise FastFTError(f"preprocess must be one of auto, {', '.join(preprocess.PREPROCESSING)}, got {self.preprocess!r}")
 
     def _validate_model(self) -> None:
         """A registered model, given only the keys it takes: a key it would ignore is a mistake named now."""
@@ -146,6 +147,9 @@ class TrainConfig:
             if not takes and getattr(self, k) != defaults[k]:
                 raise FastFTError(f"{k} {getattr(self, k)!r}: model {self.model} takes no {k} (its keys: "
                                   f"{', '.join([*s.keys, *s.options]) or 'none'}); leave {k} unset")
+        for k, allowed in s.choices.items():
+            if getattr(self, k) not in allowed:
+                raise FastFTError(f"{k} must be one of {', '.join(allowed)} (model {self.model}), got {getattr(self, k)!r}")
         if self.crop < s.min_crop:
             raise FastFTError(f"crop must be >= {s.min_crop} ({self.model}'s smallest input), got {self.crop!r}")
 
