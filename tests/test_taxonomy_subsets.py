@@ -106,6 +106,8 @@ def test_spec_roundtrip_and_tamper(tmp_path, capsys):
     shown = json.loads(capsys.readouterr().out)
     assert shown["hash"] == spec.hash and [c["wnid"] for c in shown["sets"]["target"]["classes"]] == list(spec.sets["target"].classes)
     assert all(c["name"] for c in shown["sets"]["far"]["classes"]) and len(shown["sets"]["far"]["classes"]) == 500
+    assert main(["subsets", "show", str(p), "--set", "targt"]) == 2  # a set it does not have: named, with those it has
+    assert "has no set 'targt'; it has: " in capsys.readouterr().err
     d = json.loads(p.read_text())
     d["sets"]["target"]["classes"][0] = d["sets"]["far"]["classes"][0]
     p.write_text(json.dumps(d))

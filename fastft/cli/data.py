@@ -62,6 +62,8 @@ def cmd_subsets_show(a):
     from ..data.taxonomy import load
 
     h, spec = load(), load_spec(a.spec)
+    if a.set:
+        spec.set(a.set)  # a set the spec does not have is named, with those it has
     wordnet = spec.wordnet
 
     def entry(c: str, i: int) -> dict:  # a wnid: its ILSVRC2012 label and WordNet name; a store's own class: its name
