@@ -50,7 +50,7 @@ class NonFiniteWatch:
 
 def plateau_flag(metrics: list[dict], num_classes: int, plateau_epochs: int, tol: float) -> str | None:
     """"did not learn: …" if the training loss at epoch ``plateau_epochs`` (or the last recorded epoch, if the run is
-    shorter) is still within ``tol`` (relative) of ln(num_classes), or above it; None if the run left the plateau or
+    shorter) is not below ``(1 - tol) * ln(num_classes)``: on the plateau, or above it; None if the run left it or
     the check is off (``plateau_epochs`` or ``tol`` 0, fewer than 2 classes)."""
     if not metrics or plateau_epochs <= 0 or tol <= 0 or num_classes < 2:
         return None
@@ -59,8 +59,10 @@ def plateau_flag(metrics: list[dict], num_classes: int, plateau_epochs: int, tol
     chance = math.log(num_classes)
     loss = m["train_loss"]
     if loss is None or not math.isfinite(loss) or loss >= (1 - tol) * chance:
+        where = ("above the uniform-prediction loss ln C: worse than chance" if loss is not None and loss > (1 + tol) * chance
+                 else "the uniform-prediction plateau")
         return (f"did not learn: train loss {loss:.4f} = {loss / chance:.3f} x ln({num_classes}) after {m['epoch']} "
-                f"epoch{'s' * (m['epoch'] != 1)} (the uniform-prediction plateau; threshold {1 - tol:.2f} x ln C)")
+                f"epoch{'s' * (m['epoch'] != 1)} ({where}; threshold {1 - tol:.2f} x ln C)")
     return None
 
 

@@ -136,4 +136,6 @@ def test_plateau_flag_reads_the_loss_at_its_epoch():
     assert plateau_flag(m, 8, 2, 0.02).startswith("did not learn: train loss 2.0700")  # at epoch 2, still ~ln 8
     assert plateau_flag(m, 8, 3, 0.02) is None and plateau_flag(m, 8, 10, 0.02) is None  # the last epoch when shorter
     assert plateau_flag(m, 8, 0, 0.02) is None and plateau_flag(m, 1, 2, 0.02) is None
-    assert plateau_flag([{"epoch": 1, "train_loss": 9.0}], 8, 5, 0.02) is not None  # above ln C counts too
+    assert "the uniform-prediction plateau" in plateau_flag(m, 8, 2, 0.02)
+    above = plateau_flag([{"epoch": 1, "train_loss": 9.0}], 8, 5, 0.02)  # above ln C counts too, and is called that
+    assert "above the uniform-prediction loss ln C: worse than chance" in above and "plateau" not in above

@@ -281,6 +281,8 @@ def test_a_resnets_model_file_loads_into_plain_torchvision_as_the_readme_shows(r
     x = torch.stack([m.transform(im) for im in images[:8]])
     with torch.no_grad():
         assert torch.equal(model(x), m.module(x))
+    theirs = m.module.torchvision_state_dict()  # what the README gives as the way back from fastft's side
+    assert theirs.keys() == model.state_dict().keys() and all(torch.equal(v, model.state_dict()[k]) for k, v in theirs.items())
     blob = torch.load(ft / "model.pt", weights_only=True)
     keys = dict(blob["torchvision"]["keys"])
     keys.pop(next(iter(keys)))

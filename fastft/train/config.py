@@ -64,8 +64,9 @@ class TrainConfig:
     bias_lr_mult: float = key(2.0, "Caffe's bvlc_alexnet: biases learn at 2x the LR ...")
     bias_decay_mult: float = key(0.0, "... and are not decayed (1, 1: one SGD group, fastft before 2026-12)")
     head_lr_mult: float = key(10.0, "finetune: the new fc8 learns at 10x the LR (Caffe's fine-tuning example; the paper does not say)")
-    plateau_epochs: int = key(10, "flag the run 'did not learn' if its train loss is still within plateau_tol × ln(classes) "
-                                  "of ln(classes) after this many epochs (or at its last, if fewer); 0 = off")
+    plateau_epochs: int = key(10, "flag the run 'did not learn' if its train loss is not below (1 - plateau_tol) × "
+                                  "ln(classes) (the uniform-prediction loss) after this many epochs (or at its last, if "
+                                  "fewer): on that plateau, or above it; 0 = off")
     plateau_tol: float = key(0.02, "see plateau_epochs")
     augment_to: int = key(0, "§4.6: grow each training class to this many images with transformed copies")
     # infrastructure: not part of the run's identity
