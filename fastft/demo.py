@@ -36,7 +36,7 @@ def demo(out: str | Path = "fastft-demo", seeds: int = 3, parallel: int = 2, tar
     if not tree.exists():
         say(f"1/6 synthetic ImageNet (24 classes in the ILSVRC2012 layout, with broken files) -> {tree}")
         synth(tree, train_per_class=40, val_per_class=10, size=96, val_layout="devkit", broken=True, seed=0)
-    say(f"2/6 fastft shard {tree} --out {store} --resize 80x80")
+    say(f"2/6 fastft shard {tree} --out {store} --resize 80x80 --shard-mb 2 --allow-missing")
     m = write_store(tree, store, ShardConfig(resize="80x80", shard_mb=2, allow_missing=True), progress=False)
     t = m["totals"]
     say(f"    {t['written']} written + {t['rejected']} rejected = {t['inputs']} inputs; converted {m['input_kinds']}")
@@ -101,8 +101,8 @@ def _folder_store(out: Path, say) -> Path:
     if problems:
         raise FastFTError(f"demo folder store failed verification: {problems}")
     classes = (store / "classes.txt").read_text(encoding="utf-8").splitlines()
-    say(f"    fastft shard {tree} --dataset imagefolder --out {store}: {m['totals']['written']} images of "
-        f"{len(classes)} classes ({', '.join(classes)}); verify: OK")
+    say(f"    fastft shard {tree} --dataset imagefolder --out {store} --resize 80x80 --shard-mb 2: "
+        f"{m['totals']['written']} images of {len(classes)} classes ({', '.join(classes)}); verify: OK")
     return store
 
 

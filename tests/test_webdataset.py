@@ -109,7 +109,7 @@ def test_a_version_1_store_opens_verifies_resumes_writing_in_its_version_and_tra
     assert open_store(v2).version == 2 and verify(v2) == []
     a, b = (open_store(p).samples() for p in (store_v1, v2))
     assert a[["key", "label", "shard", "jpg_size"]].equals(b[["key", "label", "shard", "jpg_size"]])
-    with pytest.raises(FastFTError, match=r"different settings \(store_version\)"):  # no silent mix of versions
+    with pytest.raises(FastFTError, match=r"different settings \(store_version: the store.s 2, now 1\)"):  # no silent mix of versions
         write_store(small_tree, v2, cfg, workers=1, progress=False, store_version=1)
     # training on the version-1 store, interrupted and resumed, learns exactly what the version-2 store teaches
     spec = tmp_path / "spec.json"

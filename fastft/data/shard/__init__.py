@@ -144,8 +144,9 @@ def _same_settings(out: Path, settings: dict) -> None:
     old = json.loads((out / "settings.json").read_text())
     old.pop("input_fingerprint", None)  # checked by _same_input
     if old != settings:
-        diff = sorted(k for k in settings if old.get(k) != settings.get(k))
-        raise FastFTError(f"{out} holds a store made with different settings ({', '.join(diff)}); use a new --out or the same settings")
+        diff = sorted(k for k in {*settings, *old} if old.get(k) != settings.get(k))
+        said = "; ".join(f"{k}: the store's {old.get(k)!r}, now {settings.get(k)!r}" for k in diff)
+        raise FastFTError(f"{out} holds a store made with different settings ({said}); use a new --out or the same settings")
 
 
 def input_fingerprint(root: Path, inputs: list[Input]) -> str:
