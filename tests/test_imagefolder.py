@@ -284,6 +284,10 @@ def test_the_folder_demo_runs_end_to_end(tmp_path):
     report = (d / "report" / "report.md").read_text()
     assert "5 finished runs, 0 failed" in report and "too few seeds (1; 3 needed)" in report
     assert (d / "report" / "curves-demo-folder.png").stat().st_size > 0
+    # the plan as the demo ran it, which the README runs again: the same runs, all finished
+    again = subprocess.run([sys.executable, "-m", "fastft", "sweep", d / "demo-folder.yaml", "--store", d / "store", "--store",
+                            f"folder={d / 'folder-store'}", "--out", d / "runs", "--dry-run", "--quiet"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "5 finished" in again.stdout and "left: 0 unfinished runs" in again.stdout, again.stdout + again.stderr
     # run after `fastft demo` in the same directory (the README's order), the report holds both demos' plans, with
     # the same templates: the closing line is this plan's
     import pandas as pd
