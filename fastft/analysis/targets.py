@@ -25,8 +25,10 @@ def _expand(paths: list, plan: str | None) -> tuple[list[tuple[Path, dict]], lis
             here = run_dirs(p)
             found = [(d, cfg) for d, cfg in here if is_finished(d) and (plan is None or plan in _plans(d))]
             if not found:
-                raise FastFTError(f"{p} holds no finished runs" + (f" of plan {plan!r}" if plan else "") +
-                                  (f" (its plans: {', '.join(sorted({q for d, _ in here for q in _plans(d)}))})" if plan else ""))
+                plans = sorted({q for d, _ in here for q in _plans(d)})
+                theirs = (f" (its plans: {', '.join(plans)})" if plans else
+                          " (its runs belong to no plan: they were trained by fastft train; leave --plan out)")
+                raise FastFTError(f"{p} holds no finished runs" + (f" of plan {plan!r}{theirs}" if plan else ""))
             runs += found
             beside.update(here)
         else:

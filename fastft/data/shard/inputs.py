@@ -27,7 +27,8 @@ def scan(root: str | Path, cfg: ShardConfig, progress: bool = False) -> tuple[li
     layout and on unknown / missing / empty classes. ``scan_info["classes"]``: the store's vocabulary in label order."""
     root = Path(root)
     if not root.is_dir():
-        raise FastFTError(f"ImageNet root {root} is not a directory")
+        what = "image-folder dataset root" if cfg.dataset == "imagefolder" else "ImageNet root"
+        raise FastFTError(f"{what} {root} is not a directory")
     source = sources.find(root, cfg)
     listing = source.read(progress)
     classes = list(listing.classes) if listing.classes is not None else list(load().wnids)

@@ -60,7 +60,7 @@ class ClassFolders(Source):
         wanted = list(self.cfg.classes) or found
         missing = [c for c in wanted if c not in set(found)]
         if missing and not self.cfg.allow_missing:
-            raise FastFTError(f"--classes names {len(missing)} classes train/ has no folder for (first: {missing[:5]}); "
+            raise FastFTError(f"--classes names {len(missing)} class{'es' * (len(missing) != 1)} train/ has no folder for (first: {missing[:5]}); "
                               f"train/ has {len(found)} (first: {found[:5]}); pass --allow-missing to shard the rest")
         classes = sorted(c for c in set(wanted) if c not in set(missing))  # ImageFolder's order, whatever --classes' order
         inputs = stray(self.root, tdir)
