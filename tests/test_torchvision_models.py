@@ -243,6 +243,25 @@ def test_a_resnets_gpu_step_matches_eager(mode):
         assert torch.allclose(pa.float(), pb.float(), atol=1e-2, rtol=1e-2), k
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_frozen_resnet_fine_tune_on_the_gpu_keeps_its_fixed_layers(resnet_runs):
+    """A ResNet fine-tune with stem and layer1 fixed, on the GPU with every step option on (compile, CUDA graph,
+    fused SGD, channels_last, the device cache): those layers' weights and batch-norm statistics stay the source's
+    bit for bit (a graph or compiled step that ran them in training mode would move the statistics)."""
+    out, data, src, _ = resnet_runs
+    _train(*data, "set=target", "name=gpuft", "mode=finetune", f"source={src}", "freeze=2", *RESNET, "device=cuda",
+           "compile=true", "cache=true", "epochs=2")
+    (ft,) = out.glob("gpuft-*")
+    a, b = (weights.read_model(d) for d in (src, ft))
+    for k in a.state:
+        if k.split(".")[0] in ("stem", "layer1"):
+            assert torch.equal(a.state[k].cpu(), b.state[k].cpu()), k
+        elif k.startswith("layer2.") and k.endswith("weight"):
+            assert not torch.equal(a.state[k].cpu(), b.state[k].cpu()), k
+    assert json.loads((ft / "final.json").read_text())["device"].startswith("cuda")
+
+
 def test_load_model_gives_a_resnets_own_evaluation(resnet_runs):
     """`fastft.load_model` on a ResNet run: the module, its preprocessing (torchvision's mean/std, not Caffe's) and its
     transform reproduce the run's evaluation, input for input and the top-1 of final.json."""
