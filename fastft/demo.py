@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import FastFTError
+from .files import fsync_write
 
 
 TARGETS = ("imagenet", "folder")
@@ -48,7 +49,7 @@ def demo(out: str | Path = "fastft-demo", seeds: int = 3, parallel: int = 2, tar
     plan_file = resources.files("fastft") / "_data" / ("demo_folder_plan.yaml" if stores else "demo_plan.yaml")
     plan = sw.load_plan(Path(str(plan_file)))
     mine = out / f"{plan['name']}.yaml"  # the plan as the demo ran it (its seeds): `fastft sweep` runs it again
-    mine.write_text(re.sub(r"(?m)^seeds: .*$", f"seeds: {list(range(seeds))}", Path(str(plan_file)).read_text()))
+    fsync_write(mine, re.sub(r"(?m)^seeds: .*$", f"seeds: {list(range(seeds))}", Path(str(plan_file)).read_text()))
     runs_list = sw.expand(plan, list(range(seeds)))
     sw.prepare(plan, runs_list, str(store), runs, stores=stores)
     say(f"4/6 fastft sweep {plan['name']}: {len(runs_list)} runs ({seeds} seeds x near/far pretrain, scratch, 2 fine-tunes), "
