@@ -102,7 +102,7 @@ def _tree(tmp_path: Path, files: list[str]) -> Path:
     (["train/line\nbreak/x.jpg"], FOLDER, r"holds a control or line-break character"),
     (["val/roses/x.jpg"], FOLDER, r"--dataset imagefolder reads ROOT/train/<class>/"),
     (["train/roses/x.jpg", "train/tulips/y.jpg"], ShardConfig(dataset="imagefolder", classes=("roses", "lilies")),
-     r"--classes names 1 classes train/ has no folder for \(first: \['lilies'\]\)"),
+     r"--classes names 1 class train/ has no folder for \(first: \['lilies'\]\)"),
     (["train/roses/x.jpg", "val/roses/y.jpg"], ShardConfig(), r"not named by an ILSVRC2012 wnid: \['roses'\].*--dataset imagefolder"),
 ])
 def test_what_an_image_folder_cannot_hold_is_refused_before_any_work(tmp_path, files, cfg, message):
