@@ -99,11 +99,11 @@ def features(run: str | Path, view, split: str, layers: tuple[str, ...], *, devi
         outs = {l: np.lib.format.open_memmap(str(paths[l]) + ".tmp.npy", mode="w+", dtype=np.float16, shape=(n, int(np.prod(shapes[l]))))
                 for l in todo}
         rows = 0
-        from tqdm import tqdm
+        from ..util.progress import bar
 
-        with torch.no_grad():  # a progress bar on a terminal only (disable=None)
-            for x, y, w in tqdm(loader.epoch(0), total=len(loader), desc=f"{Path(run).name}: {split} features ({', '.join(todo)})",
-                                unit="batch", disable=None, leave=False):
+        with torch.no_grad():  # a progress bar on a terminal only
+            for x, y, w in bar(loader.epoch(0), total=len(loader), desc=f"{Path(run).name}: {split} features ({', '.join(todo)})",
+                               unit="batch", enabled=None, leave=False):
                 keep = w > 0
                 feats = model(x[keep], taps=tuple(todo))
                 k = int(keep.sum())

@@ -235,9 +235,9 @@ def _each_file(paths: list[Path], fn, progress: bool = False) -> list:
     bar in bytes that ``update(n)`` advances."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from tqdm import tqdm
+    from ..util.progress import bar as progress_bar
 
-    with tqdm(total=sum(p.stat().st_size for p in paths), unit="B", unit_scale=True, desc="sha256", disable=not progress) as bar, \
+    with progress_bar(total=sum(p.stat().st_size for p in paths), unit="B", unit_scale=True, desc="sha256", enabled=progress) as bar, \
             ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
         return list(pool.map(lambda p: fn(p, bar.update), paths))
 

@@ -109,7 +109,7 @@ class _CacheBackend:
             return
         _require_dali()
         from nvidia.dali.plugin.pytorch import feed_ndarray
-        from tqdm import tqdm
+        from ..util.progress import bar
 
         bs = cfg.batch_size
         order = np.resize(rows, -(-len(rows) // bs) * bs)
@@ -117,8 +117,8 @@ class _CacheBackend:
         buf = torch.empty((bs, h, w, 3), dtype=torch.uint8, device=self.dev)
         md = len(dev_rows)
         batches = pipe.outputs([(order[lo:lo + bs],) for lo in range(0, len(order), bs)])
-        for b, out in enumerate(tqdm(batches, total=len(order) // bs, desc=f"decoding {len(rows)} images into the cache",
-                                     unit="batch", disable=None if len(rows) >= 50_000 else True, leave=False)):
+        for b, out in enumerate(bar(batches, total=len(order) // bs, desc=f"decoding {len(rows)} images into the cache",
+                                    unit="batch", enabled=None if len(rows) >= 50_000 else False, leave=False)):
             feed_ndarray(out, buf, cuda_stream=torch.cuda.current_stream(self.dev) if self.dev.type == "cuda" else None)
             lo, hi = b * bs, min((b + 1) * bs, len(rows))
             if lo < md:

@@ -152,7 +152,7 @@ def _resolve_views(specs: dict, pairs: set, store: str, views_dir: Path, progres
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
-    from tqdm import tqdm
+    from ..util.progress import bar as progress_bar
 
     from ..util.env import usable_cores
     from ..data.store import open_store
@@ -175,8 +175,8 @@ def _resolve_views(specs: dict, pairs: set, store: str, views_dir: Path, progres
         else:
             unique[content] = (sp, name)
     todo = list(unique.values())
-    with tqdm(total=len(todo) + len(same), unit="view", desc=f"{plan}: resolve views", disable=not progress,
-              dynamic_ncols=True) as bar:
+    with progress_bar(total=len(todo) + len(same), unit="view", desc=f"{plan}: resolve views", enabled=progress,
+                      dynamic_ncols=True) as bar:
         t = time.time()
         shared_view(*todo[0], store, views_dir)
         bar.update()

@@ -57,7 +57,7 @@ class _Scheduler:
     it), a pass of :meth:`step` every ``poll`` seconds until nothing is left to wait for."""
 
     def __init__(self, runs: list[RunSpec], out: Path, slots: list[dict], retries: int, progress: bool, launcher: str):
-        from tqdm import tqdm
+        from ..util.progress import bar
 
         self.runs, self.out, self.retries, self.launcher = runs, out, retries, launcher
         self.state = {r.key: "pending" for r in runs}
@@ -71,8 +71,8 @@ class _Scheduler:
             if is_finished(r.run_dir):
                 self.state[r.key] = "done"
                 record_membership(r)
-        self.bar = tqdm(total=len(runs), initial=sum(s == "done" for s in self.state.values()), unit="run", desc="sweep",
-                        disable=not progress, dynamic_ncols=True)
+        self.bar = bar(total=len(runs), initial=sum(s == "done" for s in self.state.values()), unit="run", desc="sweep",
+                       enabled=progress, dynamic_ncols=True)
         self.shown: dict = {}
         self.beat = time.time()
 

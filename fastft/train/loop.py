@@ -288,12 +288,12 @@ def _cache_fractions(loader) -> tuple[float | None, float]:
 def _progress_bar(r: _Run, steps: int, start_epoch: int, loader_state: dict | None):
     if not (r.acc.is_main_process and r.cfg.progress):
         return None
-    from tqdm import tqdm
+    from ..util.progress import bar
 
     cfg = r.cfg
     done = start_epoch * steps + (loader_state["step"] if loader_state else 0)
-    return tqdm(total=cfg.epochs * steps * cfg.batch_size, initial=done * cfg.batch_size, unit="img", unit_scale=True,
-                desc=r.run_dir.name[:40], dynamic_ncols=True)
+    return bar(total=cfg.epochs * steps * cfg.batch_size, initial=done * cfg.batch_size, unit="img", unit_scale=True,
+               desc=r.run_dir.name[:40], dynamic_ncols=True)
 
 
 def _epochs(r: _Run, model, opt, ckpts: Checkpoints, loader_factory, start_epoch: int, loader_state, partial, on_step) -> dict:

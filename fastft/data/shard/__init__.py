@@ -254,6 +254,6 @@ def _write_shards(root: Path, out: Path, cfg: ShardConfig, label: dict[str, int]
 
 
 def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
+    from ...util.progress import bar
 
-    return tqdm(total=total, unit="img", desc="shard", disable=not enabled, smoothing=0.1)
+    return bar(total=total, unit="img", desc="shard", enabled=enabled, smoothing=0.1)

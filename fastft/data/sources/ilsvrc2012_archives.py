@@ -85,7 +85,7 @@ class Ilsvrc2012Archives(Source):
 
     def _train(self, progress: bool) -> tuple[list[Input], list[str], list[str]]:
         """The images of every wanted class tar inside the train archive (and the classes missing / unknown)."""
-        from tqdm import tqdm
+        from ...util.progress import bar
 
         train = self.root / TRAIN_TAR
         with open(train, "rb") as f:
@@ -94,7 +94,7 @@ class Ilsvrc2012Archives(Source):
                     if name.endswith(".tar")}
             present, missing, unknown = select_classes(sorted(tars), self.cfg, f"class tar in {TRAIN_TAR}")
             inputs: list[Input] = []
-            for w in tqdm(present, unit="class", desc=f"list {TRAIN_TAR}", disable=not progress):
+            for w in bar(present, unit="class", desc=f"list {TRAIN_TAR}", enabled=progress):
                 name, off, n = tars[w]
                 files = _tar_files(f, off, n, f"{TRAIN_TAR}/{name}")
                 if not files:
