@@ -189,6 +189,8 @@ def _process(args):
         _done[0] += 1
         if _done[0] > 3:  # some results are in: shards are being written
             (_dir / f"paused-{os.getpid()}").touch()
+            if os.environ.get("FASTFT_TEST_PAUSE_FOREVER"):
+                time.sleep(3600)  # busy, as in a long conversion: only its parent's death (or a kill) ends it
             parent = os.getppid()
             while os.getppid() == parent:
                 time.sleep(0.05)
@@ -201,7 +203,7 @@ _convert._process = _shard._process = _process
 """
 
 
-def _shard_killed_mid_run(synth_tree, out: Path, env: dict, worker: bool):
+def _shard_killed_mid_run(synth_tree, out: Path, env: dict, worker: bool, forever: bool = False):
     """Runs `fastft shard` into ``out`` with its workers paused mid-run (:data:`_PAUSE_WORKERS`) and SIGKILLs one of
     its worker processes (``worker``) or the command itself. Returns (the command, the Popen, stderr). The command
     returned runs without the pause."""
@@ -211,7 +213,7 @@ def _shard_killed_mid_run(synth_tree, out: Path, env: dict, worker: bool):
     hook = out.parent / "pause-hook"
     hook.mkdir(exist_ok=True)
     (hook / "sitecustomize.py").write_text(_PAUSE_WORKERS)
-    paused_env = {**env, "FASTFT_TEST_PAUSE_DIR": str(hook),
+    paused_env = {**env, "FASTFT_TEST_PAUSE_DIR": str(hook), **({"FASTFT_TEST_PAUSE_FOREVER": "1"} if forever else {}),
                   "PYTHONPATH": os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH", "")]))}
     cmd = [sys.executable, "-m", "fastft", "shard", str(synth_tree), "--out", str(out), "--resize", "80x80", "--shard-mb", "0.25",
            "--allow-missing", "--workers", "2", "--quiet"]
@@ -263,6 +265,36 @@ def test_a_killed_shard_run_resumes_and_its_spool_directory_is_removed(synth_tre
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert not any(d.exists() for d in dead) and live.exists()
+    assert _digest(out) == _digest(store)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"  # a zombie has ended
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_a_killed_shard_run_leaves_no_worker_behind_and_its_rerun_is_not_locked_out(synth_tree, store, tmp_path):
+    """`fastft shard` SIGKILLed while its workers are busy (each in a conversion that only ends when it is killed):
+    the workers end with it — they held the store's lock (forked with it) and waited forever on the pool's pipe, and
+    every re-run was refused as "being written by another process" — and the re-run writes the uninterrupted bytes."""
+    import signal
+    import time
+
+    out = tmp_path / "s"
+    cmd, p, _ = _shard_killed_mid_run(synth_tree, out, dict(os.environ), worker=False, forever=True)
+    assert p.returncode == -signal.SIGKILL
+    workers = [int(f.name.split("-")[1]) for f in (out.parent / "pause-hook").glob("paused-*")]
+    deadline = time.monotonic() + 300
+    while (left := [w for w in workers if _alive(w)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for w in left:  # leave none behind whatever the outcome
+        os.kill(w, signal.SIGKILL)
+    assert workers and not left, f"workers {left} outlived the killed `fastft shard`"
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
     assert _digest(out) == _digest(store)
 
 

@@ -114,7 +114,10 @@ def _write_images(jobs: list, size: int, quality: int, workers: int | None) -> N
     from concurrent.futures import ProcessPoolExecutor
 
     chunks = [jobs[i::workers * 4] for i in range(workers * 4)]
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:  # spawn: safe beside DALI threads
+    from ..util.children import die_with_parent
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=die_with_parent,  # spawn: safe
+                             initargs=(os.getpid(),)) as ex:  # beside DALI threads
         list(ex.map(_write_chunk, chunks, [size] * len(chunks), [quality] * len(chunks)))
 
 

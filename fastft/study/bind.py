@@ -3,6 +3,7 @@ several processes for large ones), give each run its id and directory, and cost 
 from __future__ import annotations
 
 import functools
+import os
 import json
 import time
 from pathlib import Path
@@ -154,6 +155,7 @@ def _resolve_views(specs: dict, pairs: set, store: str, views_dir: Path, progres
 
     from ..util.progress import bar as progress_bar
 
+    from ..util.children import die_with_parent
     from ..util.env import usable_cores
     from ..data.store import open_store
     from ..data.subsets import load_spec
@@ -185,7 +187,8 @@ def _resolve_views(specs: dict, pairs: set, store: str, views_dir: Path, progres
         if workers < 2 or time.time() - t < POOL_AFTER_S:  # small views: a process pool would cost more than it saves
             rest, same = rest + same, []
         else:
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:  # spawn: this process has torch loaded
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=die_with_parent,  # spawn: this
+                                     initargs=(os.getpid(),)) as ex:  # process has torch loaded
                 for f in as_completed([ex.submit(shared_view, sp, name, store, views_dir) for sp, name in rest]):
                     f.result()
                     bar.update()

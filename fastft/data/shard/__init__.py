@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 from ...errors import FastFTError
+from ...util.children import die_with_parent
 from ..spool import bounded_imap, spool_dir
 from ..store import STORE_VERSION, STORE_VERSIONS, encode_source, fsync_write, lock_file
 from .config import ShardConfig
@@ -102,7 +103,7 @@ def write_store(root: str | Path, out: str | Path, cfg: ShardConfig, workers: in
             # hangs imap. shutdown() cancels the queued chunks and lets the running ones finish (a chunk each); a
             # dead worker raises BrokenProcessPool (results come through files: see bounded_imap).
             with spool_dir() as spool:  # removed once no worker writes
-                pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_sigint)
+                pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(), True))
                 try:
                     _write_shards(root, out, cfg, {c: i for i, c in enumerate(vocabulary)}, inputs, pool, spool, records,
                                   pbar, on_shard, version)
@@ -196,13 +197,6 @@ def _start_over(out: Path) -> None:
     for p in out.iterdir():
         if pattern.fullmatch(p.name) or p.name.endswith(".tmp"):
             p.unlink()
-
-
-def _ignore_sigint() -> None:
-    """Pool workers leave Ctrl-C to the main process, which stops them (no traceback from each worker)."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _write_shards(root: Path, out: Path, cfg: ShardConfig, label: dict[str, int], inputs: list[Input], pool, spool: str,
