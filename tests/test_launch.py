@@ -81,37 +81,55 @@ def test_a_script_that_starts_runs_is_not_run_again_in_them(tmp_path):
     assert "fastft" in (tmp_path / "run.log").read_text()
 
 
-def test_a_forked_runs_exit_code_reaches_every_thread_that_asks(tmp_path):
-    """multiprocessing's forkserver handle reads a child's exit code on the first poll that finds it gone; threads
-    polling at once (or starting a run, which polls every earlier one) read end-of-file instead and record 255 or
-    None. Many threads released together poll one ended run, while others start runs beside it: each sees exit 2."""
+def test_a_forked_runs_exit_code_reaches_every_thread_that_asks(tmp_path, monkeypatch):
+    """multiprocessing's forkserver handle reads a child's exit code on the first poll that finds it gone; a second
+    thread polling at once read end-of-file instead and wrote 255 over it. Threads released together poll one ended
+    run — through fastft's handle, multiprocessing's active_children(), and by starting other processes (each start
+    polls every child) — with the read slowed so that any two readers overlap: each sees exit 2, every time."""
+    import multiprocessing as mp
     import threading
+    from multiprocessing import forkserver
     from multiprocessing.connection import wait
 
+    real = forkserver.read_signed
+
+    def slow_read(fd):
+        time.sleep(0.05)  # the race's window, widened: two unguarded readers always overlap
+        return real(fd)
+
     argv, seen, lock = ["train", "epcohs=3"], [], threading.Lock()
-    for i in range(6):
+    for i in range(3):
         with open(tmp_path / f"{i}.log", "a") as f:
             child = launch.start("preloaded", argv, dict(os.environ), f)
             wait([child.process.sentinel], 600)  # it has ended: its code waits in the pipe for the first poll
-            gate = threading.Barrier(8)
+        monkeypatch.setattr(forkserver, "read_signed", slow_read)
+        gate = threading.Barrier(7)
 
-            def ask():
-                gate.wait()
-                rc = child.poll()
-                with lock:
-                    seen.append(rc)
+        def note(rc):
+            with lock:
+                seen.append(rc)
 
-            def start_another():
-                gate.wait()
-                with open(tmp_path / f"{i}-more.log", "a") as g:
-                    other = launch.start("preloaded", argv, dict(os.environ), g)
-                with lock:
-                    seen.append(other.wait(600))
+        def ask():
+            gate.wait()
+            note(child.poll())
 
-            threads = [threading.Thread(target=ask) for _ in range(6)] + [threading.Thread(target=start_another) for _ in range(2)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            assert child.wait(0) == 2
-    assert seen == [2] * 48, sorted(map(repr, seen))
+        def others_poll():
+            gate.wait()
+            mp.active_children()  # polls every child, ours included
+            note(child.poll())
+
+        def start_another():
+            gate.wait()
+            q = mp.get_context("fork").Process(target=os._exit, args=(0,))  # its start() polls every child too
+            q.start()
+            q.join()
+            note(child.poll())
+
+        threads = [threading.Thread(target=t) for t in (ask, ask, ask, others_poll, others_poll, start_another, start_another)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        monkeypatch.setattr(forkserver, "read_signed", real)
+        assert child.wait(0) == 2
+    assert seen == [2] * 21, sorted(map(repr, seen))

@@ -55,9 +55,9 @@ def start(launcher: str, argv: list[str], env: dict, logf, errf=None) -> "subpro
     if launcher == "fresh":
         return subprocess.Popen([sys.executable, "-m", "fastft", *argv], stdout=logf,
                                 stderr=errf or subprocess.STDOUT, env=env)
-    p = _context().Process(target=forked.run_cli, args=(argv, env, os.getcwd(), logf.name, errf and errf.name),
-                           daemon=False)
-    with _POLL_LOCK, _no_main_module():  # start() polls every earlier child (multiprocessing's _cleanup)
+    _context()  # the fork server's preloads
+    p = forked.ForkedRun(target=forked.run_cli, args=(argv, env, os.getcwd(), logf.name, errf and errf.name), daemon=False)
+    with _MAIN_LOCK, _no_main_module():
         p.start()
     return Child(p)
 
@@ -77,12 +77,7 @@ def _no_main_module():
 
 
 _CTX = None
-# multiprocessing's forkserver handle reads a child's exit code from a pipe on its first poll that finds the child
-# gone, and is not thread-safe: two threads polling at once (or one polling while another starts a child, which polls
-# all earlier ones) both see the pipe ready, one reads the code and the other reads end-of-file and records 255 (or
-# sees None for a child that has exited): a run's exit code lost. Every poll and start holds this lock, as
-# subprocess.Popen serialises its own waits; ``tests/test_launch.py`` polls one child from many threads at once.
-_POLL_LOCK = threading.Lock()
+_MAIN_LOCK = threading.Lock()  # one start at a time swaps __main__ (two at once could leave the empty one in place)
 
 
 def _context():
@@ -125,8 +120,7 @@ class Child:
         self.process, self.pid = process, process.pid
 
     def poll(self) -> int | None:
-        with _POLL_LOCK:
-            return self.process.exitcode  # None while it runs; the first call after it ends reads the code
+        return self.process.exitcode  # None while it runs (thread-safe: forked.ForkedRun)
 
     def wait(self, timeout: float | None = None) -> int:
         from multiprocessing.connection import wait
