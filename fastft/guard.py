@@ -61,6 +61,8 @@ def plateau_flag(metrics: list[dict], num_classes: int, plateau_epochs: int, tol
     if loss is None or not math.isfinite(loss) or loss >= (1 - tol) * chance:
         where = ("above the uniform-prediction loss ln C: worse than chance" if loss is not None and loss > (1 + tol) * chance
                  else "the uniform-prediction plateau")
+        if loss is None or not math.isfinite(loss):
+            return f"did not learn: train loss {loss} after {m['epoch']} epoch{'s' * (m['epoch'] != 1)}"
         return (f"did not learn: train loss {loss:.4f} = {loss / chance:.3f} x ln({num_classes}) after {m['epoch']} "
                 f"epoch{'s' * (m['epoch'] != 1)} ({where}; threshold {1 - tol:.2f} x ln C)")
     return None

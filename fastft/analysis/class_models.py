@@ -33,15 +33,17 @@ def class_images(run, classes: list[int], steps: int = 200, lr: float = 1.0, l2:
     idx = torch.as_tensor(classes, device=dev)
     with torch.no_grad():
         start = scores(z)
-    begin = "mean image"
-    if steps and not torch.autograd.grad(scores(z).sum(), z)[0].any():
+    begin = ["mean image"] * len(classes)
+    stuck = ~torch.autograd.grad(scores(z).sum(), z)[0].flatten(1).any(1) if steps else torch.zeros(len(classes), dtype=torch.bool)
+    if stuck.any():
         # e.g. an untrained ResNet: no conv bias, batch norm's zero shift and mean, so every unit sits at ReLU's kink
-        # and the gradient at the mean image is exactly 0: the ascent would never move. It starts a hair off it.
+        # and a class's gradient at the mean image is exactly 0: its ascent would never move. Those start a hair off.
         gen = torch.Generator().manual_seed(0)
         with torch.no_grad():
-            z += 1e-2 * torch.randn(z.shape, generator=gen).to(dev)
+            z[stuck.to(dev)] += 1e-2 * torch.randn(z[stuck.to(dev)].shape, generator=gen).to(dev)
             start = scores(z)
-        begin = "mean image + N(0, 0.01²) (the gradient at the mean image is exactly 0)"
+        begin = ["mean image + N(0, 0.01²) (the gradient at the mean image is exactly 0)" if s else b
+                 for s, b in zip(stuck.tolist(), begin)]
     for _ in range(steps):
         (g,) = torch.autograd.grad(scores(z).sum() - l2 * (z ** 2).sum(), z)
         with torch.no_grad():

@@ -27,7 +27,7 @@ def _expand(paths: list, plan: str | None) -> tuple[list[tuple[Path, dict]], lis
             if not found:
                 plans = sorted({q for d, _ in here for q in _plans(d)})
                 theirs = (f" (its plans: {', '.join(plans)})" if plans else
-                          " (its runs belong to no plan: they were trained by fastft train; leave --plan out)")
+                          " (its runs belong to no plan: they were trained by fastft train; leave --plan out)" if here else "")
                 raise FastFTError(f"{p} holds no finished runs" + (f" of plan {plan!r}{theirs}" if plan else ""))
             runs += found
             beside.update(here)

@@ -89,6 +89,7 @@ def train(cfg: TrainConfig, loader_factory: Callable, on_step: Callable[[int], N
     r.costs = costs
     costs.lap("accelerator")
     src, source_id = _check_source(r)  # a source that does not fit is named before the view is resolved
+    costs.lap("build")  # (the source's read and hash are part of building the model, as before)
     _open_data(r)
     costs.lap("open_view")  # the view's shards hashed against the store (or found checked)
     _check_overlap(r, src)
