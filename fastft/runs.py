@@ -64,7 +64,28 @@ def read_final(run_dir: Path, say=None) -> dict | None:
             say(f"{p} is damaged (empty, cut short or not a run summary): the run is not finished; its end is redone "
                 "from its last checkpoint")
         return None
+    if d is not None and (why := _contradiction(Path(run_dir), d)):
+        if say:
+            say(f"{p} does not agree with the run's metrics.jsonl ({why}): it was edited or damaged after the run "
+                "finished, so the run is not counted as finished; re-running it redoes its end from its last checkpoint")
+        return None
     return d
+
+
+def _contradiction(run_dir: Path, final: dict) -> str | None:
+    """What a finished run's summary says that its epochs' records do not (its numbers are the last record's)."""
+    if final.get("top1") is None:  # a run without evaluation (or from before summaries held it): nothing to check
+        return None
+    try:
+        last = read_metrics(run_dir)[-1:]
+    except FastFTError as e:
+        return str(e)
+    if not last:
+        return "metrics.jsonl is missing or empty, so its top-1 cannot be checked"
+    for k in ("top1", "top5", "train_loss"):
+        if k in final and k in last[0] and final[k] != last[0][k] and final[k] is not None:
+            return f"{k} {final[k]!r} in final.json, {last[0][k]!r} at epoch {last[0]['epoch']} in metrics.jsonl"
+    return None
 
 
 def is_finished(run_dir: Path) -> bool:

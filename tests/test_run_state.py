@@ -260,6 +260,31 @@ def test_resume_refuses_when_no_checkpoint_verifies(source_run, tmp_path):
 
 
 # ---------------------------------------------------------------- summaries and metrics
+def test_a_summary_its_records_contradict_is_not_trusted_named_in_the_report_and_redone(source_run, tmp_path):
+    """final.json whose numbers are not its last epoch's record (edited by hand, or a metrics.jsonl deleted): the run
+    is not finished — the report names it and keeps it out of every table, instead of reporting the edited number —
+    and re-running it redoes its end from its last checkpoint: the summary, records and model of the uninterrupted run."""
+    from fastft.report import write_report
+
+    d = copy_run(source_run, tmp_path / "runs")
+    final = json.loads((d / "final.json").read_text())
+    for k, v in (("top1", 0.0), ("top5", 1.5), ("train_loss", 0.01)):
+        (d / "final.json").write_text(json.dumps({**final, k: v}))
+        said = []
+        assert runs.read_final(d, say=said.append) is None and not runs.is_finished(d), k
+        assert f"{k} {v!r} in final.json" in said[0] and "metrics.jsonl" in said[0], said
+    (d / "final.json").write_text(json.dumps({**final, "top1": 0.0}))
+    report = (Path(write_report(tmp_path / "runs", tmp_path / "rep")["tables"][0])).read_text()
+    assert "have a summary their records contradict" in report and "top1 0.0 in final.json" in report, report[:3000]
+    r = fastft(*source_args(source_run, tmp_path / "runs"))
+    assert "does not agree with the run's metrics.jsonl" in r.stdout + r.stderr and "from e0003-s000000" in r.stdout, r.stdout[-2000:]
+    assert runs.read_final(d)["top1"] == final["top1"] and runs.sha256_file(d / "model.pt") == final["model_sha256"]
+    assert strip_speed(metrics(d)) == strip_speed(metrics(source_run[2]))
+    (d / "metrics.jsonl").unlink()  # the records gone: the summary cannot be checked, so it is not trusted either
+    said = []
+    assert runs.read_final(d, say=said.append) is None and "metrics.jsonl is missing" in said[0]
+
+
 def test_damaged_final_and_config_json_are_detected_and_the_run_is_redone(source_run, tmp_path):
     """A half-written final.json is not trusted (the run's end is redone from its last checkpoint, giving the same
     model.pt); a damaged config.json is rewritten; analyze and run listings name damage instead of a JSONDecodeError."""

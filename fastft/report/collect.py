@@ -19,9 +19,11 @@ def collect(runs_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per run, one row per run × epoch)."""
     rows, curves = [], []
     for d, cfg in run_dirs(runs_dir):
-        fin = read_final(d) or {}  # a damaged summary counts as not finished
+        damaged: list[str] = []
+        fin = read_final(d, say=damaged.append) or {}  # a damaged summary counts as not finished, and is named
         for sw in memberships(d):  # one row per plan the run serves
             _collect_one(d, cfg, cfg["config"], sw, fin, rows, curves)
+            rows[-1]["damaged"] = "; ".join(damaged) or None
     if not rows:
         raise FastFTError(f"no run directories (config.json) under {runs_dir}")
     runs = pd.DataFrame(rows)

@@ -129,7 +129,8 @@ def _problem_runs(one: pd.DataFrame) -> list[str]:
     """Runs that failed (a non-finite loss) or that the learning guard flagged, named before any table."""
     flagged = one[one["finished"] & ~one["learned"]] if "learned" in one else one.iloc[:0]
     failed = one[one["failed"]]
-    if not len(flagged) and not len(failed):
+    damaged = one[one["damaged"].notna()] if "damaged" in one else one.iloc[:0]
+    if not len(flagged) and not len(failed) and not len(damaged):
         return []
     kept = "counted in the tables below (--include-flagged)" if "counted" in one and one.loc[flagged.index, "counted"].all() \
         else "left out of every mean, comparison and claim below (fastft report --include-flagged counts them)"
@@ -142,6 +143,11 @@ def _problem_runs(one: pd.DataFrame) -> list[str]:
         lines += [f"**{len(failed)} run(s) failed** (not finished; a sweep re-run retries them):", "",
                   "| run | plan | template | seed | why |", "|---|---|---|---:|---|"]
         lines += [f"| {r.run} | {r.plan} | {r.template} | {r.seed} | {_failure_reason(r.path)} |" for r in failed.itertuples()]
+        lines.append("")
+    if len(damaged):
+        lines += [f"**{len(damaged)} run(s) have a summary their records contradict** (not counted as finished; re-running "
+                  "each redoes its end from its last checkpoint):", "", "| run | plan | template | seed | why |", "|---|---|---|---:|---|"]
+        lines += [f"| {r.run} | {r.plan} | {r.template} | {r.seed} | {r.damaged} |" for r in damaged.itertuples()]
         lines.append("")
     return lines
 
