@@ -326,8 +326,9 @@ def test_shards_are_hashed_once_also_for_a_read_only_store_and_by_runs_starting_
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     names = view_near.meta["splits"]["train"]["shards"] + view_near.meta["splits"]["val"]["shards"]
     ro = read_only(store)
-    assert verify_shards(ro, names) == [] and sorted(hashed) == sorted(f"{n}.tar" for n in names)
-    assert verify_shards(ro, names) == [] and len(hashed) == len(names), "stamped in the user's cache: not hashed again"
+    files = sorted(f"{n}.{x}" for n in names for x in ("tar", "idx"))  # each shard and its DALI index
+    assert verify_shards(ro, names) == [] and sorted(hashed) == files
+    assert verify_shards(ro, names) == [] and len(hashed) == len(files), "stamped in the user's cache: not hashed again"
     assert {p.name for p in (tmp_path / "cache" / "fastft" / "verified").glob("*/*") if "." not in p.name} == set(names)
     # two runs starting together on a fresh copy (hashing slowed so that both find every shard unstamped): each shard is
     # hashed by one of them
@@ -341,7 +342,13 @@ def test_shards_are_hashed_once_also_for_a_read_only_store_and_by_runs_starting_
         t.start()
     for t in threads:
         t.join()
-    assert results == [[], []] and sorted(hashed) == sorted(f"{n}.tar" for n in names)
+    assert results == [[], []] and sorted(hashed) == files
+    # an index changed after it was stamped (e.g. by hand): named, as a changed tar is; the shard's tar still stamped
+    idx = fresh / f"{names[0]}.idx"
+    lines = idx.read_text().splitlines()
+    idx.write_text("\n".join([lines[0], "9" + lines[1], *lines[2:]]) + "\n")
+    assert verify_shards(fresh, names) == [f"{names[0]}.idx: does not match the manifest (corrupted or truncated); "
+                                             f"run `fastft verify {fresh}`"]
 
 
 def test_val_labels_agree_across_layouts(tmp_path):

@@ -373,30 +373,33 @@ def verify_shards(store: str | Path, names: list[str], st: Store | None = None) 
     by_name = {s["name"]: s for s in st.shards}
     stamps = _stamp_dir(st)
     mismatch = f"does not match the manifest (corrupted or truncated); run `fastft verify {st.path}`"
+    # each shard's tar and its DALI index (what outside readers seek by), each hashed against the manifest once
+    want = {f"{n}.tar": by_name[n]["sha256"] for n in names}
+    want.update({f"{n}.idx": by_name[n]["idx_sha256"] for n in names if by_name[n].get("idx_sha256")})
     problems, todo = [], []
-    for n in names:
-        tar = st.path / f"{n}.tar"
-        if not tar.exists():
-            problems.append(f"{tar.name}: missing")
-        elif tar.stat().st_size != by_name[n]["bytes"]:
-            problems.append(f"{tar.name}: {mismatch}")
-        elif not _stamped(stamps, n, by_name[n]["sha256"], tar):
-            todo.append(n)
+    for f, sha in want.items():
+        path = st.path / f
+        if not path.exists():
+            problems.append(f"{f}: missing")
+        elif f.endswith(".tar") and path.stat().st_size != by_name[f[:-4]]["bytes"]:
+            problems.append(f"{f}: {mismatch}")
+        elif not _stamped(stamps, _stamp_name(f), sha, path):
+            todo.append(path)
 
-    def check(tar: Path, update) -> str | None:
-        n = tar.stem
-        with _stamp_lock(stamps, n):  # another run on this node may be hashing it now: wait, then use its stamp
-            if _stamped(stamps, n, by_name[n]["sha256"], tar):
-                update(tar.stat().st_size)
+    def check(path: Path, update) -> str | None:
+        name, sha = _stamp_name(path.name), want[path.name]
+        with _stamp_lock(stamps, name):  # another run on this node may be hashing it now: wait, then use its stamp
+            if _stamped(stamps, name, sha, path):
+                update(path.stat().st_size)
                 return None
-            if sha256_file(tar, update) != by_name[n]["sha256"]:
-                return f"{tar.name}: {mismatch}"
+            if sha256_file(path, update) != sha:
+                return f"{path.name}: {mismatch}"
             if stamps is not None:
-                stat = tar.stat()
-                fsync_write(stamps / n, f"{by_name[n]['sha256']} {stat.st_size} {stat.st_mtime_ns}")
+                stat = path.stat()
+                fsync_write(stamps / name, f"{sha} {stat.st_size} {stat.st_mtime_ns}")
         return None
-    if todo:  # (the common case, every shard stamped, needs no pool)
-        problems += [p for p in _each_file([st.path / f"{n}.tar" for n in todo], check, progress=len(todo) > 8) if p]
+    if todo:  # (the common case, every file stamped, needs no pool)
+        problems += [p for p in _each_file(todo, check, progress=len(todo) > 16) if p]
     return problems + _checked_index(st, stamps)
 
 
@@ -427,6 +430,11 @@ def _stamp_dir(st: Store) -> Path | None:
         except (OSError, RuntimeError):  # RuntimeError: no home directory
             continue
     return None
+
+
+def _stamp_name(file: str) -> str:
+    """A verified file's stamp: a shard's tar by the shard's name (as stamps always were), its index as ``<name>.idx``."""
+    return file[:-4] if file.endswith(".tar") else file
 
 
 def _stamped(stamps: Path | None, name: str, sha: str, tar: Path) -> bool:
