@@ -149,13 +149,15 @@ def verify_model(f: Path) -> None:
 
 
 def locate(recorded: str | None, run_dir: Path, beside: str = "") -> Path | None:
-    """A path a run recorded (its view, its source run), found again: where it was, else where a sweep puts it beside
-    the run (``<out>/views/<name>``, ``<out>/<source run>``) — for runs directories that were moved or copied, and
-    runs from before paths were recorded absolute."""
+    """A path a run recorded (its view, its source run), found again: where a sweep puts it beside the run
+    (``<out>/views/<name>``, ``<out>/<source run>``), else where it was recorded — so a runs directory that was moved
+    or copied reads its own copies (a copy's fine-tune recorded the original's paths: with the original still there,
+    it named the original's source model, not the copy beside it), and runs from before paths were recorded absolute
+    are found. A name there is the same run or view (a run directory's name holds its run id, a view's its content)."""
     if not recorded:
         return None
     p = Path(recorded)
-    for c in (p, run_dir.parent / beside / p.name):
+    for c in (run_dir.parent / beside / p.name, p):
         if c.exists():
             return c
     return None

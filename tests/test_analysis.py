@@ -197,6 +197,16 @@ def test_analyze_a_runs_directory_puts_each_seeds_models_on_that_seeds_target(st
     (alone / near.name).symlink_to(near)  # a source model with no fine-tune beside it: its target is unknown
     r = subprocess.run(cli + ["analyze", "svm", str(alone / near.name)], env=env, capture_output=True, text=True)
     assert r.returncode != 0 and "give --view" in r.stderr
+    # a copy of the runs directory (the original still there) reads its own copies: its source model's target is the
+    # copy's view, found from the copy's fine-tune (which recorded the original's paths)
+    import shutil
+
+    from fastft.analysis import analysis_targets
+
+    shutil.copytree(out, tmp_path / "copy", symlinks=True)
+    (copied,) = (tmp_path / "copy").glob("near-s0-*")
+    ((view, group),) = analysis_targets([copied])
+    assert view.is_relative_to((tmp_path / "copy").resolve()) and group == [copied], view
 
 
 def test_an_unfinished_run_or_a_runs_directory_given_for_a_run_is_named_as_such(source_run, view_near, tmp_path):
