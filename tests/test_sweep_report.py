@@ -293,6 +293,43 @@ def test_run_claimed_by_a_dead_host_is_waited_for_then_taken_over_once_its_claim
     assert not list(claim.parent.iterdir()), "no claim, moved-aside claim or clock file is left behind"
 
 
+@pytest.mark.parametrize("launcher", ["preloaded", "fresh"])
+def test_a_killed_sweeps_runs_checkpoint_and_stop_instead_of_training_on_unwatched(store, tmp_path, launcher):
+    """SIGKILL to a sweep (no handler runs): each run it started gets its own SIGTERM, checkpoints and stops — not
+    an orphan training on while its claim goes stale, until another sweep takes the run over beside it. The run's
+    lock is free once it has stopped; re-running the sweep resumes it."""
+    import fcntl
+    import signal
+
+    from fastft import runs as runs_mod
+
+    plan_file = tiny_plan(tmp_path, "orph", epochs=5000)
+    plan = sw.load_plan(plan_file)
+    runs = sw.expand(plan)
+    sw.prepare(plan, runs, str(store), tmp_path / "out")
+    near = runs[0].run_dir
+    cmd = [sys.executable, "-m", "fastft", "sweep", str(plan_file), "--store", str(store), "--out", str(tmp_path / "out"),
+           "--launch", launcher, "--quiet"]
+    p = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while runs_mod.latest_checkpoint(near) is None:  # it trains, past its first epoch
+        assert p.poll() is None and time.monotonic() < deadline, "the run wrote no checkpoint in 10 minutes"
+        time.sleep(0.2)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    with open(near / ".lock", "a") as lock:
+        while True:  # the run holds its lock while it lives
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "the run still trains 10 minutes after its sweep was killed"
+                time.sleep(0.2)
+    log = (near / "sweep.log").read_text()
+    assert "the sweep that started this run" in log and "preempted: checkpointed" in log, log[-2000:]
+    assert not runs_mod.is_finished(near)
+
+
 def test_a_refreshed_claim_is_not_taken_over_by_a_sweep_that_saw_it_stale(tmp_path, monkeypatch):
     monkeypatch.setattr(leases, "CLAIM_STALE_S", 5.0)
     claim = tmp_path / "claims" / "run1"

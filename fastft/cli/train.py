@@ -50,7 +50,16 @@ def cmd_train(a):
         raise FastFTError("`accelerate launch --cpu` starts one process, whatever --num_processes asks; for N CPU "
                           "processes use `fastft train … --procs N` (torchrun with gloo), for one plain `fastft train …`")
     if a.procs and a.procs > 1 and "RANK" not in os.environ and "ACCELERATE_PROCESS_INDEX" not in os.environ:
+        from ..util import env
+        from ..util.children import stop_when_gone
+
+        stop_when_gone(os.environ.get(env.SUPERVISOR), say=lambda m: print(m, flush=True))  # its SIGTERM reaches the ranks
         return _launch(a)
+    if "RANK" not in os.environ:  # the top process of a run a sweep started: it stops (checkpointed) if the sweep dies
+        from ..util import env
+        from ..util.children import stop_when_gone
+
+        stop_when_gone(os.environ.get(env.SUPERVISOR), say=lambda m: print(m, flush=True))
     final = train(cfg, loader_factory(cfg), on_step=_test_sigterm_hook())
     if int(os.environ.get("RANK", "0")):
         return

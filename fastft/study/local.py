@@ -19,6 +19,7 @@ from ..files import write_json
 from ..guard import failure, mark_failed
 from ..runs import is_finished, read_final
 from ..util import env
+from ..util.children import supervisor
 from . import launch, leases
 from .plan import RunSpec
 
@@ -75,6 +76,7 @@ class _Scheduler:
                        enabled=progress, dynamic_ncols=True)
         self.shown: dict = {}
         self.beat = time.time()
+        self.supervisor = supervisor()  # each run stops (checkpointed) if this sweep dies: fastft.util.children
 
     def run(self, poll: float) -> dict:
         t0 = time.time()
@@ -187,7 +189,7 @@ class _Scheduler:
         logf = open(r.run_dir / "sweep.log", "a")
         logf.write(f"$ {shlex.join([sys.executable, '-m', 'fastft', *argv])}\n")  # what the run is, however it starts
         logf.flush()
-        proc = launch.start(self.launcher, argv, {**os.environ, **slot}, logf)
+        proc = launch.start(self.launcher, argv, {**os.environ, **slot, env.SUPERVISOR: self.supervisor}, logf)
         self.running[r.key] = (proc, slot, logf)
         self.state[r.key] = "running"
 

@@ -6,6 +6,11 @@ a pipe whose write end every worker also holds, so when their parent is killed (
 re-run is refused as "being written by another process". :func:`die_with_parent` (a pool's ``initializer``) has the
 kernel kill the worker when its parent dies (Linux's ``PR_SET_PDEATHSIG``; elsewhere a thread that watches the
 parent's pid), and ends a worker whose parent is already gone.
+
+A sweep's runs are not its children in that sense (a run forked by the preloaded launcher is the fork server's, which
+lives while any run does): :func:`supervisor` names the sweep in each run's environment and :func:`stop_when_gone`,
+in the run, sends the run its own SIGTERM when the sweep dies — the run checkpoints and stops, as when preempted,
+instead of training on unwatched, its claim no longer refreshed, until another sweep takes the run over beside it.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -42,3 +48,43 @@ def _watch(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(1.0)
     os._exit(1)
+
+
+def _started(pid: int) -> str | None:
+    """A process's start time (Linux: /proc/<pid>/stat field 22), with its pid its identity; None once it is gone.
+    Elsewhere "alive" while the pid exists."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except FileNotFoundError:
+        return None
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+            return "alive"
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return "alive"
+
+
+def supervisor() -> str:
+    """This process as a run's supervisor: the value of ``FASTFT_SUPERVISOR`` it gives the runs it starts."""
+    return f"{os.getpid()} {_started(os.getpid())}"
+
+
+def stop_when_gone(value: str | None, say=print, every: float = 1.0) -> None:
+    """In a run started by a sweep (``value``: its ``FASTFT_SUPERVISOR``): a daemon thread that sends this process
+    SIGTERM once the sweep is gone (its pid ended, or now names another process)."""
+    try:
+        pid, started = value.split(" ", 1)
+        pid = int(pid)
+    except (AttributeError, ValueError):
+        return
+
+    def watch():
+        while _started(pid) == started:
+            time.sleep(every)
+        say(f"the sweep that started this run (pid {pid}) is gone: checkpointing and stopping (a sweep re-run resumes it)")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="fastft-supervisor-watch").start()

@@ -13,6 +13,7 @@ GPU_SHARE = "FASTFT_GPU_SHARE"           # set by fastft sweep per slot: runs sh
 CLAIM_HEARTBEAT = "FASTFT_CLAIM_HEARTBEAT_S"  # read by fastft sweep: how often a sweep refreshes its claims (s)
 CLAIM_STALE = "FASTFT_CLAIM_STALE_S"     # read by fastft sweep: a claim older than this is taken over (s)
 PROGRESS_LOG = "FASTFT_PROGRESS_LOG_S"   # read by every progress bar: in a log, a line at most this often (s)
+SUPERVISOR = "FASTFT_SUPERVISOR"         # set by fastft sweep per run: "<pid> <start time>" of the sweep; read by the run
 
 
 def _int(name: str, default: int) -> int:
