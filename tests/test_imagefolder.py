@@ -268,6 +268,7 @@ def test_the_folder_demo_runs_end_to_end(tmp_path):
     r = subprocess.run([sys.executable, "-m", "fastft", "demo", "--target", "folder", "--seeds", "1", "--out", "d"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "\r" not in r.stderr and "sweep: 100%" in r.stderr, r.stderr[-2000:]  # progress in a log: lines (fastft.util.progress)
     d = tmp_path / "d"
     cfg = {p.parent.name.split("-s0-")[0]: json.loads(p.read_text()) for p in (d / "runs").glob("*/config.json")}
     assert {t: Path(c["config"]["store"]).name for t, c in cfg.items()} == {

@@ -32,15 +32,13 @@ def test_a_bar_in_a_log_is_lines_and_on_a_terminal_is_tqdms(monkeypatch):
     assert "\r" in tty.getvalue(), "tqdm's own redraws on a terminal"
 
 
-def test_shard_and_a_sweep_logged_to_files_hold_no_carriage_returns(store, tmp_path):
-    """The real commands with their output in files, as on a cluster: their progress is readable lines."""
-    from test_sweep_report import tiny_plan
-
+def test_shard_logged_to_a_file_holds_no_carriage_returns(synth_tree, tmp_path):
+    """The real command with its output in files, as on a cluster: its progress is readable lines (a sweep's, logged
+    to a pipe, is checked by tests/test_imagefolder.py::test_the_folder_demo_runs_end_to_end)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FASTFT_PROGRESS_LOG_S": "0"}
-    plan = tiny_plan(tmp_path, "logged")
     with open(tmp_path / "out.log", "w") as out, open(tmp_path / "err.log", "w") as err:
-        r = subprocess.run([sys.executable, "-m", "fastft", "sweep", str(plan), "--store", str(store), "--out", str(tmp_path / "runs")],
-                           stdout=out, stderr=err, env=env, timeout=900)
+        r = subprocess.run([sys.executable, "-m", "fastft", "shard", str(synth_tree), "--out", str(tmp_path / "s"), "--resize", "80x80",
+                            "--allow-missing", "--workers", "1"], stdout=out, stderr=err, env=env, timeout=900)
     text = (tmp_path / "out.log").read_text() + (tmp_path / "err.log").read_text()
     assert r.returncode == 0, text[-3000:]
-    assert "\r" not in text and "sweep: 100%" in text, text[-3000:]
+    assert "\r" not in text and "shard: 100%" in text, text[-3000:]

@@ -375,7 +375,12 @@ def test_interrupted_sweep_checkpoints_its_runs_and_resumes(store, tmp_path):
 
     from fastft import runs as runs_mod
 
-    plan_file = tiny_plan(tmp_path, "intr", epochs=15)
+    plan_file = tiny_plan(tmp_path, "intr")  # the near source long enough to be interrupted twice; its fine-tunes short
+    import yaml
+
+    plan_doc = yaml.safe_load(plan_file.read_text())
+    plan_doc["runs"][0]["overrides"] = {"epochs": 15}
+    plan_file.write_text(yaml.safe_dump(plan_doc))
     plan = sw.load_plan(plan_file)
     runs = sw.expand(plan)
     sw.prepare(plan, runs, str(store), tmp_path / "out")
