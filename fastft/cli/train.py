@@ -49,17 +49,13 @@ def cmd_train(a):
         # Accelerate's CPU launcher starts one process whatever --num_processes says, and tells the process nothing
         raise FastFTError("`accelerate launch --cpu` starts one process, whatever --num_processes asks; for N CPU "
                           "processes use `fastft train … --procs N` (torchrun with gloo), for one plain `fastft train …`")
-    if a.procs and a.procs > 1 and "RANK" not in os.environ and "ACCELERATE_PROCESS_INDEX" not in os.environ:
-        from ..util import env
-        from ..util.children import stop_when_gone
-
-        stop_when_gone(os.environ.get(env.SUPERVISOR), say=lambda m: print(m, flush=True))  # its SIGTERM reaches the ranks
-        return _launch(a)
-    if "RANK" not in os.environ:  # the top process of a run a sweep started: it stops (checkpointed) if the sweep dies
-        from ..util import env
+    if "RANK" not in os.environ:  # the top process of a run a sweep started (a --procs launcher passes its SIGTERM to
+        from ..util import env  # the ranks): it stops, checkpointed, if the sweep dies
         from ..util.children import stop_when_gone
 
         stop_when_gone(os.environ.get(env.SUPERVISOR), say=lambda m: print(m, flush=True))
+    if a.procs and a.procs > 1 and "RANK" not in os.environ and "ACCELERATE_PROCESS_INDEX" not in os.environ:
+        return _launch(a)
     final = train(cfg, loader_factory(cfg), on_step=_test_sigterm_hook())
     if int(os.environ.get("RANK", "0")):
         return

@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import FastFTError
+from ..util.children import alive
 
 SPOOL = "fastft-spool-"  # + <pid>-<random>: write_store's spool directory in $TMPDIR
 MAGIC = b"FASTFT-SPOOL-1\n"
@@ -125,14 +126,8 @@ def remove_dead_spools() -> None:
     at most two windows of encoded images each)."""
     for d in Path(tempfile.gettempdir()).glob(f"{SPOOL}*-*"):
         pid = d.name[len(SPOOL):].split("-")[0]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if pid.isdigit() and not alive(int(pid)):
             shutil.rmtree(d, ignore_errors=True)
-        except PermissionError:  # alive, another user's
-            pass
 
 
 def bounded_imap(pool, fn, jobs, spool: str | Path, window: int = 2048, chunksize: int = 8):

@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 
 from ..util import env
+from ..util.children import alive
 from .plan import RunSpec
 
 
@@ -96,16 +97,6 @@ def heartbeat(out: Path, runs) -> None:
             os.utime(out / "claims" / r.run_id)  # no times given: the file system's clock (an NFS server's)
         except FileNotFoundError:
             pass
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 def release(out: Path, r: RunSpec) -> None:

@@ -71,10 +71,12 @@ class Costs:
 
 def _since_process_start() -> float | None:
     """Seconds since this process started (Linux: /proc), or None where that cannot be read."""
+    from ..util.children import start_ticks
+
+    ticks = start_ticks()
     try:
-        start_ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
         uptime = float(open("/proc/uptime").read().split()[0])
-        return round(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 3)
+        return None if ticks is None else round(uptime - ticks / os.sysconf("SC_CLK_TCK"), 3)
     except (OSError, ValueError, IndexError):
         return None
 

@@ -50,21 +50,31 @@ def _watch(parent: int) -> None:
     os._exit(1)
 
 
-def _started(pid: int) -> str | None:
-    """A process's start time (Linux: /proc/<pid>/stat field 22), with its pid its identity; None once it is gone.
-    Elsewhere "alive" while the pid exists."""
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's counts)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except FileNotFoundError:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def start_ticks(pid: int | str = "self") -> int | None:
+    """A process's start time in clock ticks after boot (Linux: /proc/<pid>/stat field 22); None where unreadable."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
         return None
-    except (OSError, IndexError):
-        try:
-            os.kill(pid, 0)
-            return "alive"
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return "alive"
+
+
+def _started(pid: int) -> str | None:
+    """A process's identity while it lives (its start time: with its pid, unique); None once it is gone. Where
+    /proc cannot be read, "alive" while the pid exists."""
+    if (ticks := start_ticks(pid)) is not None:
+        return str(ticks)
+    return "alive" if not Path("/proc/self/stat").exists() and alive(pid) else None
 
 
 def supervisor() -> str:
